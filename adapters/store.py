@@ -1,0 +1,219 @@
+"""The event store and the view database, for PostgreSQL and SQLite, from one URL.
+
+`eventsourcing` has no DSN setting, so the URL is turned into its POSTGRES_* /
+SQLITE_* settings here. The views live in the same database as the events
+(PostgreSQL: same schema; SQLite: same file) so a view batch and its tracking
+position commit together.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+EVENTS_CHANNEL = "ledger_events"  # the library NOTIFYs on its events table name
+
+
+@dataclass(frozen=True)
+class StoreUrl:
+    kind: str  # "sqlite" | "postgres"
+    sqlite_path: Path | None = None
+    dbname: str = ""
+    host: str = "127.0.0.1"
+    port: int = 5432
+    user: str = "postgres"
+    password: str = ""
+    schema: str = "public"
+    options: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def label(self) -> str:
+        if self.kind == "sqlite":
+            return f"sqlite:{self.sqlite_path}"
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}?schema={self.schema}"
+
+    def conninfo(self) -> str:
+        params = {"dbname": self.dbname, "host": self.host, "port": str(self.port), "user": self.user,
+                  "password": self.password, **dict(self.options)}
+        params["options"] = f"-c search_path={self.schema}"
+        return psycopg.conninfo.make_conninfo(**params)
+
+
+def parse_store_url(url: str) -> StoreUrl:
+    """`sqlite:///abs/path.sqlite`, `sqlite:rel/path.sqlite` or
+    `postgresql://user:pw@host:port/db?schema=name&sslmode=require`."""
+    if url.startswith("sqlite:"):
+        rest = url[len("sqlite:"):]
+        path = rest[2:] if rest.startswith("//") else rest
+        return StoreUrl(kind="sqlite", sqlite_path=Path(path))
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"unsupported database URL scheme {parts.scheme!r}")
+    query = dict(parse_qsl(parts.query))
+    schema = query.pop("schema", "public")
+    if not schema.replace("_", "").isalnum():
+        raise ValueError(f"invalid schema name {schema!r}")
+    return StoreUrl(
+        kind="postgres", dbname=unquote(parts.path.lstrip("/")) or "postgres",
+        host=parts.hostname or "127.0.0.1", port=parts.port or 5432,
+        user=unquote(parts.username or "postgres"), password=unquote(parts.password or ""),
+        schema=schema, options=tuple(sorted(query.items())),
+    )
+
+
+def ledger_env(url: StoreUrl, pool_size: int = 4, max_overflow: int = 8) -> dict[str, str]:
+    """The `eventsourcing` settings for the Ledger application."""
+    if url.kind == "sqlite":
+        assert url.sqlite_path is not None
+        url.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(url.sqlite_path),
+                "SQLITE_LOCK_TIMEOUT": "10"}
+    ensure_schema(url)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": url.dbname, "POSTGRES_HOST": url.host, "POSTGRES_PORT": str(url.port),
+        "POSTGRES_USER": url.user, "POSTGRES_PASSWORD": url.password, "POSTGRES_SCHEMA": url.schema,
+        "POSTGRES_POOL_SIZE": str(pool_size), "POSTGRES_MAX_OVERFLOW": str(max_overflow),
+        # The pool-wait timeout is retried 10x by the library: keep it short so
+        # an outage fails in seconds, not minutes.
+        "POSTGRES_CONNECT_TIMEOUT": "2",
+        "POSTGRES_PRE_PING": "y",
+        "POSTGRES_LOCK_TIMEOUT": "10",
+    }
+
+
+def ensure_schema(url: StoreUrl) -> None:
+    # The library creates tables but never the schema itself.
+    if url.schema == "public":
+        return
+    with psycopg.connect(url.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(url.schema)))
+
+
+class Database:
+    """A small DB-API facade for the views: `%s` placeholders on both backends."""
+
+    dialect: str
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        raise NotImplementedError
+        yield
+
+    def query(self, statement: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class PostgresDatabase(Database):
+    dialect = "postgres"
+
+    def __init__(self, url: StoreUrl, min_size: int = 1, max_size: int = 8) -> None:
+        self.url = url
+        self.pool = ConnectionPool(
+            url.conninfo(), min_size=min_size, max_size=max_size, timeout=5,
+            kwargs={"row_factory": dict_row, "autocommit": False}, check=ConnectionPool.check_connection,
+            open=True, name="views",
+        )
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        with self.pool.connection() as conn:
+            with conn.transaction():
+                with conn.cursor() as cur:
+                    yield cur
+
+    def query(self, statement: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self.pool.connection() as conn:
+            rows = conn.execute(statement, params).fetchall()
+            conn.rollback()
+            return rows
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+class SqliteCursor:
+    """Adapts `%s` placeholders and dict rows onto sqlite3."""
+
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self._cursor = cursor
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> "SqliteCursor":
+        self._cursor.execute(statement.replace("%s", "?"), tuple(params))
+        return self
+
+    def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._cursor.executemany(statement.replace("%s", "?"), rows)
+
+    def fetchall(self) -> list[dict[str, Any]]:
+        names = [d[0] for d in self._cursor.description or ()]
+        return [dict(zip(names, row)) for row in self._cursor.fetchall()]
+
+    def fetchone(self) -> dict[str, Any] | None:
+        rows = self.fetchall()
+        return rows[0] if rows else None
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+
+class SqliteDatabase(Database):
+    dialect = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._guard = threading.Lock()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            self._local.conn = conn
+            with self._guard:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        conn = self._conn()
+        # IMMEDIATE takes the write lock up front: no deadlock on lock upgrade.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield SqliteCursor(conn.cursor())
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def query(self, statement: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return SqliteCursor(self._conn().cursor()).execute(statement, params).fetchall()
+
+    def close(self) -> None:
+        with self._guard:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+
+
+def open_database(url: StoreUrl) -> Database:
+    if url.kind == "sqlite":
+        assert url.sqlite_path is not None
+        return SqliteDatabase(url.sqlite_path)
+    return PostgresDatabase(url)

@@ -1,0 +1,286 @@
+"""aiohttp app factory and handlers: validate, call the application, serialise.
+
+The `eventsourcing` library is synchronous, so every call goes through the
+runtime's bounded executor; the event loop never blocks on the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+from marshmallow import ValidationError
+from marshmallow.validate import Regexp
+
+from snapledger.adapters.wiring import Runtime
+from snapledger.domain.errors import LedgerError
+from snapledger.domain.names import CID_PATTERN, NAME_PATTERN
+from snapledger.projections.events import iso
+
+from . import schemas
+
+VERSION = "0.1.0"
+MAX_BODY = 1024 * 1024
+RUNTIME = web.AppKey("runtime", Runtime)
+
+_PATH_RULES = {
+    "deployment": Regexp(NAME_PATTERN), "name": Regexp(NAME_PATTERN), "job": Regexp(NAME_PATTERN),
+    "index_or_id": Regexp(NAME_PATTERN), "cid": Regexp(CID_PATTERN),
+}
+
+
+def error_response(status: int, message: str, code: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, "code": code, **extra}, status=status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except LedgerError as error:
+        extra = {"field": error.field} if error.field else {}
+        return error_response(error.status, error.message, error.code, **extra)
+    except ValidationError as error:
+        fields = error.normalized_messages()
+        first = next(iter(fields)) if isinstance(fields, dict) and fields else None
+        return error_response(400, f"invalid request: {_describe(fields)}", "invalid", field=first,
+                              fields=fields)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return error_response(error.status, error.reason, error.reason.lower().replace(" ", "_"))
+    except Exception as error:
+        from eventsourcing.persistence import OperationalError, InterfaceError
+
+        if isinstance(error, (OperationalError, InterfaceError)):
+            request.app[RUNTIME].log.warning("event store unavailable", error=str(error))
+            return error_response(503, "the event store is unavailable; retry later", "unavailable")
+        request.app[RUNTIME].log.exception("unhandled error", path=request.path)
+        return error_response(500, "internal error", "internal")
+
+
+def _describe(fields: Any) -> str:
+    if isinstance(fields, dict):
+        return "; ".join(f"{k}: {_describe(v)}" for k, v in fields.items())
+    if isinstance(fields, list):
+        return ", ".join(_describe(v) for v in fields)
+    return str(fields)
+
+
+# Helpers -----------------------------------------------------------------------
+
+async def run(request: web.Request, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    runtime = request.app[RUNTIME]
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(runtime.executor, functools.partial(fn, *args, **kwargs))
+
+
+def path(request: web.Request, name: str) -> str:
+    value = request.match_info[name]
+    try:
+        _PATH_RULES[name](value)
+    except ValidationError:
+        raise ValidationError({name: [f"invalid {name} {value!r}"]}) from None
+    return value
+
+
+async def body(request: web.Request, schema: Any) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
+    raw = await request.read()
+    try:
+        data = json.loads(raw or b"null")
+    except ValueError:
+        raise ValidationError({"body": ["not valid JSON"]}) from None
+    if not isinstance(data, dict):
+        raise ValidationError({"body": ["must be a JSON object"]})
+    return schema.load(data)
+
+
+def query(request: web.Request, schema: Any) -> dict[str, Any]:
+    return schema.load(dict(request.query))
+
+
+def actor(request: web.Request) -> str:
+    return request.get("user", "anonymous")
+
+
+def accepted(task: Any) -> web.Response:
+    return web.json_response({"task_id": str(task.id), "state": task.state}, status=202,
+                             headers={"Location": f"/tasks/{task.id}"})
+
+
+def task_from_aggregate(task: Any) -> dict[str, Any]:
+    """Read-your-writes for a task the views have not caught up with yet."""
+    return {
+        "id": str(task.id), "state": task.state, "kind": task.kind, "description": task.description,
+        "deployment": task.deployment, "user": task.actor, "trigger": task.trigger, "result": task.result,
+        "operations": len(task.operations), "finished_operations": len(task.outcomes),
+        "queued_at": iso(task.created_on), "started_at": iso(task.started_at),
+        "finished_at": iso(task.finished_at),
+    }
+
+
+# Handlers ----------------------------------------------------------------------
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/info")
+async def info(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    enabled = await run(request, runtime.ledger.snapshots_enabled)
+    return web.json_response({
+        "name": runtime.config.director_name, "uuid": runtime.config.uuid, "version": VERSION,
+        "user": actor(request), "cpi": runtime.ledger.default_cpi,
+        "features": {"snapshots": {"status": enabled}},
+        "event_store": runtime.url.kind,
+    })
+
+
+@routes.get("/config/snapshots")
+async def get_snapshot_config(request: web.Request) -> web.Response:
+    enabled = await run(request, request.app[RUNTIME].ledger.snapshots_enabled)
+    return web.json_response({"enable_snapshots": enabled})
+
+
+@routes.put("/config/snapshots")
+async def put_snapshot_config(request: web.Request) -> web.Response:
+    data = await body(request, schemas.SnapshotConfigSchema())
+    ledger = request.app[RUNTIME].ledger
+    enabled = await run(request, ledger.set_snapshots_enabled, data["enable_snapshots"], actor=actor(request))
+    return web.json_response({"enable_snapshots": enabled})
+
+
+@routes.get("/deployments")
+async def list_deployments(request: web.Request) -> web.Response:
+    queries = request.app[RUNTIME].queries
+    deployments, counts = await asyncio.gather(run(request, queries.deployments), run(request, queries.snapshot_counts))
+    return web.json_response([{**d, "snapshots": counts.get(d["name"], 0)} for d in deployments])
+
+
+def _deployment_json(dep: Any) -> dict[str, Any]:
+    return {"name": dep.name, "tags": dep.tags, "instances": dep.instances, "deleted": dep.deleted}
+
+
+@routes.put("/deployments/{name}")
+async def put_deployment(request: web.Request) -> web.Response:
+    name = path(request, "name")
+    schemas.validate_deployment_name(name, creating=True)
+    data = await body(request, schemas.DeploymentSchema())
+    dep = await run(request, request.app[RUNTIME].ledger.record_deployment, name, data["tags"],
+                    data["instances"], actor=actor(request))
+    return web.json_response(_deployment_json(dep))
+
+
+@routes.get("/deployments/{name}")
+async def get_deployment(request: web.Request) -> web.Response:
+    dep = await run(request, request.app[RUNTIME].ledger.get_deployment, path(request, "name"))
+    return web.json_response(_deployment_json(dep))
+
+
+@routes.delete("/deployments/{name}")
+async def delete_deployment(request: web.Request) -> web.Response:
+    await run(request, request.app[RUNTIME].ledger.delete_deployment, path(request, "name"), actor=actor(request))
+    return web.json_response({"deleted": True})
+
+
+async def _list_snapshots(request: web.Request, job: str | None, index_or_id: str | None) -> web.Response:
+    runtime = request.app[RUNTIME]
+    deployment = path(request, "deployment")
+    params = query(request, schemas.ListQuerySchema())
+    await run(request, runtime.ledger.get_deployment_or_history, deployment)
+    rows = await run(request, runtime.queries.snapshots, deployment, job, index_or_id,
+                     params.get("limit"), params.get("after"))
+    return web.json_response(rows)
+
+
+@routes.get("/deployments/{deployment}/snapshots")
+async def list_snapshots(request: web.Request) -> web.Response:
+    return await _list_snapshots(request, None, None)
+
+
+@routes.get("/deployments/{deployment}/jobs/{job}/{index_or_id}/snapshots")
+async def list_instance_snapshots(request: web.Request) -> web.Response:
+    return await _list_snapshots(request, path(request, "job"), path(request, "index_or_id"))
+
+
+@routes.post("/deployments/{deployment}/snapshots")
+async def take_deployment_snapshots(request: web.Request) -> web.Response:
+    task = await run(request, request.app[RUNTIME].ledger.take_snapshots, path(request, "deployment"),
+                     actor=actor(request))
+    return accepted(task)
+
+
+@routes.post("/deployments/{deployment}/jobs/{job}/{index_or_id}/snapshots")
+async def take_instance_snapshots(request: web.Request) -> web.Response:
+    task = await run(request, request.app[RUNTIME].ledger.take_snapshots, path(request, "deployment"),
+                     actor=actor(request), job=path(request, "job"), index_or_id=path(request, "index_or_id"))
+    return accepted(task)
+
+
+@routes.delete("/deployments/{deployment}/snapshots/{cid}")
+async def delete_snapshot(request: web.Request) -> web.Response:
+    task = await run(request, request.app[RUNTIME].ledger.delete_snapshot, path(request, "deployment"),
+                     path(request, "cid"), actor=actor(request))
+    return accepted(task)
+
+
+@routes.delete("/deployments/{deployment}/snapshots")
+async def delete_snapshots(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    deployment = path(request, "deployment")
+    cids = await run(request, runtime.queries.deletable_cids, deployment)
+    task = await run(request, runtime.ledger.delete_snapshots, deployment, cids, actor=actor(request))
+    return accepted(task)
+
+
+@routes.get("/tasks")
+async def list_tasks(request: web.Request) -> web.Response:
+    params = query(request, schemas.TaskQuerySchema())
+    rows = await run(request, request.app[RUNTIME].queries.tasks, params.get("deployment"), params.get("state"),
+                     params["limit"])
+    return web.json_response(rows)
+
+
+@routes.get("/tasks/{task_id}")
+async def get_task(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    task_id = request.match_info["task_id"]
+    row = await run(request, runtime.queries.task, task_id)
+    if row is None:
+        row = task_from_aggregate(await run(request, runtime.ledger.get_task, task_id))
+    return web.json_response(row)
+
+
+@routes.get("/tasks/{task_id}/events")
+async def get_task_events(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    task_id = request.match_info["task_id"]
+    params = query(request, schemas.TaskEventsQuerySchema())
+    events = await run(request, runtime.queries.task_events, task_id, params["after"])
+    if not events and params["after"] == 0:
+        await run(request, runtime.ledger.get_task, task_id)  # 404 for an unknown task
+    return web.json_response(events)
+
+
+# Factory -------------------------------------------------------------------------
+
+def create_app(runtime: Runtime, start_background: bool = True) -> web.Application:
+    """The aiohttp application over a built runtime. With `start_background`, the
+    runtime's worker/projector roles run for the app's lifetime (cleanup_ctx)."""
+    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    app[RUNTIME] = runtime
+    app.add_routes(routes)
+
+    async def background(app: web.Application) -> Any:
+        if start_background:
+            runtime.start()
+        yield
+        await asyncio.get_running_loop().run_in_executor(None, runtime.close)
+
+    app.cleanup_ctx.append(background)
+    return app

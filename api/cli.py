@@ -1,0 +1,339 @@
+"""`snapledger`: the service's processes and a client named after BOSH's commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import yaml
+
+from .client import ApiError, Client
+
+DEFAULT_URL = "http://127.0.0.1:25555"
+
+
+# Output --------------------------------------------------------------------------
+
+def table(headers: list[str], rows: list[list[Any]], footer: str) -> str:
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), *(line(r) for r in cells), "", footer])
+
+
+def emit(ctx: click.Context, data: Any, human: Callable[[Any], str]) -> None:
+    click.echo(json.dumps(data, indent=2) if ctx.obj["json"] else human(data))
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def call(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except ApiError as error:
+        fail(error.message)
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    data, kind = event["data"], event["type"]
+    where = f"{data.get('job', '')}/{data.get('index', '')} disk {data.get('disk_cid', '')}".strip()
+    text = {
+        "Task.Queued": lambda: f"queued: {data.get('description')} ({len(data.get('operations', []))} operation(s))",
+        "Task.Started": lambda: f"started by {data.get('worker')}",
+        "Task.OperationFinished": lambda: _operation(data),
+        "Task.Finished": lambda: f"{data.get('state')}: {data.get('result')}",
+        "Snapshot.Requested": lambda: f"snapshot requested: {where}",
+        "Snapshot.CpiCallStarted": lambda: f"CPI {data.get('method')} started (attempt {data.get('attempt')})",
+        "Snapshot.Taken": lambda: f"snapshot taken: {data.get('snapshot_cid')}",
+        "Snapshot.Failed": lambda: f"snapshot failed: {data['error']['type']}: {data['error']['message']}",
+        "Snapshot.Skipped": lambda: f"snapshot skipped: {data.get('reason')}",
+        "Snapshot.DeletionRequested": lambda: "deletion requested",
+        "Snapshot.Deleted": lambda: f"snapshot deleted ({data.get('reason')})",
+        "Snapshot.DeletionFailed": lambda: f"deletion failed: {data['error']['type']}: {data['error']['message']}",
+    }.get(kind, lambda: kind)()
+    return f"{event['time'][11:19]}  {text}"
+
+
+def _operation(data: dict[str, Any]) -> str:
+    detail = data.get("detail", {})
+    text = f"{detail.get('instance', '?')} disk {detail.get('disk_cid', '?')}: {data.get('outcome')}"
+    if detail.get("snapshot_cid"):
+        text += f" {detail['snapshot_cid']}"
+    if detail.get("error_type"):
+        text += f" ({detail['error_type']}: {detail.get('message', '')})"
+    elif detail.get("reason"):
+        text += f" ({detail['reason']})"
+    return text
+
+
+def wait_for(ctx: click.Context, client: Client, accepted: dict[str, Any]) -> None:
+    """Follow a task to its end, showing each step; exit non-zero on `error`."""
+    task_id = accepted["task_id"]
+    as_json = ctx.obj["json"]
+    if not as_json:
+        click.echo(f"Task {task_id}")
+    task = call(lambda: client.follow_task(
+        task_id, lambda e: click.echo(json.dumps(e) if as_json else describe_event(e))))
+    if as_json:
+        click.echo(json.dumps(task))
+    else:
+        click.echo(f"\nTask {task_id} {task['state']}: {task['result']}")
+    if task["state"] != "done":
+        sys.exit(1)
+
+
+# Root ------------------------------------------------------------------------------
+
+@click.group()
+@click.option("--url", envvar="SNAPLEDGER_URL", default=DEFAULT_URL, show_default=True,
+              help="The snapledger API (env SNAPLEDGER_URL).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def main(ctx: click.Context, url: str, as_json: bool) -> None:
+    """snapledger: an event-sourced ledger for persistent-disk snapshots."""
+    ctx.obj = {"client": Client(url), "json": as_json}
+
+
+# Processes ---------------------------------------------------------------------------
+
+def _server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="SNAPLEDGER_CONFIG",
+                     help="YAML configuration file."),
+        click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+                     help="Where the embedded database, disks and snapshots live (default ./.snapledger)."),
+        click.option("--database", help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB?schema=NAME"),
+        click.option("--host", help="Bind address (default 127.0.0.1)."),
+        click.option("--port", type=int, help="Port (default 25555)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _load(config_path: str | None, data_dir: Path | None, database: str | None, host: str | None,
+          port: int | None) -> Any:
+    from snapledger.adapters.config import ConfigError, load_config
+    from snapledger.adapters.logging import configure_logging
+
+    try:
+        config = load_config(config_path, data_dir=data_dir, database=database, host=host, port=port)
+    except ConfigError as error:
+        fail(str(error), 2)
+    configure_logging(config.log_format, config.log_level)
+    return config
+
+
+def _run_server(roles: set[str], **options: Any) -> None:
+    from aiohttp import web
+
+    from snapledger.adapters.wiring import build_runtime
+
+    from .app import create_app
+
+    config = _load(**options)
+    runtime = build_runtime(config, roles)
+    runtime.log.info("starting", store=runtime.url.label, data_dir=str(config.data_dir.resolve()),
+                     listen=f"{config.host}:{config.port}" if "api" in roles else None)
+    if "api" in roles:
+        web.run_app(create_app(runtime), host=config.host, port=config.port, print=None)
+        return
+    stop = __import__("threading").Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    runtime.start()
+    stop.wait()
+    runtime.close()
+
+
+@main.command()
+@_server_options
+def serve(**options: Any) -> None:
+    """API, worker and projector in one process (the embedded default)."""
+    _run_server({"api", "worker", "projector"}, **options)
+
+
+@main.command()
+@_server_options
+def api(**options: Any) -> None:
+    """Only the HTTP API (scale out against one PostgreSQL)."""
+    _run_server({"api"}, **options)
+
+
+@main.command()
+@_server_options
+def worker(**options: Any) -> None:
+    """Only the worker that executes snapshot operations through the CPI."""
+    _run_server({"worker"}, **options)
+
+
+@main.command()
+@_server_options
+def projector(**options: Any) -> None:
+    """Only the projector that maintains the listing, task and deployment views."""
+    _run_server({"projector"}, **options)
+
+
+# Client commands -------------------------------------------------------------------------
+
+def _deployment_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("-d", "--deployment", required=True, envvar="SNAPLEDGER_DEPLOYMENT",
+                        help="Deployment name (env SNAPLEDGER_DEPLOYMENT).")(fn)
+
+
+def _instance_path(deployment: str, job: str | None, index: str | None) -> str:
+    if job is None:
+        return f"/deployments/{deployment}"
+    if index is None:
+        fail("give both JOB and INDEX (or an instance id), or neither for the whole deployment", 2)
+    return f"/deployments/{deployment}/jobs/{job}/{index}"
+
+
+@main.command()
+@click.pass_context
+def info(ctx: click.Context) -> None:
+    """Show the service's name, version and whether snapshots are enabled."""
+    data = call(lambda: ctx.obj["client"].get("/info"))
+    emit(ctx, data, lambda d: "\n".join([
+        f"Name       {d['name']}", f"UUID       {d['uuid']}", f"Version    {d['version']}",
+        f"CPI        {d['cpi']}", f"Snapshots  {'enabled' if d['features']['snapshots']['status'] else 'disabled'}",
+    ]))
+
+
+@main.command("enable-snapshots")
+@click.pass_context
+def enable_snapshots(ctx: click.Context) -> None:
+    """Turn snapshots on (they are off by default)."""
+    data = call(lambda: ctx.obj["client"].request("PUT", "/config/snapshots", {"enable_snapshots": True}))
+    emit(ctx, data, lambda d: "Snapshots enabled")
+
+
+@main.command("disable-snapshots")
+@click.pass_context
+def disable_snapshots(ctx: click.Context) -> None:
+    """Turn snapshots off: new snapshot requests are refused."""
+    data = call(lambda: ctx.obj["client"].request("PUT", "/config/snapshots", {"enable_snapshots": False}))
+    emit(ctx, data, lambda d: "Snapshots disabled")
+
+
+@main.command()
+@click.argument("file", type=click.File("r"))
+@click.pass_context
+def deploy(ctx: click.Context, file: Any) -> None:
+    """Record a deployment's inventory from FILE.yml (name, tags, instances)."""
+    from marshmallow import ValidationError
+
+    from .schemas import DeploymentFileSchema
+
+    try:
+        raw = yaml.safe_load(file)
+        spec = DeploymentFileSchema().load(raw if isinstance(raw, dict) else {})
+    except yaml.YAMLError as error:
+        fail(f"{file.name} is not valid YAML: {error}", 2)
+    except ValidationError as error:
+        fail(f"{file.name}: {error.normalized_messages()}", 2)
+    name = spec.pop("name")
+    data = call(lambda: ctx.obj["client"].request("PUT", f"/deployments/{name}", spec))
+    disks = sum(len(i["disks"]) for i in data["instances"])
+    emit(ctx, data, lambda d: f"Deployment '{name}' recorded: {len(d['instances'])} instance(s), {disks} disk(s)")
+
+
+@main.command()
+@click.pass_context
+def deployments(ctx: click.Context) -> None:
+    """List deployments."""
+    data = call(lambda: ctx.obj["client"].get("/deployments"))
+    emit(ctx, data, lambda rows: table(
+        ["Name", "Instances", "Disks", "Snapshots", "Tags"],
+        [[d["name"], len(d["instances"]), sum(len(i["disks"]) for i in d["instances"]), d["snapshots"],
+          ",".join(f"{k}={v}" for k, v in sorted(d["tags"].items()))] for d in rows],
+        f"{len(rows)} deployments"))
+
+
+@main.command()
+@_deployment_option
+@click.argument("job", required=False)
+@click.argument("index", required=False)
+@click.pass_context
+def snapshots(ctx: click.Context, deployment: str, job: str | None, index: str | None) -> None:
+    """List a deployment's snapshots (or one instance's)."""
+    client: Client = ctx.obj["client"]
+    base = _instance_path(deployment, job, index) if job else f"/deployments/{deployment}"
+    rows = call(lambda: list(client.paged(f"{base}/snapshots")))
+    emit(ctx, rows, lambda rs: table(
+        ["Instance", "Disk", "CID", "Created At", "Clean", "Trigger"],
+        [[f"{r['job']}/{r['index'] if r['index'] is not None else '?'}", r["disk_cid"], r["snapshot_cid"],
+          r["created_at"], str(r["clean"]).lower(), r["trigger"]] for r in rs],
+        f"{len(rs)} snapshots"))
+
+
+@main.command("take-snapshot")
+@_deployment_option
+@click.argument("job", required=False)
+@click.argument("index", required=False)
+@click.pass_context
+def take_snapshot(ctx: click.Context, deployment: str, job: str | None, index: str | None) -> None:
+    """Snapshot every persistent disk of one instance, or of the whole deployment."""
+    client: Client = ctx.obj["client"]
+    accepted = call(lambda: client.request("POST", f"{_instance_path(deployment, job, index)}/snapshots"))
+    wait_for(ctx, client, accepted)
+
+
+@main.command("delete-snapshot")
+@_deployment_option
+@click.argument("cid")
+@click.pass_context
+def delete_snapshot(ctx: click.Context, deployment: str, cid: str) -> None:
+    """Delete one snapshot by its CID."""
+    client: Client = ctx.obj["client"]
+    accepted = call(lambda: client.request("DELETE", f"/deployments/{deployment}/snapshots/{cid}"))
+    wait_for(ctx, client, accepted)
+
+
+@main.command("delete-snapshots")
+@_deployment_option
+@click.option("-n", "--non-interactive", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def delete_snapshots(ctx: click.Context, deployment: str, non_interactive: bool) -> None:
+    """Delete every snapshot of a deployment."""
+    if not non_interactive and not click.confirm(f"Delete all snapshots of deployment '{deployment}'?"):
+        fail("aborted", 1)
+    client: Client = ctx.obj["client"]
+    accepted = call(lambda: client.request("DELETE", f"/deployments/{deployment}/snapshots"))
+    wait_for(ctx, client, accepted)
+
+
+@main.command()
+@click.option("-d", "--deployment", help="Only this deployment's tasks.")
+@click.option("--state", type=click.Choice(["queued", "processing", "done", "error"]))
+@click.option("--limit", type=int, default=30, show_default=True)
+@click.pass_context
+def tasks(ctx: click.Context, deployment: str | None, state: str | None, limit: int) -> None:
+    """List recent tasks, newest first."""
+    rows = call(lambda: ctx.obj["client"].get("/tasks", deployment=deployment, state=state, limit=limit))
+    emit(ctx, rows, lambda rs: table(
+        ["ID", "State", "Started At", "Finished At", "User", "Deployment", "Description", "Result"],
+        [[r["id"], r["state"], r["started_at"], r["finished_at"], r["user"], r["deployment"],
+          r["description"], r["result"]] for r in rs],
+        f"{len(rs)} tasks"))
+
+
+@main.command()
+@click.argument("task_id")
+@click.pass_context
+def task(ctx: click.Context, task_id: str) -> None:
+    """Show one task and its events; waits while it runs."""
+    client: Client = ctx.obj["client"]
+    wait_for(ctx, client, {"task_id": task_id})
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

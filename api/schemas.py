@@ -1,0 +1,107 @@
+"""Request validation (marshmallow). Unknown fields are refused; errors name the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validates_schema
+from marshmallow.validate import Length, OneOf, Range, Regexp
+
+from snapledger.domain.names import CID_PATTERN, NAME_PATTERN, RESERVED_DEPLOYMENT_NAMES
+
+NAME = Regexp(NAME_PATTERN, error="must be 1-128 characters of letters, digits, '.', '_' or '-', "
+                                 "starting with a letter or digit")
+CID = Regexp(CID_PATTERN, error="must be 1-255 characters of letters, digits, '.', '_', ':' or '-'")
+
+
+class StrictSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class InstanceSchema(StrictSchema):
+    job = fields.String(required=True, validate=NAME)
+    index = fields.Integer(required=True, strict=True, validate=Range(min=0, max=1_000_000))
+    id = fields.String(validate=NAME)
+    disks = fields.List(fields.String(validate=CID), load_default=list, validate=Length(max=64))
+
+
+class DeploymentSchema(StrictSchema):
+    tags = fields.Dict(keys=fields.String(validate=Length(min=1, max=128)),
+                       values=fields.String(validate=Length(max=256)), load_default=dict)
+    instances = fields.List(fields.Nested(InstanceSchema), required=True, validate=Length(max=10_000))
+
+    @validates_schema
+    def _unique(self, data: dict[str, Any], **_: Any) -> None:
+        slugs, ids, disks = set(), set(), set()
+        for inst in data.get("instances", []):
+            slug = (inst["job"], inst["index"])
+            if slug in slugs:
+                raise ValidationError(f"duplicate instance {inst['job']}/{inst['index']}", "instances")
+            slugs.add(slug)
+            if inst.get("id"):
+                if inst["id"] in ids:
+                    raise ValidationError(f"duplicate instance id {inst['id']}", "instances")
+                ids.add(inst["id"])
+            for disk in inst["disks"]:
+                if disk in disks:
+                    raise ValidationError(f"disk {disk} is listed twice", "instances")
+                disks.add(disk)
+
+
+class DeploymentFileSchema(DeploymentSchema):
+    """The CLI's `deploy FILE.yml`: the PUT body plus the deployment's name."""
+
+    name = fields.String(required=True, validate=NAME)
+
+
+class StrictBoolean(fields.Boolean):
+    """Only JSON true/false: "yes" or 1 for a switch is more likely a mistake than intent."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("must be true or false")
+        return value
+
+
+class SnapshotConfigSchema(StrictSchema):
+    enable_snapshots = StrictBoolean(required=True)
+
+
+class ListQuerySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    limit = fields.Integer(validate=Range(min=1, max=10_000))
+    after = fields.Integer(validate=Range(min=0))
+
+
+class TaskQuerySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    deployment = fields.String(validate=NAME)
+    state = fields.String(validate=OneOf(["queued", "processing", "done", "error"]))
+    limit = fields.Integer(validate=Range(min=1, max=1000), load_default=100)
+
+
+class TaskEventsQuerySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    after = fields.Integer(validate=Range(min=0), load_default=0)
+
+
+def validate_deployment_name(name: str, *, creating: bool = False) -> None:
+    errors = NAME_FIELD.validate({"name": name})
+    if errors:
+        raise ValidationError(errors)
+    if creating and name in RESERVED_DEPLOYMENT_NAMES:
+        raise ValidationError({"name": [f"'{name}' is reserved"]})
+
+
+class _NameField(Schema):
+    name = fields.String(required=True, validate=NAME)
+
+
+NAME_FIELD = _NameField()

@@ -1,0 +1,93 @@
+"""A deployment's inventory: instances (`job/index`, id) and their persistent disks."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+from .errors import InstanceNotFound
+
+
+def deployment_id(name: str) -> UUID:
+    return uuid5(NAMESPACE_URL, f"snapledger:/deployments/{name}")
+
+
+class Deployment(Aggregate):
+    """Inventory as last recorded. Deleting keeps the history (and the snapshots)."""
+
+    @staticmethod
+    def create_id(name: str) -> UUID:
+        return deployment_id(name)
+
+    @event("Registered")
+    def __init__(self, name: str, actor: str) -> None:
+        self.name = name
+        self.tags: dict[str, str] = {}
+        self.instances: list[dict[str, Any]] = []
+        self.deleted = False
+
+    @event("InventoryRecorded")
+    def _record(
+        self,
+        tags: dict[str, str],
+        instances: list[dict[str, Any]],
+        attached: list[str],
+        detached: list[str],
+        actor: str,
+    ) -> None:
+        self.tags = dict(tags)
+        self.instances = [dict(i) for i in instances]
+        self.deleted = False
+
+    @event("Deleted")
+    def _delete(self, actor: str) -> None:
+        self.deleted = True
+
+    # Commands -------------------------------------------------------------
+
+    def record_inventory(
+        self, tags: dict[str, str], instances: list[dict[str, Any]], actor: str
+    ) -> None:
+        """Replace the inventory. Instances keep their id across records of the same job/index."""
+        known = {(i["job"], i["index"]): i["id"] for i in self.instances}
+        normalised = []
+        for inst in instances:
+            inst_id = inst.get("id") or known.get((inst["job"], inst["index"])) or str(uuid4())
+            normalised.append(
+                {"id": inst_id, "job": inst["job"], "index": inst["index"], "disks": list(inst["disks"])}
+            )
+        before = set(self.disk_cids()) if not self.deleted else set()
+        after = {d for i in normalised for d in i["disks"]}
+        self._record(
+            tags=dict(tags),
+            instances=normalised,
+            attached=sorted(after - before),
+            detached=sorted(before - after),
+            actor=actor,
+        )
+
+    def delete(self, actor: str) -> None:
+        if not self.deleted:
+            self._delete(actor=actor)
+
+    # Queries ---------------------------------------------------------------
+
+    def disk_cids(self) -> list[str]:
+        return [d for i in self.instances for d in i["disks"]]
+
+    def find_instances(self, job: str | None = None, index_or_id: str | None = None) -> list[dict[str, Any]]:
+        """BOSH's lookup: digits select by index within the job, anything else by instance id."""
+        if job is None:
+            return list(self.instances)
+        if index_or_id is None:
+            found = [i for i in self.instances if i["job"] == job]
+        elif index_or_id.isdigit():
+            found = [i for i in self.instances if i["job"] == job and i["index"] == int(index_or_id)]
+        else:
+            found = [i for i in self.instances if i["id"] == index_or_id and i["job"] == job]
+        if not found:
+            where = job if index_or_id is None else f"{job}/{index_or_id}"
+            raise InstanceNotFound(f"instance '{where}' not found in deployment '{self.name}'")
+        return found

@@ -1,0 +1,171 @@
+"""Executing requested snapshot operations through a CPI.
+
+The protocol that makes execution safe across any number of workers:
+1. claim: append `CpiCallStarted` (with the task's `Started` when first). Two
+   workers racing on the same snapshot version conflict; the loser skips.
+2. call the CPI, outside any transaction.
+3. record the outcome and the task's progress in one transaction.
+A `CpiCallStarted` without an outcome is an in-doubt call, never silently repeated.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Mapping
+from uuid import UUID
+
+from eventsourcing.persistence import IntegrityError
+
+from .application import Ledger
+from .cpi import DISK_NOT_FOUND, Cpi, CpiError
+from .snapshot import DELETING, TAKING, Snapshot
+from .task import GOOD_OUTCOMES, Task
+
+# Keep events small: a CPI's log can be megabytes.
+MAX_LOG_CHARS = 16_384
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_LOG_CHARS else text[:MAX_LOG_CHARS] + f"... [{len(text) - MAX_LOG_CHARS} chars clipped]"
+
+
+class DiskLocks:
+    """Never two CPI calls for the same disk at once (in this process)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    def for_disk(self, disk_cid: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(disk_cid, threading.Lock())
+
+
+class OperationRunner:
+    def __init__(self, ledger: Ledger, cpis: Mapping[str, Cpi], worker: str,
+                 log: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ledger = ledger
+        self.cpis = cpis
+        self.worker = worker
+        self.log = log
+        self.clock = clock
+        self.disk_locks = DiskLocks()
+
+    def execute(self, snapshot_id: UUID) -> str | None:
+        """Run the pending CPI call of one snapshot, if it is still pending.
+
+        Returns the outcome name, or None when there was nothing to do (already
+        handled, or claimed by another worker)."""
+        snapshot = self.ledger.get_snapshot(snapshot_id)
+        if snapshot.pending_method is None:
+            return None
+        with self.disk_locks.for_disk(snapshot.disk_cid):
+            claimed = self._claim(snapshot_id)
+            if claimed is None:
+                return None
+            snapshot, method = claimed
+            outcome, record = self._call(snapshot, method)
+            self._record(snapshot_id, outcome, record)
+            return outcome
+
+    # Steps -------------------------------------------------------------------
+
+    def _claim(self, snapshot_id: UUID) -> tuple[Snapshot, str] | None:
+        for _ in range(25):
+            snapshot = self.ledger.get_snapshot(snapshot_id)
+            if snapshot.pending_method is None:
+                return None
+            task: Task = self.ledger.get_task(snapshot.current_task_id)
+            method = snapshot.start_cpi_call(worker=self.worker, actor=task.actor)
+            task.start(worker=self.worker, actor=task.actor)
+            try:
+                self.ledger.save(snapshot, task)
+                return snapshot, method
+            except IntegrityError:
+                continue  # another worker claimed it, or the task moved on: look again
+        return None
+
+    def _call(self, snapshot: Snapshot, method: str) -> tuple[str, dict[str, Any]]:
+        cpi = self.cpis[snapshot.cpi]
+        started = self.clock()
+        record: dict[str, Any] = {"method": method, "cpi": snapshot.cpi}
+        try:
+            if method == "snapshot_disk":
+                record["snapshot_cid"] = cpi.snapshot_disk(snapshot.disk_cid, snapshot.metadata)
+                outcome = "taken"
+            else:
+                cpi.delete_snapshot(snapshot.snapshot_cid or "")
+                outcome, record["reason"] = "deleted", "deleted by the CPI"
+        except CpiError as error:
+            record["error"] = error.as_dict()
+            if error.is_not_implemented and method == "snapshot_disk":
+                outcome, record["reason"] = "skipped", f"CPI does not support disk snapshots: {error.message}"
+            elif error.type == DISK_NOT_FOUND and method == "delete_snapshot":
+                # Already gone in the IaaS: that is what the user wanted. BOSH
+                # fails here and users looped forever (bosh-aws-cpi-release#35).
+                outcome, record["reason"] = "deleted", f"already gone in the IaaS ({error.message})"
+            else:
+                outcome = "failed"
+        except Exception as error:  # a bug or an unexpected adapter failure: record it, never lose it
+            record["error"] = {"type": type(error).__name__, "message": str(error), "ok_to_retry": False}
+            outcome = "failed"
+        record["duration_s"] = round(self.clock() - started, 6)
+        last = getattr(cpi, "last_call", None)
+        if last is not None:
+            record.update(request_id=last.request_id, log=_clip(last.log), stderr=_clip(last.stderr))
+        if self.log is not None:
+            self.log.info("cpi call", method=method, snapshot_id=str(snapshot.id), outcome=outcome,
+                          duration_s=record["duration_s"], disk_cid=snapshot.disk_cid)
+        return outcome, record
+
+    def _record(self, snapshot_id: UUID, outcome: str, record: dict[str, Any]) -> None:
+        def decide() -> list[Any]:
+            snapshot = self.ledger.get_snapshot(snapshot_id)
+            if snapshot.state not in (TAKING, DELETING):
+                return []  # recorded already (a retried save that did commit)
+            task = self.ledger.get_task(snapshot.current_task_id)
+            extra = self._apply(snapshot, outcome, record, task.actor)
+            task_outcome = snapshot_outcome(outcome, snapshot)
+            detail: dict[str, Any] = {
+                "instance": snapshot.instance_label,
+                "disk_cid": snapshot.disk_cid,
+                "snapshot_cid": snapshot.snapshot_cid or record.get("snapshot_cid"),
+            }
+            if "reason" in record:
+                detail["reason"] = record["reason"]
+            if "error" in record and task_outcome not in GOOD_OUTCOMES:
+                detail.update(error_type=record["error"]["type"], message=record["error"]["message"])
+            task.operation_finished(snapshot.id, task_outcome, detail, actor=task.actor)
+            return [snapshot, task, *extra]
+
+        self.ledger.save_with_retry(decide)
+
+    def _apply(self, snapshot: Snapshot, outcome: str, record: dict[str, Any], actor: str) -> list[Any]:
+        call = {k: v for k, v in record.items() if k not in ("snapshot_cid", "reason")}
+        if outcome == "taken":
+            cid = record["snapshot_cid"]
+            if self.ledger.snapshot_cid_taken(cid):
+                error = {"type": "Snapledger::DuplicateSnapshotCid", "ok_to_retry": False,
+                         "message": f"the CPI returned snapshot CID '{cid}', which the ledger already holds"}
+                record["error"] = error
+                snapshot.record_failed(error=error, call=call, actor=actor)
+                return []
+            snapshot.record_taken(snapshot_cid=cid, call=call, actor=actor)
+            return [self.ledger.new_cid_index(cid, snapshot.id)]
+        if outcome == "skipped":
+            snapshot.record_skipped(reason=record["reason"], call=call, actor=actor)
+        elif outcome == "deleted":
+            snapshot.record_deleted(reason=record["reason"], call=call, actor=actor)
+        else:
+            snapshot.record_failed(error=record["error"], call=call, actor=actor)
+        return []
+
+
+def snapshot_outcome(outcome: str, snapshot: Snapshot) -> str:
+    """The task-level outcome: a failed deletion is `deletion_failed`, a duplicate CID `failed`."""
+    if outcome == "taken" and snapshot.state == "failed":
+        return "failed"
+    if outcome == "failed" and snapshot.deletion_task_id and snapshot.state == "taken":
+        return "deletion_failed"
+    return outcome

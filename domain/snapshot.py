@@ -1,0 +1,179 @@
+"""One snapshot's whole life: requested, taken (or failed/skipped), deleted."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+from .errors import InvalidState
+
+# States
+REQUESTED = "requested"  # accepted, no CPI call yet
+TAKING = "taking"  # snapshot_disk call started
+TAKEN = "taken"
+FAILED = "failed"
+SKIPPED = "skipped"
+DELETE_REQUESTED = "delete_requested"
+DELETING = "deleting"  # delete_snapshot call started
+DELETED = "deleted"
+
+# States in which the snapshot exists in the cloud and is listed.
+LISTED_STATES = frozenset({TAKEN, DELETE_REQUESTED, DELETING})
+
+
+class Snapshot(Aggregate):
+    id: UUID  # lets the service layer choose the id (it is needed in the metadata)
+
+    @event("Requested")
+    def __init__(
+        self,
+        task_id: str,
+        deployment: str,
+        job: str,
+        index: int | None,
+        instance_id: str,
+        disk_cid: str,
+        trigger: str,
+        clean: bool,
+        metadata: dict[str, Any],
+        cpi: str,
+        actor: str,
+    ) -> None:
+        self.task_id = task_id
+        self.deployment = deployment
+        self.job = job
+        self.index = index
+        self.instance_id = instance_id
+        self.disk_cid = disk_cid
+        self.trigger = trigger
+        self.clean = clean
+        self.metadata = dict(metadata)
+        self.cpi = cpi
+        self.state = REQUESTED
+        self.snapshot_cid: str | None = None
+        self.created_at = None
+        self.deletion_task_id: str | None = None
+        self.last_error: dict[str, Any] | None = None
+        self.attempts = 0
+
+    @event("CpiCallStarted")
+    def _cpi_call_started(self, method: str, worker: str, attempt: int, task_id: str, actor: str) -> None:
+        self.state = TAKING if method == "snapshot_disk" else DELETING
+        self.attempts = attempt
+
+    @event("Taken")
+    def _taken(self, snapshot_cid: str, call: dict[str, Any], task_id: str, actor: str) -> None:
+        self.state = TAKEN
+        self.snapshot_cid = snapshot_cid
+        self.created_at = self.modified_on
+
+    @event("Failed")
+    def _failed(self, error: dict[str, Any], call: dict[str, Any], task_id: str, actor: str) -> None:
+        self.state = FAILED
+        self.last_error = dict(error)
+
+    @event("Skipped")
+    def _skipped(self, reason: str, call: dict[str, Any], task_id: str, actor: str) -> None:
+        self.state = SKIPPED
+
+    @event("DeletionRequested")
+    def _deletion_requested(self, task_id: str, actor: str) -> None:
+        self.state = DELETE_REQUESTED
+        self.deletion_task_id = task_id
+        self.attempts = 0  # attempts count per CPI method
+
+    @event("Deleted")
+    def _deleted(self, reason: str, call: dict[str, Any], task_id: str, actor: str) -> None:
+        self.state = DELETED
+
+    @event("DeletionFailed")
+    def _deletion_failed(self, error: dict[str, Any], call: dict[str, Any], task_id: str, actor: str) -> None:
+        # Still in the cloud, still listed: the operator can retry the deletion.
+        self.state = TAKEN
+        self.last_error = dict(error)
+
+    # Commands -------------------------------------------------------------
+
+    @property
+    def current_task_id(self) -> str:
+        return self.deletion_task_id if self.state in (DELETE_REQUESTED, DELETING) else self.task_id
+
+    @property
+    def pending_method(self) -> str | None:
+        """The CPI method this snapshot waits for, if any."""
+        return {REQUESTED: "snapshot_disk", DELETE_REQUESTED: "delete_snapshot"}.get(self.state)
+
+    def start_cpi_call(self, worker: str, actor: str) -> str:
+        method = self.pending_method
+        if method is None:
+            raise InvalidState(f"snapshot {self.id} is {self.state}; no CPI call pending")
+        self._cpi_call_started(
+            method=method, worker=worker, attempt=self.attempts + 1, task_id=self.current_task_id, actor=actor
+        )
+        return method
+
+    def record_taken(self, snapshot_cid: str, call: dict[str, Any], actor: str) -> None:
+        self._require(TAKING)
+        self._taken(snapshot_cid=snapshot_cid, call=call, task_id=self.task_id, actor=actor)
+
+    def record_failed(self, error: dict[str, Any], call: dict[str, Any], actor: str) -> None:
+        if self.state == DELETING:
+            self._deletion_failed(error=error, call=call, task_id=self.current_task_id, actor=actor)
+        else:
+            self._require(TAKING)
+            self._failed(error=error, call=call, task_id=self.task_id, actor=actor)
+
+    def record_skipped(self, reason: str, call: dict[str, Any], actor: str) -> None:
+        self._require(TAKING)
+        self._skipped(reason=reason, call=call, task_id=self.task_id, actor=actor)
+
+    def request_deletion(self, task_id: str, actor: str) -> None:
+        if self.state in (DELETE_REQUESTED, DELETING):
+            raise InvalidState(f"snapshot {self.snapshot_cid} is already being deleted (task {self.deletion_task_id})")
+        if self.state != TAKEN:
+            raise InvalidState(f"snapshot {self.snapshot_cid or self.id} is {self.state} and cannot be deleted")
+        self._deletion_requested(task_id=task_id, actor=actor)
+
+    def record_deleted(self, reason: str, call: dict[str, Any], actor: str) -> None:
+        self._require(DELETING)
+        self._deleted(reason=reason, call=call, task_id=self.current_task_id, actor=actor)
+
+    def _require(self, state: str) -> None:
+        if self.state != state:
+            raise InvalidState(f"snapshot {self.id} is {self.state}, expected {state}")
+
+    @property
+    def instance_label(self) -> str:
+        return f"{self.job}/{self.index if self.index is not None else self.instance_id}"
+
+
+def snapshot_cid_id(snapshot_cid: str) -> UUID:
+    return uuid5(NAMESPACE_URL, f"snapledger:/snapshot-cids/{snapshot_cid}")
+
+
+class SnapshotCid(Aggregate):
+    """Unique index CID -> snapshot, written in the same transaction as `Snapshot.Taken`.
+
+    It makes "delete snapshot by CID" strongly consistent (no wait for a view)
+    and rejects a CPI that hands out a CID already in the ledger.
+    """
+
+    @staticmethod
+    def create_id(snapshot_cid: str) -> UUID:
+        return snapshot_cid_id(snapshot_cid)
+
+    @event("Assigned")
+    def __init__(self, snapshot_cid: str, snapshot_id: str) -> None:
+        self.snapshot_cid = snapshot_cid
+        self.snapshot_id = snapshot_id
+
+
+class Refusal(Aggregate):
+    """A command refused for a reason worth auditing (e.g. snapshots disabled)."""
+
+    @event("Recorded")
+    def __init__(self, command: str, reason: str, deployment: str | None, details: dict[str, Any], actor: str) -> None:
+        self.command = command
+        self.reason = reason

@@ -1,0 +1,104 @@
+"""A task: one per accepted command, like a BOSH task, finished when its operations are."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+QUEUED, PROCESSING, DONE, ERROR = "queued", "processing", "done", "error"
+TERMINAL_STATES = frozenset({DONE, ERROR})
+
+# Operation outcomes that do not fail a task.
+GOOD_OUTCOMES = frozenset({"taken", "skipped", "deleted"})
+
+
+class Task(Aggregate):
+    id: UUID  # lets the service layer choose the id (it is needed in the metadata)
+
+    @event("Queued")
+    def __init__(
+        self,
+        kind: str,
+        description: str,
+        deployment: str | None,
+        operations: list[str],
+        actor: str,
+        trigger: str = "manual",
+        context: dict[str, Any] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.description = description
+        self.deployment = deployment
+        self.operations = list(operations)
+        self.actor = actor
+        self.trigger = trigger
+        self.context = dict(context or {})
+        self.state = QUEUED
+        self.outcomes: dict[str, dict[str, Any]] = {}
+        self.result: str | None = None
+        self.started_at = None
+        self.finished_at = None
+
+    @event("Started")
+    def _start(self, worker: str, actor: str) -> None:
+        self.state = PROCESSING
+        self.started_at = self.modified_on
+
+    @event("OperationFinished")
+    def _operation_finished(self, operation_id: str, outcome: str, detail: dict[str, Any], actor: str) -> None:
+        self.outcomes[operation_id] = {"outcome": outcome, **detail}
+
+    @event("Finished")
+    def _finish(self, state: str, result: str, actor: str) -> None:
+        self.state = state
+        self.result = result
+        self.finished_at = self.modified_on
+
+    # Commands -------------------------------------------------------------
+
+    def start(self, worker: str, actor: str) -> None:
+        if self.state == QUEUED:
+            self._start(worker=worker, actor=actor)
+
+    def operation_finished(self, operation_id: UUID | str, outcome: str, detail: dict[str, Any], actor: str) -> None:
+        """Record one operation's outcome; finish the task when it was the last one."""
+        op = str(operation_id)
+        if op in self.outcomes or op not in self.operations:
+            return
+        self._operation_finished(operation_id=op, outcome=outcome, detail=detail, actor=actor)
+        if len(self.outcomes) == len(self.operations):
+            state, result = self.summarise()
+            self._finish(state=state, result=result, actor=actor)
+
+    def finish_empty(self, result: str, actor: str) -> None:
+        """A task with nothing to do is done at once (e.g. a deployment without disks)."""
+        self._finish(state=DONE, result=result, actor=actor)
+
+    def summarise(self) -> tuple[str, str]:
+        failures = [o for o in self.outcomes.values() if o["outcome"] not in GOOD_OUTCOMES]
+        taken = [o["snapshot_cid"] for o in self.outcomes.values() if o["outcome"] == "taken"]
+        deleted = [o["snapshot_cid"] for o in self.outcomes.values() if o["outcome"] == "deleted"]
+        skipped = [o for o in self.outcomes.values() if o["outcome"] == "skipped"]
+        parts = []
+        if taken:
+            parts.append(f"snapshot(s) {', '.join(taken)} created")
+        if deleted:
+            parts.append(f"snapshot(s) {', '.join(deleted)} deleted")
+        if skipped:
+            reasons = sorted({o.get("reason", "") for o in skipped})
+            parts.append(f"{len(skipped)} skipped ({'; '.join(reasons)})")
+        if failures:
+            # Name every failed instance and disk: BOSH hides these (task `done`).
+            named = "; ".join(
+                f"{o.get('instance', '?')} disk {o.get('disk_cid', '?')}: {o.get('error_type', '')}: {o.get('message', '')}"
+                for o in failures
+            )
+            parts.append(f"{len(failures)} failed: {named}")
+            return ERROR, ". ".join(parts)
+        return DONE, ". ".join(parts) or "nothing to do"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state in TERMINAL_STATES

@@ -1,0 +1,118 @@
+"""Read side: what the API and CLI list. Plain SQL over the view tables."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+LISTED_STATES = ("taken", "delete_requested", "deleting")
+
+
+def _snapshot_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "job": row["job"],
+        "index": row["idx"],
+        "instance_id": row["instance_id"],
+        "disk_cid": row["disk_cid"],
+        "snapshot_cid": row["snapshot_cid"],
+        "created_at": row["created_at"],
+        "clean": bool(row["clean"]),
+        "trigger": row["trigger"],
+        "state": row["state"],
+        "cursor": row["listed_seq"],
+    }
+
+
+class Queries:
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+    # Snapshots -----------------------------------------------------------------
+
+    def snapshots(self, deployment: str, job: str | None = None, index_or_id: str | None = None,
+                  limit: int | None = None, after: int | None = None) -> list[dict[str, Any]]:
+        """The listing, newest last, paged by the `cursor` of the last row seen."""
+        clauses = ["deployment = %s", "state IN ('taken', 'delete_requested', 'deleting')"]
+        params: list[Any] = [deployment]
+        if job is not None:
+            clauses.append("job = %s")
+            params.append(job)
+        if index_or_id is not None:
+            if index_or_id.isdigit():
+                clauses.append("idx = %s")
+                params.append(int(index_or_id))
+            else:
+                clauses.append("instance_id = %s")
+                params.append(index_or_id)
+        if after is not None:
+            clauses.append("listed_seq > %s")
+            params.append(after)
+        statement = f"SELECT * FROM snapshots_view WHERE {' AND '.join(clauses)} ORDER BY listed_seq"
+        if limit is not None:
+            statement += " LIMIT %s"
+            params.append(limit)
+        return [_snapshot_row(r) for r in self.db.query(statement, params)]
+
+    def deletable_cids(self, deployment: str) -> list[str]:
+        rows = self.db.query(
+            "SELECT snapshot_cid FROM snapshots_view WHERE deployment = %s AND state = 'taken' "
+            "ORDER BY listed_seq", (deployment,))
+        return [r["snapshot_cid"] for r in rows]
+
+    # Tasks -----------------------------------------------------------------------
+
+    @staticmethod
+    def _task_row(row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": row["task_id"], "state": row["state"], "kind": row["kind"],
+            "description": row["description"], "deployment": row["deployment"], "user": row["actor"],
+            "trigger": row["trigger"], "result": row["result"], "operations": row["operations"],
+            "finished_operations": row["finished_operations"], "queued_at": row["queued_at"],
+            "started_at": row["started_at"], "finished_at": row["finished_at"],
+        }
+
+    def task(self, task_id: str) -> dict[str, Any] | None:
+        rows = self.db.query("SELECT * FROM tasks_view WHERE task_id = %s", (task_id,))
+        return self._task_row(rows[0]) if rows else None
+
+    def tasks(self, deployment: str | None = None, state: str | None = None,
+              limit: int = 100) -> list[dict[str, Any]]:
+        clauses, params = ["1 = 1"], []
+        if deployment is not None:
+            clauses.append("deployment = %s")
+            params.append(deployment)
+        if state is not None:
+            clauses.append("state = %s")
+            params.append(state)
+        rows = self.db.query(
+            f"SELECT * FROM tasks_view WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT %s",
+            [*params, limit])
+        return [self._task_row(r) for r in rows]
+
+    def task_events(self, task_id: str, after: int = 0) -> list[dict[str, Any]]:
+        rows = self.db.query(
+            "SELECT * FROM task_events_view WHERE task_id = %s AND position > %s ORDER BY position",
+            (task_id, after))
+        return [{"position": r["position"], "type": r["type"], "time": r["time"], "actor": r["actor"],
+                 "data": json.loads(r["data"])} for r in rows]
+
+    # Deployments -------------------------------------------------------------------
+
+    @staticmethod
+    def _deployment_row(row: dict[str, Any]) -> dict[str, Any]:
+        return {"name": row["name"], "tags": json.loads(row["tags"]), "instances": json.loads(row["instances"]),
+                "deleted": bool(row["deleted"]), "updated_at": row["updated_at"]}
+
+    def deployments(self, include_deleted: bool = False) -> list[dict[str, Any]]:
+        rows = self.db.query("SELECT * FROM deployments_view ORDER BY name")
+        return [self._deployment_row(r) for r in rows if include_deleted or not r["deleted"]]
+
+    def deployment(self, name: str) -> dict[str, Any] | None:
+        rows = self.db.query("SELECT * FROM deployments_view WHERE name = %s", (name,))
+        return self._deployment_row(rows[0]) if rows else None
+
+    def snapshot_counts(self) -> dict[str, int]:
+        rows = self.db.query(
+            "SELECT deployment, COUNT(*) AS n FROM snapshots_view "
+            "WHERE state IN ('taken', 'delete_requested', 'deleting') GROUP BY deployment")
+        return {r["deployment"]: int(r["n"]) for r in rows}

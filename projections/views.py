@@ -1,0 +1,226 @@
+"""The read models: snapshot listing, tasks (with their event logs), deployments.
+
+Each view is plain code over events: a handler per event type writing SQL
+through the cursor of the batch transaction the projector opened. SQL uses
+`%s` placeholders and syntax both PostgreSQL and SQLite accept.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .events import dumps, event_record, event_type, iso
+
+Handler = Callable[[Any, int, Any], None]
+
+
+class View:
+    name: str
+    tables: tuple[str, ...]
+    ddl: tuple[str, ...]
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Handler] = {}
+
+    def apply(self, cur: Any, position: int, event: Any) -> None:
+        handler = self.handlers.get(event_type(event))
+        if handler is not None:
+            handler(cur, position, event)
+
+
+class SnapshotsView(View):
+    """Every requested snapshot with its state; the listing shows the ones that exist."""
+
+    name = "snapshots"
+    tables = ("snapshots_view",)
+    ddl = (
+        """CREATE TABLE IF NOT EXISTS snapshots_view (
+            snapshot_id TEXT PRIMARY KEY,
+            deployment TEXT NOT NULL,
+            job TEXT NOT NULL,
+            idx INTEGER,
+            instance_id TEXT NOT NULL,
+            disk_cid TEXT NOT NULL,
+            snapshot_cid TEXT,
+            state TEXT NOT NULL,
+            clean BOOLEAN NOT NULL,
+            trigger TEXT NOT NULL,
+            task_id TEXT NOT NULL,
+            deletion_task_id TEXT,
+            requested_at TEXT NOT NULL,
+            created_at TEXT,
+            deleted_at TEXT,
+            listed_seq BIGINT,
+            last_error TEXT
+        )""",
+        "CREATE INDEX IF NOT EXISTS snapshots_view_listing ON snapshots_view (deployment, listed_seq)",
+        "CREATE INDEX IF NOT EXISTS snapshots_view_cid ON snapshots_view (snapshot_cid)",
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handlers = {
+            "Snapshot.Requested": self._requested,
+            "Snapshot.CpiCallStarted": self._call_started,
+            "Snapshot.Taken": self._taken,
+            "Snapshot.Failed": self._failed,
+            "Snapshot.Skipped": self._skipped,
+            "Snapshot.DeletionRequested": self._deletion_requested,
+            "Snapshot.Deleted": self._deleted,
+            "Snapshot.DeletionFailed": self._deletion_failed,
+        }
+
+    @staticmethod
+    def _set(cur: Any, event: Any, assignments: str, *params: Any) -> None:
+        cur.execute(f"UPDATE snapshots_view SET {assignments} WHERE snapshot_id = %s",
+                    (*params, str(event.originator_id)))
+
+    def _requested(self, cur: Any, position: int, e: Any) -> None:
+        cur.execute(
+            """INSERT INTO snapshots_view (snapshot_id, deployment, job, idx, instance_id, disk_cid, state,
+               clean, trigger, task_id, requested_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+            (str(e.originator_id), e.deployment, e.job, e.index, e.instance_id, e.disk_cid, "requested",
+             bool(e.clean), e.trigger, e.task_id, iso(e.timestamp)),
+        )
+
+    def _call_started(self, cur: Any, position: int, e: Any) -> None:
+        self._set(cur, e, "state = %s", "taking" if e.method == "snapshot_disk" else "deleting")
+
+    def _taken(self, cur: Any, position: int, e: Any) -> None:
+        self._set(cur, e, "state = 'taken', snapshot_cid = %s, created_at = %s, listed_seq = %s",
+                  e.snapshot_cid, iso(e.timestamp), position)
+
+    def _failed(self, cur: Any, position: int, e: Any) -> None:
+        self._set(cur, e, "state = 'failed', last_error = %s", f"{e.error['type']}: {e.error['message']}")
+
+    def _skipped(self, cur: Any, position: int, e: Any) -> None:
+        self._set(cur, e, "state = 'skipped', last_error = %s", e.reason)
+
+    def _deletion_requested(self, cur: Any, position: int, e: Any) -> None:
+        self._set(cur, e, "state = 'delete_requested', deletion_task_id = %s", e.task_id)
+
+    def _deleted(self, cur: Any, position: int, e: Any) -> None:
+        self._set(cur, e, "state = 'deleted', deleted_at = %s", iso(e.timestamp))
+
+    def _deletion_failed(self, cur: Any, position: int, e: Any) -> None:
+        self._set(cur, e, "state = 'taken', last_error = %s", f"{e.error['type']}: {e.error['message']}")
+
+
+class TasksView(View):
+    name = "tasks"
+    tables = ("tasks_view", "task_events_view")
+    ddl = (
+        """CREATE TABLE IF NOT EXISTS tasks_view (
+            task_id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            description TEXT NOT NULL,
+            state TEXT NOT NULL,
+            deployment TEXT,
+            actor TEXT NOT NULL,
+            trigger TEXT NOT NULL,
+            result TEXT,
+            operations INTEGER NOT NULL,
+            finished_operations INTEGER NOT NULL,
+            queued_at TEXT NOT NULL,
+            started_at TEXT,
+            finished_at TEXT,
+            seq BIGINT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS tasks_view_seq ON tasks_view (seq)",
+        "CREATE INDEX IF NOT EXISTS tasks_view_deployment ON tasks_view (deployment, seq)",
+        """CREATE TABLE IF NOT EXISTS task_events_view (
+            task_id TEXT NOT NULL,
+            position BIGINT NOT NULL,
+            type TEXT NOT NULL,
+            time TEXT NOT NULL,
+            actor TEXT,
+            data TEXT NOT NULL,
+            PRIMARY KEY (task_id, position)
+        )""",
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handlers = {
+            "Task.Queued": self._queued,
+            "Task.Started": self._started,
+            "Task.OperationFinished": self._operation_finished,
+            "Task.Finished": self._finished,
+        }
+
+    def apply(self, cur: Any, position: int, event: Any) -> None:
+        super().apply(cur, position, event)
+        record = event_record(position, event)
+        if record["task_id"]:
+            cur.execute(
+                "INSERT INTO task_events_view (task_id, position, type, time, actor, data) "
+                "VALUES (%s, %s, %s, %s, %s, %s)",
+                (record["task_id"], position, record["type"], record["time"], record["actor"],
+                 dumps(record["data"])),
+            )
+
+    def _queued(self, cur: Any, position: int, e: Any) -> None:
+        cur.execute(
+            """INSERT INTO tasks_view (task_id, kind, description, state, deployment, actor, trigger,
+               operations, finished_operations, queued_at, seq)
+               VALUES (%s, %s, %s, 'queued', %s, %s, %s, %s, 0, %s, %s)""",
+            (str(e.originator_id), e.kind, e.description, e.deployment, e.actor, e.trigger,
+             len(e.operations), iso(e.timestamp), position),
+        )
+
+    def _started(self, cur: Any, position: int, e: Any) -> None:
+        cur.execute("UPDATE tasks_view SET state = 'processing', started_at = %s WHERE task_id = %s",
+                    (iso(e.timestamp), str(e.originator_id)))
+
+    def _operation_finished(self, cur: Any, position: int, e: Any) -> None:
+        cur.execute("UPDATE tasks_view SET finished_operations = finished_operations + 1 WHERE task_id = %s",
+                    (str(e.originator_id),))
+
+    def _finished(self, cur: Any, position: int, e: Any) -> None:
+        cur.execute("UPDATE tasks_view SET state = %s, result = %s, finished_at = %s WHERE task_id = %s",
+                    (e.state, e.result, iso(e.timestamp), str(e.originator_id)))
+
+
+class DeploymentsView(View):
+    name = "deployments"
+    tables = ("deployments_view",)
+    ddl = (
+        """CREATE TABLE IF NOT EXISTS deployments_view (
+            deployment_id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            tags TEXT NOT NULL,
+            instances TEXT NOT NULL,
+            deleted BOOLEAN NOT NULL,
+            updated_at TEXT NOT NULL
+        )""",
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handlers = {
+            "Deployment.Registered": self._registered,
+            "Deployment.InventoryRecorded": self._recorded,
+            "Deployment.Deleted": self._deleted,
+        }
+
+    def _registered(self, cur: Any, position: int, e: Any) -> None:
+        cur.execute(
+            "INSERT INTO deployments_view (deployment_id, name, tags, instances, deleted, updated_at) "
+            "VALUES (%s, %s, '{}', '[]', %s, %s)",
+            (str(e.originator_id), e.name, False, iso(e.timestamp)),
+        )
+
+    def _recorded(self, cur: Any, position: int, e: Any) -> None:
+        cur.execute(
+            "UPDATE deployments_view SET tags = %s, instances = %s, deleted = %s, updated_at = %s "
+            "WHERE deployment_id = %s",
+            (dumps(e.tags), dumps(e.instances), False, iso(e.timestamp), str(e.originator_id)),
+        )
+
+    def _deleted(self, cur: Any, position: int, e: Any) -> None:
+        cur.execute("UPDATE deployments_view SET deleted = %s, updated_at = %s WHERE deployment_id = %s",
+                    (True, iso(e.timestamp), str(e.originator_id)))
+
+
+def all_views() -> list[View]:
+    return [SnapshotsView(), DeploymentsView(), TasksView()]  # tasks last: see Projector
