@@ -114,13 +114,18 @@ def accepted(task: Any) -> web.Response:
 
 
 def task_from_aggregate(task: Any) -> dict[str, Any]:
-    """Read-your-writes for a task the views have not caught up with yet."""
+    """Read-your-writes for a task the views have not caught up with yet.
+
+    A task is reported finished only once the views show it: the projector
+    writes the listing before the tasks view in one transaction, so a client
+    that sees `done` also sees the snapshots in the listing."""
+    state = "processing" if task.is_finished else task.state
     return {
-        "id": str(task.id), "state": task.state, "kind": task.kind, "description": task.description,
-        "deployment": task.deployment, "user": task.actor, "trigger": task.trigger, "result": task.result,
+        "id": str(task.id), "state": state, "kind": task.kind, "description": task.description,
+        "deployment": task.deployment, "user": task.actor, "trigger": task.trigger, "result": None,
         "operations": len(task.operations), "finished_operations": len(task.outcomes),
         "queued_at": iso(task.created_on), "started_at": iso(task.started_at),
-        "finished_at": iso(task.finished_at),
+        "finished_at": None,
     }
 
 

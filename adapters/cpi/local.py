@@ -1,0 +1,441 @@
+"""The built-in local CPI of the embedded default: disks are directories.
+
+Layout (internal names start with '.', which a valid CID never does)::
+
+    disk_root/<disk_cid>/...                 a live disk
+    snapshot_root/<snap_cid>/data/...        a snapshot's content (read-only files)
+    snapshot_root/<snap_cid>/manifest.json   what was stored, and how
+    snapshot_root/.latest/<disk_cid>         CID of the disk's newest snapshot
+    snapshot_root/.tmp-*                     snapshots being built or deleted
+
+The manifest sits beside ``data/`` rather than inside it so it can never clash
+with a disk file nor leak into a restored disk, and so content and manifest
+appear together in a single atomic rename.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import functools
+import json
+import os
+import re
+import shutil
+import socket
+import stat
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+from snapledger.domain.cpi import CLOUD_ERROR, DISK_NOT_FOUND, NO_DISK_SPACE, VM_NOT_FOUND, CallRecord, CpiError
+
+FICLONE = 0x40049409  # ioctl: share the source's extents (copy-on-write)
+OPERATION_ID_KEY = "snapledger_operation_id"
+_CID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_DATA, _MANIFEST, _LATEST, _TMP = "data", "manifest.json", ".latest", ".tmp-"
+_STALE_TMP_S = 3600
+# A file whose mtime is this close to its copy may be rewritten within the same
+# timestamp tick without its mtime changing ("racily clean" in git's words);
+# such a copy is never reused by hard link, else a later snapshot could hold
+# stale content. 2 s covers coarse clocks (FAT, some network filesystems).
+_RACY_NS = 2_000_000_000
+_RESTORE_STAGE = ".snapledger-restore-"  # inside a disk, while a restore runs
+
+F = TypeVar("F", bound=Callable[..., Any])
+# The previous snapshot of a disk: (its data dir, its manifest entries by path).
+_Prev = tuple[Path, dict[str, dict[str, Any]]] | None
+
+
+def _check_cid(cid: object, kind: str) -> str:
+    # fullmatch, not `$`: `$` would accept a trailing newline.
+    if not isinstance(cid, str) or cid in (".", "..") or not _CID_RE.fullmatch(cid):
+        raise CpiError(CLOUD_ERROR, f"invalid {kind} cid {cid!r:.80}")
+    return cid
+
+
+def _scan(root: Path, rel: str = "") -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """Pre-order walk (parents before children) that never follows symlinks."""
+    with os.scandir(root / rel if rel else root) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        path = os.path.join(rel, entry.name)
+        yield path, entry
+        if entry.is_dir(follow_symlinks=False):
+            yield from _scan(root, path)
+
+
+def _clone(src_fd: int, dst_fd: int) -> str:
+    try:
+        fcntl.ioctl(dst_fd, FICLONE, src_fd)
+        return "reflink"
+    except OSError:
+        pass  # ext4, tmpfs, another device...: make a real copy
+    with os.fdopen(src_fd, "rb", closefd=False) as src, os.fdopen(dst_fd, "wb", closefd=False) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    return "copy"
+
+
+def _copy_file(src: Path, dst: Path, mode: int) -> tuple[str, os.stat_result, bool]:
+    """Copy a regular file to a new ``dst``: (how, source stat, source unchanged during copy)."""
+    # O_NOFOLLOW: a file swapped for a symlink after the scan is refused, not followed.
+    src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        before = os.fstat(src_fd)
+        if not stat.S_ISREG(before.st_mode):
+            raise OSError(errno.EINVAL, f"{src} is no longer a regular file")
+        dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            how = _clone(src_fd, dst_fd)
+            os.fchmod(dst_fd, mode)
+            os.utime(dst_fd, ns=(before.st_atime_ns, before.st_mtime_ns))
+        finally:
+            os.close(dst_fd)
+        after = os.fstat(src_fd)
+    finally:
+        os.close(src_fd)
+    key = lambda s: (s.st_size, s.st_mtime_ns, s.st_ctime_ns)  # noqa: E731
+    return how, before, key(before) == key(after)
+
+
+def _rmtree(path: Path) -> None:
+    def retry(func: Callable[[str], Any], p: str, _exc: Any) -> None:
+        # Unlinking needs write permission on the parent directory only. Files
+        # are never chmod-ed: they may share an inode with another snapshot.
+        for target in (os.path.dirname(p), p):
+            if os.path.isdir(target) and not os.path.islink(target):
+                os.chmod(target, stat.S_IMODE(os.lstat(target).st_mode) | 0o700)
+        func(p)
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=retry)
+    else:
+        shutil.rmtree(path, onerror=retry)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=_TMP, dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _safe_rel(rel: str) -> str:
+    # Manifests are ours, but a tampered one must not make restore write outside the disk.
+    if not rel or os.path.isabs(rel) or ".." in Path(rel).parts:
+        raise CpiError(CLOUD_ERROR, f"manifest has an unsafe path {rel!r:.80}")
+    return rel
+
+
+def _recorded(method: F) -> F:
+    """Leave a CallRecord in ``last_call``; turn OS errors into BOSH cloud errors."""
+
+    @functools.wraps(method)
+    def wrapper(self: LocalCpi, *args: Any, **kwargs: Any) -> Any:
+        record = CallRecord(method=method.__name__, request_id=uuid.uuid4().hex)
+        self._tls.record = record
+        start = time.monotonic()
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as e:
+            kind = NO_DISK_SPACE if e.errno in (errno.ENOSPC, errno.EDQUOT) else CLOUD_ERROR
+            err = CpiError(kind, f"{method.__name__} failed: {e}")
+            record.log = err.message
+            raise err from e
+        except CpiError as e:
+            record.log = e.message
+            raise
+        finally:
+            record.duration_s = time.monotonic() - start
+
+    return wrapper  # type: ignore[return-value]
+
+
+class LocalCpi:
+    name = "local"
+
+    def __init__(self, disk_root: Path, snapshot_root: Path, *, vm_id: str | None = None,
+                 self_disks: list[str] | None = None) -> None:
+        self.disk_root = Path(disk_root)
+        self.snapshot_root = Path(snapshot_root)
+        self.disk_root.mkdir(parents=True, exist_ok=True)
+        (self.snapshot_root / _LATEST).mkdir(parents=True, exist_ok=True)
+        self._vm_id = vm_id
+        self._self_disks = [_check_cid(d, "disk") for d in self_disks or []]
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._tls = threading.local()
+        self._clean_stale_tmp()
+
+    @property
+    def last_call(self) -> CallRecord | None:
+        return getattr(self._tls, "record", None)
+
+    # -- CPI API --------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        return {"api_version": 2, "stemcell_formats": []}
+
+    def current_vm_id(self) -> str:
+        return self._vm_id or socket.gethostname()
+
+    @_recorded
+    def get_disks(self, vm_cid: str) -> list[str]:
+        if vm_cid != self.current_vm_id():
+            raise CpiError(VM_NOT_FOUND, f"VM {vm_cid!r:.80} not found")
+        return list(self._self_disks)
+
+    @_recorded
+    def snapshot_disk(self, disk_cid: str, metadata: dict[str, Any]) -> str:
+        disk = self._disk_path(disk_cid)
+        cid = self._snapshot_cid(metadata)
+        if self._snap_dir(cid).is_dir():  # a retried call: the work is done
+            return self._existing(cid, disk_cid)
+        started_ns = time.time_ns()
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP}{cid}-", dir=self.snapshot_root))
+        try:
+            files = self._copy_tree(disk, tmp / _DATA, self._previous(disk_cid))
+            manifest = {
+                "snapshot_cid": cid,
+                "disk_cid": disk_cid,
+                "metadata": metadata,
+                "created_at": datetime.now(timezone.utc).isoformat(),
+                "created_at_ns": started_ns,
+                "files": files,
+            }
+            _write_atomic(tmp / _MANIFEST, json.dumps(manifest, indent=1, default=str))
+            try:
+                os.rename(tmp, self._snap_dir(cid))
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                return self._existing(cid, disk_cid)  # a concurrent retry won the race
+        finally:
+            if tmp.exists():
+                _rmtree(tmp)
+        self._tls.record.extra = {"snapshot_cid": cid, "files": len(files)}
+        self._set_latest(disk_cid, cid, started_ns)
+        return cid
+
+    @_recorded
+    def delete_snapshot(self, snapshot_cid: str) -> None:
+        snap = self._snap_dir(_check_cid(snapshot_cid, "snapshot"))
+        trash = self.snapshot_root / f"{_TMP}{snapshot_cid}-deleted-{uuid.uuid4().hex[:8]}"
+        try:  # one rename makes the snapshot vanish; a crash leaves only a .tmp- dir
+            os.rename(snap, trash)
+        except FileNotFoundError:
+            raise CpiError(DISK_NOT_FOUND, f"snapshot {snapshot_cid} not found") from None
+        for disk_cid in self._latest_pointing_at(snapshot_cid):
+            with self._lock(disk_cid):
+                if self._read_latest(disk_cid) == snapshot_cid:
+                    self._recompute_latest(disk_cid)
+        _rmtree(trash)
+
+    # -- helpers for tests, the tour and restore -------------------------------
+
+    def create_disk(self, disk_cid: str) -> Path:
+        (self.disk_root / _check_cid(disk_cid, "disk")).mkdir(exist_ok=True)
+        return self._disk_path(disk_cid)
+
+    def has_snapshot(self, snapshot_cid: str) -> bool:
+        return self._snap_dir(_check_cid(snapshot_cid, "snapshot")).is_dir()
+
+    def snapshot_path(self, snapshot_cid: str) -> Path:
+        """The snapshot's content (a copy of the disk directory)."""
+        return self._snap_dir(_check_cid(snapshot_cid, "snapshot")) / _DATA
+
+    @_recorded
+    def restore_snapshot(self, snapshot_cid: str, disk_cid: str) -> None:
+        """Replace the disk's content with the snapshot's, as new writable files."""
+        manifest = self._manifest(snapshot_cid)
+        if manifest is None:
+            raise CpiError(DISK_NOT_FOUND, f"snapshot {snapshot_cid} not found")
+        disk = self.create_disk(disk_cid)
+        data = self.snapshot_path(snapshot_cid)
+        # Staged inside the disk itself: same filesystem even when the disk is a
+        # mount point, and a failed copy (ENOSPC) leaves the live content intact.
+        stage = Path(tempfile.mkdtemp(prefix=_RESTORE_STAGE, dir=disk))
+        try:
+            dir_modes: list[tuple[str, int]] = []
+            for entry in manifest["files"]:
+                rel = _safe_rel(entry["path"])
+                dst = stage / rel
+                if entry["type"] == "dir":
+                    os.mkdir(dst, 0o700)
+                    dir_modes.append((rel, entry["mode"]))
+                elif entry["type"] == "symlink":
+                    os.symlink(entry["target"], dst)
+                else:
+                    _copy_file(data / rel, dst, entry["mode"])
+                    os.utime(dst, ns=(entry["mtime_ns"], entry["mtime_ns"]))
+            for child in os.listdir(disk):
+                if child != stage.name:
+                    p = disk / child
+                    _rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            for child in os.listdir(stage):
+                os.rename(stage / child, disk / child)
+            # Modes last: a read-only directory could not receive its children.
+            for rel, mode in reversed(dir_modes):
+                os.chmod(disk / rel, mode)
+        finally:
+            if stage.exists():
+                _rmtree(stage)
+
+    # -- internals -------------------------------------------------------------
+
+    def _disk_path(self, disk_cid: str) -> Path:
+        path = self.disk_root / _check_cid(disk_cid, "disk")
+        resolved, root = path.resolve(), self.disk_root.resolve()
+        # A disk directory that is a symlink must not lead outside the root.
+        if resolved == root or not resolved.is_relative_to(root):
+            raise CpiError(CLOUD_ERROR, f"invalid disk cid {disk_cid!r:.80}: resolves outside {root}")
+        if not resolved.is_dir():
+            raise CpiError(DISK_NOT_FOUND, f"disk {disk_cid} not found")
+        return resolved
+
+    def _snap_dir(self, cid: str) -> Path:
+        return self.snapshot_root / cid
+
+    def _snapshot_cid(self, metadata: dict[str, Any]) -> str:
+        op = metadata.get(OPERATION_ID_KEY)
+        # The operation id makes the CID deterministic, so a retry finds its snapshot.
+        cid = f"snap-{op}" if op is not None else f"snap-{uuid.uuid4().hex}"
+        return _check_cid(cid, "snapshot")
+
+    def _manifest(self, cid: str) -> dict[str, Any] | None:
+        try:
+            with open(self._snap_dir(_check_cid(cid, "snapshot")) / _MANIFEST) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def _existing(self, cid: str, disk_cid: str) -> str:
+        manifest = self._manifest(cid)
+        if manifest is None or manifest.get("disk_cid") != disk_cid:
+            raise CpiError(CLOUD_ERROR, f"snapshot {cid} already exists and is not of disk {disk_cid}")
+        # The first attempt may have died between its rename and the index update.
+        self._set_latest(disk_cid, cid, manifest.get("created_at_ns", 0))
+        return cid
+
+    def _previous(self, disk_cid: str) -> _Prev:
+        """The disk's latest snapshot; None means copy everything."""
+        cid = self._read_latest(disk_cid)
+        manifest = self._manifest(cid) if cid is not None else None
+        if cid is None or manifest is None or manifest.get("disk_cid") != disk_cid:
+            return None
+        return self.snapshot_path(cid), {e["path"]: e for e in manifest["files"]}
+
+    def _copy_tree(self, src_root: Path, dst_root: Path, prev: _Prev) -> list[dict[str, Any]]:
+        os.mkdir(dst_root, 0o700)
+        entries: list[dict[str, Any]] = []
+        for rel, entry in _scan(src_root):
+            if rel.startswith(_RESTORE_STAGE):
+                continue  # the leftover of a crashed restore is not disk content
+            src, dst = src_root / rel, dst_root / rel
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):  # kept as a link, never followed
+                target = os.readlink(src)
+                os.symlink(target, dst)
+                entries.append({"path": rel, "type": "symlink", "target": target})
+            elif stat.S_ISDIR(st.st_mode):  # owner-writable so deletion works
+                os.mkdir(dst, stat.S_IMODE(st.st_mode) | 0o700)
+                entries.append({"path": rel, "type": "dir", "mode": stat.S_IMODE(st.st_mode)})
+            elif stat.S_ISREG(st.st_mode):
+                entries.append(self._store_file(src, dst, rel, st, prev))
+            # FIFOs, sockets and devices are not content: skipped.
+        return entries
+
+    def _store_file(self, src: Path, dst: Path, rel: str, st: os.stat_result, prev: _Prev) -> dict[str, Any]:
+        entry = {"path": rel, "type": "file", "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                 "mode": stat.S_IMODE(st.st_mode), "linkable": True}
+        base = self._link_base(rel, st, prev)
+        if base is not None:
+            try:  # unchanged since the previous snapshot: share its immutable copy
+                os.link(base, dst, follow_symlinks=False)
+                return {**entry, "stored": "hardlink"}
+            except OSError:
+                pass  # EMLINK, or that snapshot is being deleted: copy instead
+        copy_start = time.time_ns()
+        how, before, stable = _copy_file(src, dst, 0o444)
+        racy = before.st_mtime_ns > copy_start - _RACY_NS
+        return {**entry, "size": before.st_size, "mtime_ns": before.st_mtime_ns,
+                "mode": stat.S_IMODE(before.st_mode), "stored": how, "linkable": stable and not racy}
+
+    @staticmethod
+    def _link_base(rel: str, st: os.stat_result, prev: _Prev) -> Path | None:
+        if prev is None:
+            return None
+        data, by_path = prev
+        old = by_path.get(rel)
+        if not old or old["type"] != "file" or not old.get("linkable"):
+            return None
+        if (old["size"], old["mtime_ns"]) != (st.st_size, st.st_mtime_ns):
+            return None
+        base = data / rel
+        try:
+            b = os.lstat(base)
+        except OSError:
+            return None
+        # Never link to the live file: it changes in place and would change the snapshot.
+        if not stat.S_ISREG(b.st_mode) or (b.st_dev, b.st_ino) == (st.st_dev, st.st_ino):
+            return None
+        return base
+
+    def _lock(self, disk_cid: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(disk_cid, threading.Lock())
+
+    def _read_latest(self, disk_cid: str) -> str | None:
+        try:
+            cid = (self.snapshot_root / _LATEST / disk_cid).read_text().strip()
+        except OSError:
+            return None
+        return cid if _CID_RE.fullmatch(cid) else None
+
+    def _write_latest(self, disk_cid: str, cid: str | None) -> None:
+        path = self.snapshot_root / _LATEST / disk_cid
+        if cid is None:
+            path.unlink(missing_ok=True)
+        else:
+            _write_atomic(path, cid + "\n")
+
+    def _set_latest(self, disk_cid: str, cid: str, created_at_ns: int) -> None:
+        with self._lock(disk_cid):
+            current = self._read_latest(disk_cid)
+            manifest = self._manifest(current) if current else None
+            # Concurrent snapshots of one disk may finish out of order: keep the newest.
+            if manifest is None or manifest.get("created_at_ns", 0) <= created_at_ns:
+                self._write_latest(disk_cid, cid)
+
+    def _recompute_latest(self, disk_cid: str) -> None:
+        newest: tuple[int, str] | None = None
+        for name in os.listdir(self.snapshot_root):
+            if not _CID_RE.fullmatch(name):  # .latest, .tmp-*, lost+found...
+                continue
+            m = self._manifest(name)
+            if m and m.get("disk_cid") == disk_cid:
+                newest = max(newest or (-1, ""), (m.get("created_at_ns", 0), name))
+        self._write_latest(disk_cid, newest[1] if newest else None)
+
+    def _latest_pointing_at(self, cid: str) -> list[str]:
+        names = os.listdir(self.snapshot_root / _LATEST)
+        return [d for d in names if not d.startswith(".") and self._read_latest(d) == cid]
+
+    def _clean_stale_tmp(self) -> None:
+        # Leftovers of a crash mid-copy or mid-delete; young ones may still be in use.
+        cutoff = time.time() - _STALE_TMP_S
+        for parent in (self.snapshot_root, self.snapshot_root / _LATEST):
+            for entry in os.scandir(parent):
+                if entry.name.startswith(_TMP) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    _rmtree(Path(entry.path)) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)

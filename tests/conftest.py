@@ -1,0 +1,99 @@
+"""Shared fixtures: real PostgreSQL (one database per run, one schema per test), SQLite, runtimes.
+
+PostgreSQL comes from SNAPLEDGER_TEST_DSN, else the local server on
+127.0.0.1:5432, else a testcontainers PostgreSQL where Docker runs. Without
+any, PostgreSQL tests skip, unless SNAPLEDGER_REQUIRE_POSTGRES=1 (CI), where
+they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+REQUIRE_PG = os.environ.get("SNAPLEDGER_REQUIRE_POSTGRES") == "1"
+_pg_tests_ran = 0
+
+
+def _server_dsn() -> tuple[str | None, Any]:
+    """A DSN of a server where we may create databases, and what to stop at the end."""
+    candidates = [os.environ["SNAPLEDGER_TEST_DSN"]] if os.environ.get("SNAPLEDGER_TEST_DSN") else [LOCAL_DSN]
+    for dsn in candidates:
+        try:
+            psycopg.connect(dsn, connect_timeout=3).close()
+            return dsn, None
+        except psycopg.Error:
+            continue
+    try:
+        from testcontainers.postgres import PostgresContainer
+
+        container = PostgresContainer("postgres:15", driver=None).start()
+        return container.get_connection_url(), container
+    except Exception:
+        return None, None
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str | None]:
+    dsn, container = _server_dsn()
+    yield dsn
+    if container is not None:
+        container.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_database(pg_server: str | None) -> Iterator[str]:
+    """A database of our own for this test run, dropped at the end."""
+    if pg_server is None:
+        if REQUIRE_PG:
+            pytest.fail("PostgreSQL is required (SNAPLEDGER_REQUIRE_POSTGRES=1) but none is reachable")
+        pytest.skip("no PostgreSQL reachable (set SNAPLEDGER_TEST_DSN)")
+    name = f"snapledger_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    info = psycopg.conninfo.conninfo_to_dict(pg_server)
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    info["dbname"] = name
+    user = info.get("user", "postgres")
+    password = f":{info['password']}" if info.get("password") else ""
+    yield f"postgresql://{user}{password}@{info.get('host', '127.0.0.1')}:{info.get('port', 5432)}/{name}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> str:
+    """A fresh schema per test: tests never see each other's events."""
+    global _pg_tests_ran
+    _pg_tests_ran += 1
+    return f"{pg_database}?schema=t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Runs the test on both event stores."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    return request.getfixturevalue("pg_url")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # CI checks this file to prove the PostgreSQL tests really ran.
+    report = os.environ.get("SNAPLEDGER_PG_REPORT")
+    if report:
+        Path(report).write_text(f"{_pg_tests_ran}\n")

@@ -1,0 +1,97 @@
+"""Running the real `snapledger` executable in tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+SNAPLEDGER = str(Path(sys.executable).parent / "snapledger")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`snapledger serve` (or another role) as a child process."""
+
+    def __init__(self, data_dir: Path, database: str | None = None, command: str = "serve",
+                 port: int | None = None, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.database = database
+        self.command = command
+        self.port = port or free_port()
+        self.env = {**os.environ, "SNAPLEDGER_LOG_FORMAT": "json", "SNAPLEDGER_POLL_INTERVAL": "0.05",
+                    **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir.parent / f"{command}-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Server":
+        args = [SNAPLEDGER, self.command, "--data-dir", str(self.data_dir), "--port", str(self.port)]
+        if self.database:
+            args += ["--database", self.database]
+        self.proc = subprocess.Popen(args, env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=self.log.open("ab"), start_new_session=True)
+        if self.command in ("serve", "api"):
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
+            try:
+                urllib.request.urlopen(self.url + "/info", timeout=1).read()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"server did not start: {self.log.read_text()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, like a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def wait_task(self, task_id: str, timeout: float = 20.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            task = self.api("GET", f"/tasks/{task_id}")
+            if task["state"] in ("done", "error"):
+                return task
+            time.sleep(0.05)
+        raise AssertionError(f"task {task_id} unfinished: {task}")
+
+
+def cli(url: str, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SNAPLEDGER, "--url", url, *args], capture_output=True, text=True, input=input,
+                          timeout=60)

@@ -1,0 +1,67 @@
+"""Helpers to run a real snapledger runtime (and its HTTP API) inside a test."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from snapledger.adapters.config import Config
+from snapledger.adapters.wiring import ROLES, Runtime, build_runtime
+from snapledger.api.app import create_app
+
+
+def make_config(tmp_path: Path, database: str, **overrides: Any) -> Config:
+    config = Config(data_dir=tmp_path / "data", database=database, poll_interval_s=0.05, log_format="console",
+                    log_level="warning")
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def make_disk(config: Config, cid: str, files: dict[str, bytes] | None = None) -> Path:
+    disk = config.data_dir / "disks" / cid
+    disk.mkdir(parents=True, exist_ok=True)
+    for name, content in (files or {"data.bin": cid.encode() * 100}).items():
+        (disk / name).write_bytes(content)
+    return disk
+
+
+@asynccontextmanager
+async def api_client(config: Config, roles: set[str] = set(ROLES),
+                     customise: Callable[[Runtime], None] | None = None) -> AsyncIterator[TestClient]:
+    """A real aiohttp server on a loopback port over a freshly built runtime."""
+    runtime = await asyncio.get_running_loop().run_in_executor(None, build_runtime, config, roles)
+    if customise is not None:
+        customise(runtime)
+    client = TestClient(TestServer(create_app(runtime)))
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def wait_task(client: TestClient, task_id: str, timeout: float = 20.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        resp = await client.get(f"/tasks/{task_id}")
+        task = await resp.json()
+        if task["state"] in ("done", "error"):
+            return task
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"task {task_id} did not finish: {task}")
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met in time")

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from snapledger.adapters.config import ConfigError, load_config
+from snapledger.adapters.store import parse_store_url
+
+
+def test_file_then_environment_then_flags(tmp_path: Path) -> None:
+    path = tmp_path / "c.yml"
+    path.write_text("listen: {port: 26000, host: 0.0.0.0}\nenable_snapshots: true\n"
+                    "snapshot_schedule: '0 0 3 * * * UTC'\ncpi: {type: local, disk_root: /d}\n")
+    config = load_config(path, environ={"SNAPLEDGER_LISTEN_PORT": "27000"}, host="127.0.0.2")
+    assert config.port == 27000 and config.host == "127.0.0.2"
+    assert config.enable_snapshots is True and config.snapshot_schedule == "0 0 3 * * * UTC"
+    assert config.cpi == {"type": "local", "disk_root": "/d"}
+
+
+def test_defaults_are_boshs() -> None:
+    config = load_config(None, environ={})
+    assert config.enable_snapshots is None and config.port == 25555 and config.host == "127.0.0.1"
+    assert config.snapshot_schedule == "0 0 7 * * * UTC" and config.self_snapshot_schedule == "0 0 6 * * * UTC"
+    assert config.database_url.startswith("sqlite:///") and config.database_url.endswith("ledger.sqlite")
+
+
+@pytest.mark.parametrize("environ,key", [
+    ({"SNAPLEDGER_LISTEN_PORT": "http"}, "listen.port"),
+    ({"SNAPLEDGER_LISTEN_PORT": "70000"}, "listen.port"),
+    ({"SNAPLEDGER_ENABLE_SNAPSHOTS": "maybe"}, "enable_snapshots"),
+    ({"SNAPLEDGER_DATABASE": "mysql://x"}, "database"),
+    ({"SNAPLEDGER_LOG_FORMAT": "xml"}, "log.format"),
+])
+def test_bad_values_name_the_key(environ: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(None, environ=environ)
+    assert error.value.key == key and key in str(error.value)
+
+
+def test_bad_yaml_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.yml"
+    path.write_text("listen: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path, environ={})
+
+
+def test_store_urls() -> None:
+    url = parse_store_url("postgresql://u:p%40ss@db:6543/led?schema=s1&sslmode=require")
+    assert (url.kind, url.host, url.port, url.user, url.password, url.dbname, url.schema) == \
+        ("postgres", "db", 6543, "u", "p@ss", "led", "s1")
+    assert "sslmode=require" in url.conninfo() and "search_path=s1" in url.conninfo()
+    assert parse_store_url("sqlite:///var/x.sqlite").sqlite_path == Path("/var/x.sqlite")
+    with pytest.raises(ValueError):
+        parse_store_url("postgresql://h/db?schema=bad;drop")
