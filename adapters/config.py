@@ -30,8 +30,11 @@ class Config:
     director_name: str = "snapledger"
     director_uuid: str = ""
     enable_snapshots: bool | None = None  # None: leave the recorded setting alone
-    snapshot_schedule: str = "0 0 7 * * * UTC"
-    self_snapshot_schedule: str = "0 0 6 * * * UTC"
+    # None: leave the recorded schedule alone (the ledger starts with BOSH's
+    # defaults, 0 0 7 * * * UTC and 0 0 6 * * * UTC); "" or "off" turns it off.
+    snapshot_schedule: str | None = None
+    self_snapshot_schedule: str | None = None
+    missed_fire_window_s: float = 3600.0
     cpi: dict[str, Any] = field(default_factory=lambda: {"type": "local"})
     worker_max_in_flight: int = 4
     poll_interval_s: float = 1.0
@@ -61,6 +64,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "self_snapshot_schedule": ("self_snapshot_schedule", str),
     "worker.max_in_flight": ("worker_max_in_flight", int),
     "poll_interval": ("poll_interval_s", float),
+    "missed_fire_window": ("missed_fire_window_s", float),
     "log.format": ("log_format", str),
     "log.level": ("log_level", str),
 }
@@ -131,6 +135,15 @@ def _validate(config: Config) -> None:
         raise ConfigError("worker.max_in_flight", "must be at least 1")
     if config.cpi.get("type", "local") not in ("local", "external"):
         raise ConfigError("cpi.type", f"must be local or external, got {config.cpi.get('type')!r}")
+    from snapledger.domain.cron import CronError, CronSchedule
+
+    for key in ("snapshot_schedule", "self_snapshot_schedule"):
+        value = getattr(config, key)
+        if value is not None and value.strip().lower() not in ("", "off"):
+            try:
+                CronSchedule.parse(value)
+            except CronError as error:
+                raise ConfigError(key, str(error)) from None
     url = config.database_url
     if not (url.startswith("sqlite:") or url.startswith(("postgresql://", "postgres://"))):
         raise ConfigError("database", f"expected sqlite:///PATH or postgresql://..., got {url!r}")

@@ -25,7 +25,7 @@ from .follower import ChangeSignal, LogFollower, PostgresListener
 from .store import Database, StoreUrl, ledger_env, open_database, parse_store_url
 from .worker import Worker
 
-ROLES = frozenset({"api", "worker", "projector"})
+ROLES = frozenset({"api", "worker", "projector", "scheduler"})
 
 
 def build_cpis(config: Config) -> dict[str, Cpi]:
@@ -65,6 +65,7 @@ class Runtime:
     listener: PostgresListener | None = None
     worker: Worker | None = None
     projection_follower: LogFollower | None = None
+    scheduler: Any = None
 
     def start(self) -> None:
         """Start the background roles (worker, projector) of this process."""
@@ -84,8 +85,18 @@ class Runtime:
                                  max_in_flight=self.config.worker_max_in_flight,
                                  poll_interval=self.config.poll_interval_s)
             self.worker.start()
+        if "scheduler" in self.roles:
+            from datetime import timedelta
+
+            from snapledger.scheduler.process import Scheduler
+
+            self.scheduler = Scheduler(self.ledger, self.log,
+                                       missed_window=timedelta(seconds=self.config.missed_fire_window_s))
+            self.scheduler.start()
 
     def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
         if self.worker is not None:
             self.worker.stop()
         if self.projection_follower is not None:
@@ -109,12 +120,22 @@ def build_runtime(config: Config, roles: frozenset[str] | set[str] = ROLES) -> R
     db = open_database(url)
     projector = Projector(db)
     projector.setup()
-    if config.enable_snapshots is not None:
-        ledger.set_snapshots_enabled(config.enable_snapshots, actor="config")
+    apply_declared_settings(ledger, config)
     # Size the executor within the event store's pool (its timeouts retry 10x).
     executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="api")
     return Runtime(config=config, url=url, ledger=ledger, db=db, queries=Queries(db), projector=projector,
                    signal=signal, cpis=cpis, log=log, executor=executor, roles=frozenset(roles))
+
+
+def apply_declared_settings(ledger: Ledger, config: Config) -> None:
+    """Settings present in the configuration are enforced at start (like a BOSH
+    manifest); absent ones leave what the ledger recorded (docs/decisions.md #8)."""
+    if config.enable_snapshots is not None:
+        ledger.set_snapshots_enabled(config.enable_snapshots, actor="config")
+    for name in ("snapshot_schedule", "self_snapshot_schedule"):
+        value = getattr(config, name)
+        if value is not None:
+            ledger.set_schedule(name, None if value.strip().lower() in ("", "off") else value, actor="config")
 
 
 def _default_cpi_name(config: Config) -> str:

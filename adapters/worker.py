@@ -8,10 +8,12 @@ from typing import Any
 from eventsourcing.utils import get_topic
 
 from snapledger.domain.operations import OperationRunner
+from snapledger.domain.discovery import SelfDiscovery
 from snapledger.domain.snapshot import Snapshot
 from .follower import Batch, ChangeSignal, LogFollower
 
-WORK_TOPICS = (get_topic(Snapshot.Requested), get_topic(Snapshot.DeletionRequested))
+WORK_TOPICS = (get_topic(Snapshot.Requested), get_topic(Snapshot.DeletionRequested),
+               get_topic(SelfDiscovery.Requested))
 POSITION_NAME = "worker"
 
 

@@ -17,7 +17,7 @@ from marshmallow.validate import Regexp
 
 from snapledger.adapters.wiring import Runtime
 from snapledger.domain.errors import LedgerError
-from snapledger.domain.names import CID_PATTERN, NAME_PATTERN
+from snapledger.domain.names import CID_PATTERN, NAME_PATTERN, SELF_DEPLOYMENT
 from snapledger.projections.events import iso
 
 from . import schemas
@@ -80,6 +80,8 @@ async def run(request: web.Request, fn: Callable[..., Any], *args: Any, **kwargs
 
 def path(request: web.Request, name: str) -> str:
     value = request.match_info[name]
+    if name == "deployment" and value == SELF_DEPLOYMENT:
+        return value  # reserved: self snapshots are listed and deleted like any deployment's
     try:
         _PATH_RULES[name](value)
     except ValidationError:
@@ -146,18 +148,62 @@ async def info(request: web.Request) -> web.Response:
     })
 
 
+def _snapshot_config(settings: Any) -> dict[str, Any]:
+    return {"enable_snapshots": settings.enable_snapshots, **settings.schedules}
+
+
 @routes.get("/config/snapshots")
 async def get_snapshot_config(request: web.Request) -> web.Response:
-    enabled = await run(request, request.app[RUNTIME].ledger.snapshots_enabled)
-    return web.json_response({"enable_snapshots": enabled})
+    settings = await run(request, request.app[RUNTIME].ledger.settings)
+    return web.json_response(_snapshot_config(settings))
 
 
 @routes.put("/config/snapshots")
 async def put_snapshot_config(request: web.Request) -> web.Response:
     data = await body(request, schemas.SnapshotConfigSchema())
     ledger = request.app[RUNTIME].ledger
-    enabled = await run(request, ledger.set_snapshots_enabled, data["enable_snapshots"], actor=actor(request))
-    return web.json_response({"enable_snapshots": enabled})
+    who = actor(request)
+
+    def apply() -> Any:
+        if "enable_snapshots" in data:
+            ledger.set_snapshots_enabled(data["enable_snapshots"], actor=who)
+        for name in ("snapshot_schedule", "self_snapshot_schedule"):
+            if name in data:
+                value = data[name]
+                ledger.set_schedule(name, None if value is None or value.strip().lower() == "off" else value,
+                                    actor=who)
+        return ledger.settings()
+
+    return web.json_response(_snapshot_config(await run(request, apply)))
+
+
+@routes.get("/schedules")
+async def list_schedules(request: web.Request) -> web.Response:
+    """Each schedule, its next fire times and its last fire with the tasks it created."""
+    from datetime import datetime, timezone
+
+    from snapledger.domain.cron import CronSchedule
+
+    runtime = request.app[RUNTIME]
+    settings = await run(request, runtime.ledger.settings)
+    now = datetime.now(timezone.utc)
+    result = []
+    for name, expression in settings.schedules.items():
+        next_fires = [iso(t) for t in CronSchedule.parse(expression).next_fires(now, 5)] if expression else []
+        result.append({
+            "name": name, "expression": expression,
+            "active": bool(expression) and settings.enable_snapshots,
+            "next_fires": next_fires if settings.enable_snapshots else [],
+            "last_fire": await run(request, runtime.queries.last_fire, name),
+            "last_missed": await run(request, runtime.queries.last_fire, name, "missed"),
+        })
+    return web.json_response(result)
+
+
+@routes.post("/self/snapshots")
+async def take_self_snapshots(request: web.Request) -> web.Response:
+    task = await run(request, request.app[RUNTIME].ledger.take_self_snapshots, actor=actor(request))
+    return accepted(task)
 
 
 @routes.get("/deployments")
@@ -197,7 +243,8 @@ async def _list_snapshots(request: web.Request, job: str | None, index_or_id: st
     runtime = request.app[RUNTIME]
     deployment = path(request, "deployment")
     params = query(request, schemas.ListQuerySchema())
-    await run(request, runtime.ledger.get_deployment_or_history, deployment)
+    if deployment != SELF_DEPLOYMENT:
+        await run(request, runtime.ledger.get_deployment_or_history, deployment)
     rows = await run(request, runtime.queries.snapshots, deployment, job, index_or_id,
                      params.get("limit"), params.get("after"))
     return web.json_response(rows)

@@ -157,8 +157,8 @@ def _run_server(roles: set[str], **options: Any) -> None:
 @main.command()
 @_server_options
 def serve(**options: Any) -> None:
-    """API, worker and projector in one process (the embedded default)."""
-    _run_server({"api", "worker", "projector"}, **options)
+    """API, worker, projector and scheduler in one process (the embedded default)."""
+    _run_server({"api", "worker", "projector", "scheduler"}, **options)
 
 
 @main.command()
@@ -180,6 +180,13 @@ def worker(**options: Any) -> None:
 def projector(**options: Any) -> None:
     """Only the projector that maintains the listing, task and deployment views."""
     _run_server({"projector"}, **options)
+
+
+@main.command()
+@_server_options
+def scheduler(**options: Any) -> None:
+    """Only the scheduler (run as many replicas as you like: each fire is recorded once)."""
+    _run_server({"scheduler"}, **options)
 
 
 # Client commands -------------------------------------------------------------------------
@@ -276,14 +283,22 @@ def snapshots(ctx: click.Context, deployment: str, job: str | None, index: str |
 
 
 @main.command("take-snapshot")
-@_deployment_option
+@click.option("-d", "--deployment", envvar="SNAPLEDGER_DEPLOYMENT", help="Deployment name.")
+@click.option("--self", "own_host", is_flag=True, help="Snapshot the disks of the host snapledger runs on.")
 @click.argument("job", required=False)
 @click.argument("index", required=False)
 @click.pass_context
-def take_snapshot(ctx: click.Context, deployment: str, job: str | None, index: str | None) -> None:
+def take_snapshot(ctx: click.Context, deployment: str | None, own_host: bool, job: str | None,
+                  index: str | None) -> None:
     """Snapshot every persistent disk of one instance, or of the whole deployment."""
     client: Client = ctx.obj["client"]
-    accepted = call(lambda: client.request("POST", f"{_instance_path(deployment, job, index)}/snapshots"))
+    if own_host:
+        path = "/self/snapshots"
+    elif deployment:
+        path = f"{_instance_path(deployment, job, index)}/snapshots"
+    else:
+        fail("give -d DEPLOYMENT (or --self)", 2)
+    accepted = call(lambda: client.request("POST", path))
     wait_for(ctx, client, accepted)
 
 
@@ -309,6 +324,39 @@ def delete_snapshots(ctx: click.Context, deployment: str, non_interactive: bool)
     client: Client = ctx.obj["client"]
     accepted = call(lambda: client.request("DELETE", f"/deployments/{deployment}/snapshots"))
     wait_for(ctx, client, accepted)
+
+
+@main.command()
+@click.pass_context
+def schedules(ctx: click.Context) -> None:
+    """Show each schedule, its next fire times and its last fire."""
+    rows = call(lambda: ctx.obj["client"].get("/schedules"))
+
+    def human(rs: list[dict[str, Any]]) -> str:
+        lines = []
+        for r in rs:
+            state = "active" if r["active"] else ("off" if not r["expression"] else "inactive (snapshots disabled)")
+            lines.append(f"{r['name']}: {r['expression'] or '-'}  [{state}]")
+            for t in r["next_fires"]:
+                lines.append(f"  next   {t}")
+            last = r["last_fire"]
+            lines.append(f"  last   {last['fire_time']} tasks {', '.join(last['tasks']) or '-'}" if last
+                         else "  last   never fired")
+            if r["last_missed"]:
+                lines.append(f"  missed {r['last_missed']['fire_time']} (latest missed fire)")
+        return "\n".join(lines)
+
+    emit(ctx, rows, human)
+
+
+@main.command("set-schedule")
+@click.argument("name", type=click.Choice(["snapshot_schedule", "self_snapshot_schedule"]))
+@click.argument("expression")
+@click.pass_context
+def set_schedule(ctx: click.Context, name: str, expression: str) -> None:
+    """Set a schedule in BOSH cron syntax (e.g. '0 0 7 * * * UTC'), or 'off'."""
+    data = call(lambda: ctx.obj["client"].request("PUT", "/config/snapshots", {name: expression}))
+    emit(ctx, data, lambda d: f"{name}: {d[name] or 'off'}")
 
 
 @main.command()

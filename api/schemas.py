@@ -64,8 +64,29 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
+def _cron(value: str | None) -> None:
+    from snapledger.domain.cron import CronError, CronSchedule
+
+    if value is None or value.strip().lower() in ("", "off"):
+        return
+    try:
+        CronSchedule.parse(value)
+    except CronError as error:
+        raise ValidationError(str(error)) from None
+
+
 class SnapshotConfigSchema(StrictSchema):
-    enable_snapshots = StrictBoolean(required=True)
+    """`PUT /config/snapshots`: any of the BOSH manifest keys; a schedule of null, "" or "off" turns it off."""
+
+    enable_snapshots = StrictBoolean()
+    snapshot_schedule = fields.String(allow_none=True, validate=[Length(max=200), _cron])
+    self_snapshot_schedule = fields.String(allow_none=True, validate=[Length(max=200), _cron])
+
+    @validates_schema
+    def _not_empty(self, data: dict[str, Any], **_: Any) -> None:
+        if not data:
+            raise ValidationError("give at least one of enable_snapshots, snapshot_schedule, "
+                                  "self_snapshot_schedule", "enable_snapshots")
 
 
 class ListQuerySchema(Schema):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Callable, Iterable, Sequence
 from uuid import UUID, uuid4
 
@@ -18,10 +19,15 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
 
 from .deployment import Deployment, deployment_id
+from .discovery import SelfDiscovery
 from .errors import DeploymentNotFound, SnapshotNotFound, SnapshotsDisabled, TaskNotFound
+from .names import SELF_DEPLOYMENT
+from .schedule import REGISTRY_ID, DeploymentRegistry, ScheduleFire, fire_id
 from .settings import SETTINGS_ID, Settings
 from .snapshot import TAKEN, Refusal, Snapshot, SnapshotCid, snapshot_cid_id
 from .task import Task
+
+SELF_JOB = "snapledger"
 
 ENABLE_HINT = (
     "snapshots are disabled; enable them with `snapledger enable-snapshots` "
@@ -81,9 +87,21 @@ class Ledger(Application):
 
     # Settings --------------------------------------------------------------
 
+    def settings(self) -> Settings:
+        """The recorded settings, or the defaults when nothing was recorded yet."""
+        return self._get(SETTINGS_ID) or Settings(actor="defaults")
+
     def snapshots_enabled(self) -> bool:
-        settings = self._get(SETTINGS_ID)
-        return bool(settings and settings.enable_snapshots)
+        return self.settings().enable_snapshots
+
+    def set_schedule(self, name: str, expression: str | None, actor: str) -> str | None:
+        def decide() -> list[Aggregate]:
+            settings = self._get(SETTINGS_ID) or Settings(actor=actor)
+            changed = settings.set_schedule(name, expression, actor=actor)
+            return [settings] if changed or settings.version == 1 else []
+
+        self.save_with_retry(decide)
+        return self.settings().schedules[name]
 
     def set_snapshots_enabled(self, enabled: bool, actor: str) -> bool:
         def decide() -> list[Aggregate]:
@@ -103,11 +121,18 @@ class Ledger(Application):
         def decide() -> list[Aggregate]:
             dep = self._get(deployment_id(name)) or Deployment(name=name, actor=actor)
             dep.record_inventory(tags=tags, instances=instances, actor=actor)
+            registry = self._registry()
             result[:] = [dep]
-            return [dep]
+            return [dep, registry] if registry.add(name) else [dep]
 
         self.save_with_retry(decide)
         return result[0]
+
+    def _registry(self) -> DeploymentRegistry:
+        return self._get(REGISTRY_ID) or DeploymentRegistry()
+
+    def deployment_names(self) -> list[str]:
+        return list(self._registry().names)
 
     def get_deployment(self, name: str) -> Deployment:
         dep = self._get(deployment_id(name))
@@ -119,7 +144,9 @@ class Ledger(Application):
         def decide() -> list[Aggregate]:
             dep = self.get_deployment(name)
             dep.delete(actor=actor)
-            return [dep]
+            registry = self._registry()
+            registry.remove(name)
+            return [dep, registry]
 
         self.save_with_retry(decide)
 
@@ -138,6 +165,15 @@ class Ledger(Application):
         if not self.snapshots_enabled():
             self._refuse(kind, ENABLE_HINT, deployment, {"job": job, "index_or_id": index_or_id}, actor)
             raise SnapshotsDisabled(ENABLE_HINT)
+        task, snapshots = self._plan_snapshots(dep, instances, kind, description, trigger, clean, actor,
+                                               context={"job": job, "index_or_id": index_or_id})
+        self.save(task, *snapshots)
+        return task
+
+    def _plan_snapshots(self, dep: Deployment, instances: list[dict[str, Any]], kind: str, description: str,
+                        trigger: str, clean: bool, actor: str,
+                        context: dict[str, Any] | None = None) -> tuple[Task, list[Snapshot]]:
+        """A task and one snapshot request per disk of the instances (unsaved)."""
         task_id = uuid4()
         snapshots = [
             self._new_snapshot(task_id, dep, inst, disk, trigger, clean, actor)
@@ -145,14 +181,12 @@ class Ledger(Application):
             for disk in inst["disks"]
         ]
         task = Task(
-            id=task_id, kind=kind, description=description, deployment=deployment,
-            operations=[str(s.id) for s in snapshots], actor=actor, trigger=trigger,
-            context={"job": job, "index_or_id": index_or_id},
+            id=task_id, kind=kind, description=description, deployment=dep.name,
+            operations=[str(s.id) for s in snapshots], actor=actor, trigger=trigger, context=context or {},
         )
         if not snapshots:
             task.finish_empty("no persistent disks to snapshot", actor=actor)
-        self.save(task, *snapshots)
-        return task
+        return task, snapshots
 
     def _new_snapshot(self, task_id: UUID, dep: Deployment, inst: dict[str, Any], disk_cid: str,
                       trigger: str, clean: bool, actor: str) -> Snapshot:
@@ -200,7 +234,8 @@ class Ledger(Application):
     def delete_snapshots(self, deployment: str, snapshot_cids: Iterable[str], actor: str) -> Task:
         """Delete the given CIDs of a deployment (the caller lists them, e.g. from
         the listing view); CIDs already being deleted are left to their task."""
-        self.get_deployment_or_history(deployment)
+        if deployment != SELF_DEPLOYMENT:
+            self.get_deployment_or_history(deployment)
         return self._request_deletions(
             deployment, list(snapshot_cids), actor, kind="delete_deployment_snapshots",
             description="delete deployment snapshots", strict=False,
@@ -242,6 +277,96 @@ class Ledger(Application):
 
         self.save_with_retry(decide)
         return result[0]
+
+    # Self snapshots ----------------------------------------------------------
+
+    def take_self_snapshots(self, actor: str, trigger: str = "manual") -> Task:
+        """Snapshot the disks of the host snapledger runs on (BOSH `SnapshotSelf`),
+        discovered through the CPI at execution time."""
+        if not self.snapshots_enabled():
+            self._refuse("snapshot_self", ENABLE_HINT, SELF_DEPLOYMENT, {}, actor)
+            raise SnapshotsDisabled(ENABLE_HINT)
+        task, discovery = self._plan_self_snapshots(actor, trigger)
+        self.save(task, discovery)
+        return task
+
+    def _plan_self_snapshots(self, actor: str, trigger: str) -> tuple[Task, SelfDiscovery]:
+        task_id = uuid4()
+        discovery = SelfDiscovery(task_id=str(task_id), cpi=self.default_cpi, trigger=trigger, actor=actor)
+        task = Task(id=task_id, kind="snapshot_self", description="snapshot self", deployment=SELF_DEPLOYMENT,
+                    operations=[str(discovery.id)], actor=actor, trigger=trigger)
+        return task, discovery
+
+    def plan_self_disk_snapshots(self, task: Task, discovery: SelfDiscovery, vm_cid: str,
+                                 disks: list[str]) -> list[Snapshot]:
+        """The snapshot requests for discovered disks, with BOSH's SnapshotSelf metadata."""
+        snapshots = []
+        for disk in disks:
+            snapshot_id = uuid4()
+            metadata = {
+                "deployment": "self", "job": "director", "index": 0, "director_name": self.director.name,
+                "director_uuid": self.director.uuid, "agent_id": "self", "instance_id": vm_cid,
+                "snapledger_operation_id": str(snapshot_id),
+            }
+            snapshots.append(Snapshot(
+                id=snapshot_id, task_id=str(task.id), deployment=SELF_DEPLOYMENT, job=SELF_JOB, index=0,
+                instance_id=vm_cid, disk_cid=disk, trigger=discovery.trigger, clean=False, metadata=metadata,
+                cpi=discovery.cpi, actor=task.actor,
+            ))
+        return snapshots
+
+    def get_aggregate(self, aggregate_id: UUID) -> Any:
+        return self.repository.get(aggregate_id)
+
+    # Schedules ---------------------------------------------------------------
+
+    def fire_recorded(self, schedule: str, fire_time: datetime) -> bool:
+        return fire_id(schedule, fire_time) in self.repository
+
+    def fire_schedule(self, schedule: str, expression: str, fire_time: datetime,
+                      actor: str = "scheduler") -> ScheduleFire | None:
+        """Record one fire with every task it creates, in one transaction.
+
+        Returns None when another replica recorded this fire first."""
+        tasks: list[Task] = []
+        requests: list[Aggregate] = []
+        if schedule == "snapshot_schedule":
+            for name in self.deployment_names():
+                dep = self._get(deployment_id(name))
+                if dep is None or dep.deleted:
+                    continue
+                task, snapshots = self._plan_snapshots(dep, dep.instances, "snapshot_deployment",
+                                                       "scheduled snapshot deployment", "scheduled", False, actor)
+                tasks.append(task)
+                requests.extend(snapshots)
+        else:
+            task, discovery = self._plan_self_snapshots(actor, "self")
+            tasks.append(task)
+            requests.append(discovery)
+        fire = ScheduleFire(schedule=schedule, fire_time=fire_time, expression=expression, outcome="fired",
+                            tasks=[str(t.id) for t in tasks], detail={"deployments": [t.deployment for t in tasks]},
+                            actor=actor)
+        try:
+            self.save(fire, *tasks, *requests)
+        except IntegrityError:
+            if self.fire_recorded(schedule, fire_time):
+                return None
+            raise
+        return fire
+
+    def record_missed(self, schedule: str, expression: str, fire_times: list[datetime], reason: str,
+                      actor: str = "scheduler") -> int:
+        """Record fires nobody ran (all schedulers down); returns how many this call recorded."""
+        recorded = 0
+        for fire_time in fire_times:
+            fire = ScheduleFire(schedule=schedule, fire_time=fire_time, expression=expression, outcome="missed",
+                                tasks=[], detail={"reason": reason}, actor=actor)
+            try:
+                self.save(fire)
+                recorded += 1
+            except IntegrityError:
+                continue  # another replica recorded it
+        return recorded
 
     # Tasks -------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from eventsourcing.persistence import IntegrityError
 
 from .application import Ledger
 from .cpi import DISK_NOT_FOUND, Cpi, CpiError
+from .discovery import SelfDiscovery
 from .snapshot import DELETING, TAKING, Snapshot
 from .task import GOOD_OUTCOMES, Task
 
@@ -52,14 +53,17 @@ class OperationRunner:
         self.clock = clock
         self.disk_locks = DiskLocks()
 
-    def execute(self, snapshot_id: UUID) -> str | None:
-        """Run the pending CPI call of one snapshot, if it is still pending.
+    def execute(self, operation_id: UUID) -> str | None:
+        """Run the pending CPI call of one operation, if it is still pending.
 
         Returns the outcome name, or None when there was nothing to do (already
         handled, or claimed by another worker)."""
-        snapshot = self.ledger.get_snapshot(snapshot_id)
-        if snapshot.pending_method is None:
+        operation = self.ledger.get_aggregate(operation_id)
+        if operation.pending_method is None:
             return None
+        if isinstance(operation, SelfDiscovery):
+            return self._discover(operation_id)
+        snapshot_id, snapshot = operation_id, operation
         with self.disk_locks.for_disk(snapshot.disk_cid):
             claimed = self._claim(snapshot_id)
             if claimed is None:
@@ -71,20 +75,72 @@ class OperationRunner:
 
     # Steps -------------------------------------------------------------------
 
-    def _claim(self, snapshot_id: UUID) -> tuple[Snapshot, str] | None:
+    def _claim(self, operation_id: UUID) -> tuple[Any, str] | None:
         for _ in range(25):
-            snapshot = self.ledger.get_snapshot(snapshot_id)
-            if snapshot.pending_method is None:
+            operation = self.ledger.get_aggregate(operation_id)
+            if operation.pending_method is None:
                 return None
-            task: Task = self.ledger.get_task(snapshot.current_task_id)
-            method = snapshot.start_cpi_call(worker=self.worker, actor=task.actor)
+            task: Task = self.ledger.get_task(_task_id(operation))
+            method = operation.start_cpi_call(worker=self.worker, actor=task.actor)
             task.start(worker=self.worker, actor=task.actor)
             try:
-                self.ledger.save(snapshot, task)
-                return snapshot, method
+                self.ledger.save(operation, task)
+                return operation, method
             except IntegrityError:
                 continue  # another worker claimed it, or the task moved on: look again
         return None
+
+    # Self snapshots: discover the VM and its disks, then request their snapshots.
+
+    def _discover(self, discovery_id: UUID) -> str | None:
+        claimed = self._claim(discovery_id)
+        if claimed is None:
+            return None
+        discovery, _ = claimed
+        cpi = self.cpis[discovery.cpi]
+        started = self.clock()
+        record: dict[str, Any] = {"method": "current_vm_id", "cpi": discovery.cpi}
+        try:
+            vm_cid = cpi.current_vm_id()
+            record["method"] = "get_disks"
+            disks = list(cpi.get_disks(vm_cid))
+            outcome = "discovered"
+        except CpiError as error:
+            record["error"] = error.as_dict()
+            if error.is_not_implemented:
+                outcome, record["reason"] = "skipped", f"CPI does not support {record['method']}: {error.message}"
+            else:
+                outcome = "failed"
+        except Exception as error:  # record it, never lose it
+            record["error"] = {"type": type(error).__name__, "message": str(error), "ok_to_retry": False}
+            outcome = "failed"
+        record["duration_s"] = round(self.clock() - started, 6)
+
+        def decide() -> list[Any]:
+            found = self.ledger.get_aggregate(discovery_id)
+            if found.state != "discovering":
+                return []
+            task = self.ledger.get_task(found.task_id)
+            call = {k: v for k, v in record.items() if k != "reason"}
+            detail: dict[str, Any] = {"instance": "self", "disk_cid": None, "snapshot_cid": None}
+            snapshots: list[Snapshot] = []
+            if outcome == "discovered":
+                snapshots = self.ledger.plan_self_disk_snapshots(task, found, vm_cid, disks)
+                found.record_discovered(vm_cid=vm_cid, disks=disks, snapshots=[str(s.id) for s in snapshots],
+                                        call=call, actor=task.actor)
+                task.add_operations([str(s.id) for s in snapshots], actor=task.actor)
+                detail["reason"] = f"VM {vm_cid}: {len(disks)} disk(s)"
+            elif outcome == "skipped":
+                found.record_skipped(reason=record["reason"], call=call, actor=task.actor)
+                detail["reason"] = record["reason"]
+            else:
+                found.record_failed(error=record["error"], call=call, actor=task.actor)
+                detail.update(error_type=record["error"]["type"], message=record["error"]["message"])
+            task.operation_finished(found.id, outcome, detail, actor=task.actor)
+            return [found, task, *snapshots]
+
+        self.ledger.save_with_retry(decide)
+        return outcome
 
     def _call(self, snapshot: Snapshot, method: str) -> tuple[str, dict[str, Any]]:
         cpi = self.cpis[snapshot.cpi]
@@ -160,6 +216,10 @@ class OperationRunner:
         else:
             snapshot.record_failed(error=record["error"], call=call, actor=actor)
         return []
+
+
+def _task_id(operation: Any) -> str:
+    return operation.current_task_id if isinstance(operation, Snapshot) else operation.task_id
 
 
 def snapshot_outcome(outcome: str, snapshot: Snapshot) -> str:

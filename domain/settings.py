@@ -1,12 +1,22 @@
-"""The service-wide snapshot settings (BOSH: `director.enable_snapshots`)."""
+"""The service-wide settings: `enable_snapshots` and the cron schedules (BOSH manifest names)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
+from .cron import CronSchedule
+
 SETTINGS_ID = uuid5(NAMESPACE_URL, "snapledger:/settings")
+
+# BOSH's defaults (jobs/director/spec): both schedules exist unless turned off.
+DEFAULT_SCHEDULES = {
+    "snapshot_schedule": "0 0 7 * * * UTC",
+    "self_snapshot_schedule": "0 0 6 * * * UTC",
+}
+SCHEDULE_NAMES = tuple(DEFAULT_SCHEDULES)
 
 
 class Settings(Aggregate):
@@ -19,14 +29,23 @@ class Settings(Aggregate):
     @event("Created")
     def __init__(self, actor: str) -> None:
         self.enable_snapshots = False
+        self.enabled_at: datetime | None = None
+        self.schedules: dict[str, str | None] = dict(DEFAULT_SCHEDULES)
+        self.schedule_set_at: dict[str, datetime] = {}
 
     @event("SnapshotsEnabled")
     def enable_snapshots_(self, actor: str) -> None:
         self.enable_snapshots = True
+        self.enabled_at = self.modified_on
 
     @event("SnapshotsDisabled")
     def disable_snapshots_(self, actor: str) -> None:
         self.enable_snapshots = False
+
+    @event("ScheduleSet")
+    def _set_schedule(self, name: str, expression: str | None, actor: str) -> None:
+        self.schedules[name] = expression
+        self.schedule_set_at[name] = self.modified_on
 
     def set_enabled(self, enabled: bool, actor: str) -> bool:
         """Record a change only when the value really changes; returns whether it did."""
@@ -37,3 +56,20 @@ class Settings(Aggregate):
         else:
             self.disable_snapshots_(actor=actor)
         return True
+
+    def set_schedule(self, name: str, expression: str | None, actor: str) -> bool:
+        """`expression` None (or empty) turns the schedule off. Invalid cron raises CronError."""
+        if name not in SCHEDULE_NAMES:
+            raise ValueError(f"unknown schedule {name!r}")
+        expression = (expression or "").strip() or None
+        if expression is not None:
+            CronSchedule.parse(expression)
+        if self.schedules.get(name) == expression:
+            return False
+        self._set_schedule(name=name, expression=expression, actor=actor)
+        return True
+
+    def since(self, name: str) -> datetime:
+        """Fires before this moment were never due (schedule set or snapshots enabled later)."""
+        moments = [self.created_on, self.schedule_set_at.get(name), self.enabled_at]
+        return max(m for m in moments if m is not None)

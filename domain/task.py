@@ -11,7 +11,7 @@ QUEUED, PROCESSING, DONE, ERROR = "queued", "processing", "done", "error"
 TERMINAL_STATES = frozenset({DONE, ERROR})
 
 # Operation outcomes that do not fail a task.
-GOOD_OUTCOMES = frozenset({"taken", "skipped", "deleted"})
+GOOD_OUTCOMES = frozenset({"taken", "skipped", "deleted", "discovered"})
 
 
 class Task(Aggregate):
@@ -46,6 +46,10 @@ class Task(Aggregate):
         self.state = PROCESSING
         self.started_at = self.modified_on
 
+    @event("OperationsAdded")
+    def _operations_added(self, operations: list[str], actor: str) -> None:
+        self.operations.extend(operations)
+
     @event("OperationFinished")
     def _operation_finished(self, operation_id: str, outcome: str, detail: dict[str, Any], actor: str) -> None:
         self.outcomes[operation_id] = {"outcome": outcome, **detail}
@@ -61,6 +65,11 @@ class Task(Aggregate):
     def start(self, worker: str, actor: str) -> None:
         if self.state == QUEUED:
             self._start(worker=worker, actor=actor)
+
+    def add_operations(self, operations: list[str], actor: str) -> None:
+        """Operations found while the task runs (a self snapshot's disks)."""
+        if operations:
+            self._operations_added(operations=[str(o) for o in operations], actor=actor)
 
     def operation_finished(self, operation_id: UUID | str, outcome: str, detail: dict[str, Any], actor: str) -> None:
         """Record one operation's outcome; finish the task when it was the last one."""

@@ -116,3 +116,22 @@ class Queries:
             "SELECT deployment, COUNT(*) AS n FROM snapshots_view "
             "WHERE state IN ('taken', 'delete_requested', 'deleting') GROUP BY deployment")
         return {r["deployment"]: int(r["n"]) for r in rows}
+
+    # Schedules -----------------------------------------------------------------------
+
+    def last_fire(self, schedule: str, outcome: str | None = "fired") -> dict[str, Any] | None:
+        clause, params = ("AND outcome = %s", [schedule, outcome]) if outcome else ("", [schedule])
+        rows = self.db.query(
+            f"SELECT * FROM schedule_fires_view WHERE schedule = %s {clause} ORDER BY fire_time DESC LIMIT 1",
+            params)
+        if not rows:
+            return None
+        row = rows[0]
+        return {"fire_time": row["fire_time"], "outcome": row["outcome"], "expression": row["expression"],
+                "tasks": json.loads(row["tasks"]), "recorded_at": row["recorded_at"]}
+
+    def fires(self, schedule: str, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self.db.query("SELECT * FROM schedule_fires_view WHERE schedule = %s ORDER BY fire_time DESC LIMIT %s",
+                             (schedule, limit))
+        return [{"fire_time": r["fire_time"], "outcome": r["outcome"], "tasks": json.loads(r["tasks"])}
+                for r in rows]

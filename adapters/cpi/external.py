@@ -169,7 +169,7 @@ class ExternalCpi:
     def _run(
         self, call: _Call, arguments: list[Any], api_version: int | None, check: ResultCheck | None
     ) -> Any:
-        self._check_executable(call)
+        self._check_executable()
         request = self._request_json(call, arguments, api_version)
         stdout, call.stderr, call.exit_code = self._execute(call, request)
         response = _parse_response(call, stdout)
@@ -181,7 +181,7 @@ class ExternalCpi:
             raise _invalid(call, stdout, f"'{call.method}' result {problem}")
         return result
 
-    def _check_executable(self, call: _Call) -> None:
+    def _check_executable(self) -> None:
         # Checked up front, as the Director does, so "not executable" is reported
         # as such instead of as an exec() errno.
         path = self.executable

@@ -28,7 +28,7 @@ from snapledger.domain.cpi import (
     UNKNOWN_ERROR,
     CpiError,
 )
-from tests.support.fake_cpi_helpers import (
+from support.fake_cpi_helpers import (
     add_disk,
     make_fake_cpi,
     read_requests,
@@ -106,6 +106,34 @@ def test_concurrent_first_calls_fetch_info_once(cpi: ExternalCpi, state: Path) -
 
     assert methods_called(state).count("info") == 1
     assert seen == {f"{i}": "current_vm_id" if i % 2 else "get_disks" for i in range(6)}
+
+
+def test_last_call_is_per_thread(cpi: ExternalCpi) -> None:
+    # Interleave deterministically: the worker reads last_call only after the
+    # main thread made a call of its own in between.
+    worker_called, main_called = threading.Event(), threading.Event()
+    seen: list[str | None] = []
+
+    def worker() -> None:
+        cpi.current_vm_id()
+        worker_called.set()
+        main_called.wait(timeout=30)
+        seen.append(cpi.last_call.method if cpi.last_call else None)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    worker_called.wait(timeout=30)
+    cpi.get_disks("vm-42")
+    main_called.set()
+    thread.join()
+
+    assert seen == ["current_vm_id"]
+    assert cpi.last_call.method == "get_disks"
+    untouched: list[Any] = []
+    idle = threading.Thread(target=lambda: untouched.append(cpi.last_call))
+    idle.start()
+    idle.join()
+    assert untouched == [None]
 
 
 def test_api_version_is_absent_on_info_and_sent_on_other_calls(cpi: ExternalCpi, state: Path) -> None:

@@ -21,7 +21,7 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
 def test_defaults_are_boshs() -> None:
     config = load_config(None, environ={})
     assert config.enable_snapshots is None and config.port == 25555 and config.host == "127.0.0.1"
-    assert config.snapshot_schedule == "0 0 7 * * * UTC" and config.self_snapshot_schedule == "0 0 6 * * * UTC"
+    assert config.snapshot_schedule is None and config.self_snapshot_schedule is None  # ledger keeps BOSH defaults
     assert config.database_url.startswith("sqlite:///") and config.database_url.endswith("ledger.sqlite")
 
 

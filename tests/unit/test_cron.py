@@ -1,4 +1,4 @@
-"""Tests for the BOSH/fugit cron dialect in snapledger.scheduler.cron."""
+"""Tests for the BOSH/fugit cron dialect in snapledger.domain.cron."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from snapledger.scheduler.cron import CronError, CronSchedule, validate
+from snapledger.domain.cron import CronError, CronSchedule, validate
 
 UTC = timezone.utc
 START = datetime(2026, 3, 10, 6, 59, 59, tzinfo=UTC)

@@ -1,0 +1,57 @@
+"""Self snapshots: ask the CPI which VM we run on and which disks it has (BOSH `SnapshotSelf`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eventsourcing.domain import Aggregate, event
+
+REQUESTED, DISCOVERING, DISCOVERED, SKIPPED, FAILED = "requested", "discovering", "discovered", "skipped", "failed"
+
+
+class SelfDiscovery(Aggregate):
+    @event("Requested")
+    def __init__(self, task_id: str, cpi: str, trigger: str, actor: str) -> None:
+        self.task_id = task_id
+        self.cpi = cpi
+        self.trigger = trigger
+        self.state = REQUESTED
+        self.attempts = 0
+
+    @event("CpiCallStarted")
+    def _started(self, method: str, worker: str, attempt: int, task_id: str, actor: str) -> None:
+        self.state = DISCOVERING
+        self.attempts = attempt
+
+    @event("Discovered")
+    def _discovered(self, vm_cid: str, disks: list[str], snapshots: list[str], call: dict[str, Any],
+                    task_id: str, actor: str) -> None:
+        self.state = DISCOVERED
+
+    @event("Skipped")
+    def _skipped(self, reason: str, call: dict[str, Any], task_id: str, actor: str) -> None:
+        self.state = SKIPPED
+
+    @event("Failed")
+    def _failed(self, error: dict[str, Any], call: dict[str, Any], task_id: str, actor: str) -> None:
+        self.state = FAILED
+
+    @property
+    def pending_method(self) -> str | None:
+        return "current_vm_id" if self.state == REQUESTED else None
+
+    def start_cpi_call(self, worker: str, actor: str) -> str:
+        self._started(method="current_vm_id", worker=worker, attempt=self.attempts + 1, task_id=self.task_id,
+                      actor=actor)
+        return "current_vm_id"
+
+    def record_discovered(self, vm_cid: str, disks: list[str], snapshots: list[str], call: dict[str, Any],
+                          actor: str) -> None:
+        self._discovered(vm_cid=vm_cid, disks=disks, snapshots=snapshots, call=call, task_id=self.task_id,
+                         actor=actor)
+
+    def record_skipped(self, reason: str, call: dict[str, Any], actor: str) -> None:
+        self._skipped(reason=reason, call=call, task_id=self.task_id, actor=actor)
+
+    def record_failed(self, error: dict[str, Any], call: dict[str, Any], actor: str) -> None:
+        self._failed(error=error, call=call, task_id=self.task_id, actor=actor)
