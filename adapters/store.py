@@ -100,6 +100,25 @@ def ensure_schema(url: StoreUrl) -> None:
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(url.schema)))
 
 
+@contextmanager
+def setup_lock(url: StoreUrl) -> Iterator[None]:
+    """Serialise schema creation across processes starting together: concurrent
+    CREATE TABLE IF NOT EXISTS can still collide in PostgreSQL's catalog."""
+    if url.kind != "postgres":
+        yield
+        return
+    ensure_schema(url)
+    with psycopg.connect(url.conninfo(), autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK_KEY,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
+
+
+SETUP_LOCK_KEY = 0x736E61706C6564  # "snapled"
+
+
 class Database:
     """A small DB-API facade for the views: `%s` placeholders on both backends."""
 

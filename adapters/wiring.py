@@ -22,7 +22,7 @@ from snapledger.projections.queries import Queries
 
 from .config import Config, ConfigError
 from .follower import ChangeSignal, LogFollower, PostgresListener
-from .store import Database, StoreUrl, ledger_env, open_database, parse_store_url
+from .store import Database, StoreUrl, ledger_env, open_database, parse_store_url, setup_lock
 from .worker import Worker
 
 ROLES = frozenset({"api", "worker", "projector", "scheduler"})
@@ -113,13 +113,14 @@ def build_runtime(config: Config, roles: frozenset[str] | set[str] = ROLES) -> R
     config.data_dir.mkdir(parents=True, exist_ok=True)
     url = parse_store_url(config.database_url)
     cpis = build_cpis(config) if "worker" in roles else {}
-    ledger = Ledger(env=ledger_env(url), director=Director(config.director_name, config.uuid),
-                    default_cpi=next(iter(cpis), _default_cpi_name(config)))
+    with setup_lock(url):
+        ledger = Ledger(env=ledger_env(url), director=Director(config.director_name, config.uuid),
+                        default_cpi=next(iter(cpis), _default_cpi_name(config)))
+        db = open_database(url)
+        projector = Projector(db)
+        projector.setup()
     signal = ChangeSignal()
     ledger.on_saved.append(signal.fire)
-    db = open_database(url)
-    projector = Projector(db)
-    projector.setup()
     apply_declared_settings(ledger, config)
     # Size the executor within the event store's pool (its timeouts retry 10x).
     executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="api")
