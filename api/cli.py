@@ -383,5 +383,11 @@ def task(ctx: click.Context, task_id: str) -> None:
     wait_for(ctx, client, {"task_id": task_id})
 
 
+# Feature command modules register themselves on `main` when imported (they
+# import `main` and the helpers above, so they come last).
+FEATURE_MODULES: list[str] = []
+for _module in FEATURE_MODULES:
+    __import__(f"{__package__}.{_module}")
+
 if __name__ == "__main__":  # pragma: no cover
     main()
