@@ -7,12 +7,15 @@ Snapshot keys are named as in the BOSH director manifest (`enable_snapshots`,
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+
+from snapledger.domain.retry import RetryPolicy
 
 
 class ConfigError(ValueError):
@@ -35,7 +38,11 @@ class Config:
     snapshot_schedule: str | None = None
     self_snapshot_schedule: str | None = None
     missed_fire_window_s: float = 3600.0
+    # One CPI (`cpi:`) or several named ones (`cpis: {name: spec}`); see cpi_specs().
     cpi: dict[str, Any] = field(default_factory=lambda: {"type": "local"})
+    cpis: dict[str, dict[str, Any]] = field(default_factory=dict)
+    default_cpi: str = ""  # required when several CPIs are configured
+    self_cpi: str = ""  # the CPI that snapshots this host; default: default_cpi
     worker_max_in_flight: int = 4
     poll_interval_s: float = 1.0
     log_format: str = "auto"  # auto | console | json
@@ -45,10 +52,88 @@ class Config:
     def database_url(self) -> str:
         return self.database or f"sqlite:///{(self.data_dir / 'ledger.sqlite').resolve()}"
 
+    def cpi_specs(self) -> dict[str, "CpiSpec"]:
+        """The configured CPIs by name, validated (ConfigError names the key)."""
+        if self.cpis:
+            raw = {name: (f"cpis.{name}", dict(spec or {})) for name, spec in self.cpis.items()}
+        else:
+            spec = dict(self.cpi)
+            kind = spec.get("type", "local")
+            name = spec.pop("name", None) or ("local" if kind == "local" else "default")
+            raw = {name: ("cpi", spec)}
+        return {name: CpiSpec.parse(name, key, spec) for name, (key, spec) in raw.items()}
+
+    def default_cpi_name(self) -> str:
+        names = list(self.cpi_specs())
+        if self.default_cpi:
+            if self.default_cpi not in names:
+                raise ConfigError("default_cpi", f"no CPI named {self.default_cpi!r} (configured: {', '.join(names)})")
+            return self.default_cpi
+        if len(names) > 1:
+            raise ConfigError("default_cpi", f"several CPIs are configured ({', '.join(names)}): name the default")
+        return names[0]
+
+    def self_cpi_name(self) -> str:
+        if self.self_cpi and self.self_cpi not in self.cpi_specs():
+            raise ConfigError("self_cpi", f"no CPI named {self.self_cpi!r}")
+        return self.self_cpi or self.default_cpi_name()
+
     @property
     def uuid(self) -> str:
         # Stable across processes and restarts without shared state.
         return self.director_uuid or str(uuid.uuid5(uuid.NAMESPACE_URL, f"snapledger:/{self.director_name}"))
+
+
+@dataclass(frozen=True)
+class CpiSpec:
+    """One configured CPI: how to reach it and how hard to push it."""
+
+    name: str
+    type: str  # local | external
+    executable: str = ""
+    properties: dict[str, Any] = field(default_factory=dict)
+    timeout_s: float = 300.0
+    max_in_flight: int = 4
+    retry: RetryPolicy = RetryPolicy()
+    disk_root: str = ""
+    snapshot_root: str = ""
+    self_disks: tuple[str, ...] | None = None
+
+    @classmethod
+    def parse(cls, name: str, key: str, spec: dict[str, Any]) -> "CpiSpec":
+        kind = spec.get("type", "local")
+        if kind not in ("local", "external"):
+            raise ConfigError(f"{key}.type", f"must be local or external, got {kind!r}")
+        if kind == "external" and not spec.get("executable"):
+            raise ConfigError(f"{key}.executable", "an external CPI needs the path of its executable")
+        known = {"type", "name", "executable", "properties", "timeout", "max_in_flight", "retry", "disk_root",
+                 "snapshot_root", "self_disks"}
+        unknown = sorted(set(spec) - known)
+        if unknown:
+            raise ConfigError(f"{key}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(known))})")
+        retry = spec.get("retry") or {}
+        if not isinstance(retry, dict):
+            raise ConfigError(f"{key}.retry", "must be a mapping {attempts, base_delay, max_delay}")
+        try:
+            policy = RetryPolicy(attempts=int(retry.get("attempts", 3)),
+                                 base_delay_s=float(retry.get("base_delay", 1.0)),
+                                 max_delay_s=float(retry.get("max_delay", 30.0)))
+            max_in_flight = int(spec.get("max_in_flight", 4))
+            timeout_s = float(spec.get("timeout", 300))
+        except (TypeError, ValueError) as error:
+            raise ConfigError(key, str(error)) from None
+        if max_in_flight < 1:
+            raise ConfigError(f"{key}.max_in_flight", "must be at least 1")
+        if timeout_s <= 0:
+            raise ConfigError(f"{key}.timeout", "must be positive (seconds)")
+        properties = spec.get("properties") or {}
+        if not isinstance(properties, dict):
+            raise ConfigError(f"{key}.properties", "must be a mapping (merged into the CPI request context)")
+        self_disks = spec.get("self_disks")
+        return cls(name=name, type=kind, executable=str(spec.get("executable") or ""), properties=properties,
+                   timeout_s=timeout_s, max_in_flight=max_in_flight, retry=policy,
+                   disk_root=str(spec.get("disk_root") or ""), snapshot_root=str(spec.get("snapshot_root") or ""),
+                   self_disks=tuple(self_disks) if self_disks is not None else None)
 
 
 # YAML path -> (attribute, parser). Environment: SNAPLEDGER_<PATH upper, dots as _>.
@@ -65,6 +150,8 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "worker.max_in_flight": ("worker_max_in_flight", int),
     "poll_interval": ("poll_interval_s", float),
     "missed_fire_window": ("missed_fire_window_s", float),
+    "default_cpi": ("default_cpi", str),
+    "self_cpi": ("self_cpi", str),
     "log.format": ("log_format", str),
     "log.level": ("log_level", str),
 }
@@ -119,6 +206,10 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
             setattr(config, attr, _parse(dotted, parser, raw))
     if isinstance(data.get("cpi"), dict):
         config.cpi = dict(data["cpi"])
+    if data.get("cpis") is not None:
+        if not isinstance(data["cpis"], dict) or not data["cpis"]:
+            raise ConfigError("cpis", "must be a non-empty mapping of CPI name to its settings")
+        config.cpis = {str(k): dict(v or {}) for k, v in data["cpis"].items()}
     for attr, value in overrides.items():
         if value is not None:
             setattr(config, attr, value)
@@ -133,8 +224,13 @@ def _validate(config: Config) -> None:
         raise ConfigError("log.format", f"must be auto, console or json, got {config.log_format!r}")
     if config.worker_max_in_flight < 1:
         raise ConfigError("worker.max_in_flight", "must be at least 1")
-    if config.cpi.get("type", "local") not in ("local", "external"):
-        raise ConfigError("cpi.type", f"must be local or external, got {config.cpi.get('type')!r}")
+    from snapledger.domain.names import NAME_PATTERN
+
+    for name in config.cpi_specs():
+        if not re.fullmatch(NAME_PATTERN, name):
+            raise ConfigError(f"cpis.{name}", "CPI names are letters, digits, '.', '_' or '-'")
+    config.default_cpi_name()
+    config.self_cpi_name()
     from snapledger.domain.cron import CronError, CronSchedule
 
     for key in ("snapshot_schedule", "self_snapshot_schedule"):

@@ -6,6 +6,7 @@ points only choose which roles to start.
 
 from __future__ import annotations
 
+import re
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,32 +21,48 @@ from snapledger.domain.operations import OperationRunner
 from snapledger.projections.projector import Projector
 from snapledger.projections.queries import Queries
 
-from .config import Config, ConfigError
+from .config import Config, CpiSpec
 from .follower import ChangeSignal, LogFollower, PostgresListener
 from .store import Database, StoreUrl, ledger_env, open_database, parse_store_url, setup_lock
+from .locks import disk_locks
 from .worker import Worker
 
 ROLES = frozenset({"api", "worker", "projector", "scheduler"})
 
 
 def build_cpis(config: Config) -> dict[str, Cpi]:
-    spec = dict(config.cpi)
-    kind = spec.pop("type", "local")
-    if kind == "local":
+    """Every configured CPI by name (only worker processes call CPIs)."""
+    return {name: _build_cpi(config, spec) for name, spec in config.cpi_specs().items()}
+
+
+def _build_cpi(config: Config, spec: CpiSpec) -> Cpi:
+    if spec.type == "local":
         from .cpi.local import LocalCpi
 
-        disk_root = Path(spec.get("disk_root") or config.data_dir / "disks")
-        snapshot_root = Path(spec.get("snapshot_root") or config.data_dir / "snapshots")
+        disk_root = Path(spec.disk_root or config.data_dir / "disks")
+        snapshot_root = Path(spec.snapshot_root or config.data_dir / "snapshots")
         disk_root.mkdir(parents=True, exist_ok=True)
         snapshot_root.mkdir(parents=True, exist_ok=True)
-        return {"local": LocalCpi(disk_root, snapshot_root, self_disks=spec.get("self_disks"))}
+        if spec.self_disks is None:
+            # By default this host's disk is the service's own data directory.
+            return LocalCpi(disk_root, snapshot_root, host_disks={SELF_DATA_DISK: config.data_dir})
+        paths = [d for d in spec.self_disks if str(d).startswith("/")]
+        cids = [d for d in spec.self_disks if not str(d).startswith("/")]
+        return LocalCpi(disk_root, snapshot_root, self_disks=cids,
+                        host_disks={host_disk_cid(Path(p)): Path(p) for p in paths})
     from .cpi.external import ExternalCpi
 
-    if not spec.get("executable"):
-        raise ConfigError("cpi.executable", "an external CPI needs the path of its executable")
-    name = spec.get("name", "default")
-    return {name: ExternalCpi(name, spec["executable"], properties=spec.get("properties") or {},
-                              director_uuid=config.uuid, timeout_s=float(spec.get("timeout", 300)))}
+    return ExternalCpi(spec.name, spec.executable, properties=spec.properties, director_uuid=config.uuid,
+                       timeout_s=spec.timeout_s)
+
+
+SELF_DATA_DISK = "snapledger-data"
+
+
+def host_disk_cid(path: Path) -> str:
+    """A readable, valid CID for a host directory: /var/vcap/store -> host-var-vcap-store."""
+    slug = "-".join(part for part in re.split(r"[^A-Za-z0-9._]+", str(path)) if part)
+    return ("host-" + slug)[:128] or "host-root"
 
 
 @dataclass
@@ -66,6 +83,7 @@ class Runtime:
     worker: Worker | None = None
     projection_follower: LogFollower | None = None
     scheduler: Any = None
+    locks: Any = None
 
     def start(self) -> None:
         """Start the background roles (worker, projector) of this process."""
@@ -79,8 +97,12 @@ class Runtime:
             )
             self.projection_follower.start()
         if "worker" in self.roles:
+            specs = self.config.cpi_specs()
             runner = OperationRunner(self.ledger, self.cpis, worker=f"{socket.gethostname()}:{id(self):x}",
-                                     log=self.log.bind(component="worker"))
+                                     log=self.log.bind(component="worker"),
+                                     retry={name: spec.retry for name, spec in specs.items()},
+                                     max_in_flight={name: spec.max_in_flight for name, spec in specs.items()},
+                                     disk_locks=self._disk_locks())
             self.worker = Worker(self.ledger, runner, self.db, self.signal, self.log,
                                  max_in_flight=self.config.worker_max_in_flight,
                                  poll_interval=self.config.poll_interval_s)
@@ -94,11 +116,17 @@ class Runtime:
                                        missed_window=timedelta(seconds=self.config.missed_fire_window_s))
             self.scheduler.start()
 
+    def _disk_locks(self) -> Any:
+        self.locks = disk_locks(self.url, self.config)
+        return self.locks
+
     def close(self) -> None:
         if self.scheduler is not None:
             self.scheduler.stop()
         if self.worker is not None:
             self.worker.stop()
+        if self.locks is not None:
+            self.locks.close()
         if self.projection_follower is not None:
             self.projection_follower.stop()
         if self.listener is not None:
@@ -115,7 +143,8 @@ def build_runtime(config: Config, roles: frozenset[str] | set[str] = ROLES) -> R
     cpis = build_cpis(config) if "worker" in roles else {}
     with setup_lock(url):
         ledger = Ledger(env=ledger_env(url), director=Director(config.director_name, config.uuid),
-                        default_cpi=next(iter(cpis), _default_cpi_name(config)))
+                        default_cpi=config.default_cpi_name(), self_cpi=config.self_cpi_name(),
+                        cpi_names=list(config.cpi_specs()))
         db = open_database(url)
         projector = Projector(db)
         projector.setup()
@@ -137,9 +166,3 @@ def apply_declared_settings(ledger: Ledger, config: Config) -> None:
         value = getattr(config, name)
         if value is not None:
             ledger.set_schedule(name, None if value.strip().lower() in ("", "off") else value, actor="config")
-
-
-def _default_cpi_name(config: Config) -> str:
-    if config.cpi.get("type", "local") == "local":
-        return "local"
-    return config.cpi.get("name", "default")

@@ -142,7 +142,7 @@ async def info(request: web.Request) -> web.Response:
     enabled = await run(request, runtime.ledger.snapshots_enabled)
     return web.json_response({
         "name": runtime.config.director_name, "uuid": runtime.config.uuid, "version": VERSION,
-        "user": actor(request), "cpi": runtime.ledger.default_cpi,
+        "user": actor(request), "cpi": runtime.ledger.default_cpi, "cpis": sorted(runtime.ledger.cpi_names),
         "features": {"snapshots": {"status": enabled}},
         "event_store": runtime.url.kind,
     })
@@ -214,7 +214,8 @@ async def list_deployments(request: web.Request) -> web.Response:
 
 
 def _deployment_json(dep: Any) -> dict[str, Any]:
-    return {"name": dep.name, "tags": dep.tags, "instances": dep.instances, "deleted": dep.deleted}
+    return {"name": dep.name, "tags": dep.tags, "instances": dep.instances, "deleted": dep.deleted,
+            "cpi": dep.cpi}
 
 
 @routes.put("/deployments/{name}")
@@ -223,7 +224,7 @@ async def put_deployment(request: web.Request) -> web.Response:
     schemas.validate_deployment_name(name, creating=True)
     data = await body(request, schemas.DeploymentSchema())
     dep = await run(request, request.app[RUNTIME].ledger.record_deployment, name, data["tags"],
-                    data["instances"], actor=actor(request))
+                    data["instances"], actor=actor(request), cpi=data.get("cpi"))
     return web.json_response(_deployment_json(dep))
 
 

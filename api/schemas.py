@@ -30,6 +30,7 @@ class DeploymentSchema(StrictSchema):
     tags = fields.Dict(keys=fields.String(validate=Length(min=1, max=128)),
                        values=fields.String(validate=Length(max=256)), load_default=dict)
     instances = fields.List(fields.Nested(InstanceSchema), required=True, validate=Length(max=10_000))
+    cpi = fields.String(validate=NAME)  # a configured CPI's name; default: the default CPI
 
     @validates_schema
     def _unique(self, data: dict[str, Any], **_: Any) -> None:

@@ -20,7 +20,7 @@ from eventsourcing.persistence import IntegrityError
 
 from .deployment import Deployment, deployment_id
 from .discovery import SelfDiscovery
-from .errors import DeploymentNotFound, SnapshotNotFound, SnapshotsDisabled, TaskNotFound
+from .errors import DeploymentNotFound, SnapshotNotFound, SnapshotsDisabled, TaskNotFound, UnknownCpi
 from .names import SELF_DEPLOYMENT
 from .schedule import REGISTRY_ID, DeploymentRegistry, ScheduleFire, fire_id
 from .settings import SETTINGS_ID, Settings
@@ -50,10 +50,13 @@ class Ledger(Application):
     env = {"AGGREGATE_CACHE_MAXSIZE": "0"}
 
     def __init__(self, env: dict[str, str] | None = None, director: Director | None = None,
-                 default_cpi: str = "local") -> None:
+                 default_cpi: str = "local", self_cpi: str | None = None,
+                 cpi_names: Iterable[str] | None = None) -> None:
         super().__init__(env)
         self.director = director or Director()
         self.default_cpi = default_cpi
+        self.self_cpi = self_cpi or default_cpi
+        self.cpi_names = frozenset(cpi_names) if cpi_names is not None else frozenset({default_cpi})
         self.on_saved: list[Callable[[], None]] = []
 
     def _notify(self, recordings: Any) -> None:
@@ -115,12 +118,15 @@ class Ledger(Application):
     # Deployments -----------------------------------------------------------
 
     def record_deployment(self, name: str, tags: dict[str, str], instances: list[dict[str, Any]],
-                          actor: str) -> Deployment:
+                          actor: str, cpi: str | None = None) -> Deployment:
+        if cpi is not None and cpi not in self.cpi_names:
+            raise UnknownCpi(f"no CPI named '{cpi}' is configured (configured: {', '.join(sorted(self.cpi_names))})",
+                             field="cpi")
         result: list[Deployment] = []
 
         def decide() -> list[Aggregate]:
             dep = self._get(deployment_id(name)) or Deployment(name=name, actor=actor)
-            dep.record_inventory(tags=tags, instances=instances, actor=actor)
+            dep.record_inventory(tags=tags, instances=instances, actor=actor, cpi=cpi)
             registry = self._registry()
             result[:] = [dep]
             return [dep, registry] if registry.add(name) else [dep]
@@ -207,8 +213,12 @@ class Ledger(Application):
         return Snapshot(
             id=snapshot_id, task_id=str(task_id), deployment=dep.name, job=inst["job"],
             index=inst["index"], instance_id=inst["id"], disk_cid=disk_cid, trigger=trigger,
-            clean=clean, metadata=metadata, cpi=self.default_cpi, actor=actor,
+            clean=clean, metadata=metadata, cpi=self.cpi_of(dep), actor=actor,
         )
+
+    def cpi_of(self, dep: Deployment) -> str:
+        """The CPI a deployment's snapshots go through: its own, else the default."""
+        return dep.cpi or self.default_cpi
 
     def _refuse(self, command: str, reason: str, deployment: str | None, details: dict[str, Any],
                 actor: str) -> None:
@@ -292,7 +302,7 @@ class Ledger(Application):
 
     def _plan_self_snapshots(self, actor: str, trigger: str) -> tuple[Task, SelfDiscovery]:
         task_id = uuid4()
-        discovery = SelfDiscovery(task_id=str(task_id), cpi=self.default_cpi, trigger=trigger, actor=actor)
+        discovery = SelfDiscovery(task_id=str(task_id), cpi=self.self_cpi, trigger=trigger, actor=actor)
         task = Task(id=task_id, kind="snapshot_self", description="snapshot self", deployment=SELF_DEPLOYMENT,
                     operations=[str(discovery.id)], actor=actor, trigger=trigger)
         return task, discovery

@@ -27,6 +27,7 @@ class Deployment(Aggregate):
         self.tags: dict[str, str] = {}
         self.instances: list[dict[str, Any]] = []
         self.deleted = False
+        self.cpi: str | None = None
 
     @event("InventoryRecorded")
     def _record(
@@ -36,7 +37,9 @@ class Deployment(Aggregate):
         attached: list[str],
         detached: list[str],
         actor: str,
+        cpi: str | None = None,  # added later: older events have none (the default CPI)
     ) -> None:
+        self.cpi = cpi
         self.tags = dict(tags)
         self.instances = [dict(i) for i in instances]
         self.deleted = False
@@ -48,7 +51,7 @@ class Deployment(Aggregate):
     # Commands -------------------------------------------------------------
 
     def record_inventory(
-        self, tags: dict[str, str], instances: list[dict[str, Any]], actor: str
+        self, tags: dict[str, str], instances: list[dict[str, Any]], actor: str, cpi: str | None = None
     ) -> None:
         """Replace the inventory. Instances keep their id across records of the same job/index."""
         known = {(i["job"], i["index"]): i["id"] for i in self.instances}
@@ -66,6 +69,7 @@ class Deployment(Aggregate):
             attached=sorted(after - before),
             detached=sorted(before - after),
             actor=actor,
+            cpi=cpi,
         )
 
     def delete(self, actor: str) -> None:

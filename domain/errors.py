@@ -47,3 +47,8 @@ class SnapshotsDisabled(Conflict):
 
 class InvalidState(Conflict):
     code = "invalid_state"
+
+
+class UnknownCpi(LedgerError):
+    status = 400
+    code = "unknown_cpi"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ContextManager, Mapping
 from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError
@@ -20,6 +20,7 @@ from eventsourcing.persistence import IntegrityError
 from .application import Ledger
 from .cpi import DISK_NOT_FOUND, Cpi, CpiError
 from .discovery import SelfDiscovery
+from .retry import NO_RETRY, RetryPolicy
 from .snapshot import DELETING, TAKING, Snapshot
 from .task import GOOD_OUTCOMES, Task
 
@@ -32,26 +33,36 @@ def _clip(text: str) -> str:
 
 
 class DiskLocks:
-    """Never two CPI calls for the same disk at once (in this process)."""
+    """Never two CPI calls for the same disk at once (in this process).
+
+    `for_disk` returns a context manager; adapters provide one that also holds
+    across processes (a PostgreSQL advisory lock, a file lock)."""
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
 
-    def for_disk(self, disk_cid: str) -> threading.Lock:
+    def for_disk(self, disk_cid: str) -> ContextManager[Any]:
         with self._guard:
             return self._locks.setdefault(disk_cid, threading.Lock())
 
 
 class OperationRunner:
     def __init__(self, ledger: Ledger, cpis: Mapping[str, Cpi], worker: str,
-                 log: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 log: Any = None, clock: Callable[[], float] = time.monotonic,
+                 retry: Mapping[str, RetryPolicy] | None = None,
+                 max_in_flight: Mapping[str, int] | None = None,
+                 disk_locks: Any = None, sleep: Callable[[float], None] = time.sleep) -> None:
         self.ledger = ledger
         self.cpis = cpis
         self.worker = worker
         self.log = log
         self.clock = clock
-        self.disk_locks = DiskLocks()
+        self.retry = dict(retry or {})
+        self.sleep = sleep
+        self.disk_locks = disk_locks or DiskLocks()
+        # At most N calls in flight per CPI (this process): an IaaS API has rate limits.
+        self.in_flight = {name: threading.BoundedSemaphore((max_in_flight or {}).get(name, 4)) for name in cpis}
 
     def execute(self, operation_id: UUID) -> str | None:
         """Run the pending CPI call of one operation, if it is still pending.
@@ -64,14 +75,24 @@ class OperationRunner:
         if isinstance(operation, SelfDiscovery):
             return self._discover(operation_id)
         snapshot_id, snapshot = operation_id, operation
+        policy = self.retry.get(snapshot.cpi, NO_RETRY)
         with self.disk_locks.for_disk(snapshot.disk_cid):
-            claimed = self._claim(snapshot_id)
-            if claimed is None:
-                return None
-            snapshot, method = claimed
-            outcome, record = self._call(snapshot, method)
-            self._record(snapshot_id, outcome, record)
-            return outcome
+            while True:
+                claimed = self._claim(snapshot_id)
+                if claimed is None:
+                    return None
+                snapshot, method = claimed
+                outcome, record = self._call(snapshot, method)
+                error = record.get("error") or {}
+                if outcome == "failed" and error.get("ok_to_retry") and policy.should_retry(snapshot.attempts):
+                    delay = policy.delay(snapshot.attempts)
+                    if not self._record_attempt_failed(snapshot_id, record, delay):
+                        return None
+                    self.sleep(delay)
+                    continue
+                record["attempts"] = snapshot.attempts
+                self._record(snapshot_id, outcome, record)
+                return outcome
 
     # Steps -------------------------------------------------------------------
 
@@ -142,8 +163,31 @@ class OperationRunner:
         self.ledger.save_with_retry(decide)
         return outcome
 
+    def _record_attempt_failed(self, snapshot_id: UUID, record: dict[str, Any], delay: float) -> bool:
+        recorded: list[bool] = []
+
+        def decide() -> list[Any]:
+            snapshot = self.ledger.get_snapshot(snapshot_id)
+            if snapshot.state not in (TAKING, DELETING):
+                return []
+            task = self.ledger.get_task(snapshot.current_task_id)
+            call = {k: v for k, v in record.items() if k not in ("snapshot_cid", "reason", "error")}
+            snapshot.record_attempt_failed(error=record["error"], call=call, retry_in_s=delay, actor=task.actor)
+            recorded[:] = [True]
+            return [snapshot]
+
+        self.ledger.save_with_retry(decide)
+        if self.log is not None:
+            self.log.warning("cpi call failed, will retry", snapshot_id=str(snapshot_id), retry_in_s=round(delay, 3),
+                             error_type=record["error"]["type"], message=record["error"]["message"])
+        return bool(recorded)
+
     def _call(self, snapshot: Snapshot, method: str) -> tuple[str, dict[str, Any]]:
         cpi = self.cpis[snapshot.cpi]
+        with self.in_flight[snapshot.cpi]:
+            return self._call_cpi(cpi, snapshot, method)
+
+    def _call_cpi(self, cpi: Cpi, snapshot: Snapshot, method: str) -> tuple[str, dict[str, Any]]:
         started = self.clock()
         record: dict[str, Any] = {"method": method, "cpi": snapshot.cpi}
         try:
@@ -192,6 +236,8 @@ class OperationRunner:
                 detail["reason"] = record["reason"]
             if "error" in record and task_outcome not in GOOD_OUTCOMES:
                 detail.update(error_type=record["error"]["type"], message=record["error"]["message"])
+            if record.get("attempts", 1) > 1:
+                detail["attempts"] = record["attempts"]
             task.operation_finished(snapshot.id, task_outcome, detail, actor=task.actor)
             return [snapshot, task, *extra]
 

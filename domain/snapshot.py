@@ -78,6 +78,14 @@ class Snapshot(Aggregate):
     def _skipped(self, reason: str, call: dict[str, Any], task_id: str, actor: str) -> None:
         self.state = SKIPPED
 
+    @event("AttemptFailed")
+    def _attempt_failed(self, method: str, attempt: int, error: dict[str, Any], call: dict[str, Any],
+                        retry_in_s: float, task_id: str, actor: str) -> None:
+        # Pending again: the next attempt is claimed with a new CpiCallStarted,
+        # so a worker that dies while waiting leaves a plain pending request.
+        self.state = REQUESTED if method == "snapshot_disk" else DELETE_REQUESTED
+        self.last_error = dict(error)
+
     @event("DeletionRequested")
     def _deletion_requested(self, task_id: str, actor: str) -> None:
         self.state = DELETE_REQUESTED
@@ -124,6 +132,15 @@ class Snapshot(Aggregate):
         else:
             self._require(TAKING)
             self._failed(error=error, call=call, task_id=self.task_id, actor=actor)
+
+    def record_attempt_failed(self, error: dict[str, Any], call: dict[str, Any], retry_in_s: float,
+                              actor: str) -> None:
+        """A retryable failure (`ok_to_retry`) that will be tried again."""
+        if self.state not in (TAKING, DELETING):
+            raise InvalidState(f"snapshot {self.id} is {self.state}; no CPI call in progress")
+        self._attempt_failed(method="snapshot_disk" if self.state == TAKING else "delete_snapshot",
+                             attempt=self.attempts, error=error, call=call, retry_in_s=round(retry_in_s, 3),
+                             task_id=self.current_task_id, actor=actor)
 
     def record_skipped(self, reason: str, call: dict[str, Any], actor: str) -> None:
         self._require(TAKING)

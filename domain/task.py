@@ -102,6 +102,7 @@ class Task(Aggregate):
             # Name every failed instance and disk: BOSH hides these (task `done`).
             named = "; ".join(
                 f"{o.get('instance', '?')} disk {o.get('disk_cid', '?')}: {o.get('error_type', '')}: {o.get('message', '')}"
+                + (f" (after {o['attempts']} attempts)" if o.get("attempts") else "")
                 for o in failures
             )
             parts.append(f"{len(failures)} failed: {named}")

@@ -64,6 +64,7 @@ class SnapshotsView(View):
             "Snapshot.CpiCallStarted": self._call_started,
             "Snapshot.Taken": self._taken,
             "Snapshot.Failed": self._failed,
+            "Snapshot.AttemptFailed": self._attempt_failed,
             "Snapshot.Skipped": self._skipped,
             "Snapshot.DeletionRequested": self._deletion_requested,
             "Snapshot.Deleted": self._deleted,
@@ -92,6 +93,10 @@ class SnapshotsView(View):
 
     def _failed(self, cur: Any, position: int, e: Any) -> None:
         self._set(cur, e, "state = 'failed', last_error = %s", f"{e.error['type']}: {e.error['message']}")
+
+    def _attempt_failed(self, cur: Any, position: int, e: Any) -> None:
+        state = "requested" if e.method == "snapshot_disk" else "delete_requested"
+        self._set(cur, e, "state = %s, last_error = %s", state, f"{e.error['type']}: {e.error['message']}")
 
     def _skipped(self, cur: Any, position: int, e: Any) -> None:
         self._set(cur, e, "state = 'skipped', last_error = %s", e.reason)

@@ -59,15 +59,18 @@ def _check_cid(cid: object, kind: str) -> str:
     return cid
 
 
-def _scan(root: Path, rel: str = "") -> Iterator[tuple[str, os.DirEntry[str]]]:
-    """Pre-order walk (parents before children) that never follows symlinks."""
+def _scan(root: Path, rel: str = "", exclude: frozenset[Path] = frozenset()) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """Pre-order walk (parents before children) that never follows symlinks
+    and leaves out the `exclude`d directories entirely."""
     with os.scandir(root / rel if rel else root) as it:
         entries = sorted(it, key=lambda e: e.name)
     for entry in entries:
         path = os.path.join(rel, entry.name)
+        if exclude and root / path in exclude:
+            continue
         yield path, entry
         if entry.is_dir(follow_symlinks=False):
-            yield from _scan(root, path)
+            yield from _scan(root, path, exclude)
 
 
 def _clone(src_fd: int, dst_fd: int) -> str:
@@ -131,6 +134,35 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+_SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def _is_sqlite(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
+def _backup_sqlite(src: Path, dst: Path) -> dict[str, Any]:
+    """A live SQLite database copied file by file can be torn (pages and WAL
+    copied at different moments); the online backup API gives a consistent
+    copy, as of one transaction. The snapledger ledger itself is one of these."""
+    import sqlite3
+
+    source = sqlite3.connect(f"file:{src}?mode=ro", uri=True, timeout=30)
+    target = sqlite3.connect(dst)
+    try:
+        source.backup(target)
+    finally:
+        target.close()
+        source.close()
+    os.chmod(dst, 0o444)
+    st = os.stat(dst)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "stored": "sqlite-backup"}
+
+
 def _safe_rel(rel: str) -> str:
     # Manifests are ours, but a tampered one must not make restore write outside the disk.
     if not rel or os.path.isabs(rel) or ".." in Path(rel).parts:
@@ -166,13 +198,20 @@ class LocalCpi:
     name = "local"
 
     def __init__(self, disk_root: Path, snapshot_root: Path, *, vm_id: str | None = None,
-                 self_disks: list[str] | None = None) -> None:
+                 self_disks: list[str] | None = None, host_disks: dict[str, Path] | None = None) -> None:
+        """`self_disks`: disk CIDs (under disk_root) that `get_disks` reports for
+        this host. `host_disks`: directories outside disk_root that are disks of
+        this host too (by default the service's data directory), CID -> path;
+        they are reported by `get_disks` as well."""
         self.disk_root = Path(disk_root)
         self.snapshot_root = Path(snapshot_root)
         self.disk_root.mkdir(parents=True, exist_ok=True)
         (self.snapshot_root / _LATEST).mkdir(parents=True, exist_ok=True)
         self._vm_id = vm_id
-        self._self_disks = [_check_cid(d, "disk") for d in self_disks or []]
+        self._host_disks = {_check_cid(cid, "disk"): Path(path).resolve() for cid, path in (host_disks or {}).items()}
+        self._self_disks = [_check_cid(d, "disk") for d in self_disks or []] + list(self._host_disks)
+        # Never copy our own disks and snapshots into a snapshot of a directory holding them.
+        self._excluded = frozenset({self.disk_root.resolve(), self.snapshot_root.resolve()})
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._tls = threading.local()
@@ -295,6 +334,11 @@ class LocalCpi:
     # -- internals -------------------------------------------------------------
 
     def _disk_path(self, disk_cid: str) -> Path:
+        if disk_cid in self._host_disks:
+            host = self._host_disks[disk_cid]
+            if not host.is_dir():
+                raise CpiError(DISK_NOT_FOUND, f"disk {disk_cid} ({host}) not found")
+            return host
         path = self.disk_root / _check_cid(disk_cid, "disk")
         resolved, root = path.resolve(), self.disk_root.resolve()
         # A disk directory that is a symlink must not lead outside the root.
@@ -339,10 +383,12 @@ class LocalCpi:
     def _copy_tree(self, src_root: Path, dst_root: Path, prev: _Prev) -> list[dict[str, Any]]:
         os.mkdir(dst_root, 0o700)
         entries: list[dict[str, Any]] = []
-        for rel, entry in _scan(src_root):
+        for rel, entry in _scan(src_root, exclude=self._excluded):
             if rel.startswith(_RESTORE_STAGE):
                 continue  # the leftover of a crashed restore is not disk content
             src, dst = src_root / rel, dst_root / rel
+            if rel.endswith(_SQLITE_SIDE_FILES) and _is_sqlite(src_root / rel.rsplit("-", 1)[0]):
+                continue  # SQLite journals: the database's backup holds their content
             st = entry.stat(follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):  # kept as a link, never followed
                 target = os.readlink(src)
@@ -367,6 +413,8 @@ class LocalCpi:
             except OSError:
                 pass  # EMLINK, or that snapshot is being deleted: copy instead
         copy_start = time.time_ns()
+        if _is_sqlite(src):
+            return {**entry, **_backup_sqlite(src, dst), "linkable": False}
         how, before, stable = _copy_file(src, dst, 0o444)
         racy = before.st_mtime_ns > copy_start - _RACY_NS
         return {**entry, "size": before.st_size, "mtime_ns": before.st_mtime_ns,
