@@ -320,6 +320,15 @@ async def get_task_events(request: web.Request) -> web.Response:
     return web.json_response(events)
 
 
+@routes.get("/tasks/{task_id}/cpi-log")
+async def get_task_cpi_log(request: web.Request) -> web.Response:
+    """Each CPI call of the task with its log and stderr (BOSH `task --cpi`)."""
+    runtime = request.app[RUNTIME]
+    task_id = request.match_info["task_id"]
+    await run(request, runtime.ledger.get_task, task_id)  # 404 for an unknown task
+    return web.json_response(await run(request, runtime.queries.cpi_log, task_id))
+
+
 # Factory -------------------------------------------------------------------------
 
 def route_tables() -> list[web.RouteTableDef]:

@@ -376,11 +376,29 @@ def tasks(ctx: click.Context, deployment: str | None, state: str | None, limit: 
 
 @main.command()
 @click.argument("task_id")
+@click.option("--cpi", "cpi_log", is_flag=True, help="Show the task's CPI calls with their log and stderr.")
 @click.pass_context
-def task(ctx: click.Context, task_id: str) -> None:
+def task(ctx: click.Context, task_id: str, cpi_log: bool) -> None:
     """Show one task and its events; waits while it runs."""
     client: Client = ctx.obj["client"]
+    if cpi_log:
+        entries = call(lambda: client.get(f"/tasks/{task_id}/cpi-log"))
+        emit(ctx, entries, describe_cpi_log)
+        return
     wait_for(ctx, client, {"task_id": task_id})
+
+
+def describe_cpi_log(entries: list[dict[str, Any]]) -> str:
+    lines = []
+    for e in entries:
+        answer = (f"error {e['error']['type']}: {e['error']['message']}" if e.get("error")
+                  else f"ok {e['snapshot_cid'] or ''}".rstrip())
+        lines.append(f"{e['time']} {e['cpi']} {e['method']} request {e['request_id'] or '-'} "
+                     f"({e['duration_s']} s): {answer}")
+        for name in ("log", "stderr"):
+            for line in (e.get(name) or "").splitlines():
+                lines.append(f"    {name}: {line}")
+    return "\n".join(lines) or "no CPI calls"
 
 
 # Feature command modules register themselves on `main` when imported (they

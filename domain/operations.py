@@ -214,6 +214,8 @@ class OperationRunner:
         last = getattr(cpi, "last_call", None)
         if last is not None:
             record.update(request_id=last.request_id, log=_clip(last.log), stderr=_clip(last.stderr))
+            if last.extra.get("stdout"):  # kept only when the CPI's answer was unusable
+                record["stdout"] = _clip(str(last.extra["stdout"]))
         if self.log is not None:
             self.log.info("cpi call", method=method, snapshot_id=str(snapshot.id), outcome=outcome,
                           duration_s=record["duration_s"], disk_cid=snapshot.disk_cid)

@@ -96,6 +96,25 @@ class Queries:
         return [{"position": r["position"], "type": r["type"], "time": r["time"], "actor": r["actor"],
                  "data": json.loads(r["data"])} for r in rows]
 
+    def cpi_log(self, task_id: str) -> list[dict[str, Any]]:
+        """Every CPI call of a task with what it left behind (BOSH's `task --cpi`):
+        the answer, the CPI's `log`, its stderr, the request id and duration."""
+        entries = []
+        for event in self.task_events(task_id):
+            call = event["data"].get("call")
+            if not isinstance(call, dict):
+                continue
+            entries.append({
+                "position": event["position"], "time": event["time"], "event": event["type"],
+                "method": call.get("method"), "cpi": call.get("cpi"), "request_id": call.get("request_id"),
+                "duration_s": call.get("duration_s"), "attempt": event["data"].get("attempt") or call.get("attempts"),
+                "snapshot_cid": event["data"].get("snapshot_cid"),
+                "error": event["data"].get("error") or call.get("error"),
+                "log": call.get("log", ""), "stderr": call.get("stderr", ""),
+                **({"stdout": call["stdout"]} if call.get("stdout") else {}),
+            })
+        return entries
+
     # Deployments -------------------------------------------------------------------
 
     @staticmethod

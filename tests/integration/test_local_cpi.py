@@ -407,3 +407,33 @@ def test_failed_restore_leaves_live_disk_untouched(cpi: LocalCpi, disk: Path, mo
         cpi.restore_snapshot(snap, "disk-a")
     assert e.value.type == NO_DISK_SPACE
     assert digest(disk) == live
+
+
+def test_self_disk_defaults_to_the_data_directory_with_a_consistent_ledger_copy(tmp_path: Path) -> None:
+    import sqlite3
+
+    from snapledger.adapters.config import Config
+    from snapledger.adapters.wiring import SELF_DATA_DISK, build_cpis
+
+    data = tmp_path / "data"
+    config = Config(data_dir=data)
+    (local,) = build_cpis(config).values()
+    db = sqlite3.connect(data / "ledger.sqlite")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE t (x)")
+    db.execute("INSERT INTO t VALUES (42)")
+    db.commit()  # held open: the committed row sits in the WAL, not yet in the main file
+    (data / "disks" / "disk-a").mkdir()
+    (data / "disks" / "disk-a" / "big").write_text("not part of the host disk")
+    (data / "config.yml").write_text("x: 1")
+
+    vm = local.current_vm_id()
+    assert local.get_disks(vm) == [SELF_DATA_DISK]
+    cid = local.snapshot_disk(SELF_DATA_DISK, {"snapledger_operation_id": "self-1"})
+    content = local.snapshot_path(cid)
+    names = sorted(p.name for p in content.iterdir())
+    assert names == ["config.yml", "ledger.sqlite"]  # no disks/, snapshots/ or WAL files
+    copy = sqlite3.connect(f"file:{content / 'ledger.sqlite'}?mode=ro", uri=True)
+    assert copy.execute("SELECT x FROM t").fetchall() == [(42,)]
+    copy.close()
+    db.close()

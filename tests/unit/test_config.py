@@ -53,3 +53,45 @@ def test_store_urls() -> None:
     assert parse_store_url("sqlite:///var/x.sqlite").sqlite_path == Path("/var/x.sqlite")
     with pytest.raises(ValueError):
         parse_store_url("postgresql://h/db?schema=bad;drop")
+
+
+def test_several_named_cpis(tmp_path: Path) -> None:
+    path = tmp_path / "c.yml"
+    path.write_text("cpis:\n"
+                    "  aws: {type: external, executable: /var/vcap/jobs/aws_cpi/bin/cpi, properties: {region: x},\n"
+                    "        max_in_flight: 2, retry: {attempts: 5, base_delay: 0.5, max_delay: 8}}\n"
+                    "  local: {type: local}\n"
+                    "default_cpi: aws\nself_cpi: local\n")
+    config = load_config(path, environ={})
+    specs = config.cpi_specs()
+    assert sorted(specs) == ["aws", "local"]
+    assert specs["aws"].max_in_flight == 2 and specs["aws"].properties == {"region": "x"}
+    assert (specs["aws"].retry.attempts, specs["aws"].retry.base_delay_s, specs["aws"].retry.max_delay_s) == (5, 0.5, 8)
+    assert config.default_cpi_name() == "aws" and config.self_cpi_name() == "local"
+
+
+def test_the_only_cpi_is_the_default() -> None:
+    config = load_config(None, environ={})
+    assert list(config.cpi_specs()) == ["local"] and config.default_cpi_name() == "local"
+    assert config.self_cpi_name() == "local"
+
+
+@pytest.mark.parametrize("text,key", [
+    ("cpis: {a: {type: local}, b: {type: local}}\n", "default_cpi"),
+    ("cpis: {a: {type: local}}\ndefault_cpi: b\n", "default_cpi"),
+    ("cpis: {a: {type: local}}\nself_cpi: b\n", "self_cpi"),
+    ("cpis: {a: {type: external}}\n", "cpis.a.executable"),
+    ("cpis: {a: {type: vsphere}}\n", "cpis.a.type"),
+    ("cpis: {a: {type: local, colour: red}}\n", "cpis.a.colour"),
+    ("cpis: {a: {type: local, max_in_flight: 0}}\n", "cpis.a.max_in_flight"),
+    ("cpis: {a: {type: local, retry: {attempts: 0}}}\n", "cpis.a"),
+    ("cpis: {'bad name': {type: local}}\n", "cpis.bad name"),
+    ("cpis: []\n", "cpis"),
+    ("cpi: {type: external}\n", "cpi.executable"),
+])
+def test_bad_cpi_settings_name_the_key(tmp_path: Path, text: str, key: str) -> None:
+    path = tmp_path / "c.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path, environ={})
+    assert error.value.key == key, error.value
