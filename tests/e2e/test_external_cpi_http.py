@@ -109,12 +109,19 @@ async def run_with_fault(tmp_path: Path, database: str, method: str, fault: dict
     return {"log": log, "listing": listing}, task, events, state
 
 
-async def test_not_implemented_is_skipped_not_failed(tmp_path: Path, sqlite_url: str) -> None:
-    seen, task, events, _ = await run_with_fault(tmp_path, sqlite_url, "snapshot_disk", {"mode": "not_implemented"})
+@pytest.mark.parametrize("fault,says", [
+    ({"mode": "not_implemented"}, "Must implement method: snapshot_disk"),
+    # The legacy answer of bosh-cpi-ruby for a method it does not know.
+    ({"mode": "error", "type": "InvalidCall", "message": "Method is not known, got 'snapshot_disk'"},
+     "Method is not known"),
+])
+async def test_not_implemented_is_skipped_not_failed(tmp_path: Path, sqlite_url: str, fault: dict[str, Any],
+                                                     says: str) -> None:
+    seen, task, events, _ = await run_with_fault(tmp_path, sqlite_url, "snapshot_disk", fault)
     assert task["state"] == "done"
     (skipped,) = of_type(events, "Snapshot.Skipped")
     assert "does not support disk snapshots" in skipped["data"]["reason"]
-    assert "Must implement method: snapshot_disk" in skipped["data"]["reason"]
+    assert says in skipped["data"]["reason"]
     assert seen["listing"] == []
 
 
