@@ -44,6 +44,8 @@ class Config:
     default_cpi: str = ""  # required when several CPIs are configured
     self_cpi: str = ""  # the CPI that snapshots this host; default: default_cpi
     worker_max_in_flight: int = 4
+    # A claimed CPI call whose worker is silent this long is in doubt (heartbeats every lease/3).
+    worker_lease_s: float = 30.0
     poll_interval_s: float = 1.0
     log_format: str = "auto"  # auto | console | json
     log_level: str = "info"
@@ -98,6 +100,10 @@ class CpiSpec:
     disk_root: str = ""
     snapshot_root: str = ""
     self_disks: tuple[str, ...] | None = None
+    # Repeat an in-doubt snapshot_disk? Off: the first call may have created a
+    # cloud snapshot, and a second one would leak. The local CPI needs no
+    # retry: its CIDs are deterministic, so it is asked whether the snapshot exists.
+    retry_in_doubt: bool = False
 
     @classmethod
     def parse(cls, name: str, key: str, spec: dict[str, Any]) -> "CpiSpec":
@@ -107,7 +113,7 @@ class CpiSpec:
         if kind == "external" and not spec.get("executable"):
             raise ConfigError(f"{key}.executable", "an external CPI needs the path of its executable")
         known = {"type", "name", "executable", "properties", "timeout", "max_in_flight", "retry", "disk_root",
-                 "snapshot_root", "self_disks"}
+                 "snapshot_root", "self_disks", "retry_in_doubt"}
         unknown = sorted(set(spec) - known)
         if unknown:
             raise ConfigError(f"{key}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(known))})")
@@ -133,7 +139,8 @@ class CpiSpec:
         return cls(name=name, type=kind, executable=str(spec.get("executable") or ""), properties=properties,
                    timeout_s=timeout_s, max_in_flight=max_in_flight, retry=policy,
                    disk_root=str(spec.get("disk_root") or ""), snapshot_root=str(spec.get("snapshot_root") or ""),
-                   self_disks=tuple(self_disks) if self_disks is not None else None)
+                   self_disks=tuple(self_disks) if self_disks is not None else None,
+                   retry_in_doubt=bool(spec.get("retry_in_doubt", False)))
 
 
 # YAML path -> (attribute, parser). Environment: SNAPLEDGER_<PATH upper, dots as _>.
@@ -148,6 +155,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "snapshot_schedule": ("snapshot_schedule", str),
     "self_snapshot_schedule": ("self_snapshot_schedule", str),
     "worker.max_in_flight": ("worker_max_in_flight", int),
+    "worker.lease": ("worker_lease_s", float),
     "poll_interval": ("poll_interval_s", float),
     "missed_fire_window": ("missed_fire_window_s", float),
     "default_cpi": ("default_cpi", str),
@@ -222,6 +230,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("listen.port", f"must be 1-65535, got {config.port}")
     if config.log_format not in ("auto", "console", "json"):
         raise ConfigError("log.format", f"must be auto, console or json, got {config.log_format!r}")
+    if config.worker_lease_s <= 0:
+        raise ConfigError("worker.lease", "must be positive (seconds)")
     if config.worker_max_in_flight < 1:
         raise ConfigError("worker.max_in_flight", "must be at least 1")
     from snapledger.domain.names import NAME_PATTERN

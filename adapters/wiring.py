@@ -6,8 +6,10 @@ points only choose which roles to start.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +61,26 @@ def _build_cpi(config: Config, spec: CpiSpec) -> Cpi:
 SELF_DATA_DISK = "snapledger-data"
 
 
+def worker_id() -> str:
+    """Unique per worker process run: a restarted worker is a new worker, and
+    the calls its previous run left are found through that run's silence."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def crash_point_hook() -> Any:
+    """Test-only: SNAPLEDGER_CRASH_AT=call_started|cpi_returned|outcome_saved makes
+    the worker process die (no clean-up, like SIGKILL) the first time it gets there."""
+    point = os.environ.get("SNAPLEDGER_CRASH_AT")
+    if not point:
+        return None
+
+    def hook(step: str) -> None:
+        if step == point:
+            os._exit(86)
+
+    return hook
+
+
 def host_disk_cid(path: Path) -> str:
     """A readable, valid CID for a host directory: /var/vcap/store -> host-var-vcap-store."""
     slug = "-".join(part for part in re.split(r"[^A-Za-z0-9._]+", str(path)) if part)
@@ -98,14 +120,16 @@ class Runtime:
             self.projection_follower.start()
         if "worker" in self.roles:
             specs = self.config.cpi_specs()
-            runner = OperationRunner(self.ledger, self.cpis, worker=f"{socket.gethostname()}:{id(self):x}",
+            runner = OperationRunner(self.ledger, self.cpis, worker=worker_id(),
                                      log=self.log.bind(component="worker"),
                                      retry={name: spec.retry for name, spec in specs.items()},
                                      max_in_flight={name: spec.max_in_flight for name, spec in specs.items()},
-                                     disk_locks=self._disk_locks())
+                                     disk_locks=self._disk_locks(),
+                                     retry_in_doubt={name: spec.retry_in_doubt for name, spec in specs.items()},
+                                     on_step=crash_point_hook())
             self.worker = Worker(self.ledger, runner, self.db, self.signal, self.log,
                                  max_in_flight=self.config.worker_max_in_flight,
-                                 poll_interval=self.config.poll_interval_s)
+                                 poll_interval=self.config.poll_interval_s, lease_s=self.config.worker_lease_s)
             self.worker.start()
         if "scheduler" in self.roles:
             from datetime import timedelta

@@ -294,8 +294,10 @@ async def delete_snapshots(request: web.Request) -> web.Response:
 @routes.get("/tasks")
 async def list_tasks(request: web.Request) -> web.Response:
     params = query(request, schemas.TaskQuerySchema())
-    rows = await run(request, request.app[RUNTIME].queries.tasks, params.get("deployment"), params.get("state"),
-                     params["limit"])
+    queries = request.app[RUNTIME].queries
+    if params["in_doubt"]:
+        return web.json_response(await run(request, queries.in_doubt_tasks))
+    rows = await run(request, queries.tasks, params.get("deployment"), params.get("state"), params["limit"])
     return web.json_response(rows)
 
 

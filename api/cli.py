@@ -363,9 +363,19 @@ def set_schedule(ctx: click.Context, name: str, expression: str) -> None:
 @click.option("-d", "--deployment", help="Only this deployment's tasks.")
 @click.option("--state", type=click.Choice(["queued", "processing", "done", "error"]))
 @click.option("--limit", type=int, default=30, show_default=True)
+@click.option("--in-doubt", "in_doubt", is_flag=True, help="Only tasks with in-doubt CPI calls.")
 @click.pass_context
-def tasks(ctx: click.Context, deployment: str | None, state: str | None, limit: int) -> None:
+def tasks(ctx: click.Context, deployment: str | None, state: str | None, limit: int, in_doubt: bool) -> None:
     """List recent tasks, newest first."""
+    if in_doubt:
+        rows = call(lambda: ctx.obj["client"].get("/tasks", in_doubt="true"))
+        emit(ctx, rows, lambda rs: table(
+            ["Task", "State", "Deployment", "Operation", "Disk", "Method", "Worker", "Since"],
+            [[r["id"], r["state"], op["deployment"], op["operation_id"], op["disk_cid"], op["method"],
+              op["worker"], op["since"]] for r in rs for op in r["in_doubt"]],
+            f"{sum(len(r['in_doubt']) for r in rs)} in-doubt CPI calls (look for IaaS snapshots tagged "
+            "snapledger_operation_id=<Operation>)"))
+        return
     rows = call(lambda: ctx.obj["client"].get("/tasks", deployment=deployment, state=state, limit=limit))
     emit(ctx, rows, lambda rs: table(
         ["ID", "State", "Started At", "Finished At", "User", "Deployment", "Description", "Result"],

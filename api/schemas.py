@@ -105,6 +105,7 @@ class TaskQuerySchema(Schema):
     deployment = fields.String(validate=NAME)
     state = fields.String(validate=OneOf(["queued", "processing", "done", "error"]))
     limit = fields.Integer(validate=Range(min=1, max=1000), load_default=100)
+    in_doubt = fields.Boolean(load_default=False)  # only tasks with an in-doubt CPI call
 
 
 class TaskEventsQuerySchema(Schema):

@@ -17,11 +17,18 @@ class SelfDiscovery(Aggregate):
         self.trigger = trigger
         self.state = REQUESTED
         self.attempts = 0
+        self.worker: str | None = None
 
     @event("CpiCallStarted")
     def _started(self, method: str, worker: str, attempt: int, task_id: str, actor: str) -> None:
         self.state = DISCOVERING
         self.attempts = attempt
+        self.worker = worker
+
+    @event("InDoubtRetried")
+    def _in_doubt_retried(self, worker: str, reason: str, task_id: str, actor: str) -> None:
+        # Discovery only reads (current_vm_id, get_disks): repeating it is safe.
+        self.state = REQUESTED
 
     @event("Discovered")
     def _discovered(self, vm_cid: str, disks: list[str], snapshots: list[str], call: dict[str, Any],
@@ -44,6 +51,10 @@ class SelfDiscovery(Aggregate):
         self._started(method="current_vm_id", worker=worker, attempt=self.attempts + 1, task_id=self.task_id,
                       actor=actor)
         return "current_vm_id"
+
+    def retry_abandoned(self, reason: str, actor: str) -> None:
+        if self.state == DISCOVERING:
+            self._in_doubt_retried(worker=self.worker or "?", reason=reason, task_id=self.task_id, actor=actor)
 
     def record_discovered(self, vm_cid: str, disks: list[str], snapshots: list[str], call: dict[str, Any],
                           actor: str) -> None:

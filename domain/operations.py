@@ -21,7 +21,7 @@ from .application import Ledger
 from .cpi import DISK_NOT_FOUND, Cpi, CpiError
 from .discovery import SelfDiscovery
 from .retry import NO_RETRY, RetryPolicy
-from .snapshot import DELETING, TAKING, Snapshot
+from .snapshot import DELETING, IN_DOUBT, TAKING, Snapshot
 from .task import GOOD_OUTCOMES, Task
 
 # Keep events small: a CPI's log can be megabytes.
@@ -52,7 +52,9 @@ class OperationRunner:
                  log: Any = None, clock: Callable[[], float] = time.monotonic,
                  retry: Mapping[str, RetryPolicy] | None = None,
                  max_in_flight: Mapping[str, int] | None = None,
-                 disk_locks: Any = None, sleep: Callable[[float], None] = time.sleep) -> None:
+                 disk_locks: Any = None, sleep: Callable[[float], None] = time.sleep,
+                 retry_in_doubt: Mapping[str, bool] | None = None,
+                 on_step: Callable[[str], None] | None = None) -> None:
         self.ledger = ledger
         self.cpis = cpis
         self.worker = worker
@@ -62,6 +64,9 @@ class OperationRunner:
         self.sleep = sleep
         self.disk_locks = disk_locks or DiskLocks()
         # At most N calls in flight per CPI (this process): an IaaS API has rate limits.
+        # Opt-in per CPI: repeat an in-doubt snapshot_disk (may leak a second cloud snapshot).
+        self.retry_in_doubt = dict(retry_in_doubt or {})
+        self.on_step = on_step or (lambda step: None)  # crash-point tests hook in here
         self.in_flight = {name: threading.BoundedSemaphore((max_in_flight or {}).get(name, 4)) for name in cpis}
 
     def execute(self, operation_id: UUID) -> str | None:
@@ -82,7 +87,9 @@ class OperationRunner:
                 if claimed is None:
                     return None
                 snapshot, method = claimed
+                self.on_step("call_started")
                 outcome, record = self._call(snapshot, method)
+                self.on_step("cpi_returned")
                 error = record.get("error") or {}
                 if outcome == "failed" and error.get("ok_to_retry") and policy.should_retry(snapshot.attempts):
                     delay = policy.delay(snapshot.attempts)
@@ -92,7 +99,105 @@ class OperationRunner:
                     continue
                 record["attempts"] = snapshot.attempts
                 self._record(snapshot_id, outcome, record)
+                self.on_step("outcome_saved")
                 return outcome
+
+    # Recovery: the worker of a started call died --------------------------------
+
+    def recover(self, operation_id: UUID, dead_worker: str) -> str | None:
+        """Record the abandoned call of `dead_worker` as in doubt and resolve it
+        as far as it is safe: never silently repeated, never silently dropped.
+
+        Returns what was done, or None when the call is no longer abandoned."""
+        operation = self.ledger.get_aggregate(operation_id)
+        if getattr(operation, "worker", None) != dead_worker:
+            return None
+        if isinstance(operation, SelfDiscovery):
+            return self._recover_discovery(operation_id, dead_worker)
+        if operation.state not in (TAKING, DELETING):
+            return None
+        reason = f"worker {dead_worker} stopped before recording the outcome of attempt {operation.attempts}"
+
+        def mark() -> list[Any]:
+            snapshot = self.ledger.get_snapshot(operation_id)
+            if snapshot.state not in (TAKING, DELETING) or snapshot.worker != dead_worker:
+                return []
+            snapshot.mark_in_doubt(reason, actor=self.worker)
+            return [snapshot]
+
+        if not self.ledger.save_with_retry(mark):
+            return None
+        return self._resolve_in_doubt(operation_id)
+
+    def _resolve_in_doubt(self, snapshot_id: UUID) -> str:
+        snapshot = self.ledger.get_snapshot(snapshot_id)
+        cpi = self.cpis.get(snapshot.cpi)
+        if snapshot.in_doubt_method == "delete_snapshot":
+            # Deleting twice is harmless: the second answers DiskNotFound, which is `deleted`.
+            return self._retry_in_doubt(snapshot_id, "a repeated delete_snapshot is safe")
+        find = getattr(cpi, "find_snapshot", None)
+        if find is not None:
+            try:
+                found = find(snapshot.disk_cid, snapshot.metadata)
+            except CpiError as error:
+                found, lookup_error = None, error
+            else:
+                lookup_error = None
+            if found is not None:
+                record = {"method": "find_snapshot", "cpi": snapshot.cpi, "snapshot_cid": found,
+                          "reason": "in-doubt call resolved: the CPI holds the snapshot"}
+                self._record(snapshot_id, "taken", record)
+                return "resolved_taken"
+            if lookup_error is None:
+                return self._retry_in_doubt(snapshot_id, "in-doubt call resolved: the CPI has no such snapshot")
+        if self.retry_in_doubt.get(snapshot.cpi):
+            return self._retry_in_doubt(snapshot_id, "retry of in-doubt calls is enabled for this CPI")
+        self._finish_in_doubt(snapshot_id)
+        return "in_doubt"
+
+    def _retry_in_doubt(self, snapshot_id: UUID, reason: str) -> str:
+        def decide() -> list[Any]:
+            snapshot = self.ledger.get_snapshot(snapshot_id)
+            if snapshot.state != IN_DOUBT:
+                return []
+            snapshot.retry_in_doubt(reason, actor=self.worker)
+            return [snapshot]
+
+        self.ledger.save_with_retry(decide)
+        outcome = self.execute(snapshot_id)
+        return f"retried:{outcome}"
+
+    def _finish_in_doubt(self, snapshot_id: UUID) -> None:
+        """Left for the operator: the task ends, naming the in-doubt call."""
+        def decide() -> list[Any]:
+            snapshot = self.ledger.get_snapshot(snapshot_id)
+            if snapshot.state != IN_DOUBT:
+                return []
+            task = self.ledger.get_task(snapshot.current_task_id)
+            if str(snapshot.id) in task.outcomes:
+                return []
+            task.operation_finished(snapshot.id, "in_doubt", {
+                "instance": snapshot.instance_label, "disk_cid": snapshot.disk_cid, "snapshot_cid": None,
+                "error_type": "Snapledger::InDoubt",
+                "message": f"{snapshot.in_doubt_method} may or may not have happened; look for IaaS "
+                           f"snapshots tagged snapledger_operation_id={snapshot.id}",
+            }, actor=self.worker)
+            return [task]
+
+        self.ledger.save_with_retry(decide)
+
+    def _recover_discovery(self, discovery_id: UUID, dead_worker: str) -> str | None:
+        def decide() -> list[Any]:
+            found = self.ledger.get_aggregate(discovery_id)
+            if found.state != "discovering" or found.worker != dead_worker:
+                return []
+            found.retry_abandoned(f"worker {dead_worker} stopped; discovery only reads, so it is repeated",
+                                  actor=self.worker)
+            return [found]
+
+        if not self.ledger.save_with_retry(decide):
+            return None
+        return f"retried:{self.execute(discovery_id)}"
 
     # Steps -------------------------------------------------------------------
 
@@ -224,7 +329,7 @@ class OperationRunner:
     def _record(self, snapshot_id: UUID, outcome: str, record: dict[str, Any]) -> None:
         def decide() -> list[Any]:
             snapshot = self.ledger.get_snapshot(snapshot_id)
-            if snapshot.state not in (TAKING, DELETING):
+            if snapshot.state not in (TAKING, DELETING, IN_DOUBT):
                 return []  # recorded already (a retried save that did commit)
             task = self.ledger.get_task(snapshot.current_task_id)
             extra = self._apply(snapshot, outcome, record, task.actor)

@@ -18,9 +18,11 @@ SKIPPED = "skipped"
 DELETE_REQUESTED = "delete_requested"
 DELETING = "deleting"  # delete_snapshot call started
 DELETED = "deleted"
+IN_DOUBT = "in_doubt"  # a CPI call whose worker died before recording its outcome
 
 # States in which the snapshot exists in the cloud and is listed.
 LISTED_STATES = frozenset({TAKEN, DELETE_REQUESTED, DELETING})
+IN_PROGRESS_STATES = frozenset({TAKING, DELETING})
 
 
 class Snapshot(Aggregate):
@@ -57,11 +59,26 @@ class Snapshot(Aggregate):
         self.deletion_task_id: str | None = None
         self.last_error: dict[str, Any] | None = None
         self.attempts = 0
+        self.worker: str | None = None
+        self.in_doubt_method: str | None = None
 
     @event("CpiCallStarted")
     def _cpi_call_started(self, method: str, worker: str, attempt: int, task_id: str, actor: str) -> None:
         self.state = TAKING if method == "snapshot_disk" else DELETING
         self.attempts = attempt
+        self.worker = worker
+
+    @event("CpiCallInDoubt")
+    def _cpi_call_in_doubt(self, method: str, worker: str, attempt: int, reason: str, task_id: str,
+                           actor: str) -> None:
+        # The call may or may not have happened in the IaaS: never silently repeated.
+        self.state = IN_DOUBT
+        self.in_doubt_method = method
+
+    @event("InDoubtRetried")
+    def _in_doubt_retried(self, method: str, reason: str, task_id: str, actor: str) -> None:
+        self.state = REQUESTED if method == "snapshot_disk" else DELETE_REQUESTED
+        self.in_doubt_method = None
 
     @event("Taken")
     def _taken(self, snapshot_cid: str, call: dict[str, Any], task_id: str, actor: str) -> None:
@@ -106,7 +123,26 @@ class Snapshot(Aggregate):
 
     @property
     def current_task_id(self) -> str:
-        return self.deletion_task_id if self.state in (DELETE_REQUESTED, DELETING) else self.task_id
+        deleting = self.state in (DELETE_REQUESTED, DELETING) or (
+            self.state == IN_DOUBT and self.in_doubt_method == "delete_snapshot")
+        return self.deletion_task_id if deleting else self.task_id
+
+    def mark_in_doubt(self, reason: str, actor: str) -> str:
+        """The worker running this snapshot's CPI call died; returns the method."""
+        if self.state not in IN_PROGRESS_STATES:
+            raise InvalidState(f"snapshot {self.id} is {self.state}; no CPI call in progress")
+        method = "snapshot_disk" if self.state == TAKING else "delete_snapshot"
+        self._cpi_call_in_doubt(method=method, worker=self.worker or "?", attempt=self.attempts, reason=reason,
+                                task_id=self.current_task_id, actor=actor)
+        return method
+
+    def retry_in_doubt(self, reason: str, actor: str) -> None:
+        """Make the in-doubt call pending again: only when repeating it cannot
+        create a second cloud snapshot (a deletion, a deterministic CID, or the
+        operator's opt-in)."""
+        self._require(IN_DOUBT)
+        self._in_doubt_retried(method=self.in_doubt_method or "snapshot_disk", reason=reason,
+                               task_id=self.current_task_id, actor=actor)
 
     @property
     def pending_method(self) -> str | None:
@@ -123,7 +159,7 @@ class Snapshot(Aggregate):
         return method
 
     def record_taken(self, snapshot_cid: str, call: dict[str, Any], actor: str) -> None:
-        self._require(TAKING)
+        self._require(TAKING, IN_DOUBT)
         self._taken(snapshot_cid=snapshot_cid, call=call, task_id=self.task_id, actor=actor)
 
     def record_failed(self, error: dict[str, Any], call: dict[str, Any], actor: str) -> None:
@@ -157,9 +193,9 @@ class Snapshot(Aggregate):
         self._require(DELETING)
         self._deleted(reason=reason, call=call, task_id=self.current_task_id, actor=actor)
 
-    def _require(self, state: str) -> None:
-        if self.state != state:
-            raise InvalidState(f"snapshot {self.id} is {self.state}, expected {state}")
+    def _require(self, *states: str) -> None:
+        if self.state not in states:
+            raise InvalidState(f"snapshot {self.id} is {self.state}, expected {' or '.join(states)}")
 
     @property
     def instance_label(self) -> str:

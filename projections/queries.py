@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-LISTED_STATES = ("taken", "delete_requested", "deleting")
+LISTED_STATES = ("taken", "delete_requested", "deleting", "in_doubt")
 
 
 def _snapshot_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -32,7 +32,7 @@ class Queries:
     def snapshots(self, deployment: str, job: str | None = None, index_or_id: str | None = None,
                   limit: int | None = None, after: int | None = None) -> list[dict[str, Any]]:
         """The listing, newest last, paged by the `cursor` of the last row seen."""
-        clauses = ["deployment = %s", "state IN ('taken', 'delete_requested', 'deleting')"]
+        clauses = ["deployment = %s", "state IN ('taken', 'delete_requested', 'deleting', 'in_doubt')"]
         params: list[Any] = [deployment]
         if job is not None:
             clauses.append("job = %s")
@@ -114,6 +114,30 @@ class Queries:
                 **({"stdout": call["stdout"]} if call.get("stdout") else {}),
             })
         return entries
+
+    # Recovery ------------------------------------------------------------------------
+
+    def in_flight(self, older_than: str) -> list[dict[str, Any]]:
+        """Unfinished operations not touched since `older_than` (ISO time)."""
+        return self.db.query("SELECT * FROM in_flight_ops WHERE updated_at < %s AND state <> 'in_doubt' "
+                             "ORDER BY updated_at LIMIT 1000", (older_than,))
+
+    def in_doubt(self) -> list[dict[str, Any]]:
+        rows = self.db.query("SELECT * FROM in_flight_ops WHERE state = 'in_doubt' ORDER BY updated_at")
+        return [{"operation_id": r["operation_id"], "task_id": r["task_id"], "deployment": r["deployment"],
+                 "disk_cid": r["disk_cid"], "method": r["method"], "worker": r["worker"],
+                 "attempt": r["attempt"], "since": r["updated_at"]} for r in rows]
+
+    def in_doubt_tasks(self) -> list[dict[str, Any]]:
+        """Tasks with in-doubt CPI calls, each with the calls (for `tasks --in-doubt`)."""
+        by_task: dict[str, list[dict[str, Any]]] = {}
+        for op in self.in_doubt():
+            by_task.setdefault(op["task_id"], []).append(op)
+        result = []
+        for task_id, ops in by_task.items():
+            row = self.task(task_id) or {"id": task_id, "state": "unknown"}
+            result.append({**row, "in_doubt": ops})
+        return result
 
     # Deployments -------------------------------------------------------------------
 

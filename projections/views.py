@@ -65,6 +65,8 @@ class SnapshotsView(View):
             "Snapshot.Taken": self._taken,
             "Snapshot.Failed": self._failed,
             "Snapshot.AttemptFailed": self._attempt_failed,
+            "Snapshot.CpiCallInDoubt": self._in_doubt,
+            "Snapshot.InDoubtRetried": self._in_doubt_retried,
             "Snapshot.Skipped": self._skipped,
             "Snapshot.DeletionRequested": self._deletion_requested,
             "Snapshot.Deleted": self._deleted,
@@ -100,6 +102,17 @@ class SnapshotsView(View):
 
     def _skipped(self, cur: Any, position: int, e: Any) -> None:
         self._set(cur, e, "state = 'skipped', last_error = %s", e.reason)
+
+    def _in_doubt(self, cur: Any, position: int, e: Any) -> None:
+        # Listed, so an operator sees it: it may exist in the IaaS.
+        self._set(cur, e, "state = 'in_doubt', last_error = %s, listed_seq = COALESCE(listed_seq, %s)",
+                  e.reason, position)
+
+    def _in_doubt_retried(self, cur: Any, position: int, e: Any) -> None:
+        if e.method == "snapshot_disk":
+            self._set(cur, e, "state = 'requested', listed_seq = NULL")
+        else:
+            self._set(cur, e, "state = 'delete_requested'")
 
     def _deletion_requested(self, cur: Any, position: int, e: Any) -> None:
         self._set(cur, e, "state = 'delete_requested', deletion_task_id = %s", e.task_id)
@@ -257,6 +270,83 @@ class ScheduleFiresView(View):
         )
 
 
+class InFlightView(View):
+    """Operations not finished yet, with the worker that last claimed them:
+    what the workers' recovery sweep looks at (small: finished rows leave)."""
+
+    name = "in_flight"
+    tables = ("in_flight_ops",)
+    ddl = (
+        """CREATE TABLE IF NOT EXISTS in_flight_ops (
+            operation_id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            task_id TEXT NOT NULL,
+            deployment TEXT,
+            disk_cid TEXT,
+            state TEXT NOT NULL,
+            method TEXT,
+            worker TEXT,
+            attempt INTEGER NOT NULL,
+            updated_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS in_flight_ops_updated ON in_flight_ops (updated_at)",
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        done = self._done
+        self.handlers = {
+            "Snapshot.Requested": self._snapshot_requested,
+            "Snapshot.DeletionRequested": self._deletion_requested,
+            "Snapshot.CpiCallStarted": self._started,
+            "Snapshot.AttemptFailed": self._pending_again,
+            "Snapshot.CpiCallInDoubt": self._in_doubt,
+            "Snapshot.InDoubtRetried": self._pending_again,
+            "Snapshot.Taken": done, "Snapshot.Failed": done, "Snapshot.Skipped": done,
+            "Snapshot.Deleted": done, "Snapshot.DeletionFailed": done,
+            "SelfDiscovery.Requested": self._discovery_requested,
+            "SelfDiscovery.CpiCallStarted": self._started,
+            "SelfDiscovery.InDoubtRetried": self._pending_again,
+            "SelfDiscovery.Discovered": done, "SelfDiscovery.Skipped": done, "SelfDiscovery.Failed": done,
+        }
+
+    def _upsert(self, cur: Any, e: Any, kind: str, deployment: str | None, disk_cid: str | None,
+                state: str) -> None:
+        cur.execute("DELETE FROM in_flight_ops WHERE operation_id = %s", (str(e.originator_id),))
+        cur.execute(
+            "INSERT INTO in_flight_ops (operation_id, kind, task_id, deployment, disk_cid, state, attempt, "
+            "updated_at) VALUES (%s, %s, %s, %s, %s, %s, 0, %s)",
+            (str(e.originator_id), kind, e.task_id, deployment, disk_cid, state, iso(e.timestamp)))
+
+    def _snapshot_requested(self, cur: Any, position: int, e: Any) -> None:
+        self._upsert(cur, e, "snapshot", e.deployment, e.disk_cid, "requested")
+
+    def _deletion_requested(self, cur: Any, position: int, e: Any) -> None:
+        rows = cur.execute("SELECT deployment, disk_cid FROM snapshots_view WHERE snapshot_id = %s",
+                           (str(e.originator_id),)).fetchall()
+        dep, disk = (rows[0]["deployment"], rows[0]["disk_cid"]) if rows else (None, None)
+        self._upsert(cur, e, "snapshot", dep, disk, "delete_requested")
+
+    def _discovery_requested(self, cur: Any, position: int, e: Any) -> None:
+        self._upsert(cur, e, "discovery", "_self", None, "requested")
+
+    def _started(self, cur: Any, position: int, e: Any) -> None:
+        cur.execute("UPDATE in_flight_ops SET state = 'calling', method = %s, worker = %s, attempt = %s, "
+                    "task_id = %s, updated_at = %s WHERE operation_id = %s",
+                    (e.method, e.worker, e.attempt, e.task_id, iso(e.timestamp), str(e.originator_id)))
+
+    def _pending_again(self, cur: Any, position: int, e: Any) -> None:
+        cur.execute("UPDATE in_flight_ops SET state = 'pending', updated_at = %s WHERE operation_id = %s",
+                    (iso(e.timestamp), str(e.originator_id)))
+
+    def _in_doubt(self, cur: Any, position: int, e: Any) -> None:
+        cur.execute("UPDATE in_flight_ops SET state = 'in_doubt', updated_at = %s WHERE operation_id = %s",
+                    (iso(e.timestamp), str(e.originator_id)))
+
+    def _done(self, cur: Any, position: int, e: Any) -> None:
+        cur.execute("DELETE FROM in_flight_ops WHERE operation_id = %s", (str(e.originator_id),))
+
+
 def all_views() -> list[View]:
-    # Tasks last: see Projector.
-    return [SnapshotsView(), DeploymentsView(), ScheduleFiresView(), TasksView()]
+    # Tasks last: see Projector. In-flight after snapshots (it reads snapshots_view).
+    return [SnapshotsView(), InFlightView(), DeploymentsView(), ScheduleFiresView(), TasksView()]

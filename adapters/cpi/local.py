@@ -287,6 +287,17 @@ class LocalCpi:
         (self.disk_root / _check_cid(disk_cid, "disk")).mkdir(exist_ok=True)
         return self._disk_path(disk_cid)
 
+    def find_snapshot(self, disk_cid: str, metadata: dict[str, Any]) -> str | None:
+        """The snapshot an earlier `snapshot_disk` call with this metadata made,
+        if it completed: how an in-doubt call is resolved without repeating it
+        blindly (the CID is derived from the operation id in the metadata)."""
+        if metadata.get(OPERATION_ID_KEY) is None:
+            return None
+        cid = self._snapshot_cid(metadata)
+        if not self._snap_dir(cid).is_dir():
+            return None
+        return self._existing(cid, disk_cid)
+
     def has_snapshot(self, snapshot_cid: str) -> bool:
         return self._snap_dir(_check_cid(snapshot_cid, "snapshot")).is_dir()
 
