@@ -41,13 +41,40 @@ class ChangeSignal:
                 event.set()
 
 
+class StoreHealth:
+    """Whether the database is reachable, as the LISTEN connection sees it.
+
+    That connection notices a lost server at once (and a returning one within
+    a couple of seconds), so the API answers 503 immediately during an outage
+    instead of letting each request wait out the event store's connection
+    retries (10 attempts in `eventsourcing`)."""
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None
+        self.reason = ""
+
+    @property
+    def healthy(self) -> bool:
+        return self.down_since is None
+
+    def mark_down(self, reason: str) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+        self.reason = reason
+
+    def mark_up(self) -> None:
+        self.down_since = None
+        self.reason = ""
+
+
 class PostgresListener:
     """LISTENs on the events table's channel and fires the signal; reconnects forever."""
 
-    def __init__(self, url: StoreUrl, signal: ChangeSignal, log: Any) -> None:
+    def __init__(self, url: StoreUrl, signal: ChangeSignal, log: Any, health: StoreHealth | None = None) -> None:
         self.url = url
         self.signal = signal
         self.log = log
+        self.health = health or StoreHealth()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pg-listen", daemon=True)
 
@@ -64,15 +91,19 @@ class PostgresListener:
             try:
                 with psycopg.connect(self.url.conninfo(), autocommit=True, connect_timeout=3) as conn:
                     conn.execute(f"LISTEN {EVENTS_CHANNEL}")
+                    if not self.health.healthy:
+                        self.log.info("database reachable again")
+                    self.health.mark_up()
                     backoff = 0.2
                     self.signal.fire()  # events may have been missed while disconnected
                     while not self._stop.is_set():
                         for _ in conn.notifies(timeout=0.5, stop_after=1):
                             self.signal.fire()
             except psycopg.Error as error:
+                self.health.mark_down(str(error).splitlines()[0] if str(error) else type(error).__name__)
                 self.log.warning("listen connection lost; retrying", error=str(error), retry_in_s=backoff)
                 self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, 2.0)
 
 
 class LogFollower:

@@ -20,7 +20,7 @@ from psycopg_pool import ConnectionPool
 
 from snapledger.domain.operations import DiskLocks
 
-from .store import StoreUrl
+from .store import RECONNECT_TIMEOUT_S, StoreUrl
 
 
 def _key(disk_cid: str) -> int:
@@ -32,7 +32,8 @@ class PostgresDiskLocks(DiskLocks):
     def __init__(self, url: StoreUrl, max_size: int) -> None:
         super().__init__()
         self.pool = ConnectionPool(url.conninfo(), min_size=0, max_size=max_size, timeout=30,
-                                   kwargs={"autocommit": True}, open=True, name="disk-locks")
+                                   kwargs={"autocommit": True}, open=True, name="disk-locks",
+                                   reconnect_timeout=RECONNECT_TIMEOUT_S)
 
     @contextmanager
     def hold(self, disk_cid: str) -> Iterator[None]:

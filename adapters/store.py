@@ -92,6 +92,20 @@ def ledger_env(url: StoreUrl, pool_size: int = 4, max_overflow: int = 8) -> dict
     }
 
 
+# psycopg_pool retries a lost server with doubling delays for `reconnect_timeout`
+# (default 5 min), so after a 40 s outage the next attempt can be 30 s away.
+# Giving up early is harmless: the next request that finds no connection starts
+# a fresh attempt at once. So recovery follows the database within seconds.
+RECONNECT_TIMEOUT_S = 5.0
+
+
+def tune_pool_recovery(ledger: Any) -> None:
+    """Apply RECONNECT_TIMEOUT_S to the event store's own pool (not an env option)."""
+    pool = getattr(getattr(ledger.recorder, "datastore", None), "pool", None)
+    if pool is not None and hasattr(pool, "reconnect_timeout"):
+        pool.reconnect_timeout = RECONNECT_TIMEOUT_S
+
+
 def ensure_schema(url: StoreUrl) -> None:
     # The library creates tables but never the schema itself.
     if url.schema == "public":
@@ -142,9 +156,9 @@ class PostgresDatabase(Database):
     def __init__(self, url: StoreUrl, min_size: int = 1, max_size: int = 8) -> None:
         self.url = url
         self.pool = ConnectionPool(
-            url.conninfo(), min_size=min_size, max_size=max_size, timeout=5,
+            url.conninfo(), min_size=min_size, max_size=max_size, timeout=3,
             kwargs={"row_factory": dict_row, "autocommit": False}, check=ConnectionPool.check_connection,
-            open=True, name="views",
+            open=True, name="views", reconnect_timeout=RECONNECT_TIMEOUT_S,
         )
 
     @contextmanager

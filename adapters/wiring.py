@@ -24,8 +24,9 @@ from snapledger.projections.projector import Projector
 from snapledger.projections.queries import Queries
 
 from .config import Config, CpiSpec
-from .follower import ChangeSignal, LogFollower, PostgresListener
-from .store import Database, StoreUrl, ledger_env, open_database, parse_store_url, setup_lock
+from .follower import ChangeSignal, LogFollower, PostgresListener, StoreHealth
+from .store import (Database, StoreUrl, ledger_env, open_database, parse_store_url, setup_lock,
+                    tune_pool_recovery)
 from .locks import disk_locks
 from .worker import Worker
 
@@ -102,6 +103,7 @@ class Runtime:
     roles: frozenset[str] = ROLES
     followers: list[Any] = field(default_factory=list)
     listener: PostgresListener | None = None
+    health: StoreHealth = field(default_factory=StoreHealth)
     worker: Worker | None = None
     projection_follower: LogFollower | None = None
     scheduler: Any = None
@@ -110,7 +112,7 @@ class Runtime:
     def start(self) -> None:
         """Start the background roles (worker, projector) of this process."""
         if self.url.kind == "postgres":
-            self.listener = PostgresListener(self.url, self.signal, self.log)
+            self.listener = PostgresListener(self.url, self.signal, self.log, self.health)
             self.listener.start()
         if "projector" in self.roles:
             self.projection_follower = LogFollower(
@@ -169,6 +171,7 @@ def build_runtime(config: Config, roles: frozenset[str] | set[str] = ROLES) -> R
         ledger = Ledger(env=ledger_env(url), director=Director(config.director_name, config.uuid),
                         default_cpi=config.default_cpi_name(), self_cpi=config.self_cpi_name(),
                         cpi_names=list(config.cpi_specs()))
+        tune_pool_recovery(ledger)
         db = open_database(url)
         projector = Projector(db)
         projector.setup()

@@ -11,7 +11,12 @@ import functools
 import json
 from typing import Any, Awaitable, Callable
 
+import sqlite3
+
+import psycopg
+import psycopg_pool
 from aiohttp import web
+from eventsourcing import persistence as es_persistence
 from marshmallow import ValidationError
 from marshmallow.validate import Regexp
 
@@ -32,8 +37,9 @@ _PATH_RULES = {
 }
 
 
-def error_response(status: int, message: str, code: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": message, "code": code, **extra}, status=status)
+def error_response(status: int, message: str, code: str, headers: dict[str, str] | None = None,
+                   **extra: Any) -> web.Response:
+    return web.json_response({"error": message, "code": code, **extra}, status=status, headers=headers)
 
 
 @web.middleware
@@ -52,14 +58,24 @@ async def errors_middleware(request: web.Request, handler: Callable[[web.Request
         if error.status < 400:
             raise
         return error_response(error.status, error.reason, error.reason.lower().replace(" ", "_"))
+    except StoreDown as error:
+        return error_response(503, f"the event store is unavailable ({error}); retry later", "unavailable",
+                              headers={"Retry-After": "2"})
     except Exception as error:
-        from eventsourcing.persistence import OperationalError, InterfaceError
-
-        if isinstance(error, (OperationalError, InterfaceError)):
+        if isinstance(error, STORE_UNAVAILABLE):
             request.app[RUNTIME].log.warning("event store unavailable", error=str(error))
-            return error_response(503, "the event store is unavailable; retry later", "unavailable")
+            return error_response(503, "the event store is unavailable; retry later", "unavailable",
+                                  headers={"Retry-After": "2"})
         request.app[RUNTIME].log.exception("unhandled error", path=request.path)
         return error_response(500, "internal error", "internal")
+
+
+# The event store's and the views' database being away (down, restarting,
+# pool exhausted while reconnecting): the client should retry, not report a bug.
+STORE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    es_persistence.OperationalError, es_persistence.InterfaceError, psycopg.OperationalError,
+    psycopg.InterfaceError, psycopg_pool.PoolTimeout, sqlite3.OperationalError,
+)
 
 
 def _describe(fields: Any) -> str:
@@ -72,8 +88,14 @@ def _describe(fields: Any) -> str:
 
 # Helpers -----------------------------------------------------------------------
 
+class StoreDown(Exception):
+    """The database is known to be unreachable: answer 503 at once."""
+
+
 async def run(request: web.Request, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     runtime = request.app[RUNTIME]
+    if not runtime.health.healthy:
+        raise StoreDown(runtime.health.reason)
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(runtime.executor, functools.partial(fn, *args, **kwargs))
 

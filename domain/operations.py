@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable, ContextManager, Mapping
 from uuid import UUID
 
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 
 from .application import Ledger
 from .cpi import DISK_NOT_FOUND, Cpi, CpiError
@@ -265,7 +265,7 @@ class OperationRunner:
             task.operation_finished(found.id, outcome, detail, actor=task.actor)
             return [found, task, *snapshots]
 
-        self.ledger.save_with_retry(decide)
+        self._persist(decide)
         return outcome
 
     def _record_attempt_failed(self, snapshot_id: UUID, record: dict[str, Any], delay: float) -> bool:
@@ -281,7 +281,7 @@ class OperationRunner:
             recorded[:] = [True]
             return [snapshot]
 
-        self.ledger.save_with_retry(decide)
+        self._persist(decide)
         if self.log is not None:
             self.log.warning("cpi call failed, will retry", snapshot_id=str(snapshot_id), retry_in_s=round(delay, 3),
                              error_type=record["error"]["type"], message=record["error"]["message"])
@@ -326,6 +326,21 @@ class OperationRunner:
                           duration_s=record["duration_s"], disk_cid=snapshot.disk_cid)
         return outcome, record
 
+    def _persist(self, decide: Callable[[], list[Any]]) -> Any:
+        """Save a CPI call's outcome whatever it takes: the call happened, and
+        only this process knows its answer. While the database is away, keep
+        trying (if the process dies meanwhile, the call is found in doubt)."""
+        delay = 0.2
+        while True:
+            try:
+                return self.ledger.save_with_retry(decide)
+            except (OperationalError, InterfaceError) as error:
+                if self.log is not None:
+                    self.log.warning("cannot record a CPI call's outcome yet; retrying", error=str(error),
+                                     retry_in_s=delay)
+                self.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     def _record(self, snapshot_id: UUID, outcome: str, record: dict[str, Any]) -> None:
         def decide() -> list[Any]:
             snapshot = self.ledger.get_snapshot(snapshot_id)
@@ -348,7 +363,7 @@ class OperationRunner:
             task.operation_finished(snapshot.id, task_outcome, detail, actor=task.actor)
             return [snapshot, task, *extra]
 
-        self.ledger.save_with_retry(decide)
+        self._persist(decide)
 
     def _apply(self, snapshot: Snapshot, outcome: str, record: dict[str, Any], actor: str) -> list[Any]:
         call = {k: v for k, v in record.items() if k not in ("snapshot_cid", "reason")}
