@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test bench clean
+.PHONY: serve test bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python ops/bench/run.py $(ARGS)
+
+chaos: $(STAMP)
+	$(BIN)/python ops/chaos.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,341 @@
+#!/usr/bin/env python3
+"""Chaos run: API, two workers and the projector as separate processes on
+PostgreSQL; a client drives commands while a killer SIGKILLs random processes
+and restarts them. Then, at quiescence, the ledger is checked against the
+client's record and against the local CPI's files on disk:
+
+1. every acknowledged command is in the log and its task is terminal;
+2. no snapshot directory without a ledger entry, no ledger entry without its
+   directory (unless recorded failed or in doubt), one directory per snapshot;
+3. no task left `processing`;
+4. the views equal a rebuild from position 0 (nothing skipped or doubled).
+
+    python ops/chaos.py --commands 1000 --kills 20      # `make chaos`
+
+Prints its figures; exits non-zero when a check fails. The short CI run is
+tests/faults/test_chaos.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+SNAPLEDGER = str(Path(sys.executable).parent / "snapledger")
+ROLES = ("api", "worker", "worker", "projector")
+TERMINAL = ("done", "error")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Process:
+    def __init__(self, role: str, data_dir: Path, database: str, port: int, env: dict[str, str]) -> None:
+        self.role, self.data_dir, self.database, self.port, self.env = role, data_dir, database, port, env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir.parent / f"{role}-{port}.log"
+        self.kills = 0
+
+    def start(self) -> None:
+        args = [SNAPLEDGER, self.role, "--data-dir", str(self.data_dir), "--database", self.database,
+                "--port", str(self.port)]
+        self.proc = subprocess.Popen(args, env=self.env, stdout=subprocess.DEVNULL, stderr=self.log.open("ab"),
+                                     start_new_session=True)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+            self.kills += 1
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class Client:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def call(self, method: str, path: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+        except (OSError, ValueError):
+            return 0, None  # the API is down (killed) or the answer was cut: not acknowledged
+
+    def wait_up(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self.call("GET", "/info", timeout=2)[0] != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the API did not come up")
+            time.sleep(0.05)
+
+
+def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 20, seed: int | None = None,
+              deployments: int = 3, instances: int = 3, concurrency: int = 4,
+              quiesce_timeout: float = 180, progress: Any = print) -> dict[str, Any]:
+    rng = random.Random(seed)
+    data_dir = workdir / "data"
+    disks = [(f"d{d}", i, f"disk-{d}-{i}") for d in range(deployments) for i in range(instances)]
+    for _, _, cid in disks:
+        (data_dir / "disks" / cid).mkdir(parents=True, exist_ok=True)
+        (data_dir / "disks" / cid / "payload").write_bytes(os.urandom(2048))
+    env = {**os.environ, "SNAPLEDGER_LOG_FORMAT": "json", "SNAPLEDGER_POLL_INTERVAL": "0.2",
+           "SNAPLEDGER_WORKER_LEASE": "1"}
+    env.pop("SNAPLEDGER_CRASH_AT", None)
+    api_port = free_port()
+    procs = [Process(role, data_dir, database, api_port if role == "api" else free_port(), env) for role in ROLES]
+    for p in procs:
+        p.start()
+    client = Client(f"http://127.0.0.1:{api_port}")
+    client.wait_up()
+    for d in range(deployments):
+        body = {"instances": [{"job": "db", "index": i, "disks": [f"disk-{d}-{i}"]} for i in range(instances)]}
+        assert client.call("PUT", f"/deployments/d{d}", body)[0] == 200
+    assert client.call("PUT", "/config/snapshots", {"enable_snapshots": True})[0] == 200
+
+    acknowledged: list[dict[str, Any]] = []
+    sent = 0
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def one_command(n: int) -> None:
+        nonlocal sent
+        dep = f"d{rng.randrange(deployments)}"
+        roll = rng.random()
+        if roll < 0.45:
+            method, path = "POST", f"/deployments/{dep}/snapshots"
+        elif roll < 0.75:
+            method, path = "POST", f"/deployments/{dep}/jobs/db/{rng.randrange(instances)}/snapshots"
+        elif roll < 0.95:
+            status, listing = client.call("GET", f"/deployments/{dep}/snapshots")
+            taken = [r["snapshot_cid"] for r in listing or [] if r["state"] == "taken"] if status == 200 else []
+            if not taken:
+                method, path = "POST", f"/deployments/{dep}/snapshots"
+            else:
+                method, path = "DELETE", f"/deployments/{dep}/snapshots/{rng.choice(taken)}"
+        else:
+            method, path = "DELETE", f"/deployments/{dep}/snapshots"
+        status, body = client.call(method, path)
+        with lock:
+            sent += 1
+            if status == 202:
+                acknowledged.append({"task_id": body["task_id"], "command": f"{method} {path}"})
+
+    def killer() -> None:
+        # Spread the kills over the command phase, at random moments.
+        for k in range(kills):
+            if done.wait(rng.uniform(0.05, 2 * expected_duration / max(kills, 1))):
+                break
+            victim = rng.choice(procs)
+            victim.kill()
+            time.sleep(rng.uniform(0, 0.3))
+            victim.start()
+            if victim.role == "api":
+                client.wait_up()
+
+    expected_duration = max(commands / 25, 5.0)
+    started = time.monotonic()
+    killer_thread = threading.Thread(target=killer, daemon=True)
+    killer_thread.start()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        for n in range(commands):
+            pool.submit(one_command, n)
+            if n % 100 == 99:
+                progress(f"  {n + 1}/{commands} commands submitted, {len(acknowledged)} acknowledged, "
+                         f"{sum(p.kills for p in procs)} kills")
+    # Keep killing until the requested number of kills happened.
+    while killer_thread.is_alive() and sum(p.kills for p in procs) < kills:
+        time.sleep(0.1)
+    done.set()
+    killer_thread.join()
+    for p in procs:
+        if p.proc is None or p.proc.poll() is not None:
+            p.start()
+    client.wait_up()
+    command_phase = time.monotonic() - started
+
+    progress(f"  waiting for quiescence of {len(acknowledged)} acknowledged tasks")
+    deadline = time.monotonic() + quiesce_timeout
+    states: dict[str, str] = {}
+    pending = [a["task_id"] for a in acknowledged]
+    while pending and time.monotonic() < deadline:
+        still = []
+        for task_id in pending:
+            status, task = client.call("GET", f"/tasks/{task_id}")
+            if status == 200 and task["state"] in TERMINAL:
+                states[task_id] = task["state"]
+            else:
+                still.append(task_id)
+        pending = still
+        if pending:
+            time.sleep(0.5)
+    report = check(database, data_dir, acknowledged, states, pending)
+    report.update(commands_sent=sent, acknowledged=len(acknowledged), kills=sum(p.kills for p in procs),
+                  kills_by_role={r: sum(p.kills for p in procs if p.role == r) for r in set(ROLES)},
+                  command_phase_s=round(command_phase, 1))
+    for p in procs:
+        p.stop()
+    return report
+
+
+def _schema_conn(database: str) -> tuple[psycopg.Connection[Any], str]:
+    base, _, query = database.partition("?")
+    schema = dict(part.split("=", 1) for part in query.split("&") if part).get("schema", "public")
+    conn = psycopg.connect(base, autocommit=True)
+    conn.execute(f'SET search_path TO "{schema}"')
+    return conn, schema
+
+
+def check(database: str, data_dir: Path, acknowledged: list[dict[str, Any]], states: dict[str, str],
+          pending: list[str]) -> dict[str, Any]:
+    problems: list[str] = []
+    conn, schema = _schema_conn(database)
+    with conn:
+        topics = [r[0] for r in conn.execute("SELECT topic FROM ledger_events").fetchall()]
+
+        def count(suffix: str) -> int:
+            return sum(1 for t in topics if t.endswith(suffix))
+
+        queued = {r[0] for r in conn.execute(
+            "SELECT task_id FROM tasks_view").fetchall()}
+        # 1. every acknowledged command is in the log (its task was queued) and terminal.
+        lost = [a for a in acknowledged if a["task_id"] not in queued]
+        if lost:
+            problems.append(f"{len(lost)} acknowledged commands not in the ledger: {lost[:3]}")
+        if pending:
+            problems.append(f"{len(pending)} acknowledged tasks not terminal: {pending[:3]}")
+        # 3. no task processing at all, acknowledged or not.
+        processing = conn.execute("SELECT count(*) FROM tasks_view WHERE state IN ('queued', 'processing')"
+                                  ).fetchone()[0]
+        if processing:
+            problems.append(f"{processing} tasks left queued/processing")
+        # 2. ledger vs the local CPI's files.
+        rows = conn.execute("SELECT snapshot_id, snapshot_cid, state FROM snapshots_view").fetchall()
+        existing = {cid for _, cid, state in rows if state in ("taken", "delete_requested", "deleting")}
+        in_doubt = [sid for sid, _, state in rows if state == "in_doubt"]
+        on_disk = {p.name for p in (data_dir / "snapshots").iterdir() if not p.name.startswith(".")}
+        orphans = on_disk - existing - {f"snap-{sid}" for sid in in_doubt}
+        missing = existing - on_disk
+        if orphans:
+            problems.append(f"{len(orphans)} snapshot directories without a ledger entry: {sorted(orphans)[:3]}")
+        if missing:
+            problems.append(f"{len(missing)} ledger snapshots without their directory: {sorted(missing)[:3]}")
+        doubled = [sid for sid, cid, _ in rows if cid and cid != f"snap-{sid}"]
+        if doubled:
+            problems.append(f"{len(doubled)} snapshots whose CID is not their operation's: {doubled[:3]}")
+        calls = count("Snapshot.CpiCallStarted")
+        report = {
+            "events": len(topics), "tasks": len(queued), "tasks_done": sum(1 for s in states.values() if s == "done"),
+            "tasks_error": sum(1 for s in states.values() if s == "error"),
+            "snapshots_existing": len(existing), "snapshot_dirs": len(on_disk),
+            "cpi_calls_recorded": calls, "in_doubt_found": count("Snapshot.CpiCallInDoubt"),
+            "in_doubt_retried": count("Snapshot.InDoubtRetried"), "in_doubt_open": len(in_doubt),
+            "lost": len(lost) + len(pending), "doubled": len(orphans) + len(doubled),
+        }
+    # 4. the views equal a rebuild from position 0.
+    report["view_differences"] = verify_views(database)
+    if report["view_differences"]:
+        problems.append(f"views differ from a rebuild: {report['view_differences'][:3]}")
+    report["problems"] = problems
+    return report
+
+
+def verify_views(database: str) -> list[str]:
+    """Replay the whole log into a scratch schema and compare every view table."""
+    from snapledger.adapters.store import ensure_schema, ledger_env, open_database, parse_store_url
+    from snapledger.domain.application import Ledger
+    from snapledger.projections.projector import Projector
+
+    url = parse_store_url(database)
+    scratch_name = f"verify_{uuid.uuid4().hex[:10]}"
+    base = database.partition("?")[0]
+    scratch = parse_store_url(f"{base}?schema={scratch_name}")
+    ensure_schema(scratch)
+    ledger = Ledger(env=ledger_env(url))
+    db = open_database(scratch)
+    differences: list[str] = []
+    try:
+        projector = Projector(db)
+        projector.setup()
+        position = 0
+        while True:
+            notifications = ledger.recorder.select_notifications(start=position, limit=2000,
+                                                                 inclusive_of_start=False)
+            if not notifications:
+                break
+            projector.apply([(n.id, ledger.mapper.to_domain_event(n)) for n in notifications])
+            position = notifications[-1].id
+        live, _ = _schema_conn(database)
+        rebuilt, _ = _schema_conn(f"{base}?schema={scratch_name}")
+        with live, rebuilt:
+            for view in projector.views:
+                for table in view.tables:
+                    a = sorted(map(repr, live.execute(f"SELECT * FROM {table}").fetchall()))
+                    b = sorted(map(repr, rebuilt.execute(f"SELECT * FROM {table}").fetchall()))
+                    if a != b:
+                        differences.append(f"{table}: {len(set(a) - set(b))} live-only rows, "
+                                           f"{len(set(b) - set(a))} rebuilt-only rows")
+    finally:
+        db.close()
+        ledger.close()
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{scratch_name}" CASCADE')
+    return differences
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--commands", type=int, default=1000)
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--database", default=os.environ.get("SNAPLEDGER_TEST_DSN",
+                                                             "postgresql://postgres@127.0.0.1:5432/postgres"))
+    args = parser.parse_args()
+    schema = f"chaos_{uuid.uuid4().hex[:10]}"
+    database = f"{args.database.partition('?')[0]}?schema={schema}"
+    workdir = Path(tempfile.mkdtemp(prefix="snapledger-chaos-"))
+    print(f"chaos run: {args.commands} commands, {args.kills} kills, schema {schema}, logs in {workdir}")
+    try:
+        report = run_chaos(workdir, database, commands=args.commands, kills=args.kills, seed=args.seed)
+    finally:
+        with psycopg.connect(args.database.partition("?")[0], autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    width = max(len(k) for k in report)
+    for key, value in report.items():
+        print(f"{key:<{width}}  {value}")
+    return 1 if report["problems"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
