@@ -151,6 +151,9 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
             sent += 1
             if status == 202:
                 acknowledged.append({"task_id": body["task_id"], "command": f"{method} {path}"})
+            if sent % 100 == 0:
+                progress(f"  {sent}/{commands} commands sent, {len(acknowledged)} acknowledged, "
+                         f"{sum(p.kills for p in procs)} kills")
 
     def killer() -> None:
         # Spread the kills over the command phase, at random moments.
@@ -171,9 +174,6 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         for n in range(commands):
             pool.submit(one_command, n)
-            if n % 100 == 99:
-                progress(f"  {n + 1}/{commands} commands submitted, {len(acknowledged)} acknowledged, "
-                         f"{sum(p.kills for p in procs)} kills")
     # Keep killing until the requested number of kills happened.
     while killer_thread.is_alive() and sum(p.kills for p in procs) < kills:
         time.sleep(0.1)
