@@ -47,6 +47,14 @@ class Config:
     # A claimed CPI call whose worker is silent this long is in doubt (heartbeats every lease/3).
     worker_lease_s: float = 30.0
     poll_interval_s: float = 1.0
+    auth_enabled: bool = True
+    # [{name, secret_hash (argon2, `snapledger hash-secret`), scopes: [...]}]; when empty,
+    # an admin credential is created in data_dir on first start.
+    users: list[dict[str, Any]] = field(default_factory=list)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    ready_max_lag: int = 10_000
+    metrics_port: int | None = None  # Prometheus endpoint of processes without the API  # /ready fails when a view is this many events behind
     log_format: str = "auto"  # auto | console | json
     log_level: str = "info"
 
@@ -160,6 +168,11 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "missed_fire_window": ("missed_fire_window_s", float),
     "default_cpi": ("default_cpi", str),
     "self_cpi": ("self_cpi", str),
+    "auth.enabled": ("auth_enabled", "bool"),
+    "tls.cert": ("tls_cert", str),
+    "tls.key": ("tls_key", str),
+    "ready.max_lag": ("ready_max_lag", int),
+    "metrics.port": ("metrics_port", int),
     "log.format": ("log_format", str),
     "log.level": ("log_level", str),
 }
@@ -214,6 +227,9 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
             setattr(config, attr, _parse(dotted, parser, raw))
     if isinstance(data.get("cpi"), dict):
         config.cpi = dict(data["cpi"])
+    users = _lookup(data, "auth.users")
+    if users is not None:
+        config.users = _parse_users(users)
     if data.get("cpis") is not None:
         if not isinstance(data["cpis"], dict) or not data["cpis"]:
             raise ConfigError("cpis", "must be a non-empty mapping of CPI name to its settings")
@@ -223,6 +239,28 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
             setattr(config, attr, value)
     _validate(config)
     return config
+
+
+def _parse_users(raw: Any) -> list[dict[str, Any]]:
+    from snapledger.domain.names import NAME_PATTERN
+
+    if not isinstance(raw, list):
+        raise ConfigError("auth.users", "must be a list of {name, secret_hash, scopes}")
+    users = []
+    for i, entry in enumerate(raw):
+        key = f"auth.users[{i}]"
+        if not isinstance(entry, dict) or set(entry) - {"name", "secret_hash", "scopes"}:
+            raise ConfigError(key, "must be a mapping with name, secret_hash and scopes")
+        name, secret_hash, scopes = entry.get("name"), entry.get("secret_hash"), entry.get("scopes") or []
+        if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+            raise ConfigError(f"{key}.name", "letters, digits, '.', '_' or '-'")
+        if not isinstance(secret_hash, str) or not secret_hash.startswith("$argon2"):
+            raise ConfigError(f"{key}.secret_hash", "an argon2 hash (make one with `snapledger hash-secret`)")
+        for scope in scopes:
+            if not re.fullmatch(r"snapledger\.(admin|read|deployments\.[A-Za-z0-9][A-Za-z0-9._-]*\.admin)", str(scope)):
+                raise ConfigError(f"{key}.scopes", f"unknown scope {scope!r}")
+        users.append({"name": name, "secret_hash": secret_hash, "scopes": list(scopes)})
+    return users
 
 
 def _validate(config: Config) -> None:

@@ -12,6 +12,7 @@ import socket
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from .follower import ChangeSignal, LogFollower, PostgresListener, StoreHealth
 from .store import (Database, StoreUrl, ledger_env, open_database, parse_store_url, setup_lock,
                     tune_pool_recovery)
 from .locks import disk_locks
+from .metrics import PROJECTION_LAG_SECONDS, observe_cpi_call
 from .worker import Worker
 
 ROLES = frozenset({"api", "worker", "projector", "scheduler"})
@@ -116,7 +118,7 @@ class Runtime:
             self.listener.start()
         if "projector" in self.roles:
             self.projection_follower = LogFollower(
-                "projector", self.ledger, self.signal, self.projector.apply, self.projector.position,
+                "projector", self.ledger, self.signal, self._project, self.projector.position,
                 self.log, batch_size=1000, poll_interval=self.config.poll_interval_s,
             )
             self.projection_follower.start()
@@ -128,7 +130,7 @@ class Runtime:
                                      max_in_flight={name: spec.max_in_flight for name, spec in specs.items()},
                                      disk_locks=self._disk_locks(),
                                      retry_in_doubt={name: spec.retry_in_doubt for name, spec in specs.items()},
-                                     on_step=crash_point_hook())
+                                     on_step=crash_point_hook(), on_call=observe_cpi_call)
             self.worker = Worker(self.ledger, runner, self.db, self.signal, self.log,
                                  max_in_flight=self.config.worker_max_in_flight,
                                  poll_interval=self.config.poll_interval_s, lease_s=self.config.worker_lease_s)
@@ -141,6 +143,12 @@ class Runtime:
             self.scheduler = Scheduler(self.ledger, self.log,
                                        missed_window=timedelta(seconds=self.config.missed_fire_window_s))
             self.scheduler.start()
+
+    def _project(self, batch: Any) -> None:
+        self.projector.apply(batch)
+        if batch:
+            newest = batch[-1][1].timestamp
+            PROJECTION_LAG_SECONDS.set(max((datetime.now(timezone.utc) - newest).total_seconds(), 0.0))
 
     def _disk_locks(self) -> Any:
         self.locks = disk_locks(self.url, self.config)

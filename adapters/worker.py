@@ -97,9 +97,13 @@ class Worker:
         done = []
         for row in self.queries.in_flight(older_than=stale):
             worker = row["worker"]
-            if worker is not None and worker in alive:
-                continue  # its worker is working on it (a long CPI call, a retry wait)
             op = UUID(row["operation_id"])
+            if worker == self.runner.worker:
+                if self.runner.is_running(op):
+                    continue  # ours, in progress (a long CPI call, a retry wait)
+                # Ours but no thread runs it: its thread failed. Treated as abandoned.
+            elif worker is not None and worker in alive:
+                continue  # another live worker is on it
             if row["state"] == "calling":
                 result = self.runner.recover(op, dead_worker=worker)
             elif worker is not None or row["updated_at"] < iso(now - timedelta(seconds=5 * self.lease_s)):

@@ -7,6 +7,8 @@ runtime's bounded executor; the event loop never blocks on the database.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import uuid
 import functools
 import json
 from typing import Any, Awaitable, Callable
@@ -15,6 +17,7 @@ import sqlite3
 
 import psycopg
 import psycopg_pool
+import structlog
 from aiohttp import web
 from eventsourcing import persistence as es_persistence
 from marshmallow import ValidationError
@@ -25,7 +28,7 @@ from snapledger.domain.errors import LedgerError
 from snapledger.domain.names import CID_PATTERN, NAME_PATTERN, SELF_DEPLOYMENT
 from snapledger.projections.events import iso
 
-from . import schemas
+from . import auth, schemas
 
 VERSION = "0.1.0"
 MAX_BODY = 1024 * 1024
@@ -40,6 +43,19 @@ _PATH_RULES = {
 def error_response(status: int, message: str, code: str, headers: dict[str, str] | None = None,
                    **extra: Any) -> web.Response:
     return web.json_response({"error": message, "code": code, **extra}, status=status, headers=headers)
+
+
+@web.middleware
+async def request_context_middleware(request: web.Request,
+                                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                                     ) -> web.StreamResponse:
+    """A request id on every log line of the request (taken from X-Request-Id when sane)."""
+    incoming = request.headers.get("X-Request-Id", "")
+    request_id = incoming if 0 < len(incoming) <= 64 and incoming.replace("-", "").isalnum() else uuid.uuid4().hex
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        response = await handler(request)
+    response.headers["X-Request-Id"] = request_id
+    return response
 
 
 @web.middleware
@@ -97,7 +113,9 @@ async def run(request: web.Request, fn: Callable[..., Any], *args: Any, **kwargs
     if not runtime.health.healthy:
         raise StoreDown(runtime.health.reason)
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(runtime.executor, functools.partial(fn, *args, **kwargs))
+    # Carry the request's log context (request id) into the executor thread.
+    context = contextvars.copy_context()
+    return await loop.run_in_executor(runtime.executor, functools.partial(context.run, fn, *args, **kwargs))
 
 
 def path(request: web.Request, name: str) -> str:
@@ -129,7 +147,7 @@ def query(request: web.Request, schema: Any) -> dict[str, Any]:
 
 
 def actor(request: web.Request) -> str:
-    return request.get("user", "anonymous")
+    return request.get(auth.USER, "anonymous")
 
 
 def accepted(task: Any) -> web.Response:
@@ -355,19 +373,52 @@ async def get_task_cpi_log(request: web.Request) -> web.Response:
 
 # Factory -------------------------------------------------------------------------
 
+def _credential_store(runtime: Runtime) -> auth.CredentialStore:
+    config = runtime.config
+    if not config.users:
+        path, created = auth.ensure_admin(config.data_dir)
+        if created:
+            runtime.log.warning("created an admin credential; the CLI reads it from there",
+                                credentials=str(path.resolve()))
+        else:
+            runtime.log.info("admin credential", credentials=str(path.resolve()))
+    return auth.CredentialStore(auth.load_credentials(config.users, config.data_dir))
+
+
+async def _task_deployment(request: web.Request, task_id: str) -> str | None:
+    """Which deployment a task belongs to, for deployment-scoped access."""
+    runtime = request.app[RUNTIME]
+    row = await run(request, runtime.queries.task, task_id)
+    if row is not None:
+        return row["deployment"]
+    try:
+        return (await run(request, runtime.ledger.get_task, task_id)).deployment
+    except LedgerError:
+        return None
+
+
 def route_tables() -> list[web.RouteTableDef]:
     """Every route module's table. A feature adds its own module here, so
     feature work does not pile up in this file."""
-    return [routes]
+    from . import routes_ops
+
+    return [routes, routes_ops.routes]
 
 
 def create_app(runtime: Runtime, start_background: bool = True) -> web.Application:
     """The aiohttp application over a built runtime. With `start_background`, the
     runtime's worker/projector roles run for the app's lifetime (cleanup_ctx)."""
-    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    from . import routes_ops
+
+    app = web.Application(middlewares=[request_context_middleware, routes_ops.metrics_middleware,
+                                       errors_middleware, auth.auth_middleware(_task_deployment)],
+                          client_max_size=MAX_BODY)
     app[RUNTIME] = runtime
+    if runtime.config.auth_enabled:
+        app[auth.AUTH] = _credential_store(runtime)
     for table in route_tables():
         app.add_routes(table)
+    routes_ops.install(app)
 
     async def background(app: web.Application) -> Any:
         if start_background:

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import click
 import yaml
 
-from .client import ApiError, Client
+from .client import find_credentials, ApiError, Client
 
 DEFAULT_URL = "http://127.0.0.1:25555"
 
@@ -96,10 +96,18 @@ def wait_for(ctx: click.Context, client: Client, accepted: dict[str, Any]) -> No
 @click.option("--url", envvar="SNAPLEDGER_URL", default=DEFAULT_URL, show_default=True,
               help="The snapledger API (env SNAPLEDGER_URL).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--user", envvar="SNAPLEDGER_USER", help="User or API client name (env SNAPLEDGER_USER).")
+@click.option("--secret", envvar="SNAPLEDGER_SECRET", help="Its secret (env SNAPLEDGER_SECRET).")
+@click.option("--token", envvar="SNAPLEDGER_TOKEN", help="A bearer token (env SNAPLEDGER_TOKEN).")
+@click.option("--credentials", "credentials_file", envvar="SNAPLEDGER_CREDENTIALS",
+              help="Credentials file (default ./.snapledger/credentials.json, written by `serve`).")
+@click.option("--ca-cert", envvar="SNAPLEDGER_CA_CERT", help="CA certificate to trust for https URLs.")
 @click.pass_context
-def main(ctx: click.Context, url: str, as_json: bool) -> None:
+def main(ctx: click.Context, url: str, as_json: bool, user: str | None, secret: str | None, token: str | None,
+         credentials_file: str | None, ca_cert: str | None) -> None:
     """snapledger: an event-sourced ledger for persistent-disk snapshots."""
-    ctx.obj = {"client": Client(url), "json": as_json}
+    authorization = find_credentials(user, secret, token, credentials_file)
+    ctx.obj = {"client": Client(url, authorization=authorization, cafile=ca_cert), "json": as_json}
 
 
 # Processes ---------------------------------------------------------------------------
@@ -113,6 +121,10 @@ def _server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--database", help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB?schema=NAME"),
         click.option("--host", help="Bind address (default 127.0.0.1)."),
         click.option("--port", type=int, help="Port (default 25555)."),
+        click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), envvar="SNAPLEDGER_TLS_CERT",
+                     help="Serve HTTPS with this certificate (PEM)."),
+        click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), envvar="SNAPLEDGER_TLS_KEY",
+                     help="The certificate's private key (PEM)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -120,12 +132,13 @@ def _server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _load(config_path: str | None, data_dir: Path | None, database: str | None, host: str | None,
-          port: int | None) -> Any:
+          port: int | None, tls_cert: str | None = None, tls_key: str | None = None) -> Any:
     from snapledger.adapters.config import ConfigError, load_config
     from snapledger.adapters.logging import configure_logging
 
     try:
-        config = load_config(config_path, data_dir=data_dir, database=database, host=host, port=port)
+        config = load_config(config_path, data_dir=data_dir, database=database, host=host, port=port,
+                             tls_cert=tls_cert, tls_key=tls_key)
     except ConfigError as error:
         fail(str(error), 2)
     configure_logging(config.log_format, config.log_level)
@@ -144,14 +157,40 @@ def _run_server(roles: set[str], **options: Any) -> None:
     runtime.log.info("starting", store=runtime.url.label, data_dir=str(config.data_dir.resolve()),
                      listen=f"{config.host}:{config.port}" if "api" in roles else None)
     if "api" in roles:
-        web.run_app(create_app(runtime), host=config.host, port=config.port, print=None)
+        app = create_app(runtime)
+        web.run_app(app, host=config.host, port=config.port, print=None, ssl_context=_tls_context(config))
         return
+    if config.metrics_port:
+        from snapledger.adapters.metrics import serve_metrics
+
+        serve_metrics(config.metrics_port)
     stop = __import__("threading").Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     runtime.start()
     stop.wait()
     runtime.close()
+
+
+def _tls_context(config: Any) -> Any:
+    if not (config.tls_cert or config.tls_key):
+        return None
+    import ssl
+
+    if not (config.tls_cert and config.tls_key):
+        fail("TLS needs both --tls-cert and --tls-key", 2)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context
+
+
+@main.command("hash-secret")
+@click.option("--secret", prompt=True, hide_input=True, confirmation_prompt=True)
+def hash_secret_command(secret: str) -> None:
+    """Print the argon2 hash of a secret, for `auth.users` in the configuration."""
+    from .auth import hash_secret
+
+    click.echo(hash_secret(secret))
 
 
 @main.command()

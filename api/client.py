@@ -22,9 +22,16 @@ class ApiError(Exception):
 
 
 class Client:
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, timeout: float = 30.0, authorization: str | None = None,
+                 cafile: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.authorization = authorization
+        self.context = None
+        if cafile:
+            import ssl
+
+            self.context = ssl.create_default_context(cafile=cafile)
 
     def request(self, method: str, path: str, payload: Any = None, params: dict[str, Any] | None = None) -> Any:
         query = {k: v for k, v in (params or {}).items() if v is not None}
@@ -33,8 +40,10 @@ class Client:
         req = urllib.request.Request(url, data=data, method=method, headers={"Accept": "application/json"})
         if data is not None:
             req.add_header("Content-Type", "application/json")
+        if self.authorization:
+            req.add_header("Authorization", self.authorization)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self.context) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as error:
             raw = error.read()
@@ -75,3 +84,26 @@ class Client:
             if len(rows) < page:
                 return
             after = rows[-1]["cursor"]
+
+
+def basic_authorization(user: str, secret: str) -> str:
+    import base64
+
+    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
+
+
+def find_credentials(user: str | None, secret: str | None, token: str | None,
+                     credentials_file: str | None) -> str | None:
+    """The Authorization header to send: explicit flags/env first, then the
+    credentials file the embedded default writes on first start."""
+    if token:
+        return f"Bearer {token}"
+    if user and secret:
+        return basic_authorization(user, secret)
+    from pathlib import Path
+
+    path = Path(credentials_file) if credentials_file else Path(".snapledger") / "credentials.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        return basic_authorization(data["user"], data["secret"])
+    return None

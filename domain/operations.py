@@ -54,7 +54,8 @@ class OperationRunner:
                  max_in_flight: Mapping[str, int] | None = None,
                  disk_locks: Any = None, sleep: Callable[[float], None] = time.sleep,
                  retry_in_doubt: Mapping[str, bool] | None = None,
-                 on_step: Callable[[str], None] | None = None) -> None:
+                 on_step: Callable[[str], None] | None = None,
+                 on_call: Callable[[str, str, str, float], None] | None = None) -> None:
         self.ledger = ledger
         self.cpis = cpis
         self.worker = worker
@@ -67,6 +68,11 @@ class OperationRunner:
         # Opt-in per CPI: repeat an in-doubt snapshot_disk (may leak a second cloud snapshot).
         self.retry_in_doubt = dict(retry_in_doubt or {})
         self.on_step = on_step or (lambda step: None)  # crash-point tests hook in here
+        self.on_call = on_call or (lambda cpi, method, outcome, duration: None)  # metrics
+        # Operations this process is executing now: a claim of ours that is not
+        # in here was abandoned (its thread failed), and recovery may take it.
+        self.running: set[UUID] = set()
+        self._running_lock = threading.Lock()
         self.in_flight = {name: threading.BoundedSemaphore((max_in_flight or {}).get(name, 4)) for name in cpis}
 
     def execute(self, operation_id: UUID) -> str | None:
@@ -74,6 +80,19 @@ class OperationRunner:
 
         Returns the outcome name, or None when there was nothing to do (already
         handled, or claimed by another worker)."""
+        with self._running_lock:
+            self.running.add(operation_id)
+        try:
+            return self._execute(operation_id)
+        finally:
+            with self._running_lock:
+                self.running.discard(operation_id)
+
+    def is_running(self, operation_id: UUID) -> bool:
+        with self._running_lock:
+            return operation_id in self.running
+
+    def _execute(self, operation_id: UUID) -> str | None:
         operation = self.ledger.get_aggregate(operation_id)
         if operation.pending_method is None:
             return None
@@ -321,9 +340,11 @@ class OperationRunner:
             record.update(request_id=last.request_id, log=_clip(last.log), stderr=_clip(last.stderr))
             if last.extra.get("stdout"):  # kept only when the CPI's answer was unusable
                 record["stdout"] = _clip(str(last.extra["stdout"]))
+        self.on_call(snapshot.cpi, method, outcome, record["duration_s"])
         if self.log is not None:
             self.log.info("cpi call", method=method, snapshot_id=str(snapshot.id), outcome=outcome,
-                          duration_s=record["duration_s"], disk_cid=snapshot.disk_cid)
+                          duration_s=record["duration_s"], disk_cid=snapshot.disk_cid,
+                          task_id=snapshot.current_task_id, request_id=record.get("request_id"))
         return outcome, record
 
     def _persist(self, decide: Callable[[], list[Any]]) -> Any:

@@ -78,13 +78,23 @@ class Process:
 
 
 class Client:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, credentials: Path) -> None:
         self.url = url
+        self.credentials = credentials
+        self.authorization = ""
+
+    def _auth(self) -> str:
+        if not self.authorization and self.credentials.exists():
+            import base64
+
+            data = json.loads(self.credentials.read_text())
+            self.authorization = "Basic " + base64.b64encode(f"{data['user']}:{data['secret']}".encode()).decode()
+        return self.authorization
 
     def call(self, method: str, path: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", "Authorization": self._auth()})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return resp.status, json.loads(resp.read())
@@ -95,7 +105,7 @@ class Client:
 
     def wait_up(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
-        while self.call("GET", "/info", timeout=2)[0] != 200:
+        while self.call("GET", "/health", timeout=2)[0] != 200:
             if time.monotonic() > deadline:
                 raise RuntimeError("the API did not come up")
             time.sleep(0.05)
@@ -117,7 +127,7 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
     procs = [Process(role, data_dir, database, api_port if role == "api" else free_port(), env) for role in ROLES]
     for p in procs:
         p.start()
-    client = Client(f"http://127.0.0.1:{api_port}")
+    client = Client(f"http://127.0.0.1:{api_port}", data_dir / "credentials.json")
     client.wait_up()
     for d in range(deployments):
         body = {"instances": [{"job": "db", "index": i, "disks": [f"disk-{d}-{i}"]} for i in range(instances)]}
@@ -234,7 +244,11 @@ def check(database: str, data_dir: Path, acknowledged: list[dict[str, Any]], sta
         if lost:
             problems.append(f"{len(lost)} acknowledged commands not in the ledger: {lost[:3]}")
         if pending:
-            problems.append(f"{len(pending)} acknowledged tasks not terminal: {pending[:3]}")
+            detail = {t: [r[0] for r in conn.execute(
+                "SELECT type FROM task_events_view WHERE task_id = %s ORDER BY position", (t,)).fetchall()]
+                for t in pending[:3]}
+            stuck = conn.execute("SELECT operation_id, state, worker, updated_at FROM in_flight_ops").fetchall()
+            problems.append(f"{len(pending)} acknowledged tasks not terminal: {detail}; in flight: {stuck[:5]}")
         # 3. no task processing at all, acknowledged or not.
         processing = conn.execute("SELECT count(*) FROM tasks_view WHERE state IN ('queued', 'processing')"
                                   ).fetchone()[0]

@@ -25,6 +25,6 @@ def test_short_chaos_run(tmp_path: Path, pg_url: str) -> None:
     report = chaos.run_chaos(tmp_path, pg_url, commands=150, kills=20, seed=20261125, quiesce_timeout=120,
                              progress=lambda line: None)
     print(report)
-    assert report["problems"] == []
+    assert report["problems"] == [], report
     assert report["kills"] >= 20 and report["acknowledged"] > 0
     assert report["lost"] == 0 and report["doubled"] == 0 and report["view_differences"] == []

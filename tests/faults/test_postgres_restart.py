@@ -19,7 +19,7 @@ from support.process import Server
 def request(server: Server, method: str, path: str, body: Any = None) -> tuple[int, Any, float]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(server.url + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", "Authorization": server.authorization})
     started = time.monotonic()
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 SNAPLEDGER = str(Path(sys.executable).parent / "snapledger")
+# The credentials file each running server wrote (its admin), by URL, for `cli()`.
+CREDENTIALS: dict[str, Path] = {}
 
 
 def free_port() -> int:
@@ -48,14 +51,20 @@ class Server:
                                      stderr=self.log.open("ab"), start_new_session=True)
         if self.command in ("serve", "api"):
             self.wait_ready()
+            CREDENTIALS[self.url] = self.data_dir / "credentials.json"
         return self
+
+    @property
+    def authorization(self) -> str:
+        data = json.loads((self.data_dir / "credentials.json").read_text())
+        return "Basic " + base64.b64encode(f"{data['user']}:{data['secret']}".encode()).decode()
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
             try:
-                urllib.request.urlopen(self.url + "/info", timeout=1).read()
+                urllib.request.urlopen(self.url + "/health", timeout=1).read()
                 return
             except OSError:
                 time.sleep(0.05)
@@ -78,7 +87,8 @@ class Server:
     def api(self, method: str, path: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": self.authorization})
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())
 
@@ -92,6 +102,11 @@ class Server:
         raise AssertionError(f"task {task_id} unfinished: {task}")
 
 
-def cli(url: str, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def cli(url: str, *args: str, input: str | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user runs it, with the credentials the server at `url` wrote."""
+    full_env = {**os.environ, **(env or {})}
+    if url in CREDENTIALS and "SNAPLEDGER_CREDENTIALS" not in full_env:
+        full_env["SNAPLEDGER_CREDENTIALS"] = str(CREDENTIALS[url])
     return subprocess.run([SNAPLEDGER, "--url", url, *args], capture_output=True, text=True, input=input,
-                          timeout=60)
+                          timeout=60, env=full_env)

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
+from aiohttp import encode_basic_auth
 from aiohttp.test_utils import TestClient, TestServer
 
 from snapledger.adapters.config import Config
@@ -15,9 +16,28 @@ from snapledger.adapters.wiring import ROLES, Runtime, build_runtime
 from snapledger.api.app import create_app
 
 
+# Credentials of the tests: one per kind of access (hashed once per session).
+SECRETS = {"admin": "admin-secret", "reader": "reader-secret", "prod-admin": "prod-admin-secret"}
+SCOPES = {"admin": ["snapledger.admin"], "reader": ["snapledger.read"],
+          "prod-admin": ["snapledger.deployments.prod.admin"]}
+_HASHES: dict[str, str] = {}
+
+
+def test_users() -> list[dict[str, Any]]:
+    from snapledger.api.auth import hash_secret
+
+    if not _HASHES:
+        _HASHES.update({name: hash_secret(secret) for name, secret in SECRETS.items()})
+    return [{"name": n, "secret_hash": _HASHES[n], "scopes": SCOPES[n]} for n in SECRETS]
+
+
+def auth_as(name: str) -> dict[str, str]:
+    return {"Authorization": encode_basic_auth(name, SECRETS[name])}
+
+
 def make_config(tmp_path: Path, database: str, **overrides: Any) -> Config:
     config = Config(data_dir=tmp_path / "data", database=database, poll_interval_s=0.05, log_format="console",
-                    log_level="warning")
+                    log_level="warning", users=test_users())
     for key, value in overrides.items():
         setattr(config, key, value)
     return config
@@ -33,12 +53,14 @@ def make_disk(config: Config, cid: str, files: dict[str, bytes] | None = None) -
 
 @asynccontextmanager
 async def api_client(config: Config, roles: set[str] = set(ROLES),
-                     customise: Callable[[Runtime], None] | None = None) -> AsyncIterator[TestClient]:
-    """A real aiohttp server on a loopback port over a freshly built runtime."""
+                     customise: Callable[[Runtime], None] | None = None,
+                     user: str | None = "admin") -> AsyncIterator[TestClient]:
+    """A real aiohttp server on a loopback port over a freshly built runtime,
+    with a client authenticated as `user` (None: no credentials)."""
     runtime = await asyncio.get_running_loop().run_in_executor(None, build_runtime, config, roles)
     if customise is not None:
         customise(runtime)
-    client = TestClient(TestServer(create_app(runtime)))
+    client = TestClient(TestServer(create_app(runtime)), headers=auth_as(user) if user else None)
     await client.start_server()
     try:
         yield client

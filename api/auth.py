@@ -1,0 +1,258 @@
+"""Authentication (HTTP Basic, bearer tokens) and scope-based authorisation.
+
+Credentials are configured users and API clients: a name, an argon2 hash of
+the secret, and scopes:
+
+- `snapledger.admin`: everything;
+- `snapledger.read`: listings, tasks, audit, schedules;
+- `snapledger.deployments.<name>.admin`: everything on that deployment
+  (its snapshots, its tasks).
+
+Every route declares its access in ROUTE_ACCESS; a route without a
+declaration is refused (and a test walks every registered route).
+argon2 is slow by design (~0.1 s), so a verified secret is remembered in
+memory by its SHA-256 for a few minutes: a busy client does not pay the hash
+on every request.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterable
+
+from aiohttp import web
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+ADMIN = "snapledger.admin"
+READ = "snapledger.read"
+TOKEN_PREFIX = "snapledger_"
+VERIFIED_TTL_S = 300.0
+
+
+def deployment_admin(name: str) -> str:
+    return f"snapledger.deployments.{name}.admin"
+
+
+class Access(Enum):
+    PUBLIC = "public"  # health, readiness, metrics, the API document
+    READ = "read"  # read or admin
+    ADMIN = "admin"  # admin only
+    DEPLOYMENT = "deployment"  # admin, or the path's deployment admin (GET: read too)
+    TASK = "task"  # read, admin, or the admin of the task's deployment
+
+
+@dataclass(frozen=True)
+class Credential:
+    name: str
+    secret_hash: str
+    scopes: frozenset[str]
+
+    def allows(self, access: Access, method: str, deployment: str | None) -> bool:
+        if ADMIN in self.scopes:
+            return True
+        if access is Access.READ:
+            return READ in self.scopes
+        if access in (Access.DEPLOYMENT, Access.TASK):
+            if method in ("GET", "HEAD") and READ in self.scopes:
+                return True
+            return deployment is not None and deployment_admin(deployment) in self.scopes
+        return False
+
+
+class CredentialStore:
+    def __init__(self, credentials: Iterable[Credential]) -> None:
+        self.by_name = {c.name: c for c in credentials}
+        self._hasher = PasswordHasher()
+        self._verified: dict[str, tuple[bytes, float]] = {}
+        self._lock = threading.Lock()
+
+    def verify(self, name: str, secret: str) -> Credential | None:
+        credential = self.by_name.get(name)
+        if credential is None:
+            self._hasher.hash(secret)  # same cost as a wrong secret: no user enumeration by timing
+            return None
+        digest = hashlib.sha256(secret.encode()).digest()
+        with self._lock:
+            cached = self._verified.get(name)
+        if cached is not None and cached[1] > time.monotonic() and hmac.compare_digest(cached[0], digest):
+            return credential
+        try:
+            self._hasher.verify(credential.secret_hash, secret)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return None
+        with self._lock:
+            self._verified[name] = (digest, time.monotonic() + VERIFIED_TTL_S)
+        return credential
+
+
+def hash_secret(secret: str) -> str:
+    return PasswordHasher().hash(secret)
+
+
+def make_token(name: str, secret: str) -> str:
+    """A bearer token carries the client's name and secret: `snapledger_<name>_<secret>`."""
+    return f"{TOKEN_PREFIX}{name}_{secret}"
+
+
+def parse_authorization(header: str) -> tuple[str, str] | None:
+    scheme, _, value = header.partition(" ")
+    value = value.strip()
+    if scheme.lower() == "basic":
+        try:
+            name, sep, secret = base64.b64decode(value, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return (name, secret) if sep else None
+    if scheme.lower() == "bearer" and value.startswith(TOKEN_PREFIX):
+        name, sep, secret = value[len(TOKEN_PREFIX):].rpartition("_")
+        return (name, secret) if sep and name else None
+    return None
+
+
+# The embedded default's first start -------------------------------------------------------
+
+CREDENTIALS_FILE = "credentials.json"  # the client side: name and secret, mode 0600
+USERS_FILE = "users.json"  # the server side: names, argon2 hashes, scopes
+
+
+def ensure_admin(data_dir: Path) -> tuple[Path, bool]:
+    """Create an admin credential in the data directory unless one exists.
+    Returns the client credentials file and whether it was created now."""
+    users, client = data_dir / USERS_FILE, data_dir / CREDENTIALS_FILE
+    if users.exists():
+        return client, False
+    secret = secrets.token_hex(24)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    _write_private(client, {"user": "admin", "secret": secret, "token": make_token("admin", secret)})
+    _write_private(users, [{"name": "admin", "secret_hash": hash_secret(secret), "scopes": [ADMIN]}])
+    return client, True
+
+
+def _write_private(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def load_credentials(configured: list[dict[str, Any]], data_dir: Path) -> list[Credential]:
+    entries = list(configured)
+    users = data_dir / USERS_FILE
+    if users.exists():
+        entries += json.loads(users.read_text())
+    return [Credential(name=e["name"], secret_hash=e["secret_hash"], scopes=frozenset(e.get("scopes", [])))
+            for e in entries]
+
+
+# Route declarations -------------------------------------------------------------------------
+
+ROUTE_ACCESS: dict[tuple[str, str], Access] = {
+    ("GET", "/health"): Access.PUBLIC,
+    ("GET", "/ready"): Access.PUBLIC,
+    ("GET", "/metrics"): Access.PUBLIC,
+    ("GET", "/info"): Access.READ,
+    ("GET", "/config/snapshots"): Access.READ,
+    ("PUT", "/config/snapshots"): Access.ADMIN,
+    ("GET", "/schedules"): Access.READ,
+    ("POST", "/self/snapshots"): Access.ADMIN,
+    ("GET", "/deployments"): Access.READ,
+    ("PUT", "/deployments/{name}"): Access.DEPLOYMENT,
+    ("GET", "/deployments/{name}"): Access.DEPLOYMENT,
+    ("DELETE", "/deployments/{name}"): Access.DEPLOYMENT,
+    ("GET", "/deployments/{deployment}/snapshots"): Access.DEPLOYMENT,
+    ("POST", "/deployments/{deployment}/snapshots"): Access.DEPLOYMENT,
+    ("DELETE", "/deployments/{deployment}/snapshots"): Access.DEPLOYMENT,
+    ("DELETE", "/deployments/{deployment}/snapshots/{cid}"): Access.DEPLOYMENT,
+    ("GET", "/deployments/{deployment}/jobs/{job}/{index_or_id}/snapshots"): Access.DEPLOYMENT,
+    ("POST", "/deployments/{deployment}/jobs/{job}/{index_or_id}/snapshots"): Access.DEPLOYMENT,
+    ("GET", "/tasks"): Access.READ,
+    ("GET", "/tasks/{task_id}"): Access.TASK,
+    ("GET", "/tasks/{task_id}/events"): Access.TASK,
+    ("GET", "/tasks/{task_id}/cpi-log"): Access.TASK,
+}
+
+
+def declare(method: str, path: str, access: Access) -> None:
+    """For feature route modules: declare a route's access next to the route."""
+    ROUTE_ACCESS[(method, path)] = access
+
+
+def route_key(request: web.Request) -> tuple[str, str] | None:
+    route = request.match_info.route
+    resource = getattr(route, "resource", None)
+    if resource is None:
+        return None
+    return (request.method if request.method != "HEAD" else "GET", resource.canonical)
+
+
+AUTH = web.AppKey("auth", CredentialStore)
+USER = web.RequestKey("user", str)  # the authenticated name: the actor of every event
+
+
+def auth_middleware(task_deployment: Callable[[web.Request, str], Awaitable[str | None]]) -> Any:
+    """`task_deployment(request, task_id)` answers which deployment a task is of."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+        key = route_key(request)
+        if key is None:  # no route matched: let aiohttp answer 404/405
+            return await handler(request)
+        access = ROUTE_ACCESS.get(key)
+        if access is None:
+            return _error(403, f"route {key[0]} {key[1]} declares no access; refused", "undeclared_route")
+        if access is Access.PUBLIC:
+            return await handler(request)
+        store = request.app.get(AUTH)
+        if store is None:  # authentication switched off (auth.enabled: false)
+            return await handler(request)
+        header = request.headers.get("Authorization")
+        parsed = parse_authorization(header) if header else None
+        if parsed is None:
+            return _unauthorized("credentials required (HTTP Basic or a bearer token)" if header is None
+                                 else "malformed Authorization header")
+        credential = await _verify(request, store, *parsed)
+        if credential is None:
+            return _unauthorized("invalid credentials")
+        deployment = request.match_info.get("deployment") or request.match_info.get("name")
+        if access is Access.TASK:
+            deployment = await task_deployment(request, request.match_info["task_id"])
+        if not credential.allows(access, request.method, deployment):
+            needed = {Access.READ: READ, Access.ADMIN: ADMIN}.get(
+                access, f"{ADMIN} or {deployment_admin(deployment or '<deployment>')}")
+            return _error(403, f"user '{credential.name}' lacks the scope for {key[0]} {key[1]}: needs {needed}",
+                          "forbidden", scope=needed)
+        request[USER] = credential.name
+        return await handler(request)
+
+    return middleware
+
+
+async def _verify(request: web.Request, store: CredentialStore, name: str, secret: str) -> Credential | None:
+    import asyncio
+
+    # argon2 takes ~0.1 s of CPU: off the event loop.
+    return await asyncio.get_running_loop().run_in_executor(None, store.verify, name, secret)
+
+
+def _error(status: int, message: str, code: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, "code": code, **extra}, status=status)
+
+
+def _unauthorized(message: str) -> web.Response:
+    response = _error(401, message, "unauthorized")
+    response.headers["WWW-Authenticate"] = 'Basic realm="snapledger"'
+    return response
