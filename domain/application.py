@@ -8,6 +8,7 @@ requests are durable together before the caller is answered.
 from __future__ import annotations
 
 import random
+from contextvars import ContextVar
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,6 +21,7 @@ from eventsourcing.persistence import IntegrityError
 
 from .deployment import Deployment, deployment_id
 from .discovery import SelfDiscovery
+from .idempotency import IdempotencyKey, KeyAlreadyUsed, idempotency_key_id
 from .errors import DeploymentNotFound, SnapshotNotFound, SnapshotsDisabled, TaskNotFound, UnknownCpi
 from .names import SELF_DEPLOYMENT
 from .schedule import REGISTRY_ID, DeploymentRegistry, ScheduleFire, fire_id
@@ -28,6 +30,10 @@ from .snapshot import TAKEN, Refusal, Snapshot, SnapshotCid, snapshot_cid_id
 from .task import Task
 
 SELF_JOB = "snapledger"
+
+# The idempotency key of the command this thread (or task) runs, if any:
+# {"actor", "key", "fingerprint", "method", "path", "saved"}.
+IDEMPOTENCY: ContextVar[dict[str, Any] | None] = ContextVar("idempotency", default=None)
 
 ENABLE_HINT = (
     "snapshots are disabled; enable them with `snapledger enable-snapshots` "
@@ -58,6 +64,38 @@ class Ledger(Application):
         self.self_cpi = self_cpi or default_cpi
         self.cpi_names = frozenset(cpi_names) if cpi_names is not None else frozenset({default_cpi})
         self.on_saved: list[Callable[[], None]] = []
+
+    # Idempotency: a command running under `with ledger.idempotent(...)` saves
+    # the key with its first task, in the same transaction.
+
+    def save(self, *objs: Any, **kwargs: Any) -> Any:
+        pending = IDEMPOTENCY.get()
+        if pending is not None and not pending.get("saved"):
+            task = next((o for o in objs if isinstance(o, Task)), None)
+            if task is not None:
+                key_id = idempotency_key_id(pending["actor"], pending["key"])
+                if key_id in self.repository:
+                    raise KeyAlreadyUsed(pending["key"])
+                record = IdempotencyKey(actor=pending["actor"], key=pending["key"],
+                                        fingerprint=pending["fingerprint"], method=pending["method"],
+                                        path=pending["path"], task_id=str(task.id))
+                try:
+                    result = super().save(*objs, record, **kwargs)
+                except IntegrityError:
+                    if key_id in self.repository:  # a racing request with this key committed first
+                        raise KeyAlreadyUsed(pending["key"]) from None
+                    raise
+                pending["saved"] = str(task.id)
+                return result
+        return super().save(*objs, **kwargs)
+
+    def find_idempotency_key(self, actor: str, key: str) -> IdempotencyKey | None:
+        return self._get(idempotency_key_id(actor, key))
+
+    def record_idempotency_key(self, actor: str, key: str, fingerprint: str, method: str, path: str) -> None:
+        """For commands without a task (PUTs): recorded after the command."""
+        self.save(IdempotencyKey(actor=actor, key=key, fingerprint=fingerprint, method=method, path=path,
+                                 task_id=None))
 
     def _notify(self, recordings: Any) -> None:
         # Wake in-process followers at once instead of waiting for their poll.
