@@ -163,6 +163,7 @@ ROUTE_ACCESS: dict[tuple[str, str], Access] = {
     ("GET", "/health"): Access.PUBLIC,
     ("GET", "/ready"): Access.PUBLIC,
     ("GET", "/metrics"): Access.PUBLIC,
+    ("GET", "/openapi.json"): Access.PUBLIC,
     ("GET", "/info"): Access.READ,
     ("GET", "/config/snapshots"): Access.READ,
     ("PUT", "/config/snapshots"): Access.ADMIN,

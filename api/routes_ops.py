@@ -78,3 +78,12 @@ def install(app: web.Application) -> None:
         REGISTRY.unregister(app[COLLECTOR])
 
     app.on_cleanup.append(unregister)
+
+
+@routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI 3 document of this API."""
+    from .app import VERSION
+    from .openapi import build_spec
+
+    return web.json_response(build_spec(VERSION))

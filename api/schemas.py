@@ -14,6 +14,9 @@ NAME = Regexp(NAME_PATTERN, error="must be 1-128 characters of letters, digits, 
 CID = Regexp(CID_PATTERN, error="must be 1-255 characters of letters, digits, '.', '_', ':' or '-'")
 
 
+MAX_POSITION = 2**63 - 1  # log positions are 64-bit integers in both stores
+
+
 class StrictSchema(Schema):
     class Meta:
         unknown = RAISE
@@ -95,7 +98,7 @@ class ListQuerySchema(Schema):
         unknown = RAISE
 
     limit = fields.Integer(validate=Range(min=1, max=10_000))
-    after = fields.Integer(validate=Range(min=0))
+    after = fields.Integer(validate=Range(min=0, max=MAX_POSITION))
 
 
 class TaskQuerySchema(Schema):
@@ -112,7 +115,7 @@ class TaskEventsQuerySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    after = fields.Integer(validate=Range(min=0), load_default=0)
+    after = fields.Integer(validate=Range(min=0, max=MAX_POSITION), load_default=0)
 
 
 def validate_deployment_name(name: str, *, creating: bool = False) -> None:
