@@ -183,12 +183,14 @@ def build_runtime(config: Config, roles: frozenset[str] | set[str] = ROLES) -> R
         db = open_database(url)
         projector = Projector(db)
         projector.setup()
+    queries = Queries(db)
+    ledger.retention_candidates = queries.retention_candidates
     signal = ChangeSignal()
     ledger.on_saved.append(signal.fire)
     apply_declared_settings(ledger, config)
     # Size the executor within the event store's pool (its timeouts retry 10x).
     executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="api")
-    return Runtime(config=config, url=url, ledger=ledger, db=db, queries=Queries(db), projector=projector,
+    return Runtime(config=config, url=url, ledger=ledger, db=db, queries=queries, projector=projector,
                    signal=signal, cpis=cpis, log=log, executor=executor, roles=frozenset(roles))
 
 

@@ -26,6 +26,7 @@ from marshmallow.validate import Regexp
 from snapledger.adapters.wiring import Runtime
 from snapledger.domain.errors import LedgerError
 from snapledger.domain.names import CID_PATTERN, NAME_PATTERN, SELF_DEPLOYMENT
+from snapledger.domain.settings import SCHEDULE_NAMES
 from snapledger.projections.events import iso
 
 from . import auth, schemas
@@ -207,7 +208,7 @@ async def put_snapshot_config(request: web.Request) -> web.Response:
     def apply() -> Any:
         if "enable_snapshots" in data:
             ledger.set_snapshots_enabled(data["enable_snapshots"], actor=who)
-        for name in ("snapshot_schedule", "self_snapshot_schedule"):
+        for name in SCHEDULE_NAMES:
             if name in data:
                 value = data[name]
                 ledger.set_schedule(name, None if value is None or value.strip().lower() == "off" else value,
@@ -400,9 +401,9 @@ async def _task_deployment(request: web.Request, task_id: str) -> str | None:
 def route_tables() -> list[web.RouteTableDef]:
     """Every route module's table. A feature adds its own module here, so
     feature work does not pile up in this file."""
-    from . import routes_ops
+    from . import routes_ops, routes_retention
 
-    return [routes, routes_ops.routes]
+    return [routes, routes_ops.routes, routes_retention.routes]
 
 
 def create_app(runtime: Runtime, start_background: bool = True) -> web.Application:

@@ -389,7 +389,7 @@ def schedules(ctx: click.Context) -> None:
 
 
 @main.command("set-schedule")
-@click.argument("name", type=click.Choice(["snapshot_schedule", "self_snapshot_schedule"]))
+@click.argument("name", type=click.Choice(["snapshot_schedule", "self_snapshot_schedule", "retention_schedule"]))
 @click.argument("expression")
 @click.pass_context
 def set_schedule(ctx: click.Context, name: str, expression: str) -> None:
@@ -452,7 +452,7 @@ def describe_cpi_log(entries: list[dict[str, Any]]) -> str:
 
 # Feature command modules register themselves on `main` when imported (they
 # import `main` and the helpers above, so they come last).
-FEATURE_MODULES: list[str] = []
+FEATURE_MODULES: list[str] = ["cli_retention"]
 for _module in FEATURE_MODULES:
     __import__(f"{__package__}.{_module}")
 

@@ -85,6 +85,7 @@ class SnapshotConfigSchema(StrictSchema):
     enable_snapshots = StrictBoolean()
     snapshot_schedule = fields.String(allow_none=True, validate=[Length(max=200), _cron])
     self_snapshot_schedule = fields.String(allow_none=True, validate=[Length(max=200), _cron])
+    retention_schedule = fields.String(allow_none=True, validate=[Length(max=200), _cron])
 
     @validates_schema
     def _not_empty(self, data: dict[str, Any], **_: Any) -> None:
@@ -131,3 +132,32 @@ class _NameField(Schema):
 
 
 NAME_FIELD = _NameField()
+
+
+def _duration(value: str) -> None:
+    from snapledger.domain.retention import InvalidPolicy, parse_duration
+
+    try:
+        parse_duration(value)
+    except InvalidPolicy as error:
+        raise ValidationError(error.message) from None
+
+
+class RetentionSchema(StrictSchema):
+    """A retention policy; every rule optional, the most protective wins. `{}` keeps everything."""
+
+    keep_last = fields.Integer(strict=True, allow_none=True, validate=Range(min=1, max=100_000))
+    keep_for = fields.String(allow_none=True, validate=[Length(max=12), _duration])
+    keep_clean = StrictBoolean(load_default=False)
+    inherit = StrictBoolean(load_default=False)  # deployment only: drop its own policy, use the default
+
+
+class RetentionRunQuerySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    dry_run = fields.Boolean(load_default=False)
+
+
+class PinSchema(StrictSchema):
+    reason = fields.String(required=True, validate=Length(min=1, max=500))

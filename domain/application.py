@@ -24,6 +24,7 @@ from .discovery import SelfDiscovery
 from .idempotency import IdempotencyKey, KeyAlreadyUsed, idempotency_key_id
 from .errors import DeploymentNotFound, SnapshotNotFound, SnapshotsDisabled, TaskNotFound, UnknownCpi
 from .names import SELF_DEPLOYMENT
+from .retention import Candidate, Expiry, RetentionPolicy, plan_expiry
 from .schedule import REGISTRY_ID, DeploymentRegistry, ScheduleFire, fire_id
 from .settings import SETTINGS_ID, Settings
 from .snapshot import TAKEN, Refusal, Snapshot, SnapshotCid, snapshot_cid_id
@@ -310,8 +311,8 @@ class Ledger(Application):
                     if strict:
                         raise
                     continue
-                if snapshot.state != TAKEN and not strict:
-                    continue
+                if not strict and (snapshot.state != TAKEN or snapshot.pinned is not None):
+                    continue  # delete-all leaves pinned snapshots and those already going
                 snapshot.request_deletion(task_id=str(task_id), actor=actor)
                 snapshots.append(snapshot)
             task = Task(
@@ -378,7 +379,16 @@ class Ledger(Application):
         Returns None when another replica recorded this fire first."""
         tasks: list[Task] = []
         requests: list[Aggregate] = []
-        if schedule == "snapshot_schedule":
+        if schedule == "retention_schedule":
+            for name in self.deployment_names():
+                dep = self._get(deployment_id(name))
+                if dep is None or dep.deleted:
+                    continue
+                planned = self._plan_retention(dep, fire_time, actor, trigger="retention_schedule")
+                if planned is not None:
+                    tasks.append(planned[0])
+                    requests.extend(planned[1])
+        elif schedule == "snapshot_schedule":
             for name in self.deployment_names():
                 dep = self._get(deployment_id(name))
                 if dep is None or dep.deleted:
@@ -415,6 +425,102 @@ class Ledger(Application):
             except IntegrityError:
                 continue  # another replica recorded it
         return recorded
+
+    # Retention and pins ------------------------------------------------------
+
+    # Set by the composition root: deployment name -> retention candidates
+    # (the listing view's taken snapshots). The plan is re-checked against each
+    # snapshot aggregate before anything is expired.
+    retention_candidates: Callable[[str], list[Candidate]] | None = None
+
+    def set_retention(self, deployment: str | None, policy: RetentionPolicy | None, actor: str) -> None:
+        """A deployment's policy (None: back to the default), or the default (deployment None)."""
+        value = policy.as_dict() if policy is not None else None
+
+        def decide() -> list[Aggregate]:
+            if deployment is None:
+                settings = self._get(SETTINGS_ID) or Settings(actor=actor)
+                settings.set_default_retention(value, actor=actor)
+                return [settings]
+            dep = self.get_deployment(deployment)
+            dep.set_retention(value, actor=actor)
+            return [dep]
+
+        self.save_with_retry(decide)
+
+    def retention_policy(self, deployment: str | None) -> tuple[RetentionPolicy, str]:
+        """The policy in force and where it comes from ("deployment" or "default")."""
+        if deployment is not None:
+            dep = self.get_deployment_or_history(deployment)
+            if dep.retention is not None:
+                return RetentionPolicy.from_dict(dep.retention), "deployment"
+        return RetentionPolicy.from_dict(self.settings().retention), "default"
+
+    def retention_plan(self, deployment: str, now: datetime) -> list[Expiry]:
+        """What a retention run would expire now; the dry run and the real run both use it."""
+        dep = self.get_deployment_or_history(deployment)
+        return [e for e, _ in self._checked_plan(dep, now)]
+
+    def _checked_plan(self, dep: Deployment, now: datetime) -> list[tuple[Expiry, Snapshot]]:
+        policy, _ = self.retention_policy(dep.name)
+        if policy.is_empty or self.retention_candidates is None:
+            return []
+        # The view may lag: pins and states are read from the aggregates (a lagging
+        # view can only miss the newest snapshots, which keeps more, never fewer).
+        fresh = []
+        snapshots: dict[str, Snapshot] = {}
+        for c in self.retention_candidates(dep.name):
+            snap = self._get(UUID(c.snapshot_id))
+            if snap is None:
+                continue
+            snapshots[c.snapshot_id] = snap
+            fresh.append(Candidate(c.snapshot_id, c.snapshot_cid, c.disk_cid, c.created_at, c.clean,
+                                   snap.state, pinned=snap.pinned is not None))
+        return [(expiry, snapshots[expiry.snapshot_id]) for expiry in plan_expiry(policy, fresh, now)]
+
+    def run_retention(self, deployment: str, actor: str, now: datetime, trigger: str = "manual",
+                      task_id: UUID | None = None) -> Task:
+        dep = self.get_deployment_or_history(deployment)
+        planned = self._plan_retention(dep, now, actor, trigger, task_id)
+        if planned is None:
+            task = Task(id=task_id or uuid4(), kind="retention", description="retention", deployment=dep.name,
+                        operations=[], actor=actor, trigger=trigger)
+            task.finish_empty("nothing to expire", actor=actor)
+            self.save(task)
+            return task
+        task, snapshots = planned
+        self.save(task, *snapshots)
+        return task
+
+    def _plan_retention(self, dep: Deployment, now: datetime, actor: str, trigger: str,
+                        task_id: UUID | None = None) -> tuple[Task, list[Snapshot]] | None:
+        checked = self._checked_plan(dep, now)
+        if not checked:
+            return None
+        policy, source = self.retention_policy(dep.name)
+        task_id = task_id or uuid4()
+        for expiry, snapshot in checked:
+            snapshot.expire(policy={**policy.as_dict(), "source": source}, reason=expiry.reason,
+                            task_id=str(task_id), actor=actor)
+        task = Task(id=task_id, kind="retention", description=f"retention: {policy.describe()}",
+                    deployment=dep.name, operations=[str(s.id) for _, s in checked], actor=actor, trigger=trigger,
+                    context={"policy": policy.as_dict(), "cids": [e.snapshot_cid for e, _ in checked]})
+        return task, [s for _, s in checked]
+
+    def pin_snapshot(self, deployment: str, snapshot_cid: str, reason: str, actor: str, pin: bool = True) -> Snapshot:
+        result: list[Snapshot] = []
+
+        def decide() -> list[Aggregate]:
+            snapshot = self.find_snapshot(snapshot_cid, deployment)
+            if pin:
+                snapshot.pin(reason, actor=actor)
+            else:
+                snapshot.unpin(reason, actor=actor)
+            result[:] = [snapshot]
+            return [snapshot]
+
+        self.save_with_retry(decide)
+        return result[0]
 
     # Tasks -------------------------------------------------------------------
 

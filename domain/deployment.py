@@ -28,6 +28,7 @@ class Deployment(Aggregate):
         self.instances: list[dict[str, Any]] = []
         self.deleted = False
         self.cpi: str | None = None
+        self.retention: dict[str, Any] | None = None  # None: the service-wide default
 
     @event("InventoryRecorded")
     def _record(
@@ -43,6 +44,10 @@ class Deployment(Aggregate):
         self.tags = dict(tags)
         self.instances = [dict(i) for i in instances]
         self.deleted = False
+
+    @event("RetentionSet")
+    def set_retention(self, policy: dict[str, Any] | None, actor: str) -> None:
+        self.retention = dict(policy) if policy is not None else None
 
     @event("Deleted")
     def _delete(self, actor: str) -> None:

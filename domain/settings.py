@@ -15,6 +15,7 @@ SETTINGS_ID = uuid5(NAMESPACE_URL, "snapledger:/settings")
 DEFAULT_SCHEDULES = {
     "snapshot_schedule": "0 0 7 * * * UTC",
     "self_snapshot_schedule": "0 0 6 * * * UTC",
+    "retention_schedule": None,  # ours, not BOSH's: off until set
 }
 SCHEDULE_NAMES = tuple(DEFAULT_SCHEDULES)
 
@@ -32,6 +33,7 @@ class Settings(Aggregate):
         self.enabled_at: datetime | None = None
         self.schedules: dict[str, str | None] = dict(DEFAULT_SCHEDULES)
         self.schedule_set_at: dict[str, datetime] = {}
+        self.retention: dict | None = None  # the default policy; None: keep everything
 
     @event("SnapshotsEnabled")
     def enable_snapshots_(self, actor: str) -> None:
@@ -46,6 +48,10 @@ class Settings(Aggregate):
     def _set_schedule(self, name: str, expression: str | None, actor: str) -> None:
         self.schedules[name] = expression
         self.schedule_set_at[name] = self.modified_on
+
+    @event("RetentionDefaultSet")
+    def set_default_retention(self, policy: dict | None, actor: str) -> None:
+        self.retention = dict(policy) if policy is not None else None
 
     def set_enabled(self, enabled: bool, actor: str) -> bool:
         """Record a change only when the value really changes; returns whether it did."""

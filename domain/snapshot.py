@@ -61,6 +61,7 @@ class Snapshot(Aggregate):
         self.attempts = 0
         self.worker: str | None = None
         self.in_doubt_method: str | None = None
+        self.pinned: str | None = None  # the reason (legal hold...), when pinned
 
     @event("CpiCallStarted")
     def _cpi_call_started(self, method: str, worker: str, attempt: int, task_id: str, actor: str) -> None:
@@ -102,6 +103,18 @@ class Snapshot(Aggregate):
         # so a worker that dies while waiting leaves a plain pending request.
         self.state = REQUESTED if method == "snapshot_disk" else DELETE_REQUESTED
         self.last_error = dict(error)
+
+    @event("Pinned")
+    def _pinned(self, reason: str, actor: str) -> None:
+        self.pinned = reason
+
+    @event("Unpinned")
+    def _unpinned(self, reason: str, actor: str) -> None:
+        self.pinned = None
+
+    @event("Expired")
+    def _expired(self, policy: dict[str, Any], reason: str, task_id: str, actor: str) -> None:
+        pass  # the retention decision; the deletion follows in the same transaction
 
     @event("DeletionRequested")
     def _deletion_requested(self, task_id: str, actor: str) -> None:
@@ -182,7 +195,27 @@ class Snapshot(Aggregate):
         self._require(TAKING)
         self._skipped(reason=reason, call=call, task_id=self.task_id, actor=actor)
 
+    def pin(self, reason: str, actor: str) -> None:
+        if self.state not in LISTED_STATES and self.state != IN_DOUBT:
+            raise InvalidState(f"snapshot {self.snapshot_cid or self.id} is {self.state} and cannot be pinned")
+        if self.pinned != reason:
+            self._pinned(reason=reason, actor=actor)
+
+    def unpin(self, reason: str, actor: str) -> None:
+        if self.pinned is not None:
+            self._unpinned(reason=reason, actor=actor)
+
+    def expire(self, policy: dict[str, Any], reason: str, task_id: str, actor: str) -> None:
+        """A retention policy lets this snapshot go; its deletion is requested with it."""
+        if self.pinned is not None:
+            raise InvalidState(f"snapshot {self.snapshot_cid} is pinned ({self.pinned})")
+        self._require(TAKEN)
+        self._expired(policy=policy, reason=reason, task_id=task_id, actor=actor)
+        self.request_deletion(task_id=task_id, actor=actor)
+
     def request_deletion(self, task_id: str, actor: str) -> None:
+        if self.pinned is not None:
+            raise InvalidState(f"snapshot {self.snapshot_cid} is pinned ({self.pinned}); unpin it first")
         if self.state in (DELETE_REQUESTED, DELETING):
             raise InvalidState(f"snapshot {self.snapshot_cid} is already being deleted (task {self.deletion_task_id})")
         if self.state != TAKEN:

@@ -115,6 +115,17 @@ class Queries:
             })
         return entries
 
+    def retention_candidates(self, deployment: str) -> list[Any]:
+        from datetime import datetime
+
+        from snapledger.domain.retention import Candidate
+
+        rows = self.db.query("SELECT snapshot_id, snapshot_cid, disk_cid, created_at, clean, state "
+                             "FROM snapshots_view WHERE deployment = %s AND state = 'taken'", (deployment,))
+        return [Candidate(r["snapshot_id"], r["snapshot_cid"], r["disk_cid"],
+                          datetime.fromisoformat(r["created_at"].replace("Z", "+00:00")), bool(r["clean"]),
+                          r["state"]) for r in rows]
+
     # Recovery ------------------------------------------------------------------------
 
     def in_flight(self, older_than: str) -> list[dict[str, Any]]:

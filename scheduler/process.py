@@ -31,11 +31,14 @@ class Scheduler:
         # schedule name -> (expression, time up to which fires were handled)
         self.cursors: dict[str, tuple[str, datetime]] = {}
         self.fired = 0  # fires this replica recorded (others' conflicts not counted)
+        # Scheduled snapshot fires whose retention follow-up is due once their tasks finish.
+        self.follow_ups: list[Any] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def tick(self, now: datetime | None = None) -> None:
         now = now or self.clock()
+        self._retention_follow_ups(now)
         settings = self.ledger.settings()
         if not settings.enable_snapshots:
             # Nothing fires while disabled; on re-enable, fires before then were never due.
@@ -89,6 +92,33 @@ class Scheduler:
             return
         self.fired += 1
         self.log.info("schedule fired", schedule=name, fire_time=fire_time.isoformat(), tasks=len(fire.tasks))
+        if name == "snapshot_schedule":
+            self.follow_ups.append(fire)
+
+    def _retention_follow_ups(self, now: datetime) -> None:
+        """Retention runs after every scheduled snapshot, once its tasks finished.
+        The run's task id derives from the fire and the deployment, so it is
+        recorded once even if several replicas get here."""
+        from uuid import NAMESPACE_URL, uuid5
+
+        from eventsourcing.persistence import IntegrityError
+
+        still = []
+        for fire in self.follow_ups:
+            tasks = [self.ledger.get_task(t) for t in fire.tasks]
+            if not all(t.is_finished for t in tasks):
+                still.append(fire)
+                continue
+            for task in tasks:
+                if self.ledger.retention_policy(task.deployment)[0].is_empty:
+                    continue  # no policy: nothing ever expires, no task needed
+                task_id = uuid5(NAMESPACE_URL, f"snapledger:/retention-after/{fire.id}/{task.deployment}")
+                try:
+                    self.ledger.run_retention(task.deployment, actor="scheduler", now=now,
+                                              trigger="after_scheduled_snapshot", task_id=task_id)
+                except IntegrityError:
+                    pass  # another replica ran it
+        self.follow_ups = still
 
     def seconds_to_next(self, now: datetime) -> float:
         waits = [TICK_S]

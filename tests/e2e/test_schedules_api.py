@@ -41,7 +41,8 @@ async def test_schedules_show_next_fires_in_the_schedules_zone(tmp_path: Path, s
     async with api_client(make_config(tmp_path, store_url)) as client:
         # Disabled: the schedules are listed but inactive, with no next fires.
         rows = await (await client.get("/schedules")).json()
-        assert {r["name"]: r["active"] for r in rows} == {"snapshot_schedule": False, "self_snapshot_schedule": False}
+        assert {r["name"]: r["active"] for r in rows} == {"snapshot_schedule": False, "self_snapshot_schedule": False,
+                                                          "retention_schedule": False}
         assert all(r["next_fires"] == [] and r["last_fire"] is None for r in rows)
 
         resp = await client.put("/config/snapshots", json={

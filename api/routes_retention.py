@@ -1,0 +1,109 @@
+"""Retention policies, retention runs (and their dry run), pins."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from aiohttp import web
+
+from snapledger.domain.retention import RetentionPolicy
+
+from . import schemas
+from .app import RUNTIME, accepted, actor, body, path, query, run
+from .auth import Access, declare
+from .openapi import ACCEPTED, ARRAY, OBJECT, document
+
+routes = web.RouteTableDef()
+
+for method, route, access, summary, ok, body_schema, query_schema in [
+    ("GET", "/config/retention", Access.READ, "The default retention policy", (200, OBJECT), None, None),
+    ("PUT", "/config/retention", Access.ADMIN, "Set the default retention policy", (200, OBJECT),
+     schemas.RetentionSchema, None),
+    ("GET", "/deployments/{deployment}/retention", Access.DEPLOYMENT, "A deployment's retention policy",
+     (200, OBJECT), None, None),
+    ("PUT", "/deployments/{deployment}/retention", Access.DEPLOYMENT, "Set a deployment's retention policy",
+     (200, OBJECT), schemas.RetentionSchema, None),
+    ("POST", "/deployments/{deployment}/retention/runs", Access.DEPLOYMENT,
+     "Apply retention now (202 + task), or show what it would expire (?dry_run=true, 200)", (202, ACCEPTED),
+     None, schemas.RetentionRunQuerySchema),
+    ("PUT", "/deployments/{deployment}/snapshots/{cid}/pin", Access.DEPLOYMENT,
+     "Pin a snapshot (never expired, never deleted) with a reason", (200, OBJECT), schemas.PinSchema, None),
+    ("DELETE", "/deployments/{deployment}/snapshots/{cid}/pin", Access.DEPLOYMENT, "Unpin a snapshot",
+     (200, OBJECT), None, None),
+]:
+    declare(method, route, access)
+    document(method, route, summary, ok, body=body_schema, query=query_schema)
+
+
+def _policy_json(policy: RetentionPolicy, source: str) -> dict[str, Any]:
+    return {**policy.as_dict(), "source": source, "description": policy.describe()}
+
+
+def _policy(data: dict[str, Any]) -> RetentionPolicy:
+    return RetentionPolicy(keep_last=data.get("keep_last"), keep_for=data.get("keep_for"),
+                           keep_clean=data.get("keep_clean", False))
+
+
+@routes.get("/config/retention")
+async def get_default_retention(request: web.Request) -> web.Response:
+    policy, source = await run(request, request.app[RUNTIME].ledger.retention_policy, None)
+    return web.json_response(_policy_json(policy, source))
+
+
+@routes.put("/config/retention")
+async def put_default_retention(request: web.Request) -> web.Response:
+    data = await body(request, schemas.RetentionSchema())
+    ledger = request.app[RUNTIME].ledger
+    await run(request, ledger.set_retention, None, _policy(data), actor=actor(request))
+    policy, source = await run(request, ledger.retention_policy, None)
+    return web.json_response(_policy_json(policy, source))
+
+
+@routes.get("/deployments/{deployment}/retention")
+async def get_retention(request: web.Request) -> web.Response:
+    policy, source = await run(request, request.app[RUNTIME].ledger.retention_policy, path(request, "deployment"))
+    return web.json_response(_policy_json(policy, source))
+
+
+@routes.put("/deployments/{deployment}/retention")
+async def put_retention(request: web.Request) -> web.Response:
+    deployment = path(request, "deployment")
+    data = await body(request, schemas.RetentionSchema())
+    ledger = request.app[RUNTIME].ledger
+    policy = None if data.get("inherit") else _policy(data)
+    await run(request, ledger.set_retention, deployment, policy, actor=actor(request))
+    policy, source = await run(request, ledger.retention_policy, deployment)
+    return web.json_response(_policy_json(policy, source))
+
+
+@routes.post("/deployments/{deployment}/retention/runs")
+async def run_retention(request: web.Request) -> web.Response:
+    deployment = path(request, "deployment")
+    params = query(request, schemas.RetentionRunQuerySchema())
+    ledger = request.app[RUNTIME].ledger
+    now = datetime.now(timezone.utc)
+    if params["dry_run"]:
+        plan = await run(request, ledger.retention_plan, deployment, now)
+        return web.json_response([{"snapshot_cid": e.snapshot_cid, "disk_cid": e.disk_cid, "reason": e.reason}
+                                  for e in plan])
+    task = await run(request, ledger.run_retention, deployment, actor(request), now)
+    return accepted(task)
+
+
+async def _pin(request: web.Request, pin: bool) -> web.Response:
+    deployment, cid = path(request, "deployment"), path(request, "cid")
+    reason = (await body(request, schemas.PinSchema()))["reason"] if pin else "unpinned"
+    snapshot = await run(request, request.app[RUNTIME].ledger.pin_snapshot, deployment, cid, reason,
+                         actor(request), pin)
+    return web.json_response({"snapshot_cid": cid, "pinned": snapshot.pinned})
+
+
+@routes.put("/deployments/{deployment}/snapshots/{cid}/pin")
+async def pin(request: web.Request) -> web.Response:
+    return await _pin(request, True)
+
+
+@routes.delete("/deployments/{deployment}/snapshots/{cid}/pin")
+async def unpin(request: web.Request) -> web.Response:
+    return await _pin(request, False)
