@@ -42,7 +42,7 @@ def test_schemathesis_finds_no_server_error_and_no_violation(tmp_path: Path) -> 
             [SCHEMATHESIS, "run", f"{server.url}/openapi.json", "-H", f"Authorization: {server.authorization}",
              "--checks", CHECKS, "--max-examples", EXAMPLES, "--no-shrink", "--seed", "20261125",
              "--request-timeout", "30"],
-            capture_output=True, text=True, timeout=850)
+            capture_output=True, text=True, timeout=850, cwd=tmp_path)  # its cache stays out of the tree
         tail = "\n".join(result.stdout.splitlines()[-40:])
         assert result.returncode == 0, tail
         assert " passed" in tail and "failed" not in tail.split("Test cases:")[-1], tail
