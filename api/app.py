@@ -401,9 +401,9 @@ async def _task_deployment(request: web.Request, task_id: str) -> str | None:
 def route_tables() -> list[web.RouteTableDef]:
     """Every route module's table. A feature adds its own module here, so
     feature work does not pile up in this file."""
-    from . import routes_ops, routes_retention
+    from . import routes_audit, routes_ops, routes_retention
 
-    return [routes, routes_ops.routes, routes_retention.routes]
+    return [routes, routes_ops.routes, routes_retention.routes, routes_audit.routes]
 
 
 def create_app(runtime: Runtime, start_background: bool = True) -> web.Application:

@@ -161,3 +161,24 @@ class RetentionRunQuerySchema(Schema):
 
 class PinSchema(StrictSchema):
     reason = fields.String(required=True, validate=Length(min=1, max=500))
+
+
+class EventQuerySchema(Schema):
+    """GET /events: every filter given must hold."""
+
+    class Meta:
+        unknown = RAISE
+
+    deployment = fields.String(validate=Regexp(r"^(_self|[A-Za-z0-9][A-Za-z0-9._-]{0,127})$"))
+    job = fields.String(validate=NAME)
+    index = fields.Integer(validate=Range(min=0, max=1_000_000))
+    instance_id = fields.String(validate=NAME)
+    disk_cid = fields.String(validate=CID)
+    snapshot_cid = fields.String(validate=CID)
+    task_id = fields.String(validate=Regexp(r"^[0-9a-fA-F-]{1,64}$"))
+    actor = fields.String(validate=Length(min=1, max=128))
+    type = fields.String(validate=Regexp(r"^[A-Za-z]+(\.[A-Za-z]+)?(,[A-Za-z]+(\.[A-Za-z]+)?)*$"))
+    since = fields.AwareDateTime(format="iso")
+    until = fields.AwareDateTime(format="iso")
+    after = fields.Integer(validate=Range(min=0, max=MAX_POSITION), load_default=0)
+    limit = fields.Integer(validate=Range(min=1, max=5000), load_default=500)

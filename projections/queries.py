@@ -126,6 +126,19 @@ class Queries:
                           datetime.fromisoformat(r["created_at"].replace("Z", "+00:00")), bool(r["clean"]),
                           r["state"]) for r in rows]
 
+    # Audit ---------------------------------------------------------------------------
+
+    def events(self, filters: dict[str, Any], after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+        from .audit import audit_query
+
+        statement, params = audit_query(filters, after, limit)
+        return [{"position": r["position"], "type": r["type"], "time": r["time"], "actor": r["actor"],
+                 "task_id": r["task_id"], "aggregate_id": r["aggregate_id"], "version": r["version"],
+                 "deployment": r["deployment"],
+                 "instance": f"{r['job']}/{r['idx'] if r['idx'] is not None else r['instance_id']}" if r["job"] else None,
+                 "disk_cid": r["disk_cid"], "snapshot_cid": r["snapshot_cid"], "data": json.loads(r["data"])}
+                for r in self.db.query(statement, params)]
+
     # Recovery ------------------------------------------------------------------------
 
     def in_flight(self, older_than: str) -> list[dict[str, Any]]:

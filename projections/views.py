@@ -349,4 +349,6 @@ class InFlightView(View):
 
 def all_views() -> list[View]:
     # Tasks last: see Projector. In-flight after snapshots (it reads snapshots_view).
-    return [SnapshotsView(), InFlightView(), DeploymentsView(), ScheduleFiresView(), TasksView()]
+    from .audit import AuditView
+
+    return [SnapshotsView(), InFlightView(), DeploymentsView(), ScheduleFiresView(), AuditView(), TasksView()]

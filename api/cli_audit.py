@@ -1,0 +1,85 @@
+"""CLI: the audit log (`audit`) and one snapshot's life (`history`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import click
+
+from .cli import call, fail, main
+
+
+def timeline_line(e: dict[str, Any]) -> str:
+    where = " ".join(x for x in (e.get("deployment"), e.get("instance"), e.get("disk_cid"),
+                                 e.get("snapshot_cid")) if x)
+    data = e["data"]
+    detail = ""
+    call_ = data.get("call") if isinstance(data.get("call"), dict) else None
+    if call_:
+        detail = f" {call_.get('method')} request {call_.get('request_id') or '-'} {call_.get('duration_s')} s"
+    if data.get("error"):
+        detail += f" {data['error'].get('type')}: {data['error'].get('message')}"
+    if data.get("reason"):
+        detail += f" ({data['reason']})"
+    task = f" task {e['task_id'][:8]}" if e.get("task_id") else ""
+    return f"{e['position']:>8} {e['time']} {e['type']:<28} by {e['actor'] or '-'}{task}  {where}{detail}"
+
+
+@main.command()
+@click.option("-d", "--deployment")
+@click.option("--job")
+@click.option("--index", type=int)
+@click.option("--instance-id")
+@click.option("--disk", "disk_cid")
+@click.option("--snapshot", "snapshot_cid")
+@click.option("--task", "task_id")
+@click.option("--actor")
+@click.option("--type", "type_", help="Event type(s): Snapshot, Snapshot.Taken, Task.Finished,...")
+@click.option("--since", help="ISO time, e.g. 2026-11-24T07:00:00Z")
+@click.option("--until", help="ISO time (exclusive)")
+@click.option("--after", type=int, default=0, help="Only events after this position (the cursor).")
+@click.option("--limit", type=int, default=500, show_default=True)
+@click.option("--follow", "-f", is_flag=True, help="Keep streaming new events.")
+@click.pass_context
+def audit(ctx: click.Context, follow: bool, after: int, limit: int, type_: str | None, **filters: Any) -> None:
+    """The event log in order: who did what, when, to which snapshot."""
+    client = ctx.obj["client"]
+    params = {k: v for k, v in filters.items() if v is not None}
+    if type_:
+        params["type"] = type_
+    while True:
+        rows = call(lambda: client.get("/events", after=after, limit=limit, **params))
+        for e in rows:
+            click.echo(json.dumps(e) if ctx.obj["json"] else timeline_line(e))
+            after = e["position"]
+        if not follow:
+            if not rows and not ctx.obj["json"]:
+                click.echo("no events")
+            return
+        if len(rows) < limit:
+            time.sleep(0.5)
+
+
+@main.command()
+@click.argument("cid")
+@click.pass_context
+def history(ctx: click.Context, cid: str) -> None:
+    """The life of one snapshot: request, every CPI call and its answer, deletion."""
+    rows = call(lambda: ctx.obj["client"].get("/events", snapshot_cid=cid, limit=5000))
+    if not rows:
+        fail(f"no events for snapshot '{cid}'")
+    if ctx.obj["json"]:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    first = rows[0]["data"]
+    click.echo(f"Snapshot {cid}: {first.get('deployment')} {first.get('job')}/{first.get('index')} "
+               f"disk {first.get('disk_cid')}, trigger {first.get('trigger')}, clean {first.get('clean')}")
+    for e in rows:
+        click.echo(timeline_line(e))
+        c = e["data"].get("call")
+        if isinstance(c, dict):
+            for name in ("log", "stderr"):
+                for line in (c.get(name) or "").splitlines()[:20]:
+                    click.echo(f"{'':>9}{name}: {line}")
