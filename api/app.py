@@ -288,7 +288,7 @@ async def _list_snapshots(request: web.Request, job: str | None, index_or_id: st
     if deployment != SELF_DEPLOYMENT:
         await run(request, runtime.ledger.get_deployment_or_history, deployment)
     rows = await run(request, runtime.queries.snapshots, deployment, job, index_or_id,
-                     params.get("limit"), params.get("after"))
+                     params.get("limit"), params.get("after"), iso(params["at"]) if "at" in params else None)
     return web.json_response(rows)
 
 

@@ -308,12 +308,13 @@ def deployments(ctx: click.Context) -> None:
 @_deployment_option
 @click.argument("job", required=False)
 @click.argument("index", required=False)
+@click.option("--at", help="The listing as it was at this ISO time, e.g. 2026-11-24T07:00:00Z.")
 @click.pass_context
-def snapshots(ctx: click.Context, deployment: str, job: str | None, index: str | None) -> None:
-    """List a deployment's snapshots (or one instance's)."""
+def snapshots(ctx: click.Context, deployment: str, job: str | None, index: str | None, at: str | None) -> None:
+    """List a deployment's snapshots (or one instance's), now or --at a moment."""
     client: Client = ctx.obj["client"]
     base = _instance_path(deployment, job, index) if job else f"/deployments/{deployment}"
-    rows = call(lambda: list(client.paged(f"{base}/snapshots")))
+    rows = call(lambda: client.get(f"{base}/snapshots", at=at) if at else list(client.paged(f"{base}/snapshots")))
     emit(ctx, rows, lambda rs: table(
         ["Instance", "Disk", "CID", "Created At", "Clean", "Trigger"],
         [[f"{r['job']}/{r['index'] if r['index'] is not None else '?'}", r["disk_cid"], r["snapshot_cid"],
@@ -452,7 +453,7 @@ def describe_cpi_log(entries: list[dict[str, Any]]) -> str:
 
 # Feature command modules register themselves on `main` when imported (they
 # import `main` and the helpers above, so they come last).
-FEATURE_MODULES: list[str] = ["cli_retention", "cli_audit"]
+FEATURE_MODULES: list[str] = ["cli_retention", "cli_audit", "cli_replay"]
 for _module in FEATURE_MODULES:
     __import__(f"{__package__}.{_module}")
 

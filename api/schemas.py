@@ -100,6 +100,7 @@ class ListQuerySchema(Schema):
 
     limit = fields.Integer(validate=Range(min=1, max=10_000))
     after = fields.Integer(validate=Range(min=0, max=MAX_POSITION))
+    at = fields.AwareDateTime(format="iso")  # the listing as it was at that moment
 
 
 class TaskQuerySchema(Schema):

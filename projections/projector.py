@@ -12,6 +12,8 @@ from typing import Any, Iterable, Sequence
 
 from .views import View, all_views
 
+PROJECTOR_LOCK = 0x736E61706C6570  # shared with projections.replay
+
 TRACKING_DDL = """CREATE TABLE IF NOT EXISTS projection_tracking (
     name TEXT PRIMARY KEY,
     position BIGINT NOT NULL
@@ -50,6 +52,8 @@ class Projector:
                 # View and tracking commit together, so losing the last commits
                 # in a crash only replays them: no need to wait for the fsync.
                 cur.execute("SET LOCAL synchronous_commit = off")
+                # A view swapped in by `replay --rebuild` must not interleave with a batch.
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (PROJECTOR_LOCK,))
             positions = self.positions(cur)
             # Views apply in order, tasks last: a reader that sees a task `done`
             # also sees the snapshots it produced.

@@ -30,10 +30,21 @@ class Queries:
     # Snapshots -----------------------------------------------------------------
 
     def snapshots(self, deployment: str, job: str | None = None, index_or_id: str | None = None,
-                  limit: int | None = None, after: int | None = None) -> list[dict[str, Any]]:
-        """The listing, newest last, paged by the `cursor` of the last row seen."""
-        clauses = ["deployment = %s", "state IN ('taken', 'delete_requested', 'deleting', 'in_doubt')"]
-        params: list[Any] = [deployment]
+                  limit: int | None = None, after: int | None = None, at: str | None = None
+                  ) -> list[dict[str, Any]]:
+        """The listing, newest last, paged by the `cursor` of the last row seen.
+
+        With `at` (ISO time): the snapshots that existed then, from the event
+        times of their `Taken` and `Deleted` (an index range scan on
+        (deployment, created_at), so its cost grows with the deployment's
+        snapshots, not with the log)."""
+        if at is not None:
+            clauses = ["deployment = %s", "created_at IS NOT NULL", "created_at <= %s",
+                       "(deleted_at IS NULL OR deleted_at > %s)"]
+            params: list[Any] = [deployment, at, at]
+        else:
+            clauses = ["deployment = %s", "state IN ('taken', 'delete_requested', 'deleting', 'in_doubt')"]
+            params = [deployment]
         if job is not None:
             clauses.append("job = %s")
             params.append(job)
@@ -51,7 +62,11 @@ class Queries:
         if limit is not None:
             statement += " LIMIT %s"
             params.append(limit)
-        return [_snapshot_row(r) for r in self.db.query(statement, params)]
+        rows = [_snapshot_row(r) for r in self.db.query(statement, params)]
+        if at is not None:
+            for row in rows:
+                row["state"] = "taken"  # as it was then
+        return rows
 
     def deletable_cids(self, deployment: str) -> list[str]:
         rows = self.db.query(

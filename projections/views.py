@@ -55,6 +55,7 @@ class SnapshotsView(View):
         )""",
         "CREATE INDEX IF NOT EXISTS snapshots_view_listing ON snapshots_view (deployment, listed_seq)",
         "CREATE INDEX IF NOT EXISTS snapshots_view_cid ON snapshots_view (snapshot_cid)",
+        "CREATE INDEX IF NOT EXISTS snapshots_view_at ON snapshots_view (deployment, created_at)",
     )
 
     def __init__(self) -> None:

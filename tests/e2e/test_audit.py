@@ -96,3 +96,47 @@ def test_cli_audit_follow_and_history(tmp_path: Path) -> None:
         if follower is not None:
             follower.kill()
         server.stop()
+
+
+async def test_listing_at_a_moment(tmp_path: Path, store_url: str) -> None:
+    import asyncio
+    from datetime import datetime, timezone
+
+    config = make_config(tmp_path, store_url)
+    (config.data_dir / "disks" / "disk-a").mkdir(parents=True)
+    async with api_client(config) as client:
+        await client.put("/config/snapshots", json={"enable_snapshots": True})
+        await client.put("/deployments/prod", json={"instances": [{"job": "db", "index": 0, "disks": ["disk-a"]}]})
+
+        async def take() -> str:
+            task = await wait_task(client, (await (await client.post("/deployments/prod/snapshots")).json())["task_id"])
+            return task["result"].split("snapshot(s) ")[1].split(" created")[0]
+
+        async def delete(cid: str) -> None:
+            await wait_task(client, (await (await client.delete(f"/deployments/prod/snapshots/{cid}")).json())["task_id"])
+
+        def now() -> str:
+            return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+        before_all = now()
+        await asyncio.sleep(0.01)
+        a = await take()
+        b = await take()
+        await delete(a)  # taken and deleted before T
+        await asyncio.sleep(0.01)
+        t = now()
+        await asyncio.sleep(0.01)
+        c = await take()  # taken after T
+        await delete(b)  # taken before T, deleted after it
+
+        async def at(moment: str) -> list[str]:
+            resp = await client.get("/deployments/prod/snapshots", params={"at": moment})
+            assert resp.status == 200, await resp.text()
+            return [r["snapshot_cid"] for r in await resp.json()]
+
+        assert await at(before_all) == []
+        assert await at(t) == [b]
+        assert await at(now()) == [c]
+        assert [r["snapshot_cid"] for r in await (await client.get("/deployments/prod/snapshots")).json()] == [c]
+        bad = await client.get("/deployments/prod/snapshots", params={"at": "last tuesday"})
+        assert bad.status == 400 and (await bad.json())["field"] == "at"

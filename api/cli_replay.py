@@ -1,0 +1,90 @@
+"""CLI: `snapledger replay --verify` and `snapledger replay --rebuild NAME`.
+
+Runs beside the service against its database (same configuration flags as
+`serve`); the service keeps running."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .cli import _load, _server_options, fail, main
+
+
+@main.command()
+@_server_options
+@click.option("--verify", is_flag=True, help="Rebuild every view from position 0 and compare with the live ones.")
+@click.option("--rebuild", "rebuild_name", metavar="NAME", help="Rebuild one view and swap it in (no downtime).")
+def replay(verify: bool, rebuild_name: str | None, **options: Any) -> None:
+    """Rebuild views from the event log alone: verify them or replace one."""
+    from snapledger.adapters.store import ensure_schema, open_database, parse_store_url
+    from snapledger.adapters.wiring import build_runtime
+    from snapledger.projections import replay as replaying
+    from snapledger.projections.views import all_views
+
+    if verify == bool(rebuild_name):
+        fail("give --verify or --rebuild NAME", 2)
+    names = [v.name for v in all_views()]
+    if rebuild_name and rebuild_name not in names:
+        fail(f"no view named {rebuild_name!r} (views: {', '.join(names)})", 2)
+    config = _load(**options)
+    runtime = build_runtime(config, roles=frozenset())
+    scratch = replaying.scratch_name()
+    url = runtime.url
+    if url.kind == "postgres":
+        scratch_url = parse_store_url(f"{config.database_url.partition('?')[0]}?schema={scratch}")
+        ensure_schema(scratch_url)
+        scratch_file = None
+    else:
+        assert url.sqlite_path is not None
+        scratch_file = url.sqlite_path.with_name(f"{url.sqlite_path.stem}.{scratch}.sqlite")
+        scratch_url = parse_store_url(f"sqlite:///{scratch_file}")
+    scratch_db = open_database(scratch_url)
+
+    def progress(position: int, head: int) -> None:
+        click.echo(f"\r  replayed to position {position}/{head}", nl=False, err=True)
+
+    try:
+        positions_before = runtime.projector.positions()
+        rebuilt = replaying.rebuild(runtime.ledger, scratch_db, [rebuild_name] if rebuild_name else None, progress)
+        click.echo(f"\n  {rebuilt.events} events replayed into {len(rebuilt.views)} view(s)", err=True)
+        if rebuild_name:
+            ref = scratch
+            if url.kind == "sqlite":
+                runtime.db.query(f"ATTACH DATABASE '{scratch_file}' AS {scratch}")
+            replaying.swap(runtime.db, rebuilt, rebuild_name, ref)
+            click.echo(f"view {rebuild_name} rebuilt from the log and swapped in at position {rebuilt.position}")
+            return
+        diffs = replaying.differences(runtime.db, rebuilt, _positions_at(runtime, rebuilt.position,
+                                                                          positions_before))
+        if diffs:
+            for line in diffs:
+                click.echo(f"DIFFERS {line}")
+            sys.exit(1)
+        click.echo(f"all {len(rebuilt.views)} views equal a rebuild from the log ({rebuilt.events} events)")
+    finally:
+        scratch_db.close()
+        if url.kind == "postgres":
+            import psycopg
+
+            with psycopg.connect(url.conninfo(), autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{scratch}" CASCADE')
+        elif scratch_file is not None:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{scratch_file}{suffix}").unlink(missing_ok=True)
+        runtime.close()
+
+
+def _positions_at(runtime: Any, target: int, before: dict[str, int]) -> dict[str, int]:
+    """The live positions once the projector reached the rebuild's position (a few seconds at most)."""
+    import time
+
+    deadline = time.monotonic() + 30
+    positions = runtime.projector.positions()
+    while any(p < target for p in positions.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        positions = runtime.projector.positions()
+    return positions
