@@ -30,7 +30,23 @@ class Deployment(Aggregate):
         self.cpi: str | None = None
         self.retention: dict[str, Any] | None = None  # None: the service-wide default
 
-    @event("InventoryRecorded")
+    class InventoryRecorded(Aggregate.Event):
+        """Version 2 added `cpi` (the deployment's named CPI); a version-1 event
+        reads as "the default CPI". The upcaster runs on read (`class_version`)."""
+
+        class_version = 2
+        tags: dict[str, str]
+        instances: list[dict[str, Any]]
+        attached: list[str]
+        detached: list[str]
+        actor: str
+        cpi: str | None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("cpi", None)
+
+    @event(InventoryRecorded)
     def _record(
         self,
         tags: dict[str, str],
@@ -38,7 +54,7 @@ class Deployment(Aggregate):
         attached: list[str],
         detached: list[str],
         actor: str,
-        cpi: str | None = None,  # added later: older events have none (the default CPI)
+        cpi: str | None,
     ) -> None:
         self.cpi = cpi
         self.tags = dict(tags)

@@ -381,6 +381,7 @@ class OperationRunner:
                 detail.update(error_type=record["error"]["type"], message=record["error"]["message"])
             if record.get("attempts", 1) > 1:
                 detail["attempts"] = record["attempts"]
+            detail["caused_by"] = snapshot.cause  # the outcome event just recorded
             task.operation_finished(snapshot.id, task_outcome, detail, actor=task.actor)
             return [snapshot, task, *extra]
 

@@ -64,14 +64,14 @@ class Snapshot(Aggregate):
         self.pinned: str | None = None  # the reason (legal hold...), when pinned
 
     @event("CpiCallStarted")
-    def _cpi_call_started(self, method: str, worker: str, attempt: int, task_id: str, actor: str) -> None:
+    def _cpi_call_started(self, method: str, worker: str, attempt: int, task_id: str, actor: str, caused_by: str | None = None) -> None:
         self.state = TAKING if method == "snapshot_disk" else DELETING
         self.attempts = attempt
         self.worker = worker
 
     @event("CpiCallInDoubt")
     def _cpi_call_in_doubt(self, method: str, worker: str, attempt: int, reason: str, task_id: str,
-                           actor: str) -> None:
+                           actor: str, caused_by: str | None = None) -> None:
         # The call may or may not have happened in the IaaS: never silently repeated.
         self.state = IN_DOUBT
         self.in_doubt_method = method
@@ -82,23 +82,23 @@ class Snapshot(Aggregate):
         self.in_doubt_method = None
 
     @event("Taken")
-    def _taken(self, snapshot_cid: str, call: dict[str, Any], task_id: str, actor: str) -> None:
+    def _taken(self, snapshot_cid: str, call: dict[str, Any], task_id: str, actor: str, caused_by: str | None = None) -> None:
         self.state = TAKEN
         self.snapshot_cid = snapshot_cid
         self.created_at = self.modified_on
 
     @event("Failed")
-    def _failed(self, error: dict[str, Any], call: dict[str, Any], task_id: str, actor: str) -> None:
+    def _failed(self, error: dict[str, Any], call: dict[str, Any], task_id: str, actor: str, caused_by: str | None = None) -> None:
         self.state = FAILED
         self.last_error = dict(error)
 
     @event("Skipped")
-    def _skipped(self, reason: str, call: dict[str, Any], task_id: str, actor: str) -> None:
+    def _skipped(self, reason: str, call: dict[str, Any], task_id: str, actor: str, caused_by: str | None = None) -> None:
         self.state = SKIPPED
 
     @event("AttemptFailed")
     def _attempt_failed(self, method: str, attempt: int, error: dict[str, Any], call: dict[str, Any],
-                        retry_in_s: float, task_id: str, actor: str) -> None:
+                        retry_in_s: float, task_id: str, actor: str, caused_by: str | None = None) -> None:
         # Pending again: the next attempt is claimed with a new CpiCallStarted,
         # so a worker that dies while waiting leaves a plain pending request.
         self.state = REQUESTED if method == "snapshot_disk" else DELETE_REQUESTED
@@ -123,16 +123,23 @@ class Snapshot(Aggregate):
         self.attempts = 0  # attempts count per CPI method
 
     @event("Deleted")
-    def _deleted(self, reason: str, call: dict[str, Any], task_id: str, actor: str) -> None:
+    def _deleted(self, reason: str, call: dict[str, Any], task_id: str, actor: str, caused_by: str | None = None) -> None:
         self.state = DELETED
 
     @event("DeletionFailed")
-    def _deletion_failed(self, error: dict[str, Any], call: dict[str, Any], task_id: str, actor: str) -> None:
+    def _deletion_failed(self, error: dict[str, Any], call: dict[str, Any], task_id: str, actor: str, caused_by: str | None = None) -> None:
         # Still in the cloud, still listed: the operator can retry the deletion.
         self.state = TAKEN
         self.last_error = dict(error)
 
     # Commands -------------------------------------------------------------
+
+    @property
+    def cause(self) -> str:
+        """The id of this snapshot's latest event (`<aggregate id>/<version>`): what the
+        next event follows from. A CPI call follows from its request, an outcome
+        from its call: the audit shows the chain."""
+        return f"{self.id}/{self.version}"
 
     @property
     def current_task_id(self) -> str:
@@ -146,7 +153,7 @@ class Snapshot(Aggregate):
             raise InvalidState(f"snapshot {self.id} is {self.state}; no CPI call in progress")
         method = "snapshot_disk" if self.state == TAKING else "delete_snapshot"
         self._cpi_call_in_doubt(method=method, worker=self.worker or "?", attempt=self.attempts, reason=reason,
-                                task_id=self.current_task_id, actor=actor)
+                                task_id=self.current_task_id, actor=actor, caused_by=self.cause)
         return method
 
     def retry_in_doubt(self, reason: str, actor: str) -> None:
@@ -167,20 +174,20 @@ class Snapshot(Aggregate):
         if method is None:
             raise InvalidState(f"snapshot {self.id} is {self.state}; no CPI call pending")
         self._cpi_call_started(
-            method=method, worker=worker, attempt=self.attempts + 1, task_id=self.current_task_id, actor=actor
+            method=method, worker=worker, attempt=self.attempts + 1, task_id=self.current_task_id, actor=actor, caused_by=self.cause
         )
         return method
 
     def record_taken(self, snapshot_cid: str, call: dict[str, Any], actor: str) -> None:
         self._require(TAKING, IN_DOUBT)
-        self._taken(snapshot_cid=snapshot_cid, call=call, task_id=self.task_id, actor=actor)
+        self._taken(snapshot_cid=snapshot_cid, call=call, task_id=self.task_id, actor=actor, caused_by=self.cause)
 
     def record_failed(self, error: dict[str, Any], call: dict[str, Any], actor: str) -> None:
         if self.state == DELETING:
-            self._deletion_failed(error=error, call=call, task_id=self.current_task_id, actor=actor)
+            self._deletion_failed(error=error, call=call, task_id=self.current_task_id, actor=actor, caused_by=self.cause)
         else:
             self._require(TAKING)
-            self._failed(error=error, call=call, task_id=self.task_id, actor=actor)
+            self._failed(error=error, call=call, task_id=self.task_id, actor=actor, caused_by=self.cause)
 
     def record_attempt_failed(self, error: dict[str, Any], call: dict[str, Any], retry_in_s: float,
                               actor: str) -> None:
@@ -189,11 +196,11 @@ class Snapshot(Aggregate):
             raise InvalidState(f"snapshot {self.id} is {self.state}; no CPI call in progress")
         self._attempt_failed(method="snapshot_disk" if self.state == TAKING else "delete_snapshot",
                              attempt=self.attempts, error=error, call=call, retry_in_s=round(retry_in_s, 3),
-                             task_id=self.current_task_id, actor=actor)
+                             task_id=self.current_task_id, actor=actor, caused_by=self.cause)
 
     def record_skipped(self, reason: str, call: dict[str, Any], actor: str) -> None:
         self._require(TAKING)
-        self._skipped(reason=reason, call=call, task_id=self.task_id, actor=actor)
+        self._skipped(reason=reason, call=call, task_id=self.task_id, actor=actor, caused_by=self.cause)
 
     def pin(self, reason: str, actor: str) -> None:
         if self.state not in LISTED_STATES and self.state != IN_DOUBT:
@@ -224,7 +231,7 @@ class Snapshot(Aggregate):
 
     def record_deleted(self, reason: str, call: dict[str, Any], actor: str) -> None:
         self._require(DELETING)
-        self._deleted(reason=reason, call=call, task_id=self.current_task_id, actor=actor)
+        self._deleted(reason=reason, call=call, task_id=self.current_task_id, actor=actor, caused_by=self.cause)
 
     def _require(self, *states: str) -> None:
         if self.state not in states:

@@ -149,6 +149,7 @@ class Queries:
         statement, params = audit_query(filters, after, limit)
         return [{"position": r["position"], "type": r["type"], "time": r["time"], "actor": r["actor"],
                  "task_id": r["task_id"], "aggregate_id": r["aggregate_id"], "version": r["version"],
+                 "event_id": f"{r['aggregate_id']}/{r['version']}", "caused_by": json.loads(r["data"]).get("caused_by"),
                  "deployment": r["deployment"],
                  "instance": f"{r['job']}/{r['idx'] if r['idx'] is not None else r['instance_id']}" if r["job"] else None,
                  "disk_cid": r["disk_cid"], "snapshot_cid": r["snapshot_cid"], "data": json.loads(r["data"])}

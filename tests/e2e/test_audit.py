@@ -42,6 +42,13 @@ async def test_events_filters_and_cursor(tmp_path: Path, store_url: str) -> None
         life = [e["type"] for e in await events(snapshot_cid=cid_a)]
         assert life == ["Snapshot.Requested", "Snapshot.CpiCallStarted", "Snapshot.Taken",
                         "Snapshot.DeletionRequested", "Snapshot.CpiCallStarted", "Snapshot.Deleted"]
+        # Causation: the call follows from the request, the outcome from the call, the task's
+        # progress from the outcome.
+        requested, started, taken = (await events(snapshot_cid=cid_a))[:3]
+        assert started["caused_by"] == requested["event_id"] and taken["caused_by"] == started["event_id"]
+        finished = [e for e in await events(task_id=take["id"], type="Task.OperationFinished")
+                    if e["data"]["detail"]["caused_by"] == taken["event_id"]]
+        assert len(finished) == 1
         assert {e["disk_cid"] for e in await events(disk_cid="disk-b")} == {"disk-b"}
         by_instance = await events(deployment="prod", job="db", index=1)
         assert by_instance and all(e["instance"] == "db/1" for e in by_instance)
