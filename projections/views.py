@@ -349,4 +349,6 @@ class InFlightView(View):
 
 def all_views() -> list[View]:
     # Tasks last: see Projector. In-flight after snapshots (it reads snapshots_view).
-    return [SnapshotsView(), InFlightView(), DeploymentsView(), ScheduleFiresView(), TasksView()]
+    from .job_updates import JobUpdatesView  # it subclasses View: imported here, not at the top
+
+    return [SnapshotsView(), InFlightView(), DeploymentsView(), ScheduleFiresView(), JobUpdatesView(), TasksView()]
