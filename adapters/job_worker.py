@@ -1,6 +1,6 @@
 """The worker role for job updates: follows announcements and task progress, runs drains and stops.
 
-A follower of its own (position `job_updates`) next to the snapshot worker:
+A follower of its own (position `job_update_worker`) next to the snapshot worker:
 drains can take minutes, so claimed instances run in a pool and the follower
 moves on once the claims are durable. The clean snapshots an instance
 requests are executed by the snapshot worker like any other snapshot; their
@@ -22,7 +22,7 @@ from snapledger.domain.task import Task
 from .follower import Batch, ChangeSignal, LogFollower
 
 TOPICS = (get_topic(JobUpdate.Announced), get_topic(Task.OperationFinished))
-POSITION_NAME = "job_updates"
+POSITION_NAME = "job_update_worker"  # not "job_updates": that is the view's tracking row
 
 
 class JobUpdateWorker:
