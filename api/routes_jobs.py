@@ -18,10 +18,17 @@ from marshmallow.validate import OneOf, Range
 from snapledger.domain.agent import DRAIN_TYPES
 from snapledger.domain.job_update import announce_job_update
 
+from . import auth
 from .app import RUNTIME, accepted, actor, body, path, run
 from .schemas import StrictSchema
 
 routes = web.RouteTableDef()
+
+# Announcing an update drains and stops jobs: the deployment's admins only.
+JOB_UPDATES = "/deployments/{deployment}/jobs/{job}/updates"
+INSTANCE_UPDATES = "/deployments/{deployment}/jobs/{job}/{index_or_id}/updates"
+auth.declare("POST", JOB_UPDATES, auth.Access.DEPLOYMENT)
+auth.declare("POST", INSTANCE_UPDATES, auth.Access.DEPLOYMENT)
 
 
 class JobStateSchema(StrictSchema):
@@ -48,11 +55,11 @@ async def _announce(request: web.Request, index_or_id: str | None) -> web.Respon
     return accepted(task)
 
 
-@routes.post("/deployments/{deployment}/jobs/{job}/updates")
+@routes.post(JOB_UPDATES)
 async def announce_job(request: web.Request) -> web.Response:
     return await _announce(request, None)
 
 
-@routes.post("/deployments/{deployment}/jobs/{job}/{index_or_id}/updates")
+@routes.post(INSTANCE_UPDATES)
 async def announce_instance(request: web.Request) -> web.Response:
     return await _announce(request, path(request, "index_or_id"))

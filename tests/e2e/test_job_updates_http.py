@@ -206,3 +206,22 @@ async def test_bad_requests_name_the_field(tmp_path: Path, sqlite_url: str) -> N
         task_id = (await (await client.post("/deployments/prod/jobs/db/0/updates")).json())["task_id"]
         resp = await client.get(f"/tasks/{task_id}", params={"wait": "-1"})
         assert resp.status == 400 and (await resp.json())["field"] == "wait"
+
+
+async def test_announcing_needs_the_deployments_admin(tmp_path: Path, sqlite_url: str) -> None:
+    from support.runtime import auth_as
+
+    config, jobs = setup(tmp_path, sqlite_url)
+    script(jobs / "db" / "bin" / "drain", "echo 0\n")
+    async with api_client(config) as client:
+        await prepare(client)
+        resp = await client.post("/deployments/prod/jobs/db/0/updates", json={}, headers=auth_as("reader"))
+        assert resp.status == 403
+        resp = await client.post("/deployments/prod/jobs/db/updates", json={}, headers=auth_as("prod-admin"))
+        assert resp.status == 202
+        task_id = (await resp.json())["task_id"]
+        resp = await client.get(f"/tasks/{task_id}", headers=auth_as("reader"))
+        assert resp.status == 200
+        task = await (await client.get(f"/tasks/{task_id}", params={"wait": "10"},
+                                       headers=auth_as("prod-admin"))).json()
+        assert task["user"] == "prod-admin"
