@@ -28,13 +28,14 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from snapledger.domain.agent import (AGENT_ERROR, DRAIN_INVALID_OUTPUT, DRAIN_SCRIPT_FAILED, DRAIN_TIMEOUT,
-                                     SHUTDOWN, STOP_FAILED, STOP_TIMEOUT, AgentInstance, AgentResult,
+from snapledger.domain.agent import (AGENT_ERROR, DRAIN_CANCELLED, DRAIN_INVALID_OUTPUT, DRAIN_SCRIPT_FAILED,
+                                     DRAIN_TIMEOUT, SHUTDOWN, STOP_CANCELLED, STOP_FAILED, STOP_TIMEOUT, AgentInstance, AgentResult,
                                      JobResult, ScriptCall)
 
 MAX_OUTPUT = 4096  # keep events small: a chatty script's output is clipped
@@ -53,7 +54,7 @@ class _TimedOut(Exception):
 class LocalAgent:
     def __init__(self, jobs_dir: Path, drain_timeout_s: float | None = None, stop_command: str | None = None,
                  stop_timeout_s: float = 300.0, wait_scale: float = 1.0,
-                 sleep: Callable[[float], None] = time.sleep, log: Any = None) -> None:
+                 sleep: Callable[[float], None] | None = None, log: Any = None) -> None:
         self.jobs_dir = Path(jobs_dir)
         self.drain_timeout_s = drain_timeout_s
         self.stop_command = stop_command or None
@@ -61,8 +62,21 @@ class LocalAgent:
         # 1.0 in production: a script's "wait 30 s" is 30 real seconds. Tests
         # scale waits down so the suite stays fast while the arithmetic is real.
         self.wait_scale = wait_scale
-        self.sleep = sleep
+        # Waits end early when the agent is cancelled (the process is stopping).
+        self._cancelled = threading.Event()
+        self.sleep = sleep or self._cancelled.wait
         self.log = log
+        self._running: set[subprocess.Popen[str]] = set()
+        self._guard = threading.Lock()
+
+    def cancel(self) -> None:
+        """The process is stopping: kill running scripts (their process groups),
+        end waits, start no more. Interrupted drains and stops fail as cancelled."""
+        self._cancelled.set()
+        with self._guard:
+            running = list(self._running)
+        for proc in running:
+            self._kill_group(proc)
 
     # Agent interface -------------------------------------------------------------
 
@@ -111,6 +125,9 @@ class LocalAgent:
                                 "message": f"drain script did not finish within {self.drain_timeout_s} s; killed"}
                 return result
             result.calls.append(call)
+            if self._cancelled.is_set():
+                result.error = {"type": DRAIN_CANCELLED, "message": "snapledger stopped during the drain"}
+                return result
             if call.exit_code != 0:
                 result.error = {"type": DRAIN_SCRIPT_FAILED, "message": f"drain script exited {call.exit_code}: "
                                 f"stdout {call.stdout.strip()!r}, stderr {call.stderr.strip()!r}"}
@@ -122,7 +139,10 @@ class LocalAgent:
                 return result
             call.value = int(text)
             call.waited_s = float(abs(call.value))
-            if not self._wait(call.waited_s, deadline):
+            if not self._wait(call.waited_s, deadline) or self._cancelled.is_set():
+                if self._cancelled.is_set():
+                    result.error = {"type": DRAIN_CANCELLED, "message": "snapledger stopped during the drain"}
+                    return result
                 result.error = {"type": DRAIN_TIMEOUT, "message": f"drain asked to wait {call.waited_s:g} s, "
                                 f"beyond the drain time-out of {self.drain_timeout_s} s"}
                 return result
@@ -150,6 +170,9 @@ class LocalAgent:
             result.error = {"type": STOP_TIMEOUT, "message": f"stop did not finish within {self.stop_timeout_s} s; killed"}
             return result
         result.calls.append(call)
+        if self._cancelled.is_set():
+            result.error = {"type": STOP_CANCELLED, "message": "snapledger stopped during the stop"}
+            return result
         if call.exit_code != 0:
             result.error = {"type": STOP_FAILED, "message": f"stop exited {call.exit_code}: "
                             f"stdout {call.stdout.strip()!r}, stderr {call.stderr.strip()!r}"}
@@ -170,6 +193,9 @@ class LocalAgent:
              cwd: Path | None = None) -> ScriptCall:
         started = time.monotonic()
         shown = list(argv)
+        if self._cancelled.is_set():
+            return ScriptCall(argv=shown, exit_code=None, stdout="", stderr="not run: snapledger is stopping",
+                              duration_s=0.0)
         try:
             # A session of its own: on time-out the whole process group is killed.
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -177,6 +203,8 @@ class LocalAgent:
         except OSError as error:
             return ScriptCall(argv=shown, exit_code=None, stdout="", stderr=f"cannot run {argv[0]}: {error}",
                               duration_s=0.0)
+        with self._guard:
+            self._running.add(proc)
         timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
@@ -185,6 +213,9 @@ class LocalAgent:
             stdout, stderr = proc.communicate()
             raise _TimedOut(ScriptCall(argv=shown, exit_code=None, stdout=_clip(stdout or ""),
                                        stderr=_clip(stderr or ""), duration_s=round(time.monotonic() - started, 6)))
+        finally:
+            with self._guard:
+                self._running.discard(proc)
         return ScriptCall(argv=shown, exit_code=proc.returncode, stdout=_clip(stdout), stderr=_clip(stderr),
                           duration_s=round(time.monotonic() - started, 6))
 

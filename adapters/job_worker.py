@@ -75,7 +75,12 @@ class JobUpdateWorker:
 
     def stop(self) -> None:
         self.follower.stop()
-        self.pool.shutdown(wait=True, cancel_futures=False)
+        # A drain may run for minutes (or forever, without a time-out): end it
+        # rather than hang the shutdown; the instance fails as cancelled.
+        cancel = getattr(self.runner.agent, "cancel", None)
+        if cancel is not None:
+            cancel()
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def build_agent(config: Any, log: Any = None) -> Any:

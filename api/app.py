@@ -349,11 +349,13 @@ async def _read_task(request: web.Request, task_id: str) -> dict[str, Any]:
     from snapledger.projections.job_updates import instance_updates, last_event_position
 
     runtime = request.app[RUNTIME]
+    # A change counter for long polls: pass it back as `after` to wait for the next change.
+    # Read first: the views read after it are at least as new, so a client never skips a change.
+    last_event = await run(request, last_event_position, runtime.db, task_id)
     row = await run(request, runtime.queries.task, task_id)
     if row is None:
         row = task_from_aggregate(await run(request, runtime.ledger.get_task, task_id))
-    # A change counter for long polls: pass it back as `after` to wait for the next change.
-    row["last_event"] = await run(request, last_event_position, runtime.db, task_id)
+    row["last_event"] = last_event
     if row["kind"] == "update_job":  # per-instance readiness, for a deploy tool going instance by instance
         row["instances"] = await run(request, instance_updates, runtime.db, task_id)
     return row

@@ -18,7 +18,7 @@ from marshmallow.validate import OneOf, Range
 from snapledger.domain.agent import DRAIN_TYPES
 from snapledger.domain.job_update import announce_job_update
 
-from . import auth
+from . import auth, openapi
 from .app import RUNTIME, accepted, actor, body, path, run
 from .schemas import StrictSchema
 
@@ -42,6 +42,12 @@ class JobUpdateSchema(StrictSchema):
     next_state = fields.Nested(JobStateSchema)
     current_state = fields.Nested(JobStateSchema)  # default: next_state (no change)
     max_in_flight = fields.Integer(strict=True, validate=Range(min=1, max=1000), load_default=1)
+
+
+openapi.document("POST", JOB_UPDATES, "Announce an update of every instance of a job: drain, stop, clean "
+                 "snapshot, ready, one instance after another", (202, openapi.ACCEPTED), body=JobUpdateSchema)
+openapi.document("POST", INSTANCE_UPDATES, "Announce an update of one instance: drain, stop, clean snapshot, ready",
+                 (202, openapi.ACCEPTED), body=JobUpdateSchema)
 
 
 async def _announce(request: web.Request, index_or_id: str | None) -> web.Response:

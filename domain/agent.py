@@ -18,6 +18,8 @@ DRAIN_INVALID_OUTPUT = "DrainInvalidOutput"  # stdout not one signed integer
 DRAIN_TIMEOUT = "DrainTimeout"
 STOP_FAILED = "StopFailed"
 STOP_TIMEOUT = "StopTimeout"
+DRAIN_CANCELLED = "DrainCancelled"  # snapledger stopped while the drain ran
+STOP_CANCELLED = "StopCancelled"
 AGENT_ERROR = "AgentError"  # the adapter itself failed (cannot run the script, a bug)
 
 

@@ -233,3 +233,27 @@ def test_environment_is_inherited(jobs_dir: Path, tmp_path: Path, monkeypatch: p
     assert agent.drain(instance(), "update", {}, {}).ok
     assert seen.read_text().strip() == "kept"
     assert os.environ["SNAPLEDGER_TEST_MARKER"] == "kept"
+
+
+def test_cancel_ends_running_scripts_and_waits(jobs_dir: Path, tmp_path: Path) -> None:
+    import threading
+
+    started = tmp_path / "started"
+    drain_script(jobs_dir, "db", f"touch {started}\nsleep 300\necho 0\n")
+    drain_script(jobs_dir, "web", "echo 100000\n")  # asks for a (real) wait of 100000 s
+    agent = LocalAgent(jobs_dir)
+    results: list[Any] = []
+    thread = threading.Thread(target=lambda: results.append(agent.drain(instance("db", "web"), "update", {}, {})))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    agent.cancel()  # what the worker does when the process stops
+    thread.join(timeout=20)
+    assert not thread.is_alive()
+    (result,) = results
+    assert not result.ok
+    assert [j.error["type"] for j in result.jobs] == ["DrainCancelled", "DrainCancelled"]
+    # A cancelled agent starts nothing more.
+    again = agent.drain(instance("web"), "update", {}, {})
+    assert not again.ok and "snapledger is stopping" in again.jobs[0].calls[0].stderr
