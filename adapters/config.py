@@ -55,6 +55,12 @@ class Config:
     tls_key: str | None = None
     ready_max_lag: int = 10_000
     metrics_port: int | None = None  # Prometheus endpoint of processes without the API  # /ready fails when a view is this many events behind
+    # Job updates (the local agent): `<jobs_dir>/<job>/bin/drain`, default `<data_dir>/jobs`.
+    jobs_dir: Path | None = None
+    drain_timeout_s: float | None = None  # None: drain never times out (as BOSH)
+    stop_command: str = ""  # for jobs without bin/stop; run with `sh -c`, SNAPLEDGER_JOB set
+    stop_timeout_s: float = 300.0  # BOSH: monit stop gives up after 5 minutes
+    drain_wait_scale: float = 1.0  # tests only: scales the waits drain scripts ask for
     log_format: str = "auto"  # auto | console | json
     log_level: str = "info"
 
@@ -173,12 +179,21 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "tls.key": ("tls_key", str),
     "ready.max_lag": ("ready_max_lag", int),
     "metrics.port": ("metrics_port", int),
+    "jobs_dir": ("jobs_dir", Path),
+    "drain_timeout": ("drain_timeout_s", "optional_seconds"),
+    "stop_command": ("stop_command", str),
+    "stop_timeout": ("stop_timeout_s", float),
+    "drain_wait_scale": ("drain_wait_scale", float),
     "log.format": ("log_format", str),
     "log.level": ("log_level", str),
 }
 
 
 def _parse(key: str, parser: Any, raw: Any) -> Any:
+    if parser == "optional_seconds":
+        if raw is None or str(raw).strip().lower() in ("", "none", "off"):
+            return None
+        parser = float
     if parser == "bool":
         if isinstance(raw, bool):
             return raw
@@ -270,6 +285,12 @@ def _validate(config: Config) -> None:
         raise ConfigError("log.format", f"must be auto, console or json, got {config.log_format!r}")
     if config.worker_lease_s <= 0:
         raise ConfigError("worker.lease", "must be positive (seconds)")
+    if config.drain_timeout_s is not None and config.drain_timeout_s <= 0:
+        raise ConfigError("drain_timeout", "must be positive (seconds), or none")
+    if config.stop_timeout_s <= 0:
+        raise ConfigError("stop_timeout", "must be positive (seconds)")
+    if config.drain_wait_scale < 0:
+        raise ConfigError("drain_wait_scale", "must not be negative")
     if config.worker_max_in_flight < 1:
         raise ConfigError("worker.max_in_flight", "must be at least 1")
     from snapledger.domain.names import NAME_PATTERN

@@ -110,6 +110,8 @@ class Runtime:
     projection_follower: LogFollower | None = None
     scheduler: Any = None
     locks: Any = None
+    agent: Any = None  # drains and stops jobs (job updates); built from config unless preset
+    job_worker: Any = None
 
     def start(self) -> None:
         """Start the background roles (worker, projector) of this process."""
@@ -135,6 +137,9 @@ class Runtime:
                                  max_in_flight=self.config.worker_max_in_flight,
                                  poll_interval=self.config.poll_interval_s, lease_s=self.config.worker_lease_s)
             self.worker.start()
+            from .job_worker import start_job_worker
+
+            self.job_worker = start_job_worker(self, worker=runner.worker)
         if "scheduler" in self.roles:
             from datetime import timedelta
 
@@ -157,6 +162,8 @@ class Runtime:
     def close(self) -> None:
         if self.scheduler is not None:
             self.scheduler.stop()
+        if self.job_worker is not None:
+            self.job_worker.stop()
         if self.worker is not None:
             self.worker.stop()
         if self.locks is not None:

@@ -342,13 +342,45 @@ async def list_tasks(request: web.Request) -> web.Response:
     return web.json_response(rows)
 
 
-@routes.get("/tasks/{task_id}")
-async def get_task(request: web.Request) -> web.Response:
+MAX_TASK_WAIT_S = 60.0  # a long poll answers at least this often (proxies, idle time-outs)
+TASK_WAIT_POLL_S = 0.1
+
+
+async def _read_task(request: web.Request, task_id: str) -> dict[str, Any]:
+    from snapledger.projections.job_updates import instance_updates, last_event_position
+
     runtime = request.app[RUNTIME]
-    task_id = request.match_info["task_id"]
+    # A change counter for long polls: pass it back as `after` to wait for the next change.
+    # Read first: the views read after it are at least as new, so a client never skips a change.
+    last_event = await run(request, last_event_position, runtime.db, task_id)
     row = await run(request, runtime.queries.task, task_id)
     if row is None:
         row = task_from_aggregate(await run(request, runtime.ledger.get_task, task_id))
+    row["last_event"] = last_event
+    if row["kind"] == "update_job":  # per-instance readiness, for a deploy tool going instance by instance
+        row["instances"] = await run(request, instance_updates, runtime.db, task_id)
+    return row
+
+
+@routes.get("/tasks/{task_id}")
+async def get_task(request: web.Request) -> web.Response:
+    """One task. `?wait=S` long-polls (capped at 60 s) until the task ends or,
+    for a job update, until its log moves past `after` (default: as it was when asked)."""
+    task_id = request.match_info["task_id"]
+    params = query(request, schemas.TaskWaitQuerySchema())
+    row = await _read_task(request, task_id)
+    wait = min(params.get("wait", 0.0), MAX_TASK_WAIT_S)
+    if wait > 0:
+        after = params.get("after", row["last_event"])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+
+        def settled(r: dict[str, Any]) -> bool:
+            return r["state"] in ("done", "error") or (r["kind"] == "update_job" and r["last_event"] > after)
+
+        while not settled(row) and loop.time() < deadline:
+            await asyncio.sleep(TASK_WAIT_POLL_S)
+            row = await _read_task(request, task_id)
     return web.json_response(row)
 
 
@@ -401,9 +433,9 @@ async def _task_deployment(request: web.Request, task_id: str) -> str | None:
 def route_tables() -> list[web.RouteTableDef]:
     """Every route module's table. A feature adds its own module here, so
     feature work does not pile up in this file."""
-    from . import routes_audit, routes_ops, routes_retention
+    from . import routes_audit, routes_jobs, routes_ops, routes_retention
 
-    return [routes, routes_ops.routes, routes_retention.routes, routes_audit.routes]
+    return [routes, routes_ops.routes, routes_retention.routes, routes_audit.routes, routes_jobs.routes]
 
 
 def create_app(runtime: Runtime, start_background: bool = True) -> web.Application:

@@ -42,6 +42,10 @@ def call(fn: Callable[[], Any]) -> Any:
         fail(error.message)
 
 
+# Feature modules add how their events read (event type -> text from the event's data).
+EVENT_TEXTS: dict[str, Callable[[dict[str, Any]], str]] = {}
+
+
 def describe_event(event: dict[str, Any]) -> str:
     data, kind = event["data"], event["type"]
     where = f"{data.get('job', '')}/{data.get('index', '')} disk {data.get('disk_cid', '')}".strip()
@@ -58,7 +62,7 @@ def describe_event(event: dict[str, Any]) -> str:
         "Snapshot.DeletionRequested": lambda: "deletion requested",
         "Snapshot.Deleted": lambda: f"snapshot deleted ({data.get('reason')})",
         "Snapshot.DeletionFailed": lambda: f"deletion failed: {data['error']['type']}: {data['error']['message']}",
-    }.get(kind, lambda: kind)()
+    }.get(kind, lambda: EVENT_TEXTS[kind](data) if kind in EVENT_TEXTS else kind)()
     return f"{event['time'][11:19]}  {text}"
 
 
@@ -453,7 +457,7 @@ def describe_cpi_log(entries: list[dict[str, Any]]) -> str:
 
 # Feature command modules register themselves on `main` when imported (they
 # import `main` and the helpers above, so they come last).
-FEATURE_MODULES: list[str] = ["cli_retention", "cli_audit", "cli_replay"]
+FEATURE_MODULES: list[str] = ["cli_retention", "cli_audit", "cli_replay", "cli_jobs"]
 for _module in FEATURE_MODULES:
     __import__(f"{__package__}.{_module}")
 

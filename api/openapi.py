@@ -66,7 +66,9 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/deployments/{deployment}/jobs/{job}/{index_or_id}/snapshots"): {
         "summary": "Snapshot one instance", "ok": (202, ACCEPTED)},
     ("GET", "/tasks"): {"summary": "Tasks, newest first", "ok": (200, ARRAY), "query": schemas.TaskQuerySchema},
-    ("GET", "/tasks/{task_id}"): {"summary": "One task", "ok": (200, TASK)},
+    ("GET", "/tasks/{task_id}"): {"summary": "One task; `wait` long-polls (at most 60 s) for its end or, for a "
+                                             "job update, its next change after `after`", "ok": (200, TASK),
+                                  "query": schemas.TaskWaitQuerySchema},
     ("GET", "/tasks/{task_id}/events"): {"summary": "A task's events in order", "ok": (200, ARRAY),
                                          "query": schemas.TaskEventsQuerySchema},
     ("GET", "/tasks/{task_id}/cpi-log"): {"summary": "A task's CPI calls with their logs", "ok": (200, ARRAY)},

@@ -27,6 +27,8 @@ class InstanceSchema(StrictSchema):
     index = fields.Integer(required=True, strict=True, validate=Range(min=0, max=1_000_000))
     id = fields.String(validate=NAME)
     disks = fields.List(fields.String(validate=CID), load_default=list, validate=Length(max=64))
+    # Release jobs whose drain/stop scripts a job update runs (default: [job]).
+    jobs = fields.List(fields.String(validate=NAME), validate=Length(min=1, max=64))
 
 
 class DeploymentSchema(StrictSchema):
@@ -118,6 +120,16 @@ class TaskEventsQuerySchema(Schema):
         unknown = RAISE
 
     after = fields.Integer(validate=Range(min=0, max=MAX_POSITION), load_default=0)
+
+
+class TaskWaitQuerySchema(Schema):
+    """`GET /tasks/{id}?wait=SECONDS&after=POSITION` (long poll; waits above 60 s are capped)."""
+
+    class Meta:
+        unknown = RAISE
+
+    wait = fields.Float(validate=Range(min=0))
+    after = fields.Integer(validate=Range(min=0))
 
 
 def validate_deployment_name(name: str, *, creating: bool = False) -> None:

@@ -80,7 +80,9 @@ class Deployment(Aggregate):
         for inst in instances:
             inst_id = inst.get("id") or known.get((inst["job"], inst["index"])) or str(uuid4())
             normalised.append(
-                {"id": inst_id, "job": inst["job"], "index": inst["index"], "disks": list(inst["disks"])}
+                {"id": inst_id, "job": inst["job"], "index": inst["index"], "disks": list(inst["disks"]),
+                 # The release jobs on the instance (drain/stop in job updates); absent: the instance group's name.
+                 **({"jobs": list(inst["jobs"])} if inst.get("jobs") else {})}
             )
         before = set(self.disk_cids()) if not self.deleted else set()
         after = {d for i in normalised for d in i["disks"]}

@@ -11,7 +11,12 @@ QUEUED, PROCESSING, DONE, ERROR = "queued", "processing", "done", "error"
 TERMINAL_STATES = frozenset({DONE, ERROR})
 
 # Operation outcomes that do not fail a task.
-GOOD_OUTCOMES = frozenset({"taken", "skipped", "deleted", "discovered"})
+GOOD_OUTCOMES = frozenset({"taken", "skipped", "deleted", "discovered", "ready"})
+
+
+def _disk(outcome: dict[str, Any]) -> str:
+    # Job-update instance outcomes concern no single disk.
+    return "" if outcome.get("disk_cid", "?") is None else f" disk {outcome.get('disk_cid', '?')}"
 
 
 class Task(Aggregate):
@@ -90,6 +95,7 @@ class Task(Aggregate):
         taken = [o["snapshot_cid"] for o in self.outcomes.values() if o["outcome"] == "taken"]
         deleted = [o["snapshot_cid"] for o in self.outcomes.values() if o["outcome"] == "deleted"]
         skipped = [o for o in self.outcomes.values() if o["outcome"] == "skipped"]
+        ready = [o for o in self.outcomes.values() if o["outcome"] == "ready"]  # job updates
         parts = []
         if taken:
             parts.append(f"snapshot(s) {', '.join(taken)} created")
@@ -98,10 +104,12 @@ class Task(Aggregate):
         if skipped:
             reasons = sorted({o.get("reason", "") for o in skipped})
             parts.append(f"{len(skipped)} skipped ({'; '.join(reasons)})")
+        if ready:
+            parts.append(f"{len(ready)} instance(s) ready for update")
         if failures:
             # Name every failed instance and disk: BOSH hides these (task `done`).
             named = "; ".join(
-                f"{o.get('instance', '?')} disk {o.get('disk_cid', '?')}: {o.get('error_type', '')}: {o.get('message', '')}"
+                f"{o.get('instance', '?')}{_disk(o)}: {o.get('error_type', '')}: {o.get('message', '')}"
                 + (f" (after {o['attempts']} attempts)" if o.get("attempts") else "")
                 for o in failures
             )

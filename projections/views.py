@@ -351,5 +351,7 @@ class InFlightView(View):
 def all_views() -> list[View]:
     # Tasks last: see Projector. In-flight after snapshots (it reads snapshots_view).
     from .audit import AuditView
+    from .job_updates import JobUpdatesView  # it subclasses View: imported here, not at the top
 
-    return [SnapshotsView(), InFlightView(), DeploymentsView(), ScheduleFiresView(), AuditView(), TasksView()]
+    return [SnapshotsView(), InFlightView(), DeploymentsView(), ScheduleFiresView(), JobUpdatesView(), AuditView(),
+            TasksView()]

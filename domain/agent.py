@@ -1,0 +1,99 @@
+"""The agent boundary: drain and stop the release jobs of one instance (BOSH agent `drain`, `stop`).
+
+The domain only sees this interface and plain results; how scripts are found
+and run (locally, over NATS, ...) is an adapter's business.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+UPDATE, SHUTDOWN = "update", "shutdown"
+DRAIN_TYPES = (UPDATE, SHUTDOWN)
+
+# Error types recorded on a failed step (the event's `error.type`).
+DRAIN_SCRIPT_FAILED = "DrainScriptFailed"  # non-zero exit
+DRAIN_INVALID_OUTPUT = "DrainInvalidOutput"  # stdout not one signed integer
+DRAIN_TIMEOUT = "DrainTimeout"
+STOP_FAILED = "StopFailed"
+STOP_TIMEOUT = "StopTimeout"
+DRAIN_CANCELLED = "DrainCancelled"  # snapledger stopped while the drain ran
+STOP_CANCELLED = "StopCancelled"
+AGENT_ERROR = "AgentError"  # the adapter itself failed (cannot run the script, a bug)
+
+
+@dataclass(frozen=True)
+class AgentInstance:
+    """What an agent needs to know about the instance it acts on."""
+
+    deployment: str
+    job: str  # the instance group
+    index: int | None
+    id: str
+    jobs: tuple[str, ...]  # the release jobs running on the instance
+
+    @property
+    def label(self) -> str:
+        return f"{self.job}/{self.index if self.index is not None else self.id}"
+
+
+@dataclass
+class ScriptCall:
+    """One run of a job's script, as recorded in the task's events."""
+
+    argv: list[str]
+    exit_code: int | None  # None: killed (time-out) or never started
+    stdout: str
+    stderr: str
+    duration_s: float
+    value: int | None = None  # the drain script's integer
+    waited_s: float = 0.0  # the wait the value asked for (seconds, as the script said)
+
+
+@dataclass
+class JobResult:
+    job: str
+    ok: bool
+    calls: list[ScriptCall] = field(default_factory=list)
+    skipped: str | None = None  # e.g. "no drain script"
+    error: dict[str, str] | None = None  # {type, message}
+
+
+@dataclass
+class AgentResult:
+    """The outcome of `drain` or `stop` over every job of one instance."""
+
+    ok: bool
+    jobs: list[JobResult]
+    duration_s: float = 0.0
+
+    @property
+    def error(self) -> dict[str, str] | None:
+        """The first failed job's error, naming the job."""
+        for job in self.jobs:
+            if not job.ok:
+                error = job.error or {"type": AGENT_ERROR, "message": "failed"}
+                return {"type": error["type"], "message": f"job {job.job}: {error['message']}"}
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "duration_s": round(self.duration_s, 6), "jobs": [asdict(j) for j in self.jobs]}
+
+    @classmethod
+    def failure(cls, jobs: tuple[str, ...], error_type: str, message: str) -> "AgentResult":
+        return cls(ok=False, jobs=[JobResult(job=j, ok=False, error={"type": error_type, "message": message})
+                                   for j in (jobs or ("?",))])
+
+
+DrainResult = AgentResult
+StopResult = AgentResult
+
+
+class Agent(Protocol):
+    def drain(self, instance: AgentInstance, drain_type: str, current_state: dict[str, Any],
+              next_state: dict[str, Any]) -> DrainResult:
+        """Run every job's drain script (in parallel) to completion, waits included."""
+
+    def stop(self, instance: AgentInstance) -> StopResult:
+        """Stop every job of the instance."""

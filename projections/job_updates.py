@@ -1,0 +1,90 @@
+"""Per-instance progress of job updates: what a deploy tool polls to go on instance by instance."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .events import dumps, iso
+from .views import View
+
+
+class JobUpdatesView(View):
+    name = "job_updates"
+    tables = ("job_update_instances_view",)
+    ddl = (
+        """CREATE TABLE IF NOT EXISTS job_update_instances_view (
+            task_id TEXT NOT NULL,
+            instance_id TEXT NOT NULL,
+            ord INTEGER NOT NULL,
+            job TEXT NOT NULL,
+            idx INTEGER,
+            state TEXT NOT NULL,
+            drain_type TEXT NOT NULL,
+            snapshots TEXT NOT NULL,
+            error TEXT,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (task_id, instance_id)
+        )""",
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handlers = {
+            "JobUpdate.Announced": self._announced,
+            "JobUpdate.DrainStarted": self._state("draining"),
+            "JobUpdate.DrainCompleted": self._state("stopping"),
+            "JobUpdate.JobStopped": self._state("snapshotting"),
+            "JobUpdate.DrainFailed": self._failed,
+            "JobUpdate.StopFailed": self._failed,
+            "JobUpdate.SnapshotFailed": self._snapshot_failed,
+            "JobUpdate.ReadyForUpdate": self._ready,
+            "JobUpdate.InstancesCancelled": self._cancelled,
+        }
+
+    def _announced(self, cur: Any, position: int, e: Any) -> None:
+        for ord_, inst in enumerate(e.instances):
+            cur.execute(
+                "INSERT INTO job_update_instances_view (task_id, instance_id, ord, job, idx, state, drain_type, "
+                "snapshots, updated_at) VALUES (%s, %s, %s, %s, %s, 'waiting', %s, '[]', %s)",
+                (e.task_id, inst["id"], ord_, inst["job"], inst["index"], e.drain_type, iso(e.timestamp)))
+
+    @staticmethod
+    def _set(cur: Any, e: Any, instance_id: str, assignments: str, *params: Any) -> None:
+        cur.execute(f"UPDATE job_update_instances_view SET {assignments}, updated_at = %s "
+                    "WHERE task_id = %s AND instance_id = %s", (*params, iso(e.timestamp), e.task_id, instance_id))
+
+    def _state(self, state: str) -> Any:
+        def handler(cur: Any, position: int, e: Any) -> None:
+            self._set(cur, e, e.instance_id, "state = %s", state)
+        return handler
+
+    def _failed(self, cur: Any, position: int, e: Any) -> None:
+        self._set(cur, e, e.instance_id, "state = 'failed', error = %s", f"{e.error['type']}: {e.error['message']}")
+
+    def _snapshot_failed(self, cur: Any, position: int, e: Any) -> None:
+        message = "; ".join(f"disk {f.get('disk_cid')}: {f.get('error_type', f.get('outcome'))}: {f.get('message', '')}"
+                            for f in e.failures)
+        self._set(cur, e, e.instance_id, "state = 'failed', error = %s", f"SnapshotFailed: {message}")
+
+    def _ready(self, cur: Any, position: int, e: Any) -> None:
+        self._set(cur, e, e.instance_id, "state = 'ready', snapshots = %s", dumps(e.snapshots))
+
+    def _cancelled(self, cur: Any, position: int, e: Any) -> None:
+        for instance_id in e.instance_ids:
+            self._set(cur, e, instance_id, "state = 'cancelled', error = %s", e.reason)
+
+
+def instance_updates(db: Any, task_id: str) -> list[dict[str, Any]]:
+    """Each instance of a job-update task, in update order, with its state (`ready` = go ahead)."""
+    rows = db.query("SELECT * FROM job_update_instances_view WHERE task_id = %s ORDER BY ord", (task_id,))
+    return [{"instance": f"{r['job']}/{r['idx'] if r['idx'] is not None else r['instance_id']}",
+             "id": r["instance_id"], "job": r["job"], "index": r["idx"], "state": r["state"],
+             "ready": r["state"] == "ready", "drain_type": r["drain_type"], "snapshots": json.loads(r["snapshots"]),
+             "error": r["error"], "updated_at": r["updated_at"]} for r in rows]
+
+
+def last_event_position(db: Any, task_id: str) -> int:
+    """The position of the task's latest event: a change counter for long polls."""
+    rows = db.query("SELECT MAX(position) AS p FROM task_events_view WHERE task_id = %s", (task_id,))
+    return int(rows[0]["p"] or 0) if rows else 0

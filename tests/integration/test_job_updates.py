@@ -1,0 +1,251 @@
+"""Job updates through the ledger on the real event stores, with real drain scripts.
+
+Steps are driven by hand here (advance / execute / run the snapshot
+operations) so each test can look between them; the e2e test runs the same
+through the worker process roles and HTTP.
+"""
+
+from __future__ import annotations
+
+import stat
+import threading
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from snapledger.adapters.agent_local import LocalAgent
+from snapledger.adapters.store import ledger_env, open_database, parse_store_url
+from snapledger.domain.application import Ledger
+from snapledger.domain.cpi import CpiError
+from snapledger.domain.job_update import JobUpdate, JobUpdateRunner, announce_job_update, job_update_id
+from snapledger.domain.operations import OperationRunner
+from snapledger.domain.snapshot import Snapshot
+from snapledger.projections.job_updates import instance_updates
+from snapledger.projections.projector import Projector
+from snapledger.projections.queries import Queries
+from support.fakes import FakeCpi
+
+
+def script(path: Path, body: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/bash\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+class Stack:
+    def __init__(self, store_url: str, tmp_path: Path) -> None:
+        url = parse_store_url(store_url)
+        self.ledger = Ledger(env=ledger_env(url))
+        self.db = open_database(url)
+        self.projector = Projector(self.db)
+        self.projector.setup()
+        self.jobs_dir = tmp_path / "jobs"
+        self.cpi = FakeCpi({f"disk-{i}" for i in range(4)})
+        self.agent = LocalAgent(self.jobs_dir, wait_scale=0.001)
+        self.runner = JobUpdateRunner(self.ledger, self.agent, worker="w1")
+        self.ops = OperationRunner(self.ledger, {"local": self.cpi}, worker="w1")
+        self.ledger.set_snapshots_enabled(True, actor="alice")
+        self.ledger.record_deployment("prod", {}, [
+            {"job": "db", "index": i, "disks": [f"disk-{i}"], **({"jobs": ["db", "flaky"]} if i == 1 else {})}
+            for i in range(3)], actor="alice")
+        script(self.jobs_dir / "db" / "bin" / "drain", "echo -1 >/dev/null; echo 0\n")
+
+    def close(self) -> None:
+        self.ledger.close()
+        self.db.close()
+
+    def update(self, task_id: Any) -> JobUpdate:
+        return self.ledger.repository.get(job_update_id(task_id))
+
+    def run_snapshots(self, task_id: Any) -> int:
+        task = self.ledger.get_task(str(task_id))
+        pending = [op for op in task.operations if op not in task.outcomes
+                   and isinstance(self.ledger._get(UUID(op)), Snapshot)]
+        for op in pending:
+            self.ops.execute(UUID(op))
+        return len(pending)
+
+    def drive(self, task_id: Any) -> None:
+        """What the workers do, until nothing moves."""
+        update_id = job_update_id(task_id)
+        while True:
+            claimed = self.runner.advance(update_id)
+            for instance_id in claimed:
+                self.runner.execute(update_id, instance_id)
+            if not claimed and not self.run_snapshots(task_id):
+                return
+
+    def project(self) -> None:
+        position = self.projector.position()
+        while True:
+            notes = self.ledger.recorder.select_notifications(start=position, limit=500, inclusive_of_start=False)
+            if not notes:
+                return
+            self.projector.apply([(n.id, self.ledger.mapper.to_domain_event(n)) for n in notes])
+            position = notes[-1].id
+
+
+@pytest.fixture
+def stack(store_url: str, tmp_path: Path) -> Any:
+    s = Stack(store_url, tmp_path)
+    yield s
+    s.close()
+
+
+def states(update: JobUpdate) -> list[str]:
+    return [i["state"] for i in update.instances]
+
+
+def test_instances_go_one_after_another_and_become_ready(stack: Stack) -> None:
+    script(stack.jobs_dir / "flaky" / "bin" / "drain", "echo 0\n")
+    task = announce_job_update(stack.ledger, "prod", "db", None, "update", actor="deployer",
+                               next_state={"persistent_disk": 2048})
+    update_id = job_update_id(task.id)
+
+    assert stack.runner.advance(update_id) == [stack.update(task.id).instances[0]["id"]]
+    assert stack.runner.advance(update_id) == []  # max_in_flight 1: instance 0 is in flight
+    assert stack.runner.execute(update_id, stack.update(task.id).instances[0]["id"]) == "snapshotting"
+    assert states(stack.update(task.id)) == ["snapshotting", "waiting", "waiting"]
+    assert stack.runner.advance(update_id) == []  # its clean snapshot is not taken yet
+    assert stack.run_snapshots(task.id) == 1
+    claimed = stack.runner.advance(update_id)  # settles instance 0, starts instance 1
+    assert states(stack.update(task.id)) == ["ready", "draining", "waiting"]
+    assert claimed == [stack.update(task.id).instances[1]["id"]]
+    stack.runner.execute(update_id, claimed[0])
+    stack.drive(task.id)
+
+    assert states(stack.update(task.id)) == ["ready", "ready", "ready"]
+    done = stack.ledger.get_task(str(task.id))
+    assert done.state == "done", done.result
+    assert "3 instance(s) ready for update" in done.result
+
+    stack.project()
+    queries = Queries(stack.db)
+    listing = queries.snapshots("prod")
+    assert sorted(r["disk_cid"] for r in listing) == ["disk-0", "disk-1", "disk-2"]
+    assert all(r["clean"] is True and r["trigger"] == "job_update" for r in listing)
+    assert [i["state"] for i in instance_updates(stack.db, str(task.id))] == ["ready"] * 3
+
+    # The task's log, in order, for the first instance.
+    events = [e for e in queries.task_events(str(task.id))
+              if e["data"].get("instance") in ("db/0", None) or e["data"].get("disk_cid") == "disk-0"]
+    kinds = [e["type"] for e in events if e["type"].startswith(("JobUpdate.", "Snapshot."))]
+    assert kinds[:8] == ["JobUpdate.Announced", "JobUpdate.DrainStarted", "JobUpdate.DrainCompleted",
+                         "JobUpdate.JobStopped", "JobUpdate.CleanSnapshotsRequested", "Snapshot.Requested",
+                         "Snapshot.CpiCallStarted", "Snapshot.Taken"]
+    assert kinds[8] == "JobUpdate.ReadyForUpdate"
+    drained = next(e for e in events if e["type"] == "JobUpdate.DrainCompleted")
+    assert drained["data"]["result"]["jobs"][0]["calls"][0]["value"] == 0
+    assert stack.cpi.count("snapshot_disk") == 3
+    metadata = stack.cpi.calls[0][1][1]
+    assert metadata["job"] == "db" and metadata["index"] == 0
+
+
+def test_max_in_flight_starts_several_at_once(stack: Stack) -> None:
+    script(stack.jobs_dir / "flaky" / "bin" / "drain", "echo 0\n")
+    task = announce_job_update(stack.ledger, "prod", "db", None, "update", actor="deployer", max_in_flight=2)
+    claimed = stack.runner.advance(job_update_id(task.id))
+    assert len(claimed) == 2
+    assert states(stack.update(task.id)) == ["draining", "draining", "waiting"]
+    for instance_id in claimed:
+        stack.runner.execute(job_update_id(task.id), instance_id)
+    stack.drive(task.id)
+    assert stack.ledger.get_task(str(task.id)).state == "done"
+
+
+def test_a_failed_drain_fails_the_instance_before_any_snapshot(stack: Stack) -> None:
+    script(stack.jobs_dir / "flaky" / "bin" / "drain", "echo 'not today'\n")
+    task = announce_job_update(stack.ledger, "prod", "db", None, "update", actor="deployer")
+    stack.drive(task.id)
+
+    update = stack.update(task.id)
+    assert states(update) == ["ready", "failed", "cancelled"]
+    assert update.instances[1]["snapshots"] == []
+    finished = stack.ledger.get_task(str(task.id))
+    assert finished.state == "error"
+    assert "db/1: DrainInvalidOutput: job flaky: Script did not return a signed integer" in finished.result
+    assert "db/2: Cancelled" in finished.result
+    assert [c[1][0] for c in stack.cpi.calls] == ["disk-0"]  # no snapshot of the half-drained instance
+
+    stack.project()
+    assert [r["disk_cid"] for r in Queries(stack.db).snapshots("prod")] == ["disk-0"]
+    rows = instance_updates(stack.db, str(task.id))
+    assert [r["ready"] for r in rows] == [True, False, False]
+    assert rows[1]["error"].startswith("DrainInvalidOutput")
+    failed = next(e for e in Queries(stack.db).task_events(str(task.id)) if e["type"] == "JobUpdate.DrainFailed")
+    assert failed["data"]["result"]["jobs"][1]["calls"][0]["stdout"] == "not today\n"
+
+
+def test_a_failed_stop_fails_the_instance_before_any_snapshot(stack: Stack) -> None:
+    script(stack.jobs_dir / "db" / "bin" / "stop", "exit 2\n")
+    task = announce_job_update(stack.ledger, "prod", "db", "0", "shutdown", actor="deployer")
+    stack.drive(task.id)
+    assert states(stack.update(task.id)) == ["failed"]
+    assert stack.cpi.count("snapshot_disk") == 0
+    finished = stack.ledger.get_task(str(task.id))
+    assert finished.state == "error" and "StopFailed" in finished.result
+    assert finished.description == "update instance db/0"
+
+
+def test_disabled_snapshots_are_skipped_and_the_update_goes_on(stack: Stack) -> None:
+    stack.ledger.set_snapshots_enabled(False, actor="alice")
+    task = announce_job_update(stack.ledger, "prod", "db", "0", "update", actor="deployer")
+    stack.drive(task.id)
+    assert states(stack.update(task.id)) == ["ready"]
+    assert stack.ledger.get_task(str(task.id)).state == "done"
+    assert stack.cpi.count("snapshot_disk") == 0
+    stack.project()
+    types = [e["type"] for e in Queries(stack.db).task_events(str(task.id))]
+    assert types.index("JobUpdate.JobStopped") < types.index("JobUpdate.SnapshotSkipped") \
+        < types.index("JobUpdate.ReadyForUpdate")
+    skipped = next(e for e in Queries(stack.db).task_events(str(task.id)) if e["type"] == "JobUpdate.SnapshotSkipped")
+    assert skipped["data"]["reason"] == "snapshots are disabled"
+
+
+def test_a_failed_clean_snapshot_keeps_the_instance_from_ready(stack: Stack) -> None:
+    stack.cpi.failures["disk-0"] = CpiError("Bosh::Clouds::CloudError", "quota exceeded")
+    task = announce_job_update(stack.ledger, "prod", "db", None, "update", actor="deployer")
+    stack.drive(task.id)
+    assert states(stack.update(task.id)) == ["failed", "cancelled", "cancelled"]
+    finished = stack.ledger.get_task(str(task.id))
+    assert finished.state == "error" and "quota exceeded" in finished.result
+
+
+def test_racing_workers_claim_each_instance_once(stack: Stack) -> None:
+    script(stack.jobs_dir / "flaky" / "bin" / "drain", "echo 0\n")
+    for max_in_flight in (1, 3):
+        task = announce_job_update(stack.ledger, "prod", "db", None, "update", actor="deployer",
+                                   max_in_flight=max_in_flight)
+        runners = [JobUpdateRunner(stack.ledger, stack.agent, worker=f"w{i}") for i in range(4)]
+        barrier = threading.Barrier(len(runners))
+        claims: list[str] = []
+
+        def go(runner: JobUpdateRunner) -> None:
+            barrier.wait()
+            claims.extend(runner.advance(job_update_id(task.id)))
+
+        threads = [threading.Thread(target=go, args=(r,)) for r in runners]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(claims) == len(set(claims)) == max_in_flight
+        # Only the claimant may run it.
+        update_id = job_update_id(task.id)
+        owner = {i["id"]: i["worker"] for i in stack.update(task.id).instances}
+        for instance_id in claims:
+            others = [r for r in runners if r.worker != owner[instance_id]]
+            assert others[0].execute(update_id, instance_id) is None
+        stack.ledger.get_task(str(task.id))
+
+
+def test_unknown_instance_and_bad_arguments_are_refused(stack: Stack) -> None:
+    from snapledger.domain.errors import InstanceNotFound, LedgerError
+
+    with pytest.raises(InstanceNotFound):
+        announce_job_update(stack.ledger, "prod", "db", "7", "update", actor="deployer")
+    with pytest.raises(LedgerError) as error:
+        announce_job_update(stack.ledger, "prod", "db", None, "reboot", actor="deployer")
+    assert error.value.field == "drain_type"
