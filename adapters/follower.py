@@ -41,6 +41,26 @@ class ChangeSignal:
                 event.set()
 
 
+class TrackedPosition:
+    """A follower's position, kept in `projection_tracking` under its own name."""
+
+    def __init__(self, db: Any, name: str) -> None:
+        self.db = db
+        self.name = name
+
+    def load(self) -> int:
+        rows = self.db.query("SELECT position FROM projection_tracking WHERE name = %s", (self.name,))
+        return int(rows[0]["position"]) if rows else 0
+
+    def save(self, position: int) -> None:
+        with self.db.transaction() as cur:
+            cur.execute(
+                "INSERT INTO projection_tracking (name, position) VALUES (%s, %s) "
+                "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                (self.name, position),
+            )
+
+
 class StoreHealth:
     """Whether the database is reachable, as the LISTEN connection sees it.
 

@@ -19,7 +19,7 @@ from eventsourcing.utils import get_topic
 from snapledger.domain.job_update import JobUpdate, JobUpdateRunner, job_update_id
 from snapledger.domain.task import Task
 
-from .follower import Batch, ChangeSignal, LogFollower
+from .follower import Batch, ChangeSignal, LogFollower, TrackedPosition
 
 TOPICS = (get_topic(JobUpdate.Announced), get_topic(Task.OperationFinished))
 POSITION_NAME = "job_update_worker"  # not "job_updates": that is the view's tracking row
@@ -36,16 +36,10 @@ class JobUpdateWorker:
                                     topics=TOPICS, batch_size=200, poll_interval=poll_interval)
 
     def _load_position(self) -> int:
-        rows = self.db.query("SELECT position FROM projection_tracking WHERE name = %s", (POSITION_NAME,))
-        return int(rows[0]["position"]) if rows else 0
+        return TrackedPosition(self.db, POSITION_NAME).load()
 
     def _save_position(self, position: int) -> None:
-        with self.db.transaction() as cur:
-            cur.execute(
-                "INSERT INTO projection_tracking (name, position) VALUES (%s, %s) "
-                "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-                (POSITION_NAME, position),
-            )
+        TrackedPosition(self.db, POSITION_NAME).save(position)
 
     def _handle(self, batch: Batch) -> None:
         updates: list[UUID] = []

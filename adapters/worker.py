@@ -16,7 +16,7 @@ from snapledger.domain.discovery import SelfDiscovery
 from snapledger.domain.snapshot import Snapshot
 from snapledger.projections.events import iso
 from snapledger.projections.queries import Queries
-from .follower import Batch, ChangeSignal, LogFollower
+from .follower import Batch, ChangeSignal, LogFollower, TrackedPosition
 
 HEARTBEAT_DDL = """CREATE TABLE IF NOT EXISTS worker_heartbeats (
     worker TEXT PRIMARY KEY,
@@ -54,16 +54,10 @@ class Worker:
         )
 
     def _load_position(self) -> int:
-        rows = self.db.query("SELECT position FROM projection_tracking WHERE name = %s", (POSITION_NAME,))
-        return int(rows[0]["position"]) if rows else 0
+        return TrackedPosition(self.db, POSITION_NAME).load()
 
     def _save_position(self, position: int) -> None:
-        with self.db.transaction() as cur:
-            cur.execute(
-                "INSERT INTO projection_tracking (name, position) VALUES (%s, %s) "
-                "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-                (POSITION_NAME, position),
-            )
+        TrackedPosition(self.db, POSITION_NAME).save(position)
 
     def _handle(self, batch: Batch) -> None:
         futures = [self.pool.submit(self.runner.execute, event.originator_id) for _, event in batch]
