@@ -173,8 +173,9 @@ async def test_failures_are_recorded_with_type_and_message(tmp_path: Path, sqlit
 
 
 async def test_a_hanging_cpi_is_killed_with_its_process_group(tmp_path: Path, sqlite_url: str) -> None:
+    # 4 s: long enough for the test CPI (a Python process) to start and spawn its child on a busy machine.
     seen, task, events, state = await run_with_fault(tmp_path, sqlite_url, "snapshot_disk", {"mode": "hang"},
-                                                     timeout=1)
+                                                     timeout=4)
     (failed,) = of_type(events, "Snapshot.Failed")
     assert failed["data"]["error"]["type"] == "Snapledger::Cpi::TimedOut"
     assert task["state"] == "error"
