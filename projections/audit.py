@@ -59,22 +59,22 @@ class AuditView(View):
     )
 
     def apply(self, cur: Any, position: int, event: Any) -> None:
+        # Write-only SQL (no SELECT read back into Python): the projector sends
+        # a batch's statements in one PostgreSQL pipeline, and a read here
+        # would cost a round trip per event. The references come from
+        # audit_refs through the INSERT's own join.
         record = event_record(position, event)
         kind = event_type(event)
         aggregate = record["aggregate_id"]
-        refs = self._refs(cur, aggregate)
         data = record["data"]
         if kind in ("Snapshot.Requested", "Task.Queued", "Deployment.Registered", "SelfDiscovery.Requested"):
-            refs = {"deployment": data.get("deployment") or data.get("name") or
-                    ("_self" if kind.startswith("SelfDiscovery") else None),
-                    "job": data.get("job"), "idx": data.get("index"), "instance_id": data.get("instance_id"),
-                    "disk_cid": data.get("disk_cid"), "snapshot_cid": None}
+            deployment = data.get("deployment") or data.get("name") or (
+                "_self" if kind.startswith("SelfDiscovery") else None)
             cur.execute("INSERT INTO audit_refs (aggregate_id, deployment, job, idx, instance_id, disk_cid, "
                         "snapshot_cid) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                        (aggregate, refs["deployment"], refs["job"], refs["idx"], refs["instance_id"],
-                         refs["disk_cid"], None))
+                        (aggregate, deployment, data.get("job"), data.get("index"), data.get("instance_id"),
+                         data.get("disk_cid"), None))
         elif kind == "Snapshot.Taken":
-            refs["snapshot_cid"] = data["snapshot_cid"]
             cur.execute("UPDATE audit_refs SET snapshot_cid = %s WHERE aggregate_id = %s",
                         (data["snapshot_cid"], aggregate))
             # Stamp the CID on the snapshot's earlier events: its history starts at the request.
@@ -83,16 +83,11 @@ class AuditView(View):
         cur.execute(
             "INSERT INTO audit_events (position, type, time, actor, task_id, aggregate_id, version, deployment, "
             "job, idx, instance_id, disk_cid, snapshot_cid, data) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            "SELECT %s, %s, %s, %s, %s, %s, %s, COALESCE(r.deployment, %s), r.job, r.idx, r.instance_id, "
+            "r.disk_cid, r.snapshot_cid, %s "
+            "FROM (SELECT 1 AS one) AS x LEFT JOIN audit_refs AS r ON r.aggregate_id = %s",
             (position, kind, record["time"], record["actor"], record["task_id"], aggregate, record["version"],
-             refs.get("deployment") or data.get("deployment"), refs.get("job"), refs.get("idx"), refs.get("instance_id"),
-             refs.get("disk_cid"), refs.get("snapshot_cid"), dumps(data)))
-
-    @staticmethod
-    def _refs(cur: Any, aggregate: str) -> dict[str, Any]:
-        rows = cur.execute("SELECT deployment, job, idx, instance_id, disk_cid, snapshot_cid FROM audit_refs "
-                           "WHERE aggregate_id = %s", (aggregate,)).fetchall()
-        return dict(rows[0]) if rows else {}
+             data.get("deployment"), dumps(data), aggregate))
 
 
 def audit_query(filters: dict[str, Any], after: int, limit: int) -> tuple[str, list[Any]]:
