@@ -112,3 +112,57 @@ def audit_query(filters: dict[str, Any], after: int, limit: int) -> tuple[str, l
         params.append(filters["until"])
     statement = f"SELECT * FROM audit_events WHERE {' AND '.join(clauses)} ORDER BY position LIMIT %s"
     return statement, [*params, limit]
+
+
+# One snapshot's life ------------------------------------------------------------
+
+OUTCOMES = ("Snapshot.Taken", "Snapshot.Failed", "Snapshot.Skipped", "Snapshot.AttemptFailed",
+            "Snapshot.Deleted", "Snapshot.DeletionFailed", "Snapshot.CpiCallInDoubt")
+
+
+def snapshot_history(cid: str, events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The life of the snapshot with CID `cid` from its audit events (in log
+    order): who asked, when and why, each CPI call paired with its answer
+    through causation (an outcome's `caused_by` is its `CpiCallStarted`), and
+    where it stands now. None when the log holds no such snapshot."""
+    if not events:
+        return None
+    requested = next((e for e in events if e["type"] == "Snapshot.Requested"), events[0])
+    request = requested["data"]
+    calls: list[dict[str, Any]] = []
+    by_start: dict[str, dict[str, Any]] = {}
+    state = "requested"
+    for e in events:
+        data = e["data"]
+        if e["type"] == "Snapshot.CpiCallStarted":
+            entry = {"method": data.get("method"), "attempt": data.get("attempt"), "worker": data.get("worker"),
+                     "task_id": data.get("task_id"), "actor": e["actor"], "started_at": e["time"],
+                     "started_position": e["position"], "outcome": None, "finished_at": None,
+                     "duration_s": None, "request_id": None, "answer": None, "log": "", "stderr": ""}
+            calls.append(entry)
+            by_start[e["event_id"]] = entry
+        elif e["type"] in OUTCOMES:
+            entry = by_start.get(data.get("caused_by") or "")
+            if entry is None:  # an outcome recorded before causation existed: the latest open call
+                entry = next((c for c in reversed(calls) if c["outcome"] is None), None)
+            if entry is not None:
+                call = data.get("call") if isinstance(data.get("call"), dict) else {}
+                entry.update(outcome=e["type"].split(".", 1)[1], finished_at=e["time"],
+                             duration_s=call.get("duration_s"), request_id=call.get("request_id"),
+                             answer=data.get("snapshot_cid") or data.get("error") or data.get("reason"),
+                             log=call.get("log", ""), stderr=call.get("stderr", ""))
+        state = _STATE_AFTER.get(e["type"], state)
+    return {
+        "snapshot_cid": cid, "snapshot_id": requested["aggregate_id"], "deployment": requested["deployment"],
+        "instance": requested["instance"], "disk_cid": requested["disk_cid"], "trigger": request.get("trigger"),
+        "clean": request.get("clean"), "requested_by": requested["actor"], "requested_at": requested["time"],
+        "task_id": requested["task_id"], "state": state, "events": events, "cpi_calls": calls,
+    }
+
+
+_STATE_AFTER = {
+    "Snapshot.Requested": "requested", "Snapshot.CpiCallStarted": "calling", "Snapshot.Taken": "taken",
+    "Snapshot.Failed": "failed", "Snapshot.Skipped": "skipped", "Snapshot.AttemptFailed": "retrying",
+    "Snapshot.CpiCallInDoubt": "in_doubt", "Snapshot.DeletionRequested": "delete_requested",
+    "Snapshot.Deleted": "deleted", "Snapshot.DeletionFailed": "taken",
+}
