@@ -146,6 +146,13 @@ class Database:
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         raise NotImplementedError
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Any]:
+        """A read-only cursor on one consistent state of the database (several
+        reads see the same moment; writers are not blocked)."""
+        raise NotImplementedError
+        yield
+
     def close(self) -> None:
         pass
 
@@ -165,6 +172,14 @@ class PostgresDatabase(Database):
     def transaction(self) -> Iterator[Any]:
         with self.pool.connection() as conn:
             with conn.transaction():
+                with conn.cursor() as cur:
+                    yield cur
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Any]:
+        with self.pool.connection() as conn:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 with conn.cursor() as cur:
                     yield cur
 
@@ -234,6 +249,15 @@ class SqliteDatabase(Database):
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Any]:
+        conn = self._conn()
+        conn.execute("BEGIN")  # deferred: a WAL read snapshot from the first read, no write lock
+        try:
+            yield SqliteCursor(conn.cursor())
+        finally:
+            conn.execute("ROLLBACK")
 
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return SqliteCursor(self._conn().cursor()).execute(statement, params).fetchall()

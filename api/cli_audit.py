@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .cli import call, fail, main
+from .cli import call, main
 
 
 def timeline_line(e: dict[str, Any]) -> str:
@@ -67,19 +67,25 @@ def audit(ctx: click.Context, follow: bool, after: int, limit: int, type_: str |
 @click.pass_context
 def history(ctx: click.Context, cid: str) -> None:
     """The life of one snapshot: request, every CPI call and its answer, deletion."""
-    rows = call(lambda: ctx.obj["client"].get("/events", snapshot_cid=cid, limit=5000))
-    if not rows:
-        fail(f"no events for snapshot '{cid}'")
+    life = call(lambda: ctx.obj["client"].get(f"/snapshots/{cid}/history"))
     if ctx.obj["json"]:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps(life, indent=2))
         return
-    first = rows[0]["data"]
-    click.echo(f"Snapshot {cid}: {first.get('deployment')} {first.get('job')}/{first.get('index')} "
-               f"disk {first.get('disk_cid')}, trigger {first.get('trigger')}, clean {first.get('clean')}")
-    for e in rows:
+    click.echo(f"Snapshot {cid}: {life['deployment']} {life['instance']} disk {life['disk_cid']}, "
+               f"trigger {life['trigger']}, clean {life['clean']}; requested by {life['requested_by']} "
+               f"at {life['requested_at']}; now {life['state']}")
+    for e in life["events"]:
         click.echo(timeline_line(e))
         c = e["data"].get("call")
         if isinstance(c, dict):
             for name in ("log", "stderr"):
                 for line in (c.get(name) or "").splitlines()[:20]:
                     click.echo(f"{'':>9}{name}: {line}")
+    click.echo("\nCPI calls")
+    for c in life["cpi_calls"]:
+        answer = c["answer"]
+        if isinstance(answer, dict):
+            answer = f"{answer.get('type')}: {answer.get('message')}"
+        click.echo(f"  {c['started_at']}  {c['method']} attempt {c['attempt']} by {c['worker']}: "
+                   f"{c['outcome'] or 'no answer recorded'} {answer or ''} "
+                   f"({c['duration_s']} s, request {c['request_id'] or '-'})".rstrip())

@@ -58,8 +58,8 @@ def replay(verify: bool, rebuild_name: str | None, **options: Any) -> None:
             replaying.swap(runtime.db, rebuilt, rebuild_name, ref)
             click.echo(f"view {rebuild_name} rebuilt from the log and swapped in at position {rebuilt.position}")
             return
-        diffs = replaying.differences(runtime.db, rebuilt, _positions_at(runtime, rebuilt.position,
-                                                                          positions_before))
+        _positions_at(runtime, rebuilt.position, positions_before)  # let the live views reach the rebuild
+        diffs = replaying.differences(runtime.db, rebuilt, runtime.ledger)
         if diffs:
             for line in diffs:
                 click.echo(f"DIFFERS {line}")

@@ -1,20 +1,30 @@
-"""The audit log over HTTP: every event, filtered, paged by position."""
+"""The audit log over HTTP: every event, filtered, paged by position; one snapshot's life."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
+from snapledger.domain.errors import SnapshotNotFound
+from snapledger.projections.audit import snapshot_history
 from snapledger.projections.events import iso
 
 from . import schemas
-from .app import RUNTIME, query, run
+from .app import RUNTIME, path, query, run
 from .auth import Access, declare
-from .openapi import ARRAY, document
+from .openapi import ARRAY, OBJECT, document
 
 routes = web.RouteTableDef()
 declare("GET", "/events", Access.READ)
 document("GET", "/events", "The event log in order, filtered; page with `after` = the last position seen",
          (200, ARRAY), query=schemas.EventQuerySchema)
+declare("GET", "/snapshots/{cid}/history", Access.READ)
+document("GET", "/snapshots/{cid}/history",
+         "One snapshot's life from request to deletion: its events and every CPI call with its answer",
+         (200, OBJECT))
+
+PAGE = 5000
 
 
 @routes.get("/events")
@@ -26,3 +36,22 @@ async def events(request: web.Request) -> web.Response:
     after, limit = params.pop("after"), params.pop("limit")
     rows = await run(request, request.app[RUNTIME].queries.events, params, after, limit)
     return web.json_response(rows)
+
+
+@routes.get("/snapshots/{cid}/history")
+async def history(request: web.Request) -> web.Response:
+    cid = path(request, "cid")
+    queries = request.app[RUNTIME].queries
+
+    def load() -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        while True:  # every event, however many retries it took
+            page = queries.events({"snapshot_cid": cid}, rows[-1]["position"] if rows else 0, PAGE)
+            rows.extend(page)
+            if len(page) < PAGE:
+                return rows
+
+    life = snapshot_history(cid, await run(request, load))
+    if life is None:
+        raise SnapshotNotFound(f"no events for snapshot '{cid}'", field="cid")
+    return web.json_response(life)

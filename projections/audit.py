@@ -59,22 +59,22 @@ class AuditView(View):
     )
 
     def apply(self, cur: Any, position: int, event: Any) -> None:
+        # Write-only SQL (no SELECT read back into Python): the projector sends
+        # a batch's statements in one PostgreSQL pipeline, and a read here
+        # would cost a round trip per event. The references come from
+        # audit_refs through the INSERT's own join.
         record = event_record(position, event)
         kind = event_type(event)
         aggregate = record["aggregate_id"]
-        refs = self._refs(cur, aggregate)
         data = record["data"]
         if kind in ("Snapshot.Requested", "Task.Queued", "Deployment.Registered", "SelfDiscovery.Requested"):
-            refs = {"deployment": data.get("deployment") or data.get("name") or
-                    ("_self" if kind.startswith("SelfDiscovery") else None),
-                    "job": data.get("job"), "idx": data.get("index"), "instance_id": data.get("instance_id"),
-                    "disk_cid": data.get("disk_cid"), "snapshot_cid": None}
+            deployment = data.get("deployment") or data.get("name") or (
+                "_self" if kind.startswith("SelfDiscovery") else None)
             cur.execute("INSERT INTO audit_refs (aggregate_id, deployment, job, idx, instance_id, disk_cid, "
                         "snapshot_cid) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                        (aggregate, refs["deployment"], refs["job"], refs["idx"], refs["instance_id"],
-                         refs["disk_cid"], None))
+                        (aggregate, deployment, data.get("job"), data.get("index"), data.get("instance_id"),
+                         data.get("disk_cid"), None))
         elif kind == "Snapshot.Taken":
-            refs["snapshot_cid"] = data["snapshot_cid"]
             cur.execute("UPDATE audit_refs SET snapshot_cid = %s WHERE aggregate_id = %s",
                         (data["snapshot_cid"], aggregate))
             # Stamp the CID on the snapshot's earlier events: its history starts at the request.
@@ -83,16 +83,11 @@ class AuditView(View):
         cur.execute(
             "INSERT INTO audit_events (position, type, time, actor, task_id, aggregate_id, version, deployment, "
             "job, idx, instance_id, disk_cid, snapshot_cid, data) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            "SELECT %s, %s, %s, %s, %s, %s, %s, COALESCE(r.deployment, %s), r.job, r.idx, r.instance_id, "
+            "r.disk_cid, r.snapshot_cid, %s "
+            "FROM (SELECT 1 AS one) AS x LEFT JOIN audit_refs AS r ON r.aggregate_id = %s",
             (position, kind, record["time"], record["actor"], record["task_id"], aggregate, record["version"],
-             refs.get("deployment") or data.get("deployment"), refs.get("job"), refs.get("idx"), refs.get("instance_id"),
-             refs.get("disk_cid"), refs.get("snapshot_cid"), dumps(data)))
-
-    @staticmethod
-    def _refs(cur: Any, aggregate: str) -> dict[str, Any]:
-        rows = cur.execute("SELECT deployment, job, idx, instance_id, disk_cid, snapshot_cid FROM audit_refs "
-                           "WHERE aggregate_id = %s", (aggregate,)).fetchall()
-        return dict(rows[0]) if rows else {}
+             data.get("deployment"), dumps(data), aggregate))
 
 
 def audit_query(filters: dict[str, Any], after: int, limit: int) -> tuple[str, list[Any]]:
@@ -117,3 +112,57 @@ def audit_query(filters: dict[str, Any], after: int, limit: int) -> tuple[str, l
         params.append(filters["until"])
     statement = f"SELECT * FROM audit_events WHERE {' AND '.join(clauses)} ORDER BY position LIMIT %s"
     return statement, [*params, limit]
+
+
+# One snapshot's life ------------------------------------------------------------
+
+OUTCOMES = ("Snapshot.Taken", "Snapshot.Failed", "Snapshot.Skipped", "Snapshot.AttemptFailed",
+            "Snapshot.Deleted", "Snapshot.DeletionFailed", "Snapshot.CpiCallInDoubt")
+
+
+def snapshot_history(cid: str, events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The life of the snapshot with CID `cid` from its audit events (in log
+    order): who asked, when and why, each CPI call paired with its answer
+    through causation (an outcome's `caused_by` is its `CpiCallStarted`), and
+    where it stands now. None when the log holds no such snapshot."""
+    if not events:
+        return None
+    requested = next((e for e in events if e["type"] == "Snapshot.Requested"), events[0])
+    request = requested["data"]
+    calls: list[dict[str, Any]] = []
+    by_start: dict[str, dict[str, Any]] = {}
+    state = "requested"
+    for e in events:
+        data = e["data"]
+        if e["type"] == "Snapshot.CpiCallStarted":
+            entry = {"method": data.get("method"), "attempt": data.get("attempt"), "worker": data.get("worker"),
+                     "task_id": data.get("task_id"), "actor": e["actor"], "started_at": e["time"],
+                     "started_position": e["position"], "outcome": None, "finished_at": None,
+                     "duration_s": None, "request_id": None, "answer": None, "log": "", "stderr": ""}
+            calls.append(entry)
+            by_start[e["event_id"]] = entry
+        elif e["type"] in OUTCOMES:
+            entry = by_start.get(data.get("caused_by") or "")
+            if entry is None:  # an outcome recorded before causation existed: the latest open call
+                entry = next((c for c in reversed(calls) if c["outcome"] is None), None)
+            if entry is not None:
+                call = data.get("call") if isinstance(data.get("call"), dict) else {}
+                entry.update(outcome=e["type"].split(".", 1)[1], finished_at=e["time"],
+                             duration_s=call.get("duration_s"), request_id=call.get("request_id"),
+                             answer=data.get("snapshot_cid") or data.get("error") or data.get("reason"),
+                             log=call.get("log", ""), stderr=call.get("stderr", ""))
+        state = _STATE_AFTER.get(e["type"], state)
+    return {
+        "snapshot_cid": cid, "snapshot_id": requested["aggregate_id"], "deployment": requested["deployment"],
+        "instance": requested["instance"], "disk_cid": requested["disk_cid"], "trigger": request.get("trigger"),
+        "clean": request.get("clean"), "requested_by": requested["actor"], "requested_at": requested["time"],
+        "task_id": requested["task_id"], "state": state, "events": events, "cpi_calls": calls,
+    }
+
+
+_STATE_AFTER = {
+    "Snapshot.Requested": "requested", "Snapshot.CpiCallStarted": "calling", "Snapshot.Taken": "taken",
+    "Snapshot.Failed": "failed", "Snapshot.Skipped": "skipped", "Snapshot.AttemptFailed": "retrying",
+    "Snapshot.CpiCallInDoubt": "in_doubt", "Snapshot.DeletionRequested": "delete_requested",
+    "Snapshot.Deleted": "deleted", "Snapshot.DeletionFailed": "taken",
+}

@@ -32,42 +32,63 @@ def rebuild(ledger: Any, scratch_db: Any, names: Iterable[str] | None = None,
             progress: Callable[[int, int], None] | None = None) -> Rebuild:
     """Replay the whole log into `scratch_db` for the named views (all by default)."""
     chosen = [v for v in all_views() if names is None or v.name in set(names)]
-    projector = Projector(scratch_db, views=chosen)
-    projector.setup()
-    head = ledger.recorder.max_notification_id() or 0
-    position = events = 0
-    while position < head:
-        notifications = ledger.recorder.select_notifications(start=position, limit=BATCH, stop=head,
+    Projector(scratch_db, views=chosen).setup()
+    rebuilt = Rebuild(scratch_db, 0, 0, chosen)
+    catch_up(ledger, rebuilt, ledger.recorder.max_notification_id() or 0, progress)
+    return rebuilt
+
+
+def catch_up(ledger: Any, rebuilt: Rebuild, head: int, progress: Callable[[int, int], None] | None = None) -> None:
+    """Apply the log after the rebuild's position up to `head` (inclusive)."""
+    projector = Projector(rebuilt.db, views=rebuilt.views)
+    while rebuilt.position < head:
+        notifications = ledger.recorder.select_notifications(start=rebuilt.position, limit=BATCH, stop=head,
                                                              inclusive_of_start=False)
         if not notifications:
             break
         projector.apply([(n.id, ledger.mapper.to_domain_event(n)) for n in notifications])
-        position = notifications[-1].id
-        events += len(notifications)
+        rebuilt.position = notifications[-1].id
+        rebuilt.events += len(notifications)
         if progress is not None:
-            progress(position, head)
-    return Rebuild(scratch_db, position, events, chosen)
+            progress(rebuilt.position, head)
+    rebuilt.position = max(rebuilt.position, head)  # the log may end in a gap (failed inserts)
 
 
-def _rows(db: Any, table: str) -> list[tuple[Any, ...]]:
-    return sorted(tuple(str(v) for v in row.values()) for row in db.query(f"SELECT * FROM {table}"))
+def _rows(cur: Any, table: str) -> list[tuple[Any, ...]]:
+    return sorted(tuple(str(v) for v in row.values()) for row in cur.execute(f"SELECT * FROM {table}").fetchall())
 
 
-def differences(live_db: Any, rebuilt: Rebuild, live_positions: dict[str, int]) -> list[str]:
-    """Where the live views differ from the rebuild (compared at the same position)."""
+def differences(live_db: Any, rebuilt: Rebuild, ledger: Any) -> list[str]:
+    """Where the live views differ from a rebuild from the log.
+
+    The live tables and their positions are read in one consistent snapshot
+    (the projector keeps writing meanwhile); the rebuild is then brought to
+    exactly that position, so events arriving during a verify are no
+    difference."""
+    with live_db.snapshot() as cur:
+        tracked = {r["name"]: int(r["position"])
+                   for r in cur.execute("SELECT name, position FROM projection_tracking").fetchall()}
+        live_positions = {v.name: tracked.get(v.name, 0) for v in rebuilt.views}
+        target = max(live_positions.values(), default=0)
+        live = {t: _rows(cur, t) for v in rebuilt.views if live_positions[v.name] == target for t in v.tables}
     found = []
+    if target < rebuilt.position:
+        return [f"live views are at position {target}, the log at {rebuilt.position} "
+                "(let the projector catch up and verify again)"]
+    catch_up(ledger, rebuilt, target)
     for view in rebuilt.views:
-        if live_positions.get(view.name, 0) != rebuilt.position:
-            found.append(f"{view.name}: live view is at position {live_positions.get(view.name, 0)}, "
-                         f"the log at {rebuilt.position} (let the projector catch up and verify again)")
+        if live_positions[view.name] != target:
+            found.append(f"{view.name}: live view is at position {live_positions[view.name]}, the others at "
+                         f"{target} (a view being rebuilt? verify again)")
             continue
-        for table in view.tables:
-            live, fresh = _rows(live_db, table), _rows(rebuilt.db, table)
-            if live != fresh:
-                extra, missing = set(live) - set(fresh), set(fresh) - set(live)
-                sample = next(iter(extra or missing))
-                found.append(f"{view.name}.{table}: {len(extra)} rows only in the live view, {len(missing)} "
-                             f"only in the rebuild; e.g. {sample[:6]}")
+        with rebuilt.db.snapshot() as scratch:
+            for table in view.tables:
+                fresh = _rows(scratch, table)
+                if live[table] != fresh:
+                    extra, missing = set(live[table]) - set(fresh), set(fresh) - set(live[table])
+                    sample = next(iter(extra or missing), ())
+                    found.append(f"{view.name}.{table}: {len(extra)} rows only in the live view, {len(missing)} "
+                                 f"only in the rebuild; e.g. {sample[:6]}")
     return found
 
 
