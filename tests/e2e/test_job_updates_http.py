@@ -161,26 +161,29 @@ async def test_long_poll_returns_on_the_next_change(tmp_path: Path, sqlite_url: 
     config, jobs = setup(tmp_path, sqlite_url)
     go = tmp_path / "go"
     script(jobs / "db" / "bin" / "drain", f"while [ ! -e {go} ]; do sleep 0.05; done\necho 0\n")
-    async with api_client(config) as client:
-        await prepare(client)
-        resp = await client.post("/deployments/prod/jobs/db/0/updates")  # no body: the defaults
-        task_id = (await resp.json())["task_id"]
-        while True:  # until the drain is running (blocked on `go`)
-            task = await (await client.get(f"/tasks/{task_id}", params={"wait": "5", "after": "0"})).json()
-            if task["instances"] and task["instances"][0]["state"] == "draining":
-                break
-        # Views are read one after another: read once more for the position of the state seen.
-        task = await (await client.get(f"/tasks/{task_id}")).json()
-        # Nothing changes: the poll answers at its deadline with the same state.
-        same = await (await client.get(f"/tasks/{task_id}", params={"wait": "0.3"})).json()
-        assert same["last_event"] == task["last_event"] and same["instances"][0]["state"] == "draining"
-        poll = asyncio.ensure_future(client.get(f"/tasks/{task_id}", params={
-            "wait": "30", "after": str(task["last_event"])}))
-        await asyncio.sleep(0.2)
-        go.touch()
-        changed = await (await poll).json()
-        assert changed["last_event"] > task["last_event"]
-        assert changed["instances"][0]["state"] != "draining"
+    try:
+        async with api_client(config) as client:
+            await prepare(client)
+            resp = await client.post("/deployments/prod/jobs/db/0/updates")  # no body: the defaults
+            task_id = (await resp.json())["task_id"]
+            while True:  # until the drain is running (blocked on `go`)
+                task = await (await client.get(f"/tasks/{task_id}", params={"wait": "5", "after": "0"})).json()
+                if task["instances"] and task["instances"][0]["state"] == "draining":
+                    break
+            # Views are read one after another: read once more for the position of the state seen.
+            task = await (await client.get(f"/tasks/{task_id}")).json()
+            # Nothing changes: the poll answers at its deadline with the same state.
+            same = await (await client.get(f"/tasks/{task_id}", params={"wait": "0.3"})).json()
+            assert same["last_event"] == task["last_event"] and same["instances"][0]["state"] == "draining"
+            poll = asyncio.ensure_future(client.get(f"/tasks/{task_id}", params={
+                "wait": "30", "after": str(task["last_event"])}))
+            await asyncio.sleep(0.2)
+            go.touch()
+            changed = await (await poll).json()
+            assert changed["last_event"] > task["last_event"]
+            assert changed["instances"][0]["state"] != "draining"
+    finally:
+        go.touch()  # never leave the drain script running, whatever happened
 
 
 async def test_bad_requests_name_the_field(tmp_path: Path, sqlite_url: str) -> None:
