@@ -47,6 +47,10 @@ class Config:
     # A claimed CPI call whose worker is silent this long is in doubt (heartbeats every lease/3).
     worker_lease_s: float = 30.0
     poll_interval_s: float = 1.0
+    # Group commit (docs/decisions.md #16): concurrent saves share one transaction.
+    group_commit: bool = True
+    group_commit_max_wait_s: float = 0.002  # linger under load only; an idle service commits at once
+    group_commit_max_batch: int = 500
     auth_enabled: bool = True
     # [{name, secret_hash (argon2, `snapledger hash-secret`), scopes: [...]}]; when empty,
     # an admin credential is created in data_dir on first start.
@@ -171,6 +175,9 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "worker.max_in_flight": ("worker_max_in_flight", int),
     "worker.lease": ("worker_lease_s", float),
     "poll_interval": ("poll_interval_s", float),
+    "group_commit.enabled": ("group_commit", "bool"),
+    "group_commit.max_wait": ("group_commit_max_wait_s", float),
+    "group_commit.max_batch": ("group_commit_max_batch", int),
     "missed_fire_window": ("missed_fire_window_s", float),
     "default_cpi": ("default_cpi", str),
     "self_cpi": ("self_cpi", str),

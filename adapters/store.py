@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,10 +101,28 @@ RECONNECT_TIMEOUT_S = 5.0
 
 
 def tune_pool_recovery(ledger: Any) -> None:
-    """Apply RECONNECT_TIMEOUT_S to the event store's own pool (not an env option)."""
+    """Apply RECONNECT_TIMEOUT_S and the lazy pre-ping to the event store's own pool (not env options)."""
     pool = getattr(getattr(ledger.recorder, "datastore", None), "pool", None)
     if pool is not None and hasattr(pool, "reconnect_timeout"):
         pool.reconnect_timeout = RECONNECT_TIMEOUT_S
+        if getattr(pool, "_check", None) is not None:
+            pool._check = ping_if_quiet
+
+
+# Pre-ping costs a round trip per borrowed connection: a command borrowed
+# three and paid six round trips (docs/performance.md). A connection that
+# passed a ping within this window is handed out as is; if the server went
+# away meanwhile, the query fails, the pool drops the broken connection and
+# the library retries on a fresh (pinged) one.
+PING_QUIET_S = 1.0
+
+
+def ping_if_quiet(conn: Any) -> None:
+    now = time.monotonic()
+    if now - getattr(conn, "_snapledger_pinged", -PING_QUIET_S) < PING_QUIET_S:
+        return
+    ConnectionPool.check_connection(conn)
+    conn._snapledger_pinged = now
 
 
 def ensure_schema(url: StoreUrl) -> None:
@@ -164,7 +183,7 @@ class PostgresDatabase(Database):
         self.url = url
         self.pool = ConnectionPool(
             url.conninfo(), min_size=min_size, max_size=max_size, timeout=3,
-            kwargs={"row_factory": dict_row, "autocommit": False}, check=ConnectionPool.check_connection,
+            kwargs={"row_factory": dict_row, "autocommit": False}, check=ping_if_quiet,
             open=True, name="views", reconnect_timeout=RECONNECT_TIMEOUT_S,
         )
 

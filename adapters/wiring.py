@@ -25,6 +25,7 @@ from snapledger.projections.projector import Projector
 from snapledger.projections.queries import Queries
 
 from .config import Config, CpiSpec
+from .group_commit import GroupCommitter
 from .follower import ChangeSignal, LogFollower, PostgresListener, StoreHealth
 from .store import (Database, StoreUrl, ledger_env, open_database, parse_store_url, setup_lock,
                     tune_pool_recovery)
@@ -112,6 +113,7 @@ class Runtime:
     locks: Any = None
     agent: Any = None  # drains and stops jobs (job updates); built from config unless preset
     job_worker: Any = None
+    committer: GroupCommitter | None = None
 
     def start(self) -> None:
         """Start the background roles (worker, projector) of this process."""
@@ -173,6 +175,8 @@ class Runtime:
         if self.listener is not None:
             self.listener.stop()
         self.executor.shutdown(wait=True)
+        if self.committer is not None:
+            self.committer.stop()
         self.ledger.close()
         self.db.close()
 
@@ -194,11 +198,20 @@ def build_runtime(config: Config, roles: frozenset[str] | set[str] = ROLES) -> R
     ledger.retention_candidates = queries.retention_candidates
     signal = ChangeSignal()
     ledger.on_saved.append(signal.fire)
+    committer = None
+    if config.group_commit:
+        committer = GroupCommitter(ledger.events.put, log=log.bind(component="group-commit"),
+                                   max_batch=config.group_commit_max_batch,
+                                   max_wait_s=config.group_commit_max_wait_s)
+        ledger.record_events = committer.record
     apply_declared_settings(ledger, config)
-    # Size the executor within the event store's pool (its timeouts retry 10x).
-    executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="api")
+    # Without group commit, size the executor within the event store's pool
+    # (its timeouts retry 10x). With it, a thread waiting for its batch holds
+    # no connection, and more threads in flight make fuller batches.
+    executor = ThreadPoolExecutor(max_workers=32 if committer is not None else 8, thread_name_prefix="api")
     return Runtime(config=config, url=url, ledger=ledger, db=db, queries=queries, projector=projector,
-                   signal=signal, cpis=cpis, log=log, executor=executor, roles=frozenset(roles))
+                   signal=signal, cpis=cpis, log=log, executor=executor, roles=frozenset(roles),
+                   committer=committer)
 
 
 def apply_declared_settings(ledger: Ledger, config: Config) -> None:

@@ -98,6 +98,17 @@ class Ledger(Application):
         self.save(IdempotencyKey(actor=actor, key=key, fingerprint=fingerprint, method=method, path=path,
                                  task_id=None))
 
+    # Set by the composition root: how one save's events become durable. None:
+    # in a transaction of their own. adapters/group_commit.py shares one
+    # transaction among concurrent saves; each save still returns only after
+    # its events committed, all of them or none (docs/decisions.md #16).
+    record_events: Callable[[list[Any]], list[Any]] | None = None
+
+    def _record(self, processing_event: Any) -> Any:
+        if self.record_events is None or processing_event.tracking is not None or processing_event.saved_kwargs:
+            return super()._record(processing_event)
+        return self.record_events(processing_event.events)
+
     def _notify(self, recordings: Any) -> None:
         # Wake in-process followers at once instead of waiting for their poll.
         super()._notify(recordings)

@@ -95,3 +95,12 @@ def test_bad_cpi_settings_name_the_key(tmp_path: Path, text: str, key: str) -> N
     with pytest.raises(ConfigError) as error:
         load_config(path, environ={})
     assert error.value.key == key, error.value
+
+
+def test_group_commit_settings(tmp_path: Path) -> None:
+    assert load_config(None, environ={}).group_commit is True  # on by default
+    path = tmp_path / "c.yml"
+    path.write_text("group_commit: {enabled: false, max_wait: 0.005, max_batch: 64}\n")
+    config = load_config(path, environ={})
+    assert (config.group_commit, config.group_commit_max_wait_s, config.group_commit_max_batch) == (False, 0.005, 64)
+    assert load_config(None, environ={"SNAPLEDGER_GROUP_COMMIT_ENABLED": "false"}).group_commit is False
