@@ -82,6 +82,8 @@ def ledger_env(url: StoreUrl, pool_size: int = 4, max_overflow: int = 8) -> dict
     ensure_schema(url)
     return {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        # Large saves outside pipeline mode (a psycopg hang): adapters/pg_recorder.py.
+        "APPLICATION_RECORDER_TOPIC": "snapledger.adapters.pg_recorder:LedgerRecorder",
         "POSTGRES_DBNAME": url.dbname, "POSTGRES_HOST": url.host, "POSTGRES_PORT": str(url.port),
         "POSTGRES_USER": url.user, "POSTGRES_PASSWORD": url.password, "POSTGRES_SCHEMA": url.schema,
         "POSTGRES_POOL_SIZE": str(pool_size), "POSTGRES_MAX_OVERFLOW": str(max_overflow),
