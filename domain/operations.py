@@ -18,6 +18,7 @@ from uuid import UUID
 from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 
 from .application import Ledger
+from .combining import Combiner
 from .cpi import DISK_NOT_FOUND, Cpi, CpiError
 from .discovery import SelfDiscovery
 from .retry import NO_RETRY, RetryPolicy
@@ -73,6 +74,7 @@ class OperationRunner:
         # in here was abandoned (its thread failed), and recovery may take it.
         self.running: set[UUID] = set()
         self._running_lock = threading.Lock()
+        self._outcomes: Combiner[tuple[UUID, str, dict[str, Any]]] = Combiner()
         self.in_flight = {name: threading.BoundedSemaphore((max_in_flight or {}).get(name, 4)) for name in cpis}
 
     def execute(self, operation_id: UUID) -> str | None:
@@ -117,7 +119,7 @@ class OperationRunner:
                     self.sleep(delay)
                     continue
                 record["attempts"] = snapshot.attempts
-                self._record(snapshot_id, outcome, record)
+                self._record(snapshot, outcome, record)
                 self.on_step("outcome_saved")
                 return outcome
 
@@ -165,7 +167,7 @@ class OperationRunner:
             if found is not None:
                 record = {"method": "find_snapshot", "cpi": snapshot.cpi, "snapshot_cid": found,
                           "reason": "in-doubt call resolved: the CPI holds the snapshot"}
-                self._record(snapshot_id, "taken", record)
+                self._record(snapshot, "taken", record)
                 return "resolved_taken"
             if lookup_error is None:
                 return self._retry_in_doubt(snapshot_id, "in-doubt call resolved: the CPI has no such snapshot")
@@ -362,43 +364,66 @@ class OperationRunner:
                 self.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _record(self, snapshot_id: UUID, outcome: str, record: dict[str, Any]) -> None:
+    def _record(self, snapshot: Snapshot, outcome: str, record: dict[str, Any]) -> None:
+        """Record a CPI call's outcome and the task's progress in one transaction.
+
+        Outcomes of one task that arrive together are saved together
+        (domain/combining.py): its snapshots all append to the task, and
+        separate saves would conflict on it and retry."""
+        self._outcomes.submit(snapshot.current_task_id, (snapshot.id, outcome, record), self._save_outcomes)
+
+    def _save_outcomes(self, outcomes: list[tuple[UUID, str, dict[str, Any]]]) -> None:
         def decide() -> list[Any]:
-            snapshot = self.ledger.get_snapshot(snapshot_id)
-            if snapshot.state not in (TAKING, DELETING, IN_DOUBT):
-                return []  # recorded already (a retried save that did commit)
-            task = self.ledger.get_task(snapshot.current_task_id)
-            extra = self._apply(snapshot, outcome, record, task.actor)
-            task_outcome = snapshot_outcome(outcome, snapshot)
-            detail: dict[str, Any] = {
-                "instance": snapshot.instance_label,
-                "disk_cid": snapshot.disk_cid,
-                "snapshot_cid": snapshot.snapshot_cid or record.get("snapshot_cid"),
-            }
-            if "reason" in record:
-                detail["reason"] = record["reason"]
-            if "error" in record and task_outcome not in GOOD_OUTCOMES:
-                detail.update(error_type=record["error"]["type"], message=record["error"]["message"])
-            if record.get("attempts", 1) > 1:
-                detail["attempts"] = record["attempts"]
-            detail["caused_by"] = snapshot.cause  # the outcome event just recorded
-            task.operation_finished(snapshot.id, task_outcome, detail, actor=task.actor)
-            return [snapshot, task, *extra]
+            changed: list[Any] = []
+            tasks: dict[str, Task] = {}
+            for snapshot_id, outcome, record in outcomes:
+                snapshot = self.ledger.get_snapshot(snapshot_id)
+                if snapshot.state not in (TAKING, DELETING, IN_DOUBT):
+                    continue  # recorded already (a retried save that did commit)
+                task_id = snapshot.current_task_id
+                if task_id not in tasks:
+                    tasks[task_id] = self.ledger.get_task(task_id)
+                task = tasks[task_id]
+                changed += [snapshot, *self._apply(snapshot, outcome, record, task.actor, changed)]
+                task.operation_finished(snapshot.id, snapshot_outcome(outcome, snapshot),
+                                        self._outcome_detail(snapshot, outcome, record), actor=task.actor)
+            return [*changed, *tasks.values()] if changed else []
 
         self._persist(decide)
 
-    def _apply(self, snapshot: Snapshot, outcome: str, record: dict[str, Any], actor: str) -> list[Any]:
+    @staticmethod
+    def _outcome_detail(snapshot: Snapshot, outcome: str, record: dict[str, Any]) -> dict[str, Any]:
+        task_outcome = snapshot_outcome(outcome, snapshot)
+        detail: dict[str, Any] = {
+            "instance": snapshot.instance_label,
+            "disk_cid": snapshot.disk_cid,
+            "snapshot_cid": snapshot.snapshot_cid or record.get("snapshot_cid"),
+        }
+        if "reason" in record:
+            detail["reason"] = record["reason"]
+        if "error" in record and task_outcome not in GOOD_OUTCOMES:
+            detail.update(error_type=record["error"]["type"], message=record["error"]["message"])
+        if record.get("attempts", 1) > 1:
+            detail["attempts"] = record["attempts"]
+        detail["caused_by"] = snapshot.cause  # the outcome event just recorded
+        return detail
+
+    def _apply(self, snapshot: Snapshot, outcome: str, record: dict[str, Any], actor: str,
+               saving: list[Any] = ()) -> list[Any]:
+        """Apply an outcome to its snapshot; returns what else must be saved with it.
+        `saving`: what the same save already holds (a CID claimed earlier in it)."""
         call = {k: v for k, v in record.items() if k not in ("snapshot_cid", "reason")}
         if outcome == "taken":
             cid = record["snapshot_cid"]
-            if self.ledger.snapshot_cid_taken(cid):
+            index = self.ledger.new_cid_index(cid, snapshot.id)
+            if self.ledger.snapshot_cid_taken(cid) or any(getattr(o, "id", None) == index.id for o in saving):
                 error = {"type": "Snapledger::DuplicateSnapshotCid", "ok_to_retry": False,
                          "message": f"the CPI returned snapshot CID '{cid}', which the ledger already holds"}
                 record["error"] = error
                 snapshot.record_failed(error=error, call=call, actor=actor)
                 return []
             snapshot.record_taken(snapshot_cid=cid, call=call, actor=actor)
-            return [self.ledger.new_cid_index(cid, snapshot.id)]
+            return [index]
         if outcome == "skipped":
             snapshot.record_skipped(reason=record["reason"], call=call, actor=actor)
         elif outcome == "deleted":

@@ -24,6 +24,12 @@ from common import PYTHON, ROOT, Context, events_table, pg_connect, row, server,
 
 TARGET_DURABLE_S = 2.0
 TAKEN_TOPIC = "snapledger.domain.snapshot:Snapshot.Taken"
+# The defaults (4 CPI calls at once) suit an IaaS whose snapshot takes seconds;
+# with a CPI that answers at once the ledger's own cost per call is measured,
+# so the worker runs as many at once as an operator would for a fast IaaS.
+IN_FLIGHT = 32
+WORKER_CONFIG: dict[str, Any] = {"worker": {"max_in_flight": IN_FLIGHT},
+                                 "cpis": {"local": {"type": "local", "max_in_flight": IN_FLIGHT}}}
 
 
 def run(ctx: Context) -> list[dict[str, Any]]:
@@ -38,10 +44,11 @@ def run(ctx: Context) -> list[dict[str, Any]]:
         procs = []
         try:
             if backend == "postgres":
-                procs.append(server(ctx, "fanout-worker", url, "worker", cpi="instant")[0])
+                procs.append(server(ctx, "fanout-worker", url, "worker", cpi="instant", **WORKER_CONFIG)[0])
                 procs.append(server(ctx, "fanout-projector", url, "projector")[0])
             else:
-                procs.append(server(ctx, "fanout-worker-projector", url, "worker,projector", cpi="instant")[0])
+                procs.append(server(ctx, "fanout-worker-projector", url, "worker,projector", cpi="instant",
+                                    **WORKER_CONFIG)[0])
             time.sleep(0.2 if ctx.small else 1.0)
             fired = child(["fire", url])
             raw = child(["raw", url, str(fired["events"]), str(fired["bytes_per_event"])])

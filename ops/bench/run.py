@@ -36,10 +36,7 @@ DEFAULT_SIZES: dict[str, Any] = {
     "visible_rate": 500.0, "visible_seconds": 10.0,
     "rebuild_events": 150_000, "rebuild_events_sqlite": 50_000,
     "listing_snapshots": 1_000_000, "listing_deployments": 1_000, "listing_queries": 500,
-    # 10,000 is the figure, but one save of ~10,000 events of ~1 KB
-    # hangs inside the library's pipelined INSERT (docs/performance.md):
-    # the default stays below that; --fanout-instances 10000 shows it.
-    "fanout_instances": 3_000, "fanout_instances_sqlite": 2_000, "fanout_deployments": 100,
+    "fanout_instances": 10_000, "fanout_instances_sqlite": 2_000, "fanout_deployments": 100,
     "fanout_take_timeout": 90.0,
     "compare_group_commit": True,
 }
