@@ -22,7 +22,8 @@ from uuid import UUID
 
 from eventsourcing.utils import get_topic
 
-from snapledger.domain.restore import Restore, RestoreRunner, restore_id
+from snapledger.domain.restore import Restore, restore_id
+from snapledger.domain.restore_runner import RestoreRunner
 from snapledger.domain.task import Task
 from snapledger.projections.events import iso
 from snapledger.projections.restores import claimed_restores

@@ -52,6 +52,7 @@ def describe_event(event: dict[str, Any]) -> str:
     text = {
         "Task.Queued": lambda: f"queued: {data.get('description')} ({len(data.get('operations', []))} operation(s))",
         "Task.Started": lambda: f"started by {data.get('worker')}",
+        "Task.OperationsAdded": lambda: f"{len(data.get('operations', []))} operation(s) added",
         "Task.OperationFinished": lambda: _operation(data),
         "Task.Finished": lambda: f"{data.get('state')}: {data.get('result')}",
         "Snapshot.Requested": lambda: f"snapshot requested: {where}",

@@ -31,6 +31,7 @@ EVENT_TEXTS.update({
     "Restore.CpiCallInDoubt": lambda d: f"restore call in doubt, repeated: {d['reason']}",
     "Restore.Restored": lambda d: f"restored {d['snapshot_cid']} into disk {d['disk_cid']}",
     "Restore.Failed": lambda d: f"restore failed ({d['step']}): {_error(d)}",
+    "NewDisk.Claimed": lambda d: f"new disk {d['disk_cid']} claimed for this restore",
     "Deployment.DiskRestored": lambda d: f"new disk {d['disk_cid']} recorded in the deployment",
 })
 
