@@ -302,3 +302,20 @@ async def test_an_external_cpi_is_refused_naming_the_cpi(tmp_path: Path, sqlite_
             assert error["code"] == "cpi_cannot_restore" and error["field"] == "cpi"
             assert error["error"].startswith("CPI 'aws' cannot restore: it is an external CPI, and BOSH's CPI "
                                              "protocol has no restore method")
+
+
+async def test_a_self_snapshot_is_restored_into_a_new_disk_only(tmp_path: Path, sqlite_url: str) -> None:
+    config, _, _ = setup(tmp_path, sqlite_url)
+    (config.data_dir / "notes.txt").write_text("host notes")
+    async with api_client(config) as client:
+        await prepare(client)
+        resp = await client.post("/self/snapshots")
+        assert (await wait_task(client, (await resp.json())["task_id"]))["state"] == "done"
+        cid = (await (await client.get("/deployments/_self/snapshots")).json())[0]["snapshot_cid"]
+        resp = await client.post(f"/deployments/_self/snapshots/{cid}/restore")
+        assert resp.status == 409 and (await resp.json())["field"] == "to_new_disk"
+        resp = await client.post(f"/deployments/_self/snapshots/{cid}/restore", json={"to_new_disk": "host-copy"})
+        assert resp.status == 202, await resp.text()
+        task = await wait_task(client, (await resp.json())["task_id"])
+        assert task["state"] == "done", task
+        assert (config.data_dir / "disks" / "host-copy" / "notes.txt").read_text() == "host notes"
