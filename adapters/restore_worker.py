@@ -130,8 +130,10 @@ def start_restore_worker(runtime: Any, worker: str) -> RestoreWorker:
 
     if runtime.agent is None:
         runtime.agent = build_agent(runtime.config, runtime.log)
+    from .metrics import observe_cpi_call
+
     runner = RestoreRunner(runtime.ledger, runtime.agent, runtime.cpis, worker=worker, disk_locks=runtime.locks,
-                           log=runtime.log.bind(component="restores"))
+                           log=runtime.log.bind(component="restores"), on_call=observe_cpi_call)
     restore_worker = RestoreWorker(runtime.ledger, runner, runtime.db, runtime.signal, runtime.log,
                                    lease_s=runtime.config.worker_lease_s,
                                    poll_interval=runtime.config.poll_interval_s)

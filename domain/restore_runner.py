@@ -33,7 +33,8 @@ class RestoreRunner:
     """
 
     def __init__(self, ledger: Ledger, agent: Agent, cpis: Mapping[str, Any], worker: str,
-                 disk_locks: Any = None, log: Any = None, sleep: Callable[[float], None] = time.sleep) -> None:
+                 disk_locks: Any = None, log: Any = None, sleep: Callable[[float], None] = time.sleep,
+                 on_call: Callable[[str, str, str, float], None] | None = None) -> None:
         self.ledger = ledger
         self.agent = agent
         self.cpis = cpis
@@ -41,6 +42,7 @@ class RestoreRunner:
         self.disk_locks = disk_locks or DiskLocks()
         self.log = log
         self.sleep = sleep
+        self.on_call = on_call or (lambda cpi, method, outcome, duration: None)  # metrics
         self.running: set[UUID] = set()  # restores this process executes now
 
     def _restore(self, rid: UUID) -> Restore | None:
@@ -178,7 +180,7 @@ class RestoreRunner:
             return None
         cpi = self.cpis.get(restore.cpi)
         record: dict[str, Any] = {"method": RESTORE_METHOD, "cpi": restore.cpi, "snapshot_cid": restore.snapshot_cid,
-                                  "disk_cid": restore.target_disk, "attempt": restore.attempts}
+                                  "disk_cid": restore.target_disk, "attempts": restore.attempts}
         started = time.monotonic()
         try:
             method = getattr(cpi, RESTORE_METHOD, None)
@@ -201,6 +203,7 @@ class RestoreRunner:
         last = getattr(cpi, "last_call", None)
         if last is not None and getattr(last, "method", None) == RESTORE_METHOD:
             record.update(request_id=last.request_id, log=last.log[:16_384])
+        self.on_call(restore.cpi, RESTORE_METHOD, outcome, record["duration_s"])
         self._log("restore cpi call", restore, outcome=outcome, duration_s=record["duration_s"],
                   error=record.get("error"))
 

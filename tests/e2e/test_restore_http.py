@@ -145,6 +145,13 @@ async def test_restore_in_place_drains_stops_takes_a_safety_snapshot_then_restor
         assert [e["type"] for e in by_disk] == kinds
         task_events = await (await client.get(f"/tasks/{task['id']}/events")).json()
         assert [e["type"] for e in task_events if e["type"].startswith("Restore.")] == kinds
+        # The task's CPI calls: the safety snapshot, then the restore.
+        log = await (await client.get(f"/tasks/{task['id']}/cpi-log")).json()
+        assert [(e["method"], e["cpi"], e["error"]) for e in log] == [("snapshot_disk", "local", None),
+                                                                      ("restore_snapshot", "local", None)]
+        assert log[1]["request_id"] and log[1]["attempt"] == 1
+        metrics = await (await client.get("/metrics")).text()
+        assert 'method="restore_snapshot"' in metrics
 
 
 async def test_restore_into_a_new_disk_touches_nothing_running(tmp_path: Path, store_url: str) -> None:

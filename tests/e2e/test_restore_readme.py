@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support.process import Server, cli
+from support.process import SNAPLEDGER, Server, cli
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -74,6 +74,11 @@ def test_the_readme_restore_section_works_as_written(server: Server, tmp_path: P
     damaged = server.data_dir / "snapshots" / safety["snapshot_cid"] / "data" / "data.txt"
     assert damaged.read_text() == "orders, damaged\n"
     assert server.api("GET", "/deployments/prod")["restored_disks"][0]["disk_cid"] == "disk-db-0-copy"
+    # The restore views (and the audit's stamps) are what a rebuild from the log gives.
+    verify = subprocess.run([SNAPLEDGER, "replay", "--data-dir", str(server.data_dir), "--verify"],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "SNAPLEDGER_LOG_LEVEL": "warning"})
+    assert verify.returncode == 0 and "views equal a rebuild" in verify.stdout, verify.stdout + verify.stderr
 
 
 def test_cli_exit_codes_and_messages(server: Server) -> None:
