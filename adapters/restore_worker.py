@@ -64,6 +64,8 @@ class RestoreWorker:
         for rid in restores:
             step = self.runner.advance(rid)
             if step is not None:
+                # Running from the claim on: a step queued behind busy threads is not abandoned.
+                self.runner.running.add(rid)
                 self.pool.submit(self._execute, rid, step)
         # Claims are durable: a replay after a crash finds them taken, never runs them twice.
         TrackedPosition(self.db, POSITION_NAME).save(batch[-1][0])

@@ -21,6 +21,7 @@ from .restore import (CLAIMED_STATES, DRAINING, FAILED, RESTORE_METHOD, RESTORED
                       SNAPSHOTTING, STOPPING, WORKER_LOST, Restore, restore_id)
 from .task import Task
 
+
 class RestoreRunner:
     """Runs the steps of restores; safe with any number of workers.
 
