@@ -80,11 +80,13 @@ class LocalAgent:
 
     # Agent interface -------------------------------------------------------------
 
-    def drain(self, instance: AgentInstance, drain_type: str, current_state: dict[str, Any],
-              next_state: dict[str, Any]) -> AgentResult:
-        env = self._env(instance)
-        env["BOSH_JOB_STATE"] = json.dumps(current_state, sort_keys=True)
-        env["BOSH_JOB_NEXT_STATE"] = json.dumps(next_state, sort_keys=True)
+    def drain(self, instance: AgentInstance, drain_type: str, current_state: dict[str, Any] | None,
+              next_state: dict[str, Any] | None) -> AgentResult:
+        env = {k: v for k, v in self._env(instance).items() if k not in ("BOSH_JOB_STATE", "BOSH_JOB_NEXT_STATE")}
+        if current_state is not None:
+            env["BOSH_JOB_STATE"] = json.dumps(current_state, sort_keys=True)
+        if next_state is not None:
+            env["BOSH_JOB_NEXT_STATE"] = json.dumps(next_state, sort_keys=True)
         argv = ["job_shutdown", "hash_unchanged"] if drain_type == SHUTDOWN else ["job_changed", "hash_changed"]
         return self._each_job(instance, lambda job: self._drain_job(job, argv, env))
 

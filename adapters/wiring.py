@@ -114,6 +114,7 @@ class Runtime:
     agent: Any = None  # drains and stops jobs (job updates); built from config unless preset
     job_worker: Any = None
     committer: GroupCommitter | None = None
+    restore_worker: Any = None
 
     def start(self) -> None:
         """Start the background roles (worker, projector) of this process."""
@@ -142,6 +143,9 @@ class Runtime:
             from .job_worker import start_job_worker
 
             self.job_worker = start_job_worker(self, worker=runner.worker)
+            from .restore_worker import start_restore_worker
+
+            self.restore_worker = start_restore_worker(self, worker=runner.worker)
         if "scheduler" in self.roles:
             from datetime import timedelta
 
@@ -166,6 +170,8 @@ class Runtime:
             self.scheduler.stop()
         if self.job_worker is not None:
             self.job_worker.stop()
+        if self.restore_worker is not None:
+            self.restore_worker.stop()
         if self.worker is not None:
             self.worker.stop()
         if self.locks is not None:
@@ -196,6 +202,8 @@ def build_runtime(config: Config, roles: frozenset[str] | set[str] = ROLES) -> R
         projector.setup()
     queries = Queries(db)
     ledger.retention_candidates = queries.retention_candidates
+    ledger.cpi_types = {name: spec.type for name, spec in config.cpi_specs().items()}
+    ledger.disk_exists = local_disk_exists(config)
     signal = ChangeSignal()
     ledger.on_saved.append(signal.fire)
     committer = None
@@ -212,6 +220,20 @@ def build_runtime(config: Config, roles: frozenset[str] | set[str] = ROLES) -> R
     return Runtime(config=config, url=url, ledger=ledger, db=db, queries=queries, projector=projector,
                    signal=signal, cpis=cpis, log=log, executor=executor, roles=frozenset(roles),
                    committer=committer)
+
+
+def local_disk_exists(config: Config) -> Any:
+    """Whether a disk exists in a local CPI, answered by any process of this host
+    (the API refuses a restore into an existing disk before accepting it; the
+    worker checks again before it writes)."""
+    roots = {name: Path(spec.disk_root or config.data_dir / "disks")
+             for name, spec in config.cpi_specs().items() if spec.type == "local"}
+
+    def exists(cpi: str, disk_cid: str) -> bool:
+        root = roots.get(cpi)
+        return root is not None and os.path.lexists(root / disk_cid)
+
+    return exists
 
 
 def apply_declared_settings(ledger: Ledger, config: Config) -> None:

@@ -255,8 +255,11 @@ async def list_deployments(request: web.Request) -> web.Response:
 
 
 def _deployment_json(dep: Any) -> dict[str, Any]:
+    attached = set(dep.disk_cids())
+    # Disks restores created: not part of any instance until the inventory lists them.
+    restored = [{**d, "attached": d["disk_cid"] in attached} for d in dep.restored_disks]
     return {"name": dep.name, "tags": dep.tags, "instances": dep.instances, "deleted": dep.deleted,
-            "cpi": dep.cpi}
+            "cpi": dep.cpi, "restored_disks": restored}
 
 
 @routes.put("/deployments/{name}")
@@ -359,6 +362,10 @@ async def _read_task(request: web.Request, task_id: str) -> dict[str, Any]:
     row["last_event"] = last_event
     if row["kind"] == "update_job":  # per-instance readiness, for a deploy tool going instance by instance
         row["instances"] = await run(request, instance_updates, runtime.db, task_id)
+    elif row["kind"] == "restore":  # where it stands, the disk written (new or not), the safety snapshot
+        from snapledger.projections.restores import restore_of_task
+
+        row["restore"] = await run(request, restore_of_task, runtime.db, task_id)
     return row
 
 
@@ -433,9 +440,10 @@ async def _task_deployment(request: web.Request, task_id: str) -> str | None:
 def route_tables() -> list[web.RouteTableDef]:
     """Every route module's table. A feature adds its own module here, so
     feature work does not pile up in this file."""
-    from . import routes_audit, routes_jobs, routes_ops, routes_retention
+    from . import routes_audit, routes_jobs, routes_ops, routes_restore, routes_retention
 
-    return [routes, routes_ops.routes, routes_retention.routes, routes_audit.routes, routes_jobs.routes]
+    return [routes, routes_ops.routes, routes_retention.routes, routes_audit.routes, routes_jobs.routes,
+            routes_restore.routes]
 
 
 def create_app(runtime: Runtime, start_background: bool = True) -> web.Application:

@@ -52,6 +52,7 @@ def describe_event(event: dict[str, Any]) -> str:
     text = {
         "Task.Queued": lambda: f"queued: {data.get('description')} ({len(data.get('operations', []))} operation(s))",
         "Task.Started": lambda: f"started by {data.get('worker')}",
+        "Task.OperationsAdded": lambda: f"{len(data.get('operations', []))} operation(s) added",
         "Task.OperationFinished": lambda: _operation(data),
         "Task.Finished": lambda: f"{data.get('state')}: {data.get('result')}",
         "Snapshot.Requested": lambda: f"snapshot requested: {where}",
@@ -457,7 +458,7 @@ def describe_cpi_log(entries: list[dict[str, Any]]) -> str:
 
 # Feature command modules register themselves on `main` when imported (they
 # import `main` and the helpers above, so they come last).
-FEATURE_MODULES: list[str] = ["cli_retention", "cli_audit", "cli_replay", "cli_jobs"]
+FEATURE_MODULES: list[str] = ["cli_retention", "cli_audit", "cli_replay", "cli_jobs", "cli_restore"]
 for _module in FEATURE_MODULES:
     __import__(f"{__package__}.{_module}")
 

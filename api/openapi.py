@@ -88,7 +88,7 @@ def _errors(method: str, access: Access, has_path_params: bool, has_input: bool)
     if has_path_params or has_input or method != "GET":
         codes.update({400: "Invalid input; `field` names it", 404: "Not found"})
     if method in ("POST", "PUT", "DELETE"):
-        codes.update({409: "Conflict (snapshots disabled, already deleting, idempotency key reused)",
+        codes.update({409: "Conflict (snapshots disabled, already deleting, idempotency key reused, restore refused)",
                       413: "Request body too large"})
     return {str(code): {"description": text, "content": {"application/json": {"schema": ERROR}}}
             for code, text in codes.items()}

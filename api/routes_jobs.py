@@ -52,8 +52,10 @@ openapi.document("POST", INSTANCE_UPDATES, "Announce an update of one instance: 
 
 async def _announce(request: web.Request, index_or_id: str | None) -> web.Response:
     deployment, job = path(request, "deployment"), path(request, "job")
-    # No body at all means every default (drain_type update, one at a time).
-    data: dict[str, Any] = (await body(request, JobUpdateSchema()) if request.can_read_body
+    # No body at all means every default (drain_type update, one at a time). Read, not
+    # `can_read_body`: the idempotency middleware may have read the body already
+    # (the read is cached), and then the body must not be taken for absent.
+    data: dict[str, Any] = (await body(request, JobUpdateSchema()) if await request.read()
                             else JobUpdateSchema().load({}))
     task = await run(request, announce_job_update, request.app[RUNTIME].ledger, deployment, job, index_or_id,
                      data["drain_type"], actor=actor(request), next_state=data.get("next_state"),

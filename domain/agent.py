@@ -91,9 +91,10 @@ StopResult = AgentResult
 
 
 class Agent(Protocol):
-    def drain(self, instance: AgentInstance, drain_type: str, current_state: dict[str, Any],
-              next_state: dict[str, Any]) -> DrainResult:
-        """Run every job's drain script (in parallel) to completion, waits included."""
+    def drain(self, instance: AgentInstance, drain_type: str, current_state: dict[str, Any] | None,
+              next_state: dict[str, Any] | None) -> DrainResult:
+        """Run every job's drain script (in parallel) to completion, waits included.
+        A state of None is not given to the scripts (a restore: the jobs stop, no next state)."""
 
     def stop(self, instance: AgentInstance) -> StopResult:
         """Stop every job of the instance."""

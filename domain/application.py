@@ -266,6 +266,12 @@ class Ledger(Application):
             clean=clean, metadata=metadata, cpi=self.cpi_of(dep), actor=actor,
         )
 
+    # Set by the composition root: each configured CPI's type ("local" or
+    # "external"), and whether a disk exists in a CPI (None: not known here).
+    # Restores need both (domain/restore.py).
+    cpi_types: dict[str, str] = {}
+    disk_exists: Callable[[str, str], bool] | None = None
+
     def cpi_of(self, dep: Deployment) -> str:
         """The CPI a deployment's snapshots go through: its own, else the default."""
         return dep.cpi or self.default_cpi

@@ -29,6 +29,9 @@ class Deployment(Aggregate):
         self.deleted = False
         self.cpi: str | None = None
         self.retention: dict[str, Any] | None = None  # None: the service-wide default
+        # Disks a restore created from a snapshot (not attached to any instance
+        # until the deploy tool attaches them and records the inventory).
+        self.restored_disks: list[dict[str, Any]] = []
 
     class InventoryRecorded(Aggregate.Event):
         """Version 2 added `cpi` (the deployment's named CPI); a version-1 event
@@ -64,6 +67,11 @@ class Deployment(Aggregate):
     @event("RetentionSet")
     def set_retention(self, policy: dict[str, Any] | None, actor: str) -> None:
         self.retention = dict(policy) if policy is not None else None
+
+    @event("DiskRestored")
+    def record_restored_disk(self, disk_cid: str, snapshot_cid: str, cpi: str, task_id: str, actor: str) -> None:
+        self.restored_disks = [*self.restored_disks, {"disk_cid": disk_cid, "snapshot_cid": snapshot_cid, "cpi": cpi,
+                                                      "task_id": task_id}]
 
     @event("Deleted")
     def _delete(self, actor: str) -> None:

@@ -11,7 +11,7 @@ QUEUED, PROCESSING, DONE, ERROR = "queued", "processing", "done", "error"
 TERMINAL_STATES = frozenset({DONE, ERROR})
 
 # Operation outcomes that do not fail a task.
-GOOD_OUTCOMES = frozenset({"taken", "skipped", "deleted", "discovered", "ready"})
+GOOD_OUTCOMES = frozenset({"taken", "skipped", "deleted", "discovered", "ready", "restored"})
 
 
 def _disk(outcome: dict[str, Any]) -> str:
@@ -106,6 +106,8 @@ class Task(Aggregate):
             parts.append(f"{len(skipped)} skipped ({'; '.join(reasons)})")
         if ready:
             parts.append(f"{len(ready)} instance(s) ready for update")
+        # Restores: what was restored where, and what the operator does next.
+        parts.extend(o.get("reason", "restored") for o in self.outcomes.values() if o["outcome"] == "restored")
         if failures:
             # Name every failed instance and disk: BOSH hides these (task `done`).
             named = "; ".join(

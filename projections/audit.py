@@ -74,6 +74,14 @@ class AuditView(View):
                         "snapshot_cid) VALUES (%s, %s, %s, %s, %s, %s, %s)",
                         (aggregate, deployment, data.get("job"), data.get("index"), data.get("instance_id"),
                          data.get("disk_cid"), None))
+        elif kind == "Restore.Requested":
+            # A restore's events carry the disk it writes and the CID it restores:
+            # `audit --snapshot CID` and `--disk` show restores too.
+            inst = data.get("instance") or {}
+            cur.execute("INSERT INTO audit_refs (aggregate_id, deployment, job, idx, instance_id, disk_cid, "
+                        "snapshot_cid) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                        (aggregate, data.get("deployment"), inst.get("job"), inst.get("index"), inst.get("id"),
+                         data.get("target_disk"), data.get("snapshot_cid")))
         elif kind == "Snapshot.Taken":
             cur.execute("UPDATE audit_refs SET snapshot_cid = %s WHERE aggregate_id = %s",
                         (data["snapshot_cid"], aggregate))

@@ -355,6 +355,7 @@ def all_views() -> list[View]:
     # Tasks last: see Projector. In-flight after snapshots (it reads snapshots_view).
     from .audit import AuditView
     from .job_updates import JobUpdatesView  # it subclasses View: imported here, not at the top
+    from .restores import RestoresView
 
-    return [SnapshotsView(), InFlightView(), DeploymentsView(), ScheduleFiresView(), JobUpdatesView(), AuditView(),
-            TasksView()]
+    return [SnapshotsView(), InFlightView(), DeploymentsView(), ScheduleFiresView(), JobUpdatesView(),
+            RestoresView(), AuditView(), TasksView()]

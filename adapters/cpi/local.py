@@ -287,6 +287,11 @@ class LocalCpi:
         (self.disk_root / _check_cid(disk_cid, "disk")).mkdir(exist_ok=True)
         return self._disk_path(disk_cid)
 
+    def has_disk(self, disk_cid: str) -> bool:
+        """BOSH's `has_disk`: whether the disk exists (anything at its path counts:
+        a restore into a new disk must never write into something that is there)."""
+        return disk_cid in self._host_disks or os.path.lexists(self.disk_root / _check_cid(disk_cid, "disk"))
+
     def find_snapshot(self, disk_cid: str, metadata: dict[str, Any]) -> str | None:
         """The snapshot an earlier `snapshot_disk` call with this metadata made,
         if it completed: how an in-doubt call is resolved without repeating it

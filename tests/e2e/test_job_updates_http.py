@@ -202,6 +202,10 @@ async def test_bad_requests_name_the_field(tmp_path: Path, sqlite_url: str) -> N
             resp = await client.post("/deployments/prod/jobs/db/updates", json=payload)
             assert resp.status == 400, payload
             assert (await resp.json())["field"] == field, payload
+        # With an Idempotency-Key (its middleware reads the body first) the body still counts.
+        resp = await client.post("/deployments/prod/jobs/db/updates", json={"drain_type": "reboot"},
+                                 headers={"Idempotency-Key": "bad-body"})
+        assert resp.status == 400 and (await resp.json())["field"] == "drain_type"
         resp = await client.post("/deployments/prod/jobs/db/9/updates", json={})
         assert resp.status == 404 and (await resp.json())["code"] == "instance_not_found"
         resp = await client.post("/deployments/nope/jobs/db/updates", json={})

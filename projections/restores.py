@@ -1,0 +1,107 @@
+"""Restores as they progress: what `GET /tasks/{id}` shows of a restore task, and
+what the workers' recovery sweep reads to find restores whose worker died."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .events import iso
+from .views import View
+
+FAILURES = ("Restore.DrainFailed", "Restore.StopFailed", "Restore.SafetySnapshotFailed", "Restore.Failed")
+
+
+class RestoresView(View):
+    name = "restores"
+    tables = ("restores_view",)
+    ddl = (
+        """CREATE TABLE IF NOT EXISTS restores_view (
+            task_id TEXT PRIMARY KEY,
+            restore_id TEXT NOT NULL,
+            deployment TEXT NOT NULL,
+            snapshot_cid TEXT NOT NULL,
+            source_disk TEXT NOT NULL,
+            target_disk TEXT NOT NULL,
+            new_disk BOOLEAN NOT NULL,
+            instance TEXT NOT NULL,
+            cpi TEXT NOT NULL,
+            state TEXT NOT NULL,
+            worker TEXT,
+            attempts INTEGER NOT NULL,
+            safety_snapshot_cid TEXT,
+            error TEXT,
+            requested_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS restores_view_state ON restores_view (state, updated_at)",
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handlers = {
+            "Restore.Requested": self._requested,
+            "Restore.DrainStarted": self._claimed("draining"),
+            "Restore.DrainCompleted": self._state("stopping"),
+            "Restore.JobStopped": self._state("stopped"),
+            "Restore.SafetySnapshotRequested": self._state("snapshotting"),
+            "Restore.SafetySnapshotTaken": self._safety_taken,
+            "Restore.CpiCallStarted": self._call_started,
+            "Restore.CpiCallInDoubt": self._state("restore_pending"),
+            "Restore.Restored": self._state("restored"),
+            **{kind: self._failed for kind in FAILURES},
+        }
+
+    def _requested(self, cur: Any, position: int, e: Any) -> None:
+        inst = e.instance
+        label = f"{inst['job']}/{inst['index'] if inst.get('index') is not None else inst['id']}"
+        cur.execute(
+            "INSERT INTO restores_view (task_id, restore_id, deployment, snapshot_cid, source_disk, target_disk, "
+            "new_disk, instance, cpi, state, attempts, requested_at, updated_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'requested', 0, %s, %s)",
+            (e.task_id, str(e.originator_id), e.deployment, e.snapshot_cid, e.source_disk, e.target_disk,
+             bool(e.new_disk), label, e.cpi, iso(e.timestamp), iso(e.timestamp)))
+
+    @staticmethod
+    def _set(cur: Any, e: Any, assignments: str, *params: Any) -> None:
+        cur.execute(f"UPDATE restores_view SET {assignments}, updated_at = %s WHERE task_id = %s",
+                    (*params, iso(e.timestamp), e.task_id))
+
+    def _state(self, state: str) -> Any:
+        def handler(cur: Any, position: int, e: Any) -> None:
+            self._set(cur, e, "state = %s", state)
+        return handler
+
+    def _claimed(self, state: str) -> Any:
+        def handler(cur: Any, position: int, e: Any) -> None:
+            self._set(cur, e, "state = %s, worker = %s", state, e.worker)
+        return handler
+
+    def _safety_taken(self, cur: Any, position: int, e: Any) -> None:
+        self._set(cur, e, "state = 'restore_pending', safety_snapshot_cid = %s", e.snapshot_cid)
+
+    def _call_started(self, cur: Any, position: int, e: Any) -> None:
+        self._set(cur, e, "state = 'restoring', worker = %s, attempts = %s", e.worker, e.attempt)
+
+    def _failed(self, cur: Any, position: int, e: Any) -> None:
+        self._set(cur, e, "state = 'failed', error = %s", f"{e.error['type']}: {e.error['message']}")
+
+
+def _row(r: dict[str, Any]) -> dict[str, Any]:
+    return {"restore_id": r["restore_id"], "deployment": r["deployment"], "snapshot_cid": r["snapshot_cid"],
+            "source_disk": r["source_disk"], "disk_cid": r["target_disk"], "new_disk": bool(r["new_disk"]),
+            "instance": r["instance"], "cpi": r["cpi"], "state": r["state"], "worker": r["worker"],
+            "attempts": r["attempts"], "safety_snapshot_cid": r["safety_snapshot_cid"], "error": r["error"],
+            "requested_at": r["requested_at"], "updated_at": r["updated_at"]}
+
+
+def restore_of_task(db: Any, task_id: str) -> dict[str, Any] | None:
+    """A restore task's progress: state, target disk (new or not), safety snapshot, error."""
+    rows = db.query("SELECT * FROM restores_view WHERE task_id = %s", (task_id,))
+    return _row(rows[0]) if rows else None
+
+
+def claimed_restores(db: Any, older_than: str) -> list[dict[str, Any]]:
+    """Restores a worker holds (draining, stopping, restoring), unchanged since `older_than`."""
+    rows = db.query("SELECT * FROM restores_view WHERE state IN ('draining', 'stopping', 'restoring') "
+                    "AND updated_at < %s ORDER BY updated_at", (older_than,))
+    return [_row(r) for r in rows]
