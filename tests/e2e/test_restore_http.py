@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from support.fake_cpi_helpers import add_disk, make_fake_cpi
-from support.runtime import api_client, auth_as, make_config, make_disk, wait_task
+from support.runtime import api_client, auth_as, make_config, make_disk, wait_for, wait_task
 
 DEPLOYMENT = {"instances": [
     {"job": "db", "index": 0, "disks": ["disk-db-0"], "jobs": ["db", "backup"]},
@@ -262,7 +262,12 @@ async def test_refusals_name_the_field_and_touch_nothing(tmp_path: Path, sqlite_
         tasks = await (await client.get("/tasks", params={"deployment": "prod"})).json()
         assert not [t for t in tasks if t["kind"] == "restore"]
         # Each refusal is on record, with the owner of a foreign snapshot for the auditors.
-        refusals = await (await client.get("/events", params={"type": "Refusal"})).json()
+        # (the audit view is a projection: wait until it has caught up with the last refusal)
+        async def all_refusals() -> list[dict[str, Any]] | None:
+            found = await (await client.get("/events", params={"type": "Refusal"})).json()
+            return found if len(found) >= 6 else None
+
+        refusals = await wait_for(all_refusals)
         assert len(refusals) == 6
         foreign = [r for r in refusals if r["data"]["details"].get("owner")]
         assert len(foreign) == 2 and foreign[0]["data"]["details"]["owner"] == "other"
