@@ -69,7 +69,11 @@ class JobUpdateWorker:
             for instance_id in self.runner.advance(update_id):
                 # Running from the claim on: an instance queued behind busy threads is not abandoned.
                 self.runner.running.add((update_id, instance_id))
-                self.pool.submit(self._execute, update_id, instance_id)
+                try:
+                    self.pool.submit(self._execute, update_id, instance_id)
+                except RuntimeError:  # the pool is shut down: no thread will run it, the sweep fails it
+                    self.runner.running.discard((update_id, instance_id))
+                    raise
         # Claims are durable: a replay after a crash finds them taken, never runs them twice.
         self._save_position(batch[-1][0])
 
