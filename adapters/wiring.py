@@ -118,6 +118,17 @@ class Runtime:
 
     def start(self) -> None:
         """Start the background roles (worker, projector) of this process."""
+        # Every module that defines aggregates is imported before the first thread
+        # starts: eventsourcing builds an aggregate class by iterating the base
+        # class's __dict__, which a follower thread may change meanwhile (Python
+        # adds `Aggregate.__annotations__` lazily on first use). The chaos run saw
+        # a worker crash so at start-up ("dictionary changed size during
+        # iteration"), half started: beating, yet without its restore worker.
+        from snapledger.scheduler.process import Scheduler
+
+        from .job_worker import start_job_worker
+        from .restore_worker import start_restore_worker
+
         if self.url.kind == "postgres":
             self.listener = PostgresListener(self.url, self.signal, self.log, self.health)
             self.listener.start()
@@ -140,16 +151,10 @@ class Runtime:
                                  max_in_flight=self.config.worker_max_in_flight,
                                  poll_interval=self.config.poll_interval_s, lease_s=self.config.worker_lease_s)
             self.worker.start()
-            from .job_worker import start_job_worker
-
             self.job_worker = start_job_worker(self, worker=runner.worker)
-            from .restore_worker import start_restore_worker
-
             self.restore_worker = start_restore_worker(self, worker=runner.worker)
         if "scheduler" in self.roles:
             from datetime import timedelta
-
-            from snapledger.scheduler.process import Scheduler
 
             self.scheduler = Scheduler(self.ledger, self.log,
                                        missed_window=timedelta(seconds=self.config.missed_fire_window_s))

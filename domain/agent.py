@@ -21,6 +21,8 @@ STOP_TIMEOUT = "StopTimeout"
 DRAIN_CANCELLED = "DrainCancelled"  # snapledger stopped while the drain ran
 STOP_CANCELLED = "StopCancelled"
 AGENT_ERROR = "AgentError"  # the adapter itself failed (cannot run the script, a bug)
+# The worker running a drain or stop died (found by the recovery sweeps; the step is not repeated).
+WORKER_LOST = "Snapledger::WorkerLost"
 
 
 @dataclass(frozen=True)

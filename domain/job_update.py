@@ -12,7 +12,16 @@ instance and it is never reported ready.
 One `JobUpdate` aggregate per announcement holds every instance's progress:
 its events are the task's log in order, and because every step appends to it
 under optimistic concurrency, two workers can never both start an instance
-and `max_in_flight` holds across any number of workers.
+and `max_in_flight` holds across any number of workers. Each event names its
+instance and carries `caused_by`: the id (`<aggregate id>/<version>`) of the
+event it follows from (the instance's previous event; for a snapshot's
+outcome, the snapshot's outcome event).
+
+A worker that dies while it drains or stops an instance is found by the
+recovery sweep of the job-update worker (its heartbeat older than the lease):
+the instance is recorded failed (`WorkerLost`), which then goes on like any
+failed step. The drain is not run again: a drain script may move data or
+leave jobs half stopped, and running it twice is not obviously safe.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from .agent import DRAIN_TYPES, Agent, AgentInstance, AgentResult, AGENT_ERROR
+from .agent import AGENT_ERROR, DRAIN_TYPES, WORKER_LOST, Agent, AgentInstance, AgentResult
 from .application import Ledger
 from .deployment import Deployment
 from .errors import LedgerError
@@ -35,6 +44,8 @@ TRIGGER = "job_update"
 WAITING, DRAINING, STOPPING, SNAPSHOTTING = "waiting", "draining", "stopping", "snapshotting"
 READY, FAILED, CANCELLED = "ready", "failed", "cancelled"
 IN_FLIGHT = frozenset({DRAINING, STOPPING, SNAPSHOTTING})
+# States in which a worker holds the instance (runs its drain or stop): what the recovery sweep looks at.
+CLAIMED_STATES = frozenset({DRAINING, STOPPING})
 SNAPSHOT_OK = frozenset({"taken", "skipped"})
 
 
@@ -67,64 +78,76 @@ class JobUpdate(Aggregate):
         self.current_state = dict(current_state)
         self.next_state = dict(next_state)
         self.max_in_flight = max_in_flight
-        self.instances = [{**dict(i), "state": WAITING, "worker": None, "snapshots": []} for i in instances]
+        # `cause`: the instance's latest event, what its next one follows from (the announcement first).
+        self.instances = [{**dict(i), "state": WAITING, "worker": None, "snapshots": [],
+                           "cause": f"{self.id}/{self.version}"} for i in instances]
 
-    # Events: each names the instance, so the task log reads on its own.
+    # Events: each names the instance, so the task log reads on its own. `caused_by`
+    # defaults to None: events recorded before causation existed have none.
 
     @event("DrainStarted")
     def _drain_started(self, task_id: str, instance_id: str, instance: str, worker: str, drain_type: str,
-                       jobs: list[str], actor: str) -> None:
+                       jobs: list[str], actor: str, caused_by: str | None = None) -> None:
         self._set(instance_id, state=DRAINING, worker=worker)
 
     @event("DrainCompleted")
     def _drain_completed(self, task_id: str, instance_id: str, instance: str, result: dict[str, Any],
-                         actor: str) -> None:
+                         actor: str, caused_by: str | None = None) -> None:
         self._set(instance_id, state=STOPPING)
 
     @event("DrainFailed")
     def _drain_failed(self, task_id: str, instance_id: str, instance: str, error: dict[str, Any],
-                      result: dict[str, Any], actor: str) -> None:
+                      result: dict[str, Any], actor: str, caused_by: str | None = None) -> None:
         self._set(instance_id, state=FAILED, error=error)
 
     @event("JobStopped")
     def _job_stopped(self, task_id: str, instance_id: str, instance: str, result: dict[str, Any],
-                     actor: str) -> None:
+                     actor: str, caused_by: str | None = None) -> None:
         self._set(instance_id, state=SNAPSHOTTING)
 
     @event("StopFailed")
     def _stop_failed(self, task_id: str, instance_id: str, instance: str, error: dict[str, Any],
-                     result: dict[str, Any], actor: str) -> None:
+                     result: dict[str, Any], actor: str, caused_by: str | None = None) -> None:
         self._set(instance_id, state=FAILED, error=error)
 
     @event("CleanSnapshotsRequested")
     def _snapshots_requested(self, task_id: str, instance_id: str, instance: str, snapshots: list[str],
-                             disks: list[str], actor: str) -> None:
+                             disks: list[str], actor: str, caused_by: str | None = None) -> None:
         self._set(instance_id, snapshots=list(snapshots))
 
     @event("SnapshotSkipped")
-    def _snapshot_skipped(self, task_id: str, instance_id: str, instance: str, reason: str, actor: str) -> None:
-        pass
+    def _snapshot_skipped(self, task_id: str, instance_id: str, instance: str, reason: str, actor: str,
+                          caused_by: str | None = None) -> None:
+        self._set(instance_id)
 
     @event("SnapshotFailed")
     def _snapshot_failed(self, task_id: str, instance_id: str, instance: str, failures: list[dict[str, Any]],
-                         actor: str) -> None:
+                         actor: str, caused_by: str | None = None) -> None:
         self._set(instance_id, state=FAILED, error={"type": "SnapshotFailed", "message": "; ".join(
             f"disk {f.get('disk_cid')}: {f.get('error_type', f.get('outcome'))}: {f.get('message', '')}"
             for f in failures)})
 
     @event("ReadyForUpdate")
     def _ready(self, task_id: str, instance_id: str, instance: str, snapshots: list[dict[str, Any]],
-               actor: str) -> None:
+               actor: str, caused_by: str | None = None) -> None:
         self._set(instance_id, state=READY)
 
     @event("InstancesCancelled")
     def _cancelled(self, task_id: str, instance_ids: list[str], instances: list[str], reason: str,
-                   actor: str) -> None:
+                   actor: str, caused_by: str | None = None) -> None:
         for instance_id in instance_ids:
             self._set(instance_id, state=CANCELLED)
 
+    @event("WorkerLost")
+    def _worker_lost(self, task_id: str, instance_id: str, instance: str, step: str, worker: str,
+                     error: dict[str, Any], actor: str, caused_by: str | None = None) -> None:
+        # The worker holding the drain or stop died (found by the recovery sweep).
+        self._set(instance_id, state=FAILED, error=error)
+
     def _set(self, instance_id: str, **changes: Any) -> None:
-        self.instance(instance_id).update(changes)
+        # Called from event bodies, before the aggregate's version moves on to
+        # the event's own: the event being applied is version + 1.
+        self.instance(instance_id).update(changes, cause=f"{self.id}/{self.version + 1}")
 
     # Queries -------------------------------------------------------------------
 
@@ -133,6 +156,10 @@ class JobUpdate(Aggregate):
             if inst["id"] == instance_id:
                 return inst
         raise KeyError(instance_id)
+
+    def cause_of(self, instance_id: str) -> str | None:
+        """The id of the instance's latest event: what its next event follows from."""
+        return self.instance(instance_id).get("cause")
 
     def next_startable(self) -> dict[str, Any] | None:
         """The next instance in order, if the update may start one more now."""
@@ -147,14 +174,31 @@ class JobUpdate(Aggregate):
     def start_drain(self, instance_id: str, worker: str, actor: str) -> None:
         inst = self.instance(instance_id)
         self._drain_started(task_id=self.task_id, instance_id=instance_id, instance=_label(inst), worker=worker,
-                            drain_type=self.drain_type, jobs=list(inst["jobs"]), actor=actor)
+                            drain_type=self.drain_type, jobs=list(inst["jobs"]), actor=actor,
+                            caused_by=self.cause_of(instance_id))
 
-    def cancel_waiting(self, reason: str, actor: str) -> list[dict[str, Any]]:
+    def cancel_waiting(self, reason: str, actor: str, caused_by: str | None) -> list[dict[str, Any]]:
         waiting = [i for i in self.instances if i["state"] == WAITING]
         if waiting:
             self._cancelled(task_id=self.task_id, instance_ids=[i["id"] for i in waiting],
-                            instances=[_label(i) for i in waiting], reason=reason, actor=actor)
+                            instances=[_label(i) for i in waiting], reason=reason, actor=actor,
+                            caused_by=caused_by)
         return waiting
+
+    def worker_lost(self, instance_id: str, dead_worker: str, actor: str) -> dict[str, Any] | None:
+        """Fail an instance whose drain or stop is held by a worker that died; returns
+        the error, or None when the instance is not (or no longer) that worker's."""
+        inst = self.instance(instance_id)
+        if inst["state"] not in CLAIMED_STATES or inst["worker"] != dead_worker:
+            return None
+        step = "drain" if inst["state"] == DRAINING else "stop"
+        label = _label(inst)
+        error = {"type": WORKER_LOST, "message": f"worker {dead_worker} stopped beating during the {step} of "
+                 f"{label}; the {step} is not run again (its jobs may be drained or stopped) and no clean "
+                 "snapshot was taken"}
+        self._worker_lost(task_id=self.task_id, instance_id=instance_id, instance=label, step=step,
+                          worker=dead_worker, error=error, actor=actor, caused_by=self.cause_of(instance_id))
+        return error
 
 
 # The service-layer command -------------------------------------------------------
@@ -204,7 +248,8 @@ class JobUpdateRunner:
     optimistic concurrency: a worker that loses the race simply sees the
     instance taken). `execute` runs one claimed instance's drain and stop
     (outside any transaction) and records each outcome; the clean snapshots it
-    requests are executed by the ordinary snapshot worker.
+    requests are executed by the ordinary snapshot worker. `recover` fails an
+    instance whose worker died during its drain or stop.
     """
 
     def __init__(self, ledger: Ledger, agent: Agent, worker: str, log: Any = None) -> None:
@@ -212,6 +257,9 @@ class JobUpdateRunner:
         self.agent = agent
         self.worker = worker
         self.log = log
+        # (update id, instance id) this process runs now, from the claim on (the
+        # recovery sweep never takes these for abandoned).
+        self.running: set[tuple[UUID, str]] = set()
 
     def _update(self, update_id: UUID) -> JobUpdate | None:
         found = self.ledger._get(update_id)
@@ -263,38 +311,51 @@ class JobUpdateRunner:
             failures = [o for o in outcomes if o["outcome"] not in SNAPSHOT_OK]
             if failures:
                 update._snapshot_failed(task_id=update.task_id, instance_id=inst["id"], instance=_label(inst),
-                                        failures=failures, actor=task.actor)
+                                        failures=failures, actor=task.actor, caused_by=failures[0].get("caused_by"))
                 self._fail_rest(update, task, inst, update.instance(inst["id"])["error"])
             else:
                 snapshots = [{"disk_cid": o.get("disk_cid"), "snapshot_cid": o.get("snapshot_cid"),
                               "outcome": o["outcome"], **({"reason": o["reason"]} if o.get("reason") else {})}
                              for o in outcomes]
-                self._ready(update, task, inst, snapshots)
+                # Ready follows from the last of its snapshots to finish.
+                last = [o for op, o in task.outcomes.items() if op in inst["snapshots"]][-1]
+                self._ready(update, task, inst, snapshots, caused_by=last.get("caused_by"))
         return [update, task] if changed else []
 
-    def _ready(self, update: JobUpdate, task: Task, inst: dict[str, Any], snapshots: list[dict[str, Any]]) -> None:
+    def _ready(self, update: JobUpdate, task: Task, inst: dict[str, Any], snapshots: list[dict[str, Any]],
+               caused_by: str | None) -> None:
         update._ready(task_id=update.task_id, instance_id=inst["id"], instance=_label(inst), snapshots=snapshots,
-                      actor=task.actor)
+                      actor=task.actor, caused_by=caused_by)
         task.operation_finished(inst["operation_id"], READY, {
             "instance": _label(inst), "instance_id": inst["id"], "disk_cid": None, "snapshot_cid": None,
-            "reason": "ready for update"}, actor=task.actor)
+            "reason": "ready for update", "caused_by": update.cause_of(inst["id"])}, actor=task.actor)
 
     def _fail_rest(self, update: JobUpdate, task: Task, inst: dict[str, Any], error: dict[str, Any]) -> None:
-        """The failed instance's outcome, and every instance not started yet is cancelled."""
+        """The failed instance's outcome, and every instance not started yet is cancelled
+        (both follow from the failure, the instance's latest event)."""
+        failure = update.cause_of(inst["id"])
         task.operation_finished(inst["operation_id"], FAILED, {
             "instance": _label(inst), "instance_id": inst["id"], "disk_cid": None, "snapshot_cid": None,
-            "error_type": error["type"], "message": error["message"]}, actor=task.actor)
+            "error_type": error["type"], "message": error["message"], "caused_by": failure}, actor=task.actor)
         reason = f"instance {_label(inst)} failed; the update does not go on"
-        for waiting in update.cancel_waiting(reason, actor=task.actor):
+        for waiting in update.cancel_waiting(reason, actor=task.actor, caused_by=failure):
             task.operation_finished(waiting["operation_id"], CANCELLED, {
                 "instance": _label(waiting), "instance_id": waiting["id"], "disk_cid": None, "snapshot_cid": None,
-                "error_type": "Cancelled", "message": reason}, actor=task.actor)
+                "error_type": "Cancelled", "message": reason, "caused_by": update.cause_of(waiting["id"])},
+                actor=task.actor)
 
     # Execute one claimed instance -----------------------------------------------------------
 
     def execute(self, update_id: UUID, instance_id: str) -> str | None:
         """Drain, stop, then request the clean snapshots (or skip them). Returns
         the instance's state afterwards, or None if it was not ours to run."""
+        self.running.add((update_id, instance_id))
+        try:
+            return self._drain_and_stop(update_id, instance_id)
+        finally:
+            self.running.discard((update_id, instance_id))
+
+    def _drain_and_stop(self, update_id: UUID, instance_id: str) -> str | None:
         update = self._update(update_id)
         if update is None:
             return None
@@ -337,15 +398,15 @@ class JobUpdateRunner:
                 error = result.error or {"type": AGENT_ERROR, "message": "failed"}
                 failed = update._drain_failed if step == "drain" else update._stop_failed
                 failed(task_id=update.task_id, instance_id=instance_id, instance=label, error=error, result=data,
-                       actor=task.actor)
+                       actor=task.actor, caused_by=update.cause_of(instance_id))
                 self._fail_rest(update, task, inst, error)
                 return [update, task]
             if step == "drain":
                 update._drain_completed(task_id=update.task_id, instance_id=instance_id, instance=label,
-                                        result=data, actor=task.actor)
+                                        result=data, actor=task.actor, caused_by=update.cause_of(instance_id))
                 return [update]
             update._job_stopped(task_id=update.task_id, instance_id=instance_id, instance=label, result=data,
-                                actor=task.actor)
+                                actor=task.actor, caused_by=update.cause_of(instance_id))
             return [update, task, *self._clean_snapshots(update, task, inst)]
 
         saved = self.ledger.save_with_retry(decide)
@@ -361,17 +422,43 @@ class JobUpdateRunner:
             reason = ""
         if reason:
             update._snapshot_skipped(task_id=update.task_id, instance_id=inst["id"], instance=label, reason=reason,
-                                     actor=task.actor)
-            self._ready(update, task, inst, [])
+                                     actor=task.actor, caused_by=update.cause_of(inst["id"]))
+            self._ready(update, task, inst, [], caused_by=update.cause_of(inst["id"]))
             return []
         dep: Deployment = self.ledger.get_deployment_or_history(update.deployment)
         snapshots = [self.ledger._new_snapshot(UUID(update.task_id), dep, inst, disk, TRIGGER, True, task.actor)
                      for disk in inst["disks"]]
         ids = [str(s.id) for s in snapshots]
         update._snapshots_requested(task_id=update.task_id, instance_id=inst["id"], instance=label, snapshots=ids,
-                                    disks=list(inst["disks"]), actor=task.actor)
+                                    disks=list(inst["disks"]), actor=task.actor, caused_by=update.cause_of(inst["id"]))
         task.add_operations(ids, actor=task.actor)
         return snapshots
+
+    # Recovery: the worker holding a drain or stop died -------------------------------------------
+
+    def recover(self, update_id: UUID, instance_id: str, dead_worker: str) -> str | None:
+        """Fail an instance whose drain or stop was held by `dead_worker` (found
+        silent by the recovery sweep), exactly like a failed step: its outcome on
+        the task, the instances not started yet cancelled. The drain is not run
+        again (not obviously safe). Returns `failed`, or None when the instance
+        was no longer that worker's (it finished, or another recovery won)."""
+        lost: list[dict[str, Any]] = []
+
+        def decide() -> list[Aggregate]:
+            lost.clear()
+            update = self._update(update_id)
+            if update is None:
+                return []
+            task = self.ledger.get_task(update.task_id)
+            error = update.worker_lost(instance_id, dead_worker, actor=self.worker)
+            if error is None:
+                return []
+            self._fail_rest(update, task, update.instance(instance_id), error)
+            lost.append(error)
+            return [update, task]
+
+        self.ledger.save_with_retry(decide)
+        return FAILED if lost else None
 
     def _log(self, step: str, target: AgentInstance, result: AgentResult) -> None:
         if self.log is not None:

@@ -30,7 +30,7 @@ from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError
 
-from .agent import SHUTDOWN
+from .agent import SHUTDOWN, WORKER_LOST  # noqa: F401 (WORKER_LOST: a restore whose worker died in a drain or stop)
 from .application import ENABLE_HINT, Ledger
 from .deployment import deployment_id
 from .errors import Conflict, LedgerError, SnapshotNotFound, SnapshotsDisabled
@@ -51,7 +51,6 @@ RESTORED, FAILED = "restored", "failed"
 # States in which a worker holds the restore (the recovery sweep looks at these).
 CLAIMED_STATES = frozenset({DRAINING, STOPPING, RESTORING})
 
-WORKER_LOST = "Snapledger::WorkerLost"  # the error of a restore whose worker died in a drain or stop
 
 
 class NotRestorable(Conflict):

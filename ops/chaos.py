@@ -1,14 +1,22 @@
 #!/usr/bin/env python3
 """Chaos run: API, two workers and the projector as separate processes on
-PostgreSQL; a client drives commands while a killer SIGKILLs random processes
-and restarts them. Then, at quiescence, the ledger is checked against the
-client's record and against the local CPI's files on disk:
+PostgreSQL; a client drives commands (snapshots, deletions, job updates whose
+drain and stop scripts really run through the local agent) while a killer
+SIGKILLs random processes and restarts them. Then, at quiescence, the ledger
+is checked against the client's record and against the local CPI's files on
+disk:
 
 1. every acknowledged command is in the log and its task is terminal;
 2. no snapshot directory without a ledger entry, no ledger entry without its
    directory (unless recorded failed or in doubt), one directory per snapshot;
 3. no task left `processing`;
-4. the views equal a rebuild from position 0 (nothing skipped or doubled).
+4. the views equal a rebuild from position 0 (nothing skipped or doubled);
+5. job updates: no instance left waiting, draining, stopping or snapshotting
+   (and no claim held); a failed instance failed for a reason kills explain
+   (`Snapledger::WorkerLost`, or cancelled after another's failure); every
+   `ready` instance has its clean snapshot (trigger `job_update`, clean) of
+   each disk taken exactly once; no clean snapshot of an instance whose drain
+   and stop did not complete.
 
     python ops/chaos.py --commands 1000 --kills 20      # `make chaos`
 
@@ -41,6 +49,13 @@ import psycopg
 SNAPLEDGER = str(Path(sys.executable).parent / "snapledger")
 ROLES = ("api", "worker", "worker", "projector")
 TERMINAL = ("done", "error")
+# Why a job-update instance may fail in a chaos run: its worker was killed during
+# the drain or stop, or an instance before it failed. Anything else is a bug.
+EXPLAINED_FAILURES = ("Snapledger::WorkerLost", "Cancelled")
+# A drain that takes a moment (0-0.4 s), so some kills land in the middle of one;
+# a stop that does a little work too.
+DRAIN_SCRIPT = "#!/bin/bash\nsleep 0.$((RANDOM % 5))\necho 0\n"
+STOP_SCRIPT = "#!/bin/bash\nsleep 0.05\n"
 
 
 def free_port() -> int:
@@ -120,6 +135,11 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
     for _, _, cid in disks:
         (data_dir / "disks" / cid).mkdir(parents=True, exist_ok=True)
         (data_dir / "disks" / cid / "payload").write_bytes(os.urandom(2048))
+    for name, body in (("drain", DRAIN_SCRIPT), ("stop", STOP_SCRIPT)):  # the workers' default jobs_dir
+        script = data_dir / "jobs" / "db" / "bin" / name
+        script.parent.mkdir(parents=True, exist_ok=True)
+        script.write_text(body)
+        script.chmod(0o755)
     env = {**os.environ, "SNAPLEDGER_LOG_FORMAT": "json", "SNAPLEDGER_POLL_INTERVAL": "0.2",
            "SNAPLEDGER_WORKER_LEASE": "1"}
     env.pop("SNAPLEDGER_CRASH_AT", None)
@@ -143,10 +163,17 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
         nonlocal sent
         dep = f"d{rng.randrange(deployments)}"
         roll = rng.random()
-        if roll < 0.45:
+        body: Any = None
+        if roll < 0.40:
             method, path = "POST", f"/deployments/{dep}/snapshots"
-        elif roll < 0.75:
+        elif roll < 0.65:
             method, path = "POST", f"/deployments/{dep}/jobs/db/{rng.randrange(instances)}/snapshots"
+        elif roll < 0.78:
+            # A job update, as a deploy tool announces it: the whole job or one instance.
+            which = rng.choice(["", f"/{rng.randrange(instances)}"])
+            method, path = "POST", f"/deployments/{dep}/jobs/db{which}/updates"
+            body = {"drain_type": rng.choice(["update", "shutdown"]), "next_state": {"persistent_disk": 2048},
+                    "max_in_flight": rng.randint(1, 2)}
         elif roll < 0.95:
             status, listing = client.call("GET", f"/deployments/{dep}/snapshots")
             taken = [r["snapshot_cid"] for r in listing or [] if r["state"] == "taken"] if status == 200 else []
@@ -156,11 +183,11 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
                 method, path = "DELETE", f"/deployments/{dep}/snapshots/{rng.choice(taken)}"
         else:
             method, path = "DELETE", f"/deployments/{dep}/snapshots"
-        status, body = client.call(method, path)
+        status, answer = client.call(method, path, body)
         with lock:
             sent += 1
             if status == 202:
-                acknowledged.append({"task_id": body["task_id"], "command": f"{method} {path}"})
+                acknowledged.append({"task_id": answer["task_id"], "command": f"{method} {path}"})
             if sent % 100 == 0:
                 progress(f"  {sent}/{commands} commands sent, {len(acknowledged)} acknowledged, "
                          f"{sum(p.kills for p in procs)} kills")
@@ -277,12 +304,82 @@ def check(database: str, data_dir: Path, acknowledged: list[dict[str, Any]], sta
             "in_doubt_retried": count("Snapshot.InDoubtRetried"), "in_doubt_open": len(in_doubt),
             "lost": len(lost) + len(pending), "doubled": len(orphans) + len(doubled),
         }
+        # 5. job updates.
+        job_updates = check_job_updates(conn)
+        problems.extend(job_updates.pop("problems"))
+        report.update(job_updates)
     # 4. the views equal a rebuild from position 0.
     report["view_differences"] = verify_views(database)
     if report["view_differences"]:
         problems.append(f"views differ from a rebuild: {report['view_differences'][:3]}")
     report["problems"] = problems
     return report
+
+
+def check_job_updates(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """Every job-update instance ended, for a reason kills explain; clean snapshots
+    exactly for the instances whose drain and stop completed, taken once each."""
+    problems: list[str] = []
+    instances = conn.execute("SELECT task_id, instance_id, job, idx, state, error FROM job_update_instances_view"
+                             ).fetchall()
+    unfinished = [(t, f"{job}/{idx}", state) for t, _, job, idx, state, _ in instances
+                  if state not in ("ready", "failed", "cancelled")]
+    if unfinished:
+        problems.append(f"{len(unfinished)} job-update instances not ended: {unfinished[:3]}")
+    claims = conn.execute("SELECT task_id, instance, state, worker FROM job_update_claims").fetchall()
+    if claims:
+        problems.append(f"{len(claims)} job-update instances still held by a worker: {claims[:3]}")
+    reasons: dict[str, int] = {}
+    for task_id, _, job, idx, state, error in instances:
+        if state in ("failed", "cancelled"):
+            kind = "Cancelled" if state == "cancelled" else next(
+                (r for r in EXPLAINED_FAILURES if (error or "").startswith(r + ":")), (error or "").split(": ")[0])
+            reasons[kind] = reasons.get(kind, 0) + 1
+            if kind not in EXPLAINED_FAILURES or not error:
+                problems.append(f"job update {task_id}: {job}/{idx} {state} for no reason kills explain: {error}")
+    tasks = conn.execute("SELECT t.task_id, t.state, t.result FROM tasks_view t WHERE t.kind = 'update_job'"
+                         ).fetchall()
+    for task_id, state, result in tasks:
+        if state == "error" and not result:
+            problems.append(f"job update {task_id} failed without a reason")
+
+    # Which instances completed their drain and stop, and the disks each was announced with.
+    stopped: set[tuple[str, str]] = set()
+    disks: dict[tuple[str, str], list[str]] = {}
+    for task_id, kind, data in conn.execute(
+            "SELECT task_id, type, data FROM task_events_view WHERE type IN "
+            "('JobUpdate.Announced', 'JobUpdate.JobStopped')").fetchall():
+        data = json.loads(data)
+        if kind == "JobUpdate.JobStopped":
+            stopped.add((task_id, data["instance_id"]))
+        else:
+            disks.update({(task_id, i["id"]): list(i["disks"]) for i in data["instances"]})
+    clean: dict[tuple[str, str], list[tuple[str, str, str | None, bool]]] = {}
+    for snapshot_id, task_id, instance_id, disk_cid, state, cid, is_clean in conn.execute(
+            "SELECT snapshot_id, task_id, instance_id, disk_cid, state, snapshot_cid, clean FROM snapshots_view "
+            "WHERE trigger = 'job_update'").fetchall():
+        clean.setdefault((task_id, instance_id), []).append((snapshot_id, disk_cid, cid, bool(is_clean)))
+    taken = dict(conn.execute("SELECT aggregate_id, count(*) FROM audit_events WHERE type = 'Snapshot.Taken' "
+                              "GROUP BY aggregate_id").fetchall())
+    undrained = [key for key in clean if key not in stopped]
+    if undrained:
+        problems.append(f"{len(undrained)} instances with a clean snapshot but no completed drain and stop: "
+                        f"{undrained[:3]}")
+    ready = [(t, i) for t, i, _, _, state, _ in instances if state == "ready"]
+    for key in ready:
+        snaps = clean.get(key, [])
+        by_disk = sorted(disk for _, disk, _, _ in snaps)
+        if by_disk != sorted(disks.get(key, [])) or not by_disk:
+            problems.append(f"ready instance {key}: clean snapshots of {by_disk}, announced disks "
+                            f"{disks.get(key)}")
+        for snapshot_id, disk, cid, is_clean in snaps:
+            if taken.get(snapshot_id) != 1 or not cid or not is_clean:
+                problems.append(f"ready instance {key}: the clean snapshot of {disk} ({snapshot_id}) was taken "
+                                f"{taken.get(snapshot_id, 0)} times, cid {cid}, clean {is_clean}")
+    return {"job_update_tasks": len(tasks),
+            "job_update_tasks_done": sum(1 for _, state, _ in tasks if state == "done"),
+            "job_update_instances_ready": len(ready), "job_update_failures": reasons,
+            "clean_snapshots": sum(len(v) for v in clean.values()), "problems": problems}
 
 
 def verify_views(database: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""Per-instance progress of job updates: what a deploy tool polls to go on instance by instance."""
+"""Per-instance progress of job updates: what a deploy tool polls to go on instance by instance;
+and the instances a worker holds (draining, stopping), what the recovery sweep reads."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class JobUpdatesView(View):
             "JobUpdate.JobStopped": self._state("snapshotting"),
             "JobUpdate.DrainFailed": self._failed,
             "JobUpdate.StopFailed": self._failed,
+            "JobUpdate.WorkerLost": self._failed,
             "JobUpdate.SnapshotFailed": self._snapshot_failed,
             "JobUpdate.ReadyForUpdate": self._ready,
             "JobUpdate.InstancesCancelled": self._cancelled,
@@ -73,6 +75,58 @@ class JobUpdatesView(View):
     def _cancelled(self, cur: Any, position: int, e: Any) -> None:
         for instance_id in e.instance_ids:
             self._set(cur, e, instance_id, "state = 'cancelled', error = %s", e.reason)
+
+
+class JobUpdateClaimsView(View):
+    """Instances whose drain or stop a worker holds, with the worker and since when.
+
+    Small (a row leaves when its stop is recorded or the instance fails), like
+    `in_flight_ops` for CPI calls; a view of its own so that, added to an
+    existing ledger, it is filled from the start of the log."""
+
+    name = "job_update_claims"
+    tables = ("job_update_claims",)
+    ddl = (
+        """CREATE TABLE IF NOT EXISTS job_update_claims (
+            task_id TEXT NOT NULL,
+            instance_id TEXT NOT NULL,
+            update_id TEXT NOT NULL,
+            instance TEXT NOT NULL,
+            state TEXT NOT NULL,
+            worker TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (task_id, instance_id)
+        )""",
+        "CREATE INDEX IF NOT EXISTS job_update_claims_at ON job_update_claims (updated_at)",
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handlers = {
+            "JobUpdate.DrainStarted": self._claimed,
+            "JobUpdate.DrainCompleted": self._stopping,
+            **{kind: self._released for kind in ("JobUpdate.JobStopped", "JobUpdate.DrainFailed",
+                                                 "JobUpdate.StopFailed", "JobUpdate.WorkerLost")},
+        }
+
+    def _claimed(self, cur: Any, position: int, e: Any) -> None:
+        cur.execute("INSERT INTO job_update_claims (task_id, instance_id, update_id, instance, state, worker, "
+                    "updated_at) VALUES (%s, %s, %s, %s, 'draining', %s, %s)",
+                    (e.task_id, e.instance_id, str(e.originator_id), e.instance, e.worker, iso(e.timestamp)))
+
+    def _stopping(self, cur: Any, position: int, e: Any) -> None:
+        cur.execute("UPDATE job_update_claims SET state = 'stopping', updated_at = %s "
+                    "WHERE task_id = %s AND instance_id = %s", (iso(e.timestamp), e.task_id, e.instance_id))
+
+    def _released(self, cur: Any, position: int, e: Any) -> None:
+        cur.execute("DELETE FROM job_update_claims WHERE task_id = %s AND instance_id = %s",
+                    (e.task_id, e.instance_id))
+
+
+def claimed_instances(db: Any, older_than: str) -> list[dict[str, Any]]:
+    """Instances a worker holds (draining, stopping), unchanged since `older_than`, oldest first."""
+    return db.query("SELECT task_id, instance_id, update_id, instance, state, worker, updated_at "
+                    "FROM job_update_claims WHERE updated_at < %s ORDER BY updated_at", (older_than,))
 
 
 def instance_updates(db: Any, task_id: str) -> list[dict[str, Any]]:

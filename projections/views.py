@@ -354,8 +354,8 @@ class InFlightView(View):
 def all_views() -> list[View]:
     # Tasks last: see Projector. In-flight after snapshots (it reads snapshots_view).
     from .audit import AuditView
-    from .job_updates import JobUpdatesView  # it subclasses View: imported here, not at the top
+    from .job_updates import JobUpdateClaimsView, JobUpdatesView  # they subclass View: imported here
     from .restores import RestoresView
 
     return [SnapshotsView(), InFlightView(), DeploymentsView(), ScheduleFiresView(), JobUpdatesView(),
-            RestoresView(), AuditView(), TasksView()]
+            JobUpdateClaimsView(), RestoresView(), AuditView(), TasksView()]

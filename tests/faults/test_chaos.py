@@ -1,6 +1,8 @@
 """The short chaos run of CI (the full one: `make chaos`): random SIGKILLs of
-the API, two workers and the projector while commands flow; nothing lost,
-nothing doubled, nothing left processing, views equal to a rebuild."""
+the API, two workers and the projector while commands flow (job updates with
+real drain scripts among them); nothing lost, nothing doubled, nothing left
+processing or draining, clean snapshots exactly for the instances drained,
+views equal to a rebuild."""
 
 from __future__ import annotations
 
@@ -28,3 +30,5 @@ def test_short_chaos_run(tmp_path: Path, pg_url: str) -> None:
     assert report["problems"] == [], report
     assert report["kills"] >= 20 and report["acknowledged"] > 0
     assert report["lost"] == 0 and report["doubled"] == 0 and report["view_differences"] == []
+    # Job updates ran, and got through to clean snapshots (not only failures).
+    assert report["job_update_tasks"] > 0 and report["job_update_instances_ready"] > 0

@@ -9,20 +9,27 @@ from __future__ import annotations
 
 import stat
 import threading
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import pytest
+import structlog
 
 from snapledger.adapters.agent_local import LocalAgent
+from snapledger.adapters.follower import ChangeSignal
+from snapledger.adapters.job_worker import JobUpdateWorker
 from snapledger.adapters.store import ledger_env, open_database, parse_store_url
+from snapledger.adapters.worker import HEARTBEAT_DDL
 from snapledger.domain.application import Ledger
 from snapledger.domain.cpi import CpiError
 from snapledger.domain.job_update import JobUpdate, JobUpdateRunner, announce_job_update, job_update_id
 from snapledger.domain.operations import OperationRunner
 from snapledger.domain.snapshot import Snapshot
-from snapledger.projections.job_updates import instance_updates
+from snapledger.projections.events import iso
+from snapledger.projections.job_updates import claimed_instances, instance_updates
 from snapledger.projections.projector import Projector
 from snapledger.projections.queries import Queries
 from support.fakes import FakeCpi
@@ -249,3 +256,110 @@ def test_unknown_instance_and_bad_arguments_are_refused(stack: Stack) -> None:
     with pytest.raises(LedgerError) as error:
         announce_job_update(stack.ledger, "prod", "db", None, "reboot", actor="deployer")
     assert error.value.field == "drain_type"
+
+
+def audit(stack: Stack, task_id: Any) -> list[dict[str, Any]]:
+    stack.project()
+    return Queries(stack.db).events({"task_id": str(task_id)})
+
+
+def test_each_step_follows_from_the_one_before(stack: Stack) -> None:
+    script(stack.jobs_dir / "flaky" / "bin" / "drain", "echo 0\n")
+    task = announce_job_update(stack.ledger, "prod", "db", "0", "update", actor="deployer")
+    stack.drive(task.id)
+    events = audit(stack, task.id)
+    at = {e["type"]: e for e in events}
+    chain = ["JobUpdate.Announced", "JobUpdate.DrainStarted", "JobUpdate.DrainCompleted", "JobUpdate.JobStopped",
+             "JobUpdate.CleanSnapshotsRequested"]
+    for before, after in zip(chain, chain[1:]):
+        assert at[after]["caused_by"] == at[before]["event_id"], (after, at[after]["caused_by"])
+    # Ready follows from its clean snapshot's outcome; the task's outcome from ready.
+    assert at["JobUpdate.ReadyForUpdate"]["caused_by"] == at["Snapshot.Taken"]["event_id"]
+    finished = next(e for e in events if e["type"] == "Task.OperationFinished"
+                    and e["data"]["outcome"] == "ready")
+    assert finished["data"]["detail"]["caused_by"] == at["JobUpdate.ReadyForUpdate"]["event_id"]
+
+
+def test_a_drain_abandoned_by_a_dead_worker_fails_like_a_failed_step(stack: Stack) -> None:
+    task = announce_job_update(stack.ledger, "prod", "db", None, "update", actor="deployer")
+    update_id = job_update_id(task.id)
+    dead = JobUpdateRunner(stack.ledger, stack.agent, worker="dead-worker")
+    (first,) = dead.advance(update_id)  # claimed, then the worker dies during the drain
+    stack.project()
+    held = claimed_instances(stack.db, older_than="9999")
+    assert [(r["instance"], r["state"], r["worker"]) for r in held] == [("db/0", "draining", "dead-worker")]
+
+    live = JobUpdateRunner(stack.ledger, stack.agent, worker="w1")
+    assert live.recover(update_id, first, dead_worker="someone-else") is None  # not that worker's
+    assert live.recover(update_id, first, dead_worker="dead-worker") == "failed"
+    assert live.recover(update_id, first, dead_worker="dead-worker") is None  # recorded once
+    assert states(stack.update(task.id)) == ["failed", "cancelled", "cancelled"]
+    done = stack.ledger.get_task(str(task.id))
+    assert done.state == "error"
+    assert ("db/0: Snapledger::WorkerLost: worker dead-worker stopped beating during the drain of db/0; "
+            "the drain is not run again") in done.result
+    assert "db/1: Cancelled" in done.result and "db/2: Cancelled" in done.result
+    # The dead worker's drain, if it ever answered, changes nothing: the instance is not its any more.
+    assert dead.execute(update_id, first) is None
+    stack.drive(task.id)
+    assert stack.cpi.count("snapshot_disk") == 0 and states(stack.update(task.id))[0] == "failed"
+
+    events = audit(stack, task.id)
+    lost = next(e for e in events if e["type"] == "JobUpdate.WorkerLost")
+    started = next(e for e in events if e["type"] == "JobUpdate.DrainStarted")
+    assert lost["data"]["worker"] == "dead-worker" and lost["data"]["step"] == "drain"
+    assert lost["actor"] == "w1"  # who recorded it
+    assert lost["caused_by"] == started["event_id"]
+    cancelled = next(e for e in events if e["type"] == "JobUpdate.InstancesCancelled")
+    assert cancelled["caused_by"] == lost["event_id"]
+    rows = instance_updates(stack.db, str(task.id))
+    assert [r["state"] for r in rows] == ["failed", "cancelled", "cancelled"]
+    assert rows[0]["error"].startswith("Snapledger::WorkerLost: worker dead-worker")
+    assert claimed_instances(stack.db, older_than="9999") == []
+
+
+def test_a_stop_abandoned_by_a_dead_worker_fails_the_instance(stack: Stack) -> None:
+    task = announce_job_update(stack.ledger, "prod", "db", "0", "update", actor="deployer")
+    update_id = job_update_id(task.id)
+    (instance_id,) = JobUpdateRunner(stack.ledger, stack.agent, worker="dead-worker").advance(update_id)
+    update = stack.update(task.id)  # its drain finished; the worker dies before the stop is recorded
+    update._drain_completed(task_id=str(task.id), instance_id=instance_id, instance="db/0", result={},
+                            actor="deployer", caused_by=update.cause_of(instance_id))
+    stack.ledger.save(update)
+    stack.project()
+    assert [r["state"] for r in claimed_instances(stack.db, older_than="9999")] == ["stopping"]
+    live = JobUpdateRunner(stack.ledger, stack.agent, worker="w1")
+    assert live.recover(update_id, instance_id, dead_worker="dead-worker") == "failed"
+    done = stack.ledger.get_task(str(task.id))
+    assert done.state == "error" and "stopped beating during the stop of db/0" in done.result
+    assert stack.cpi.count("snapshot_disk") == 0
+
+
+def test_the_sweep_fails_instances_of_silent_workers_and_of_ours_without_a_thread(stack: Stack) -> None:
+    with stack.db.transaction() as cur:
+        cur.execute(HEARTBEAT_DDL)
+    tasks = [announce_job_update(stack.ledger, "prod", "db", str(i % 3), "update", actor="deployer")
+             for i in range(4)]
+    ours = JobUpdateRunner(stack.ledger, stack.agent, worker="w1")
+    claimants = [JobUpdateRunner(stack.ledger, stack.agent, worker="silent"),
+                 JobUpdateRunner(stack.ledger, stack.agent, worker="beating"), ours, ours]
+    claims = [runner.advance(job_update_id(t.id))[0] for runner, t in zip(claimants, tasks)]
+    ours.running.add((job_update_id(tasks[3].id), claims[3]))  # ours, its thread running (a long drain)
+    stack.project()
+    worker = JobUpdateWorker(stack.ledger, ours, stack.db, ChangeSignal(), structlog.get_logger(), lease_s=0.2)
+    try:
+        time.sleep(0.3)  # every claim is older than a lease; only "beating" beat since
+        with stack.db.transaction() as cur:
+            cur.execute("INSERT INTO worker_heartbeats (worker, beat_at) VALUES (%s, %s), (%s, %s)",
+                        ("beating", iso(datetime.now(timezone.utc)), "w1", iso(datetime.now(timezone.utc))))
+        recovered = worker.sweep()
+        assert sorted(recovered) == sorted([(str(tasks[0].id), claims[0], "failed"),
+                                            (str(tasks[2].id), claims[2], "failed")])
+        assert [stack.ledger.get_task(str(t.id)).state for t in tasks] == ["error", "processing", "error",
+                                                                           "processing"]
+        assert "worker silent stopped beating" in stack.ledger.get_task(str(tasks[0].id)).result
+        assert "worker w1 stopped beating" in stack.ledger.get_task(str(tasks[2].id)).result
+        stack.project()
+        assert worker.sweep() == []  # the live ones are left alone, pass after pass
+    finally:
+        worker.pool.shutdown()
