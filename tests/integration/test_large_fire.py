@@ -3,8 +3,8 @@
 The library writes saves in psycopg pipeline mode, which hung for good on a
 ~5 MB message while holding the events table's lock (every writer of the
 ledger stalled). adapters/pg_recorder.py writes large saves outside the
-pipeline; this is the operator's case that found it: one `snapshot_schedule`
-fire over 6,000 instances, recorded exactly once.
+pipeline, by binary COPY; this is the operator's case that found it: one
+`snapshot_schedule` fire over 10,000 instances, recorded exactly once.
 """
 
 from __future__ import annotations
@@ -13,8 +13,13 @@ from datetime import datetime, timezone
 
 import pytest
 
+from eventsourcing.persistence import IntegrityError
+
+from snapledger.adapters.pg_recorder import COPY_MIN_EVENTS
 from snapledger.adapters.store import ledger_env, parse_store_url
 from snapledger.domain.application import Ledger
+from snapledger.domain.settings import Settings
+from snapledger.domain.snapshot import Refusal
 
 INSTANCES = 10000
 
@@ -38,3 +43,38 @@ def test_fire_over_thousands_of_instances_commits_once(pg_url: str) -> None:
     # save's conflict is still the library's IntegrityError).
     assert ledger.fire_schedule("snapshot_schedule", "0 0 7 * * * UTC", fire_time) is None
     assert (ledger.recorder.max_notification_id() or 0) - before == written
+
+
+def test_a_large_save_returns_each_event_its_log_position(pg_url: str) -> None:
+    ledger = Ledger(env=ledger_env(parse_store_url(pg_url)))
+    try:
+        ledger.save(Settings(actor="op"))  # something in the log before
+        refusals = [Refusal(command="c", reason=f"r{n}", deployment=None, details={}, actor="op")
+                    for n in range(COPY_MIN_EVENTS + 5)]
+
+        recordings = ledger.save(*refusals)
+
+        positions = [r.notification.id for r in recordings]
+        assert positions == sorted(positions) and len(set(positions)) == len(refusals)
+        logged = ledger.recorder.select_notifications(start=positions[0], limit=len(refusals))
+        assert [n.id for n in logged] == positions
+        assert [n.originator_id for n in logged] == [r.id for r in refusals]  # each id names its own event
+    finally:
+        ledger.close()
+
+
+def test_a_large_save_with_one_conflict_writes_nothing(pg_url: str) -> None:
+    ledger = Ledger(env=ledger_env(parse_store_url(pg_url)))
+    try:
+        ledger.save(Settings(actor="op"))
+        before = ledger.recorder.max_notification_id()
+        others = [Refusal(command="c", reason=f"r{n}", deployment=None, details={}, actor="op")
+                  for n in range(COPY_MIN_EVENTS)]
+
+        with pytest.raises(IntegrityError):
+            ledger.save(*others, Settings(actor="op"))  # settings created twice: a conflict
+
+        assert ledger.recorder.max_notification_id() == before
+        assert not any(r.id in ledger.repository for r in others)
+    finally:
+        ledger.close()
