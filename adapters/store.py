@@ -183,9 +183,12 @@ class PostgresDatabase(Database):
 
     def __init__(self, url: StoreUrl, min_size: int = 1, max_size: int = 8) -> None:
         self.url = url
+        # Autocommit: a read is one round trip (no BEGIN before it, no ROLLBACK
+        # after it: the listing spent two of its three round trips so);
+        # `transaction()` and `snapshot()` still open a real transaction.
         self.pool = ConnectionPool(
             url.conninfo(), min_size=min_size, max_size=max_size, timeout=3,
-            kwargs={"row_factory": dict_row, "autocommit": False}, check=ping_if_quiet,
+            kwargs={"row_factory": dict_row, "autocommit": True}, check=ping_if_quiet,
             open=True, name="views", reconnect_timeout=RECONNECT_TIMEOUT_S,
         )
 
@@ -206,9 +209,7 @@ class PostgresDatabase(Database):
 
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self.pool.connection() as conn:
-            rows = conn.execute(statement, params).fetchall()
-            conn.rollback()
-            return rows
+            return conn.execute(statement, params).fetchall()
 
     def close(self) -> None:
         self.pool.close()

@@ -99,12 +99,14 @@ class OperationRunner:
         if operation.pending_method is None:
             return None
         if isinstance(operation, SelfDiscovery):
-            return self._discover(operation_id)
+            return self._discover(operation_id, operation)
         snapshot_id, snapshot = operation_id, operation
         policy = self.retry.get(snapshot.cpi, NO_RETRY)
         with self.disk_locks.for_disk(snapshot.disk_cid):
+            loaded: Any = snapshot  # the first claim starts from what was just read
             while True:
-                claimed = self._claim(snapshot_id)
+                claimed = self._claim(snapshot_id, loaded)
+                loaded = None
                 if claimed is None:
                     return None
                 snapshot, method = claimed
@@ -222,9 +224,11 @@ class OperationRunner:
 
     # Steps -------------------------------------------------------------------
 
-    def _claim(self, operation_id: UUID) -> tuple[Any, str] | None:
+    def _claim(self, operation_id: UUID, loaded: Any = None) -> tuple[Any, str] | None:
+        """Claim the pending call; `loaded`: the operation as just read (saves a
+        read; if it is stale, the save conflicts and the next round reads again)."""
         for _ in range(25):
-            operation = self.ledger.get_aggregate(operation_id)
+            operation, loaded = loaded or self.ledger.get_aggregate(operation_id), None
             if operation.pending_method is None:
                 return None
             task: Task = self.ledger.get_task(_task_id(operation))
@@ -239,8 +243,8 @@ class OperationRunner:
 
     # Self snapshots: discover the VM and its disks, then request their snapshots.
 
-    def _discover(self, discovery_id: UUID) -> str | None:
-        claimed = self._claim(discovery_id)
+    def _discover(self, discovery_id: UUID, loaded: Any = None) -> str | None:
+        claimed = self._claim(discovery_id, loaded)
         if claimed is None:
             return None
         discovery, _ = claimed
@@ -370,21 +374,30 @@ class OperationRunner:
         Outcomes of one task that arrive together are saved together
         (domain/combining.py): its snapshots all append to the task, and
         separate saves would conflict on it and retry."""
-        self._outcomes.submit(snapshot.current_task_id, (snapshot.id, outcome, record), self._save_outcomes)
+        self._outcomes.submit(snapshot.current_task_id, (snapshot, outcome, record), self._save_outcomes)
 
-    def _save_outcomes(self, outcomes: list[tuple[UUID, str, dict[str, Any]]]) -> None:
+    def _save_outcomes(self, outcomes: list[tuple[Snapshot, str, dict[str, Any]]]) -> None:
+        # First round: the snapshots as this worker last saved them (its claim),
+        # without reading them again, and the CIDs taken for new (a CID the
+        # ledger already holds conflicts on its SnapshotCid index). A conflict,
+        # or any failed round, and every later round reads everything afresh.
+        rounds = 0
+
         def decide() -> list[Any]:
+            nonlocal rounds
+            rounds += 1
+            fresh = rounds > 1
             changed: list[Any] = []
             tasks: dict[str, Task] = {}
-            for snapshot_id, outcome, record in outcomes:
-                snapshot = self.ledger.get_snapshot(snapshot_id)
+            for claimed, outcome, record in outcomes:
+                snapshot = self.ledger.get_snapshot(claimed.id) if fresh else claimed
                 if snapshot.state not in (TAKING, DELETING, IN_DOUBT):
                     continue  # recorded already (a retried save that did commit)
                 task_id = snapshot.current_task_id
                 if task_id not in tasks:
                     tasks[task_id] = self.ledger.get_task(task_id)
                 task = tasks[task_id]
-                changed += [snapshot, *self._apply(snapshot, outcome, record, task.actor, changed)]
+                changed += [snapshot, *self._apply(snapshot, outcome, record, task.actor, changed, check_cid=fresh)]
                 task.operation_finished(snapshot.id, snapshot_outcome(outcome, snapshot),
                                         self._outcome_detail(snapshot, outcome, record), actor=task.actor)
             return [*changed, *tasks.values()] if changed else []
@@ -409,14 +422,16 @@ class OperationRunner:
         return detail
 
     def _apply(self, snapshot: Snapshot, outcome: str, record: dict[str, Any], actor: str,
-               saving: list[Any] = ()) -> list[Any]:
+               saving: list[Any] = (), check_cid: bool = True) -> list[Any]:
         """Apply an outcome to its snapshot; returns what else must be saved with it.
-        `saving`: what the same save already holds (a CID claimed earlier in it)."""
+        `saving`: what the same save already holds (a CID claimed earlier in it).
+        `check_cid=False`: leave a CID the ledger already holds to the index's conflict."""
         call = {k: v for k, v in record.items() if k not in ("snapshot_cid", "reason")}
         if outcome == "taken":
             cid = record["snapshot_cid"]
             index = self.ledger.new_cid_index(cid, snapshot.id)
-            if self.ledger.snapshot_cid_taken(cid) or any(getattr(o, "id", None) == index.id for o in saving):
+            if ((check_cid and self.ledger.snapshot_cid_taken(cid))
+                    or any(getattr(o, "id", None) == index.id for o in saving)):
                 error = {"type": "Snapledger::DuplicateSnapshotCid", "ok_to_retry": False,
                          "message": f"the CPI returned snapshot CID '{cid}', which the ledger already holds"}
                 record["error"] = error
