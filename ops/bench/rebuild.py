@@ -2,7 +2,9 @@
 
 Ledger: the projector process's own code path (LogFollower batches of 1,000,
 Projector.apply: one transaction per batch for all views, tracking included),
-after `Projector.reset()`. Baseline: raw SELECT of the same events in batches
+after `Projector.reset()`, once with the views the baseline mirrors (listing
+and tasks: the like-for-like figure the target applies to) and once with
+every view. Baseline: raw SELECT of the same events in batches
 of 1,000, JSON-decode, and one write per event into tables shaped like the
 views (INSERT for creations, UPDATE for changes, a row per task event), sent
 with executemany, one commit per batch. Each side runs in a child process so
@@ -21,6 +23,11 @@ from common import PYTHON, ROOT, Context, row
 
 TARGET_RATIO = 0.5
 BATCH = 1000
+# The views whose rows the raw baseline writes (raw_snapshots, raw_tasks,
+# raw_task_events): the like-for-like comparison. A full rebuild also writes
+# the audit view (a row per event with its JSON and seven indexes), in-flight
+# operations, deployments, job updates and restores: reported next to it.
+BASELINE_VIEWS = ("snapshots", "tasks")
 
 
 def run(ctx: Context) -> list[dict[str, Any]]:
@@ -30,17 +37,22 @@ def run(ctx: Context) -> list[dict[str, Any]]:
         url = ctx.url_for(backend, "rebuild")
         ctx.log(f"rebuild: {backend}: writing {events} events")
         written = child(["fill", url, str(events)])["events"]
-        ctx.log(f"rebuild: {backend}: ledger projector")
-        ledger = child(["ledger", url])
+        ctx.log(f"rebuild: {backend}: ledger projector, the baseline's views")
+        ledger = child(["ledger", url, ",".join(BASELINE_VIEWS)])
+        ctx.log(f"rebuild: {backend}: ledger projector, every view")
+        every = child(["ledger", url])
         ctx.log(f"rebuild: {backend}: raw baseline")
         raw = child(["raw", url])
         ratio = ledger["rate"] / raw["rate"] if raw["rate"] else None
-        rows.append(row("rebuild", backend, f"replay {written} events", ledger["rate"], raw["rate"], "ev/s",
-                        target=f">= {TARGET_RATIO}x raw", met=ratio is not None and ratio >= TARGET_RATIO,
+        rows.append(row("rebuild", backend, f"replay {written} events: listing + task views", ledger["rate"],
+                        raw["rate"], "ev/s", target=f">= {TARGET_RATIO}x raw",
+                        met=ratio is not None and ratio >= TARGET_RATIO,
                         ledger_seconds=ledger["seconds"], raw_seconds=raw["seconds"]))
-        rows.append(row("rebuild", backend, "projector peak RSS", ledger["rss_mb"], raw["rss_mb"], "MB",
+        rows.append(row("rebuild", backend, f"replay {written} events: every view (audit, in-flight, ...)",
+                        every["rate"], raw["rate"], "ev/s", ledger_seconds=every["seconds"]))
+        rows.append(row("rebuild", backend, "projector peak RSS (every view)", every["rss_mb"], raw["rss_mb"], "MB",
                         target="< 200 MB" if backend == "postgres" else "",
-                        met=ledger["rss_mb"] < 200 if backend == "postgres" else None))
+                        met=every["rss_mb"] < 200 if backend == "postgres" else None))
     return rows
 
 
@@ -69,17 +81,19 @@ def do_fill(url: str, events: int) -> dict[str, Any]:
     return {"events": written}
 
 
-def do_ledger(url: str) -> dict[str, Any]:
+def do_ledger(url: str, names: str = "") -> dict[str, Any]:
     import structlog
 
     from snapledger.adapters.follower import ChangeSignal, LogFollower
     from snapledger.adapters.store import open_database, parse_store_url
     from snapledger.projections.projector import Projector
+    from snapledger.projections.views import all_views
     from common import rss_mb
 
     ledger = _ledger(url)
     db = open_database(parse_store_url(url))
-    projector = Projector(db)
+    chosen = set(names.split(",")) if names else None
+    projector = Projector(db, [v for v in all_views() if chosen is None or v.name in chosen])
     projector.setup()
     projector.reset()
     follower = LogFollower("projector", ledger, ChangeSignal(), projector.apply, projector.position,
@@ -188,6 +202,6 @@ def do_raw(url: str) -> dict[str, Any]:
 if __name__ == "__main__":
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
     mode, url, *rest = sys.argv[1:]
-    result = {"fill": lambda: do_fill(url, int(rest[0])), "ledger": lambda: do_ledger(url),
+    result = {"fill": lambda: do_fill(url, int(rest[0])), "ledger": lambda: do_ledger(url, *rest),
               "raw": lambda: do_raw(url)}[mode]()
     print(json.dumps(result))
