@@ -11,12 +11,14 @@ of instances, ~1 KB per event):
   the rest of the message (psycopg/psycopg#685), and the transaction holds the
   events table's EXCLUSIVE lock, so every writer of the ledger stalls with it.
 - Dumping the composite array as text escapes every byte of every state with
-  regular expressions: 0.75 s of client CPU for 10,000 events, a third of the
-  whole fire (profiled, docs/performance.md).
+  regular expressions: ~50 us of client CPU per event, 0.75 s of a
+  10,000-instance fire, and in a busy worker or API most of the group
+  committer's time (profiled, docs/performance.md).
 
 Saves of at least `COPY_MIN_EVENTS` events, or above `PIPELINE_MAX_BYTES`, go
-in an ordinary transaction instead: the library's table lock and NOTIFY, then
-`COPY ... FROM STDIN (FORMAT BINARY)`. The notification ids are read back under
+in an ordinary transaction instead: the library's table lock and NOTIFY (one
+simple query with the log's current end), then `COPY ... FROM STDIN (FORMAT
+BINARY)`. The notification ids are read back under
 the same lock (every id above the maximum seen after taking it is ours: no
 other writer can insert meanwhile, and ids follow the COPY's row order). A
 version conflict still raises the library's `IntegrityError` (through
@@ -40,9 +42,12 @@ from psycopg.sql import SQL, Identifier
 # Measured on PostgreSQL 15 / psycopg 3.3.9: 3.5 MB committed in the pipeline,
 # 5 MB hung. A tenth of the smallest hanging size leaves a wide margin.
 PIPELINE_MAX_BYTES = 512 * 1024
-# Below this, COPY's extra round trips (max id before, ids after) cost more
-# than the text dump saves.
-COPY_MIN_EVENTS = 200
+# From this many events COPY is the faster path (measured, one save, idle
+# PostgreSQL 15: 1 event 1.43 ms pipelined vs 1.53 ms COPY; 4: 1.69 vs 1.56;
+# 16: 2.77 vs 1.56; 64: 6.93 vs 3.11). Group commit makes most saves of a
+# busy process larger than that; under load the text dump's CPU also holds
+# the GIL that every other thread of the process is waiting for.
+COPY_MIN_EVENTS = 3
 
 
 class LedgerRecorder(PostgresApplicationRecorder):
@@ -55,6 +60,14 @@ class LedgerRecorder(PostgresApplicationRecorder):
         self.ids_after_statement = SQL(
             "SELECT notification_id FROM {0} WHERE notification_id > %s ORDER BY notification_id"
         ).format(table)
+        # The library's lock and NOTIFY and the log's current end, as ONE simple
+        # query (one round trip: parameters would need the extended protocol,
+        # which takes one statement per message).
+        self.copy_prelude = SQL("; ").join([
+            *self.lock_table_statements,
+            SQL("NOTIFY {0}").format(Identifier(self.channel_name)),
+            SQL("SELECT COALESCE(MAX(notification_id), 0) AS last FROM {0}").format(table),
+        ])
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         if self.datastore.enable_db_functions or not _large(stored_events):
@@ -64,11 +77,10 @@ class LedgerRecorder(PostgresApplicationRecorder):
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def _insert_by_copy(self, stored_events: Sequence[StoredEvent]) -> Sequence[int]:
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
-            self._lock_table(curs)
-            self._notify_channel(curs)
-            curs.execute(self.max_notification_id_statement)
-            row = curs.fetchone()
-            before = (row and next(iter(row.values()))) or 0
+            curs.execute(self.copy_prelude)
+            while curs.nextset():
+                pass  # to the last statement's result: the log's end under the lock
+            before = curs.fetchone()["last"]
             with curs.copy(self.copy_statement) as copy:
                 copy.set_types([self.datastore.originator_id_type, "int8", "text", "bytea"])
                 for event in stored_events:

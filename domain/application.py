@@ -8,8 +8,10 @@ requests are durable together before the caller is answered.
 from __future__ import annotations
 
 import random
-from contextvars import ContextVar
+import threading
 import time
+from collections import OrderedDict
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Iterable, Sequence
@@ -51,6 +53,7 @@ class Director:
 
 
 AGGREGATE_CACHE_SIZE = 500
+EXISTENCE_MEMO_SIZE = 10_000
 
 
 class _Collected(ProcessingEvent):
@@ -91,6 +94,8 @@ class Ledger(Application):
         self.self_cpi = self_cpi or default_cpi
         self.cpi_names = frozenset(cpi_names) if cpi_names is not None else frozenset({default_cpi})
         self.on_saved: list[Callable[[], None]] = []
+        self._existence: OrderedDict[UUID, bool] = OrderedDict()
+        self._existence_lock = threading.Lock()
 
     # Idempotency: a command running under `with ledger.idempotent(...)` saves
     # the key with its first task, in the same transaction.
@@ -419,6 +424,23 @@ class Ledger(Application):
 
     def get_aggregate(self, aggregate_id: UUID) -> Any:
         return self.repository.get(aggregate_id)
+
+    def created_with_seen(self, aggregate_id: UUID) -> bool:
+        """Whether an aggregate exists, for one created in the same transaction
+        as something the caller has already seen (a task's JobUpdate or Restore,
+        asked about from the task's later events): that answer cannot change,
+        so it is remembered, yes or no. The job-update and restore workers ask
+        it of every finished operation of every task; it was two queries per
+        snapshot taken (docs/performance.md)."""
+        with self._existence_lock:
+            known = self._existence.get(aggregate_id)
+        if known is None:
+            known = aggregate_id in self.repository
+            with self._existence_lock:
+                self._existence[aggregate_id] = known
+                if len(self._existence) > EXISTENCE_MEMO_SIZE:
+                    self._existence.popitem(last=False)
+        return known
 
     # Schedules ---------------------------------------------------------------
 

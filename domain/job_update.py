@@ -266,7 +266,7 @@ class JobUpdateRunner:
         return found if isinstance(found, JobUpdate) else None
 
     def is_job_update_task(self, task_id: str) -> bool:
-        return job_update_id(task_id) in self.ledger.repository
+        return self.ledger.created_with_seen(job_update_id(task_id))
 
     # Advance -------------------------------------------------------------------------
 

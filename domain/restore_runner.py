@@ -51,7 +51,7 @@ class RestoreRunner:
         return found if isinstance(found, Restore) else None
 
     def is_restore_task(self, task_id: str) -> bool:
-        return restore_id(task_id) in self.ledger.repository
+        return self.ledger.created_with_seen(restore_id(task_id))
 
     # Advance ---------------------------------------------------------------------------------
 
