@@ -21,6 +21,7 @@ from eventsourcing.application import AggregateNotFoundError, Application, Proce
 from eventsourcing.domain import Aggregate, BaseAggregate
 from eventsourcing.persistence import IntegrityError
 
+from .combining import SharedReads
 from .deployment import Deployment, deployment_id
 from .discovery import SelfDiscovery
 from .idempotency import IdempotencyKey, KeyAlreadyUsed, idempotency_key_id
@@ -95,6 +96,7 @@ class Ledger(Application):
         self.cpi_names = frozenset(cpi_names) if cpi_names is not None else frozenset({default_cpi})
         self.on_saved: list[Callable[[], None]] = []
         self._existence: OrderedDict[UUID, bool] = OrderedDict()
+        self._shared_reads = SharedReads()
         self._existence_lock = threading.Lock()
 
     # Idempotency: a command running under `with ledger.idempotent(...)` saves
@@ -181,9 +183,14 @@ class Ledger(Application):
 
     # Settings --------------------------------------------------------------
 
+    def _read(self, aggregate_id: UUID) -> Any | None:
+        """For reading only (the object may be shared with concurrent callers;
+        commands that change an aggregate load it with `_get`)."""
+        return self._shared_reads.read(aggregate_id, lambda: self._get(aggregate_id))
+
     def settings(self) -> Settings:
-        """The recorded settings, or the defaults when nothing was recorded yet."""
-        return self._get(SETTINGS_ID) or Settings(actor="defaults")
+        """The recorded settings, or the defaults when nothing was recorded yet (read only)."""
+        return self._read(SETTINGS_ID) or Settings(actor="defaults")
 
     def snapshots_enabled(self) -> bool:
         return self.settings().enable_snapshots
@@ -231,8 +238,9 @@ class Ledger(Application):
     def deployment_names(self) -> list[str]:
         return list(self._registry().names)
 
-    def get_deployment(self, name: str) -> Deployment:
-        dep = self._get(deployment_id(name))
+    def get_deployment(self, name: str, for_reading: bool = False) -> Deployment:
+        """`for_reading`: the caller will not change it (a shared read, decision 19)."""
+        dep = self._read(deployment_id(name)) if for_reading else self._get(deployment_id(name))
         if dep is None or dep.deleted:
             raise DeploymentNotFound(f"deployment '{name}' not found", field="deployment")
         return dep
@@ -253,7 +261,7 @@ class Ledger(Application):
                        index_or_id: str | None = None, trigger: str = "manual",
                        clean: bool = False) -> Task:
         """Request a snapshot of every persistent disk of the selected instances."""
-        dep = self.get_deployment(deployment)
+        dep = self.get_deployment(deployment, for_reading=True)
         instances = dep.find_instances(job, index_or_id)
         single = job is not None and index_or_id is not None
         kind, description = (
