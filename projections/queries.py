@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 LISTED_STATES = ("taken", "delete_requested", "deleting", "in_doubt")
+LISTED_CLAUSE = f"state IN ({', '.join(repr(s) for s in LISTED_STATES)})"
 
 
 # The listing's columns under the names the API returns: rows come back as the
@@ -35,7 +36,7 @@ class Queries:
                        "(deleted_at IS NULL OR deleted_at > %s)"]
             params: list[Any] = [deployment, at, at]
         else:
-            clauses = ["deployment = %s", "state IN ('taken', 'delete_requested', 'deleting', 'in_doubt')"]
+            clauses = ["deployment = %s", LISTED_CLAUSE]
             params = [deployment]
         if job is not None:
             clauses.append("job = %s")

@@ -92,11 +92,9 @@ def timed(fn: Any, names: list[str], queries: int) -> list[float]:
 def raw_sql() -> str:
     # The same statement the ledger sends (columns, filter, order): the
     # baseline differs only in running it through the bare driver, tuple rows.
-    from snapledger.projections.queries import LISTING_COLUMNS, LISTED_STATES
+    from snapledger.projections.queries import LISTED_CLAUSE, LISTING_COLUMNS
 
-    states = ", ".join(f"'{s}'" for s in LISTED_STATES)
-    return (f"SELECT {LISTING_COLUMNS} FROM snapshots_view WHERE deployment = %s AND state IN ({states}) "
-            "ORDER BY listed_seq")
+    return f"SELECT {LISTING_COLUMNS} FROM snapshots_view WHERE deployment = %s AND {LISTED_CLAUSE} ORDER BY listed_seq"
 
 
 def run(ctx: Context) -> list[dict[str, Any]]:
