@@ -1,12 +1,12 @@
-"""The event store's PostgreSQL recorder, with large saves sent by binary COPY.
+"""The event store's PostgreSQL recorder: saves of more than two events sent by binary COPY.
 
 `eventsourcing` 9.5 writes every save in psycopg pipeline mode (lock, notify
 and INSERT sent without waiting for each other), as one `INSERT ... SELECT
 FROM unnest(%s::stored_event[])` whose array of composites psycopg dumps as
-*text*. Two costs follow for a large save (one scheduled fire over thousands
-of instances, ~1 KB per event):
+*text*. Two costs follow:
 
-- With a message of about 5 MB, psycopg 3.3's pipeline sync never returns:
+- With a message of about 5 MB (one scheduled fire over thousands of
+  instances, ~1 KB per event), psycopg 3.3's pipeline sync never returns:
   the client waits for results, the server sits in `ClientRead` waiting for
   the rest of the message (psycopg/psycopg#685), and the transaction holds the
   events table's EXCLUSIVE lock, so every writer of the ledger stalls with it.
@@ -18,13 +18,13 @@ of instances, ~1 KB per event):
 Saves of at least `COPY_MIN_EVENTS` events, or above `PIPELINE_MAX_BYTES`, go
 in an ordinary transaction instead: the library's table lock and NOTIFY (one
 simple query with the log's current end), then `COPY ... FROM STDIN (FORMAT
-BINARY)`. The notification ids are read back under
-the same lock (every id above the maximum seen after taking it is ours: no
-other writer can insert meanwhile, and ids follow the COPY's row order). A
+BINARY)`. The notification ids are read back under the same lock (every id
+above the maximum seen after taking it is ours: no other writer can insert
+meanwhile, and ids follow the COPY's row order). A
 version conflict still raises the library's `IntegrityError` (through
 `get_connection`'s error mapping), and the save stays one transaction, so a
-fire is still recorded exactly once. Small saves, the common case, keep the
-library's pipeline.
+fire is still recorded exactly once. Saves of one or two events keep the
+library's pipeline (decision 18).
 
 Selected through the library's own `APPLICATION_RECORDER_TOPIC` setting
 (adapters/store.py `ledger_env`).
@@ -70,7 +70,7 @@ class LedgerRecorder(PostgresApplicationRecorder):
         ])
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
-        if self.datastore.enable_db_functions or not _large(stored_events):
+        if self.datastore.enable_db_functions or not _by_copy(stored_events):
             return super().insert_events(stored_events, **kwargs)
         return self._insert_by_copy(stored_events)
 
@@ -92,7 +92,7 @@ class LedgerRecorder(PostgresApplicationRecorder):
             return ids
 
 
-def _large(stored_events: Sequence[StoredEvent]) -> bool:
+def _by_copy(stored_events: Sequence[StoredEvent]) -> bool:
     if len(stored_events) >= COPY_MIN_EVENTS:
         return True
     return sum(len(event.state) + len(event.topic) for event in stored_events) > PIPELINE_MAX_BYTES

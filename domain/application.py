@@ -95,9 +95,9 @@ class Ledger(Application):
         self.self_cpi = self_cpi or default_cpi
         self.cpi_names = frozenset(cpi_names) if cpi_names is not None else frozenset({default_cpi})
         self.on_saved: list[Callable[[], None]] = []
-        self._existence: OrderedDict[UUID, bool] = OrderedDict()
-        self._shared_reads = SharedReads()
+        self._existence: OrderedDict[UUID, bool] = OrderedDict()  # created_with_seen
         self._existence_lock = threading.Lock()
+        self._shared_reads = SharedReads()  # _read: decision 19
 
     # Idempotency: a command running under `with ledger.idempotent(...)` saves
     # the key with its first task, in the same transaction.
