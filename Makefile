@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/snapledger serve $(ARGS)
 
+# Whole test files go to one of two processes, so a module's shared server
+# starts once. PYTEST_JOBS=0 runs everything in one process.
+PYTEST_JOBS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python ops/bench/run.py $(ARGS)

@@ -94,6 +94,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # CI checks this file to prove the PostgreSQL tests really ran.
+    # Under pytest-xdist every worker process (and the controller, with 0)
+    # appends its own count; .ci/run adds the lines up.
     report = os.environ.get("SNAPLEDGER_PG_REPORT")
     if report:
-        Path(report).write_text(f"{_pg_tests_ran}\n")
+        with open(report, "a", encoding="utf-8") as out:
+            out.write(f"{_pg_tests_ran}\n")
