@@ -72,7 +72,7 @@ def worker_id() -> str:
 
 
 def crash_point_hook() -> Any:
-    """Test-only: SNAPLEDGER_CRASH_AT=call_started|cpi_returned|outcome_saved makes
+    """Test-only: SNAPLEDGER_CRASH_AT=call_started|cpi_returned|outcome_saved|in_doubt_marked makes
     the worker process die (no clean-up, like SIGKILL) the first time it gets there."""
     point = os.environ.get("SNAPLEDGER_CRASH_AT")
     if not point:

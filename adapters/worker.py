@@ -16,6 +16,7 @@ from snapledger.domain.discovery import SelfDiscovery
 from snapledger.domain.snapshot import Snapshot
 from snapledger.projections.events import iso
 from snapledger.projections.queries import Queries
+from snapledger.projections.views import CALLING, RESOLVING
 from .follower import Batch, ChangeSignal, LogFollower, TrackedPosition
 
 HEARTBEAT_DDL = """CREATE TABLE IF NOT EXISTS worker_heartbeats (
@@ -98,8 +99,10 @@ class Worker:
                 # Ours but no thread runs it: its thread failed. Treated as abandoned.
             elif worker is not None and worker in alive:
                 continue  # another live worker is on it
-            if row["state"] == "calling":
+            if row["state"] == CALLING:
                 result = self.runner.recover(op, dead_worker=worker)
+            elif row["state"] == RESOLVING:
+                result = self.runner.resume_in_doubt(op, dead_resolver=worker)
             elif worker is not None or row["updated_at"] < iso(now - timedelta(seconds=5 * self.lease_s)):
                 result = self.runner.execute(op)
             else:

@@ -150,6 +150,24 @@ class OperationRunner:
 
         if not self.ledger.save_with_retry(mark):
             return None
+        self.on_step("in_doubt_marked")
+        return self._resolve_in_doubt(operation_id)
+
+    def resume_in_doubt(self, operation_id: UUID, dead_resolver: str | None) -> str | None:
+        """Resolve an in-doubt call whose resolver stopped before it was done.
+
+        Every step of the resolution checks the state it acts on, so resuming
+        it (even twice) repeats nothing that happened. Returns what was done,
+        or None when the call needs no resolving any more."""
+        snapshot = self.ledger.get_aggregate(operation_id)
+        if not isinstance(snapshot, Snapshot) or not snapshot.needs_resolving:
+            return None
+        if dead_resolver is not None and snapshot.in_doubt_resolver != dead_resolver:
+            return None  # another worker took it over meanwhile
+        if str(snapshot.id) in self.ledger.get_task(snapshot.current_task_id).outcomes:
+            # Its task already ended on it (a ledger from before `InDoubtLeft`): say so, repeat nothing.
+            self._finish_in_doubt(operation_id)
+            return "in_doubt"
         return self._resolve_in_doubt(operation_id)
 
     def _resolve_in_doubt(self, snapshot_id: UUID) -> str:
@@ -191,21 +209,24 @@ class OperationRunner:
         return f"retried:{outcome}"
 
     def _finish_in_doubt(self, snapshot_id: UUID) -> None:
-        """Left for the operator: the task ends, naming the in-doubt call."""
+        """Left for the operator: the snapshot says so (the call leaves the
+        sweep's unresolved set) and the task ends, naming the in-doubt call."""
         def decide() -> list[Any]:
             snapshot = self.ledger.get_snapshot(snapshot_id)
-            if snapshot.state != IN_DOUBT:
+            if not snapshot.needs_resolving:
                 return []
+            snapshot.leave_in_doubt("no safe way to learn whether the call happened; the operator decides",
+                                    actor=self.worker)
             task = self.ledger.get_task(snapshot.current_task_id)
             if str(snapshot.id) in task.outcomes:
-                return []
+                return [snapshot]
             task.operation_finished(snapshot.id, "in_doubt", {
                 "instance": snapshot.instance_label, "disk_cid": snapshot.disk_cid, "snapshot_cid": None,
                 "error_type": "Snapledger::InDoubt",
                 "message": f"{snapshot.in_doubt_method} may or may not have happened; look for IaaS "
                            f"snapshots tagged snapledger_operation_id={snapshot.id}",
             }, actor=self.worker)
-            return [task]
+            return [snapshot, task]
 
         self.ledger.save_with_retry(decide)
 

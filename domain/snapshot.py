@@ -61,6 +61,10 @@ class Snapshot(Aggregate):
         self.attempts = 0
         self.worker: str | None = None
         self.in_doubt_method: str | None = None
+        # Who is resolving the in-doubt call (the recovering worker), and whether
+        # it was resolved as far as is safe and left for the operator.
+        self.in_doubt_resolver: str | None = None
+        self.left_for_operator = False
         self.pinned: str | None = None  # the reason (legal hold...), when pinned
 
     @event("CpiCallStarted")
@@ -75,11 +79,21 @@ class Snapshot(Aggregate):
         # The call may or may not have happened in the IaaS: never silently repeated.
         self.state = IN_DOUBT
         self.in_doubt_method = method
+        self.in_doubt_resolver = actor
+        self.left_for_operator = False
+
+    @event("InDoubtLeft")
+    def _in_doubt_left(self, method: str, worker: str, reason: str, task_id: str, actor: str,
+                       caused_by: str | None = None) -> None:
+        # Resolved as far as is safe: what is left is the operator's to decide.
+        # `worker` is the worker whose call is in doubt (for the operator).
+        self.left_for_operator = True
 
     @event("InDoubtRetried")
     def _in_doubt_retried(self, method: str, reason: str, task_id: str, actor: str) -> None:
         self.state = REQUESTED if method == "snapshot_disk" else DELETE_REQUESTED
         self.in_doubt_method = None
+        self.in_doubt_resolver = None
 
     @event("Taken")
     def _taken(self, snapshot_cid: str, call: dict[str, Any], task_id: str, actor: str, caused_by: str | None = None) -> None:
@@ -163,6 +177,18 @@ class Snapshot(Aggregate):
         self._require(IN_DOUBT)
         self._in_doubt_retried(method=self.in_doubt_method or "snapshot_disk", reason=reason,
                                task_id=self.current_task_id, actor=actor)
+
+    def leave_in_doubt(self, reason: str, actor: str) -> None:
+        """Nothing more can safely be done by a worker: the operator decides."""
+        self._require(IN_DOUBT)
+        if not self.left_for_operator:
+            self._in_doubt_left(method=self.in_doubt_method or "snapshot_disk", worker=self.worker or "?",
+                                reason=reason, task_id=self.current_task_id, actor=actor, caused_by=self.cause)
+
+    @property
+    def needs_resolving(self) -> bool:
+        """An in-doubt call no worker has finished resolving (its resolver may have died)."""
+        return self.state == IN_DOUBT and not self.left_for_operator
 
     @property
     def pending_method(self) -> str | None:

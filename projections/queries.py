@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .views import AWAITING_OPERATOR, UNRESOLVED_STATES
+
 LISTED_STATES = ("taken", "delete_requested", "deleting", "in_doubt")
 LISTED_CLAUSE = f"state IN ({', '.join(repr(s) for s in LISTED_STATES)})"
+UNRESOLVED_CLAUSE = f"state IN ({', '.join(repr(s) for s in UNRESOLVED_STATES)})"
 
 
 # The listing's columns under the names the API returns: rows come back as the
@@ -153,12 +156,13 @@ class Queries:
     # Recovery ------------------------------------------------------------------------
 
     def in_flight(self, older_than: str) -> list[dict[str, Any]]:
-        """Unfinished operations not touched since `older_than` (ISO time)."""
-        return self.db.query("SELECT * FROM in_flight_ops WHERE updated_at < %s AND state <> 'in_doubt' "
+        """Unresolved operations (some worker must still act) not touched since
+        `older_than` (ISO time): what the recovery sweep looks at."""
+        return self.db.query(f"SELECT * FROM in_flight_ops WHERE updated_at < %s AND {UNRESOLVED_CLAUSE} "
                              "ORDER BY updated_at LIMIT 1000", (older_than,))
 
     def in_doubt(self) -> list[dict[str, Any]]:
-        rows = self.db.query("SELECT * FROM in_flight_ops WHERE state = 'in_doubt' ORDER BY updated_at")
+        rows = self.db.query("SELECT * FROM in_flight_ops WHERE state = %s ORDER BY updated_at", (AWAITING_OPERATOR,))
         return [{"operation_id": r["operation_id"], "task_id": r["task_id"], "deployment": r["deployment"],
                  "disk_cid": r["disk_cid"], "method": r["method"], "worker": r["worker"],
                  "attempt": r["attempt"], "since": r["updated_at"]} for r in rows]

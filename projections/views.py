@@ -271,6 +271,16 @@ class ScheduleFiresView(View):
         )
 
 
+# The states of `in_flight_ops`. Every state but AWAITING_OPERATOR is unresolved:
+# some worker must still act, and the recovery sweep (Queries.unresolved) looks
+# at all of them. One definition, so a new state cannot be left out of a sweep.
+PENDING_STATES = ("requested", "delete_requested", "pending")  # no call running: execute it
+CALLING = "calling"  # a CPI call was started: if its worker is silent, the call is in doubt
+RESOLVING = "resolving"  # recorded in doubt, being resolved by `worker` (may have died doing it)
+AWAITING_OPERATOR = "in_doubt"  # resolved as far as is safe; the operator decides (tasks --in-doubt)
+UNRESOLVED_STATES = (*PENDING_STATES, CALLING, RESOLVING)
+
+
 class InFlightView(View):
     """Operations not finished yet, with the worker that last claimed them:
     what the workers' recovery sweep looks at (small: finished rows leave)."""
@@ -301,7 +311,8 @@ class InFlightView(View):
             "Snapshot.DeletionRequested": self._deletion_requested,
             "Snapshot.CpiCallStarted": self._started,
             "Snapshot.AttemptFailed": self._pending_again,
-            "Snapshot.CpiCallInDoubt": self._in_doubt,
+            "Snapshot.CpiCallInDoubt": self._resolving,
+            "Snapshot.InDoubtLeft": self._left_for_operator,
             "Snapshot.InDoubtRetried": self._pending_again,
             "Snapshot.Taken": done, "Snapshot.Failed": done, "Snapshot.Skipped": done,
             "Snapshot.Deleted": done, "Snapshot.DeletionFailed": done,
@@ -335,17 +346,24 @@ class InFlightView(View):
         self._upsert(cur, e, "discovery", "_self", None, "requested")
 
     def _started(self, cur: Any, position: int, e: Any) -> None:
-        cur.execute("UPDATE in_flight_ops SET state = 'calling', method = %s, worker = %s, attempt = %s, "
+        cur.execute("UPDATE in_flight_ops SET state = %s, method = %s, worker = %s, attempt = %s, "
                     "task_id = %s, updated_at = %s WHERE operation_id = %s",
-                    (e.method, e.worker, e.attempt, e.task_id, iso(e.timestamp), str(e.originator_id)))
+                    (CALLING, e.method, e.worker, e.attempt, e.task_id, iso(e.timestamp), str(e.originator_id)))
 
     def _pending_again(self, cur: Any, position: int, e: Any) -> None:
         cur.execute("UPDATE in_flight_ops SET state = 'pending', updated_at = %s WHERE operation_id = %s",
                     (iso(e.timestamp), str(e.originator_id)))
 
-    def _in_doubt(self, cur: Any, position: int, e: Any) -> None:
-        cur.execute("UPDATE in_flight_ops SET state = 'in_doubt', updated_at = %s WHERE operation_id = %s",
-                    (iso(e.timestamp), str(e.originator_id)))
+    def _resolving(self, cur: Any, position: int, e: Any) -> None:
+        # The recovering worker (the event's actor) now holds the call: if it dies
+        # before resolving it, the sweep finds it through that worker's silence.
+        cur.execute("UPDATE in_flight_ops SET state = %s, worker = %s, updated_at = %s WHERE operation_id = %s",
+                    (RESOLVING, e.actor, iso(e.timestamp), str(e.originator_id)))
+
+    def _left_for_operator(self, cur: Any, position: int, e: Any) -> None:
+        # Named again by the worker whose call is in doubt: what the operator looks for.
+        cur.execute("UPDATE in_flight_ops SET state = %s, worker = %s, updated_at = %s WHERE operation_id = %s",
+                    (AWAITING_OPERATOR, e.worker, iso(e.timestamp), str(e.originator_id)))
 
     def _done(self, cur: Any, position: int, e: Any) -> None:
         cur.execute("DELETE FROM in_flight_ops WHERE operation_id = %s", (str(e.originator_id),))

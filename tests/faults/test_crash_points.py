@@ -28,8 +28,8 @@ def events(server: Server, task_id: str) -> list[str]:
     return [e["type"] for e in server.api("GET", f"/tasks/{task_id}/events")]
 
 
-def start(data_dir: Path, database: str, port: int | None = None, **env: str) -> Server:
-    return Server(data_dir, database, port=port, env={"SNAPLEDGER_WORKER_LEASE": LEASE, **env}).start()
+def start(data_dir: Path, database: str, port: int | None = None, wait: bool = True, **env: str) -> Server:
+    return Server(data_dir, database, port=port, env={"SNAPLEDGER_WORKER_LEASE": LEASE, **env}).start(wait)
 
 
 @pytest.mark.parametrize("point,expected", [
@@ -130,5 +130,39 @@ def test_no_task_stays_processing_when_its_worker_dies_mid_retry_wait(tmp_path: 
         task = server.wait_task(task_id, timeout=30)
         assert task["state"] == "done", task
         assert len([r for r in read_requests(state) if r["method_name"] == "snapshot_disk"]) == 2
+    finally:
+        server.kill()
+
+
+def test_recovering_worker_killed_after_recording_in_doubt_is_recovered_in_turn(
+        tmp_path: Path, store_url: str) -> None:
+    """Issue 16 item 1, the double kill: the worker that recovers an abandoned
+    call dies too, right after it recorded `CpiCallInDoubt`. The next run must
+    resume the resolution: the task ends, the copy the first run made is
+    listed, and no copy exists that the ledger does not list."""
+    database = store_url
+    data_dir = tmp_path / "data"
+    (data_dir / "disks" / "disk-0").mkdir(parents=True)
+    (data_dir / "disks" / "disk-0" / "f").write_text("payload")
+    server = start(data_dir, database, SNAPLEDGER_CRASH_AT="cpi_returned")  # kill 1: the copy exists
+    try:
+        server.api("PUT", "/deployments/prod", {"instances": [{"job": "db", "index": 0, "disks": ["disk-0"]}]})
+        server.api("PUT", "/config/snapshots", {"enable_snapshots": True})
+        task_id = server.api("POST", "/deployments/prod/snapshots")["task_id"]
+        assert wait_exit(server) == 86
+        server = start(data_dir, database, port=server.port, wait=False,
+                       SNAPLEDGER_CRASH_AT="in_doubt_marked")  # kill 2: it dies while it recovers
+        assert wait_exit(server, timeout=30) == 86
+        server = start(data_dir, database, port=server.port)
+        task = server.wait_task(task_id, timeout=30)
+        assert task["state"] == "done", task
+        snapshot_events = [t for t in events(server, task_id) if t.startswith("Snapshot.")]
+        # Marked in doubt by the second run, resolved by the third (found by its deterministic CID).
+        assert snapshot_events[1:] == ["Snapshot.CpiCallStarted", "Snapshot.CpiCallInDoubt", "Snapshot.Taken"]
+        listing = server.api("GET", "/deployments/prod/snapshots")
+        assert [r["state"] for r in listing] == ["taken"]
+        on_disk = [p.name for p in (data_dir / "snapshots").iterdir() if not p.name.startswith(".")]
+        assert on_disk == [listing[0]["snapshot_cid"]]
+        assert server.api("GET", "/tasks?in_doubt=true") == []
     finally:
         server.kill()

@@ -43,13 +43,14 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "Server":
+    def start(self, wait: bool = True) -> "Server":
+        """`wait=False`: do not wait for the API (a run expected to die early)."""
         args = [SNAPLEDGER, self.command, "--data-dir", str(self.data_dir), "--port", str(self.port)]
         if self.database:
             args += ["--database", self.database]
         self.proc = subprocess.Popen(args, env=self.env, stdout=subprocess.DEVNULL,
                                      stderr=self.log.open("ab"), start_new_session=True)
-        if self.command in ("serve", "api"):
+        if self.command in ("serve", "api") and wait:
             self.wait_ready()
             CREDENTIALS[self.url] = self.data_dir / "credentials.json"
         return self
