@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
@@ -17,6 +16,7 @@ from snapledger.domain.snapshot import Snapshot
 from snapledger.projections.events import iso
 from snapledger.projections.queries import Queries
 from snapledger.projections.views import CALLING, RESOLVING
+from .dispatch import Dispatcher, Work
 from .follower import Batch, ChangeSignal, LogFollower, TrackedPosition
 
 HEARTBEAT_DDL = """CREATE TABLE IF NOT EXISTS worker_heartbeats (
@@ -30,16 +30,19 @@ POSITION_NAME = "worker"
 
 
 class Worker:
-    """Executes each batch's operations concurrently (bounded), then advances.
+    """Starts each requested operation as soon as its disk and CPI allow
+    (adapters/dispatch.py), so a slow CPI call holds up only its own disk.
 
-    The position only moves past a batch once every operation in it reached an
-    outcome (or was found handled), so a crash replays at most one batch, and
-    replayed operations are skipped because their state is no longer pending.
+    The position only moves past an operation once it reached an outcome (or
+    was found handled), and then only up to the first one still running: a
+    crash replays unfinished work only, and replayed operations are skipped
+    because their state is no longer pending.
     """
 
     def __init__(self, ledger: Any, runner: OperationRunner, db: Any, signal: ChangeSignal, log: Any,
                  max_in_flight: int = 4, poll_interval: float = 1.0, lease_s: float = 30.0) -> None:
         self.runner = runner
+        self.ledger = ledger
         self.db = db
         self.log = log.bind(component="worker", worker=runner.worker)
         self.lease_s = lease_s
@@ -48,24 +51,44 @@ class Worker:
         self._recovery = threading.Thread(target=self._recovery_loop, name="worker-recovery", daemon=True)
         with db.transaction() as cur:
             cur.execute(HEARTBEAT_DDL)
-        self.pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="cpi")
+        self.dispatcher = Dispatcher(runner.execute, self.log, total=max_in_flight, per_cpi=runner.max_in_flight,
+                                     on_finished=self._advance)
+        self._saved: int | None = None
+        self._saving = threading.Lock()
         self.follower = LogFollower(
             "worker", ledger, signal, self._handle, self._load_position, self.log,
             topics=WORK_TOPICS, batch_size=200, poll_interval=poll_interval,
         )
 
     def _load_position(self) -> int:
-        return TrackedPosition(self.db, POSITION_NAME).load()
-
-    def _save_position(self, position: int) -> None:
-        TrackedPosition(self.db, POSITION_NAME).save(position)
+        self._saved = TrackedPosition(self.db, POSITION_NAME).load()
+        return self._saved
 
     def _handle(self, batch: Batch) -> None:
-        futures = [self.pool.submit(self.runner.execute, event.originator_id) for _, event in batch]
-        errors = [f.exception() for f in futures if f.exception() is not None]
-        if errors:
-            raise errors[0]  # retry the batch: handled operations are skipped
-        self._save_position(batch[-1][0])
+        for position, event in batch:
+            self.dispatcher.submit(self._work(position, event))
+        self._advance()
+
+    def _work(self, position: int, event: Any) -> Work:
+        if isinstance(event, Snapshot.Requested):
+            return Work(position, event.originator_id, event.cpi, event.disk_cid)
+        if isinstance(event, SelfDiscovery.Requested):
+            return Work(position, event.originator_id, event.cpi, None)
+        snapshot = self.ledger.get_aggregate(event.originator_id)  # a deletion names neither
+        return Work(position, event.originator_id, snapshot.cpi, snapshot.disk_cid)
+
+    def _advance(self) -> None:
+        """Record the low-water mark if it moved (skipped when a save is under way:
+        the next finished operation, or the recovery loop, records it)."""
+        if not self._saving.acquire(blocking=False):
+            return
+        try:
+            position = self.dispatcher.low_water()
+            if self._saved is None or position > self._saved:
+                TrackedPosition(self.db, POSITION_NAME).save(position)
+                self._saved = position
+        finally:
+            self._saving.release()
 
     # Liveness and recovery ------------------------------------------------------------
     #
@@ -119,6 +142,7 @@ class Worker:
             try:
                 self.beat()
                 self.sweep()
+                self._advance()
             except Exception as error:  # the database may be away: keep trying
                 self.log.warning("recovery pass failed", error=str(error))
             self._stop.wait(interval)
@@ -132,4 +156,5 @@ class Worker:
         self.follower.stop()
         if self._recovery.is_alive():
             self._recovery.join(timeout=5)
-        self.pool.shutdown(wait=True)
+        self.dispatcher.stop()
+        self._advance()

@@ -75,7 +75,8 @@ class OperationRunner:
         self.running: set[UUID] = set()
         self._running_lock = threading.Lock()
         self._outcomes: Combiner[tuple[UUID, str, dict[str, Any]]] = Combiner()
-        self.in_flight = {name: threading.BoundedSemaphore((max_in_flight or {}).get(name, 4)) for name in cpis}
+        self.max_in_flight = {name: (max_in_flight or {}).get(name, 4) for name in cpis}
+        self.in_flight = {name: threading.BoundedSemaphore(limit) for name, limit in self.max_in_flight.items()}
 
     def execute(self, operation_id: UUID) -> str | None:
         """Run the pending CPI call of one operation, if it is still pending.

@@ -1,0 +1,173 @@
+"""Starting each operation as soon as its CPI and its disk allow, not after a batch.
+
+Why: the worker used to run a batch of operations and wait for all of them
+before it read on, so one hung CPI call (up to its `timeout`, 300 s by
+default) held up every snapshot behind it, of any disk, deployment or CPI.
+
+Here an operation waits only for what it must wait for:
+- its disk: calls for one disk never overlap, so an operation whose disk is
+  busy waits in that disk's queue, holding no thread;
+- its CPI's `max_in_flight` (an IaaS's rate limit);
+- the worker's `max_in_flight`, the total of calls at once, except that a CPI
+  with nothing running may always start one: a CPI whose calls all hang can
+  use up its own slots, never the other CPIs' (so the total may exceed the
+  limit by the number of other CPIs, at most).
+
+The log position the worker may record is the low-water mark: every
+operation at or before it has finished, whatever is still running after it.
+So a crash replays only unfinished work (and replayed operations that were
+handled are skipped, their state no longer pending).
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+from uuid import UUID
+
+
+@dataclass(frozen=True)
+class Work:
+    position: int  # the log position of the request
+    operation_id: UUID
+    cpi: str
+    disk: str | None  # None: no disk to serialise on (self-discovery)
+
+
+class Dispatcher:
+    """Runs `run(operation_id)` for each submitted operation on a thread of its own,
+    within the limits above; retries an operation whose run raised (the
+    database may be away) after a back-off, never skipping it."""
+
+    def __init__(self, run: Callable[[UUID], Any], log: Any, total: int,
+                 per_cpi: Mapping[str, int] | None = None, max_queued: int = 10_000,
+                 on_finished: Callable[[], None] = lambda: None) -> None:
+        self.run = run
+        self.on_finished = on_finished  # called after each operation finished (outside the lock)
+        self.log = log
+        self.total = total
+        self.per_cpi = dict(per_cpi or {})
+        self.max_queued = max_queued
+        self._cond = threading.Condition()
+        # Submitted, not finished. By request, not operation: a snapshot's deletion
+        # may be requested the moment its taking was recorded, before that run returned.
+        self._known: dict[tuple[UUID, int], Work] = {}
+        self._waiting: deque[Work] = deque()  # ready to start but for a limit
+        self._by_disk: dict[str, deque[Work]] = {}  # disk -> queue; the head is running or waiting
+        self._running_by_cpi: dict[str, int] = {}
+        self._running = 0
+        self._unfinished: list[int] = []  # heap of positions, lazily cleaned
+        self._finished_positions: dict[int, int] = {}  # position -> finished count (lazy deletion)
+        self._highest = 0  # the highest position submitted
+        self._threads: set[threading.Thread] = set()
+        self._stopping = threading.Event()
+
+    # Submitting ----------------------------------------------------------------
+
+    def submit(self, work: Work) -> None:
+        """Queue one operation; blocks while `max_queued` are unfinished (back-pressure)."""
+        with self._cond:
+            while len(self._known) >= self.max_queued and not self._stopping.is_set():
+                self._cond.wait(0.5)
+            self._highest = max(self._highest, work.position)
+            if (work.operation_id, work.position) in self._known:
+                return  # read again (the follower re-read after an error): already on its way
+            self._known[(work.operation_id, work.position)] = work
+            heapq.heappush(self._unfinished, work.position)
+            if work.disk is None:
+                self._waiting.append(work)
+            else:
+                queue = self._by_disk.setdefault(work.disk, deque())
+                queue.append(work)
+                if len(queue) == 1:  # the disk is free: its turn now
+                    self._waiting.append(work)
+            self._start_what_may()
+
+    def low_water(self) -> int:
+        """The highest position such that every operation at or before it has finished."""
+        with self._cond:
+            while self._unfinished and self._finished_positions.get(self._unfinished[0], 0):
+                position = heapq.heappop(self._unfinished)
+                self._finished_positions[position] -= 1
+                if not self._finished_positions[position]:
+                    del self._finished_positions[position]
+            return self._unfinished[0] - 1 if self._unfinished else self._highest
+
+    def unfinished(self) -> int:
+        with self._cond:
+            return len(self._known)
+
+    # Starting and finishing ---------------------------------------------------------
+
+    def _may_start(self, work: Work) -> bool:
+        running = self._running_by_cpi.get(work.cpi, 0)
+        if running >= self.per_cpi.get(work.cpi, self.total):
+            return False
+        return self._running < self.total or running == 0  # every CPI always gets one slot
+
+    def _start_what_may(self) -> None:
+        """Start each waiting operation its limits allow, in order (called with the lock)."""
+        if self._stopping.is_set():
+            return
+        still: deque[Work] = deque()
+        while self._waiting:
+            work = self._waiting.popleft()
+            if not self._may_start(work):
+                still.append(work)
+                continue
+            self._running += 1
+            self._running_by_cpi[work.cpi] = self._running_by_cpi.get(work.cpi, 0) + 1
+            thread = threading.Thread(target=self._execute, args=(work,), name=f"cpi-{work.cpi}", daemon=True)
+            self._threads.add(thread)
+            thread.start()
+        self._waiting = still
+
+    def _execute(self, work: Work) -> None:
+        delay = 0.1
+        while not self._stopping.is_set():
+            try:
+                self.run(work.operation_id)
+                break
+            except Exception as error:  # e.g. the database is away: try again, never skip
+                self.log.error("operation failed; retrying", operation_id=str(work.operation_id),
+                               error=repr(error), retry_in_s=delay)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, 5.0)
+        else:
+            self._release(work, finished=False)
+            return
+        self._release(work, finished=True)
+        try:
+            self.on_finished()
+        except Exception as error:  # recording the position can wait for the next one
+            self.log.warning("could not record the worker position", error=repr(error))
+
+    def _release(self, work: Work, finished: bool) -> None:
+        with self._cond:
+            self._running -= 1
+            self._running_by_cpi[work.cpi] -= 1
+            self._threads.discard(threading.current_thread())
+            if finished:
+                del self._known[(work.operation_id, work.position)]
+                self._finished_positions[work.position] = self._finished_positions.get(work.position, 0) + 1
+            if work.disk is not None:
+                queue = self._by_disk[work.disk]
+                queue.popleft()
+                if queue:
+                    self._waiting.append(queue[0])  # the disk's next operation
+                else:
+                    del self._by_disk[work.disk]
+            self._start_what_may()
+            self._cond.notify_all()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Start nothing new; wait for the running operations (a CPI call is never abandoned)."""
+        self._stopping.set()
+        with self._cond:
+            threads = list(self._threads)
+            self._cond.notify_all()
+        for thread in threads:
+            thread.join(timeout)

@@ -1,0 +1,98 @@
+"""The worker's dispatcher: an operation waits only for its own disk and its
+CPI's limits, and the position it reports never passes unfinished work."""
+
+from __future__ import annotations
+
+import threading
+import time
+from uuid import UUID, uuid4
+
+import structlog
+
+from snapledger.adapters.dispatch import Dispatcher, Work
+
+
+class Calls:
+    """A stand-in for OperationRunner.execute: each call blocks until released."""
+
+    def __init__(self) -> None:
+        self.release: dict[UUID, threading.Event] = {}
+        self.started: list[UUID] = []
+        self.guard = threading.Lock()
+
+    def gate(self, op: UUID) -> threading.Event:
+        with self.guard:
+            return self.release.setdefault(op, threading.Event())
+
+    def run(self, op: UUID) -> None:
+        with self.guard:
+            self.started.append(op)
+        self.gate(op).wait(10)
+
+    def wait_started(self, *ops: UUID, timeout: float = 5) -> None:
+        deadline = time.monotonic() + timeout
+        while not all(op in self.started for op in ops):
+            assert time.monotonic() < deadline, f"not started: {[op for op in ops if op not in self.started]}"
+            time.sleep(0.005)
+
+
+def wait_unfinished(d: Dispatcher, n: int = 0, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while d.unfinished() > n:
+        assert time.monotonic() < deadline, d.unfinished()
+        time.sleep(0.005)
+
+
+def dispatcher(calls: Calls, total: int = 4, **per_cpi: int) -> Dispatcher:
+    return Dispatcher(calls.run, structlog.get_logger(), total=total, per_cpi=per_cpi)
+
+
+def test_other_disks_and_cpis_go_on_while_one_call_hangs() -> None:
+    calls = Calls()
+    d = dispatcher(calls, total=2, aws=2, local=2)
+    hung, same_disk, other_disk, other_cpi = (uuid4() for _ in range(4))
+    d.submit(Work(1, hung, "aws", "vol-1"))
+    d.submit(Work(2, same_disk, "aws", "vol-1"))
+    d.submit(Work(3, other_disk, "aws", "vol-2"))
+    d.submit(Work(4, other_cpi, "local", "disk-0"))
+    calls.wait_started(hung, other_disk, other_cpi)  # the total is 2, but `local` had nothing running
+    assert same_disk not in calls.started  # calls for one disk never overlap
+    calls.gate(other_disk).set()
+    calls.gate(other_cpi).set()
+    wait_unfinished(d, 2)
+    assert d.low_water() == 0  # 2, 3 and 4 finished; 1 has not: the position stays before it
+    calls.gate(hung).set()
+    calls.wait_started(same_disk)  # the disk's next operation, once its call returned
+    calls.gate(same_disk).set()
+    wait_unfinished(d)
+    assert d.low_water() == 4
+
+
+def test_a_cpi_never_exceeds_its_limit() -> None:
+    calls = Calls()
+    d = dispatcher(calls, total=8, aws=2)
+    ops = [uuid4() for _ in range(5)]
+    for n, op in enumerate(ops, 1):
+        d.submit(Work(n, op, "aws", f"vol-{n}"))
+    calls.wait_started(*ops[:2])
+    time.sleep(0.05)
+    assert len(calls.started) == 2
+    for op in ops:
+        calls.gate(op).set()
+    wait_unfinished(d)
+    assert sorted(calls.started) == sorted(ops) and d.low_water() == 5
+
+
+def test_a_failing_run_is_retried_not_skipped() -> None:
+    attempts: list[UUID] = []
+
+    def flaky(op: UUID) -> None:
+        attempts.append(op)
+        if len(attempts) < 3:
+            raise ConnectionError("database away")
+
+    d = Dispatcher(flaky, structlog.get_logger(), total=1)
+    op = uuid4()
+    d.submit(Work(7, op, "local", "disk-0"))
+    wait_unfinished(d)
+    assert attempts == [op, op, op] and d.low_water() == 7
