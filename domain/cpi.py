@@ -48,6 +48,11 @@ NOT_EXECUTABLE = "Snapledger::Cpi::NonExecutable"
 TIMED_OUT = "Snapledger::Cpi::TimedOut"
 
 
+# What of an error answer is recorded: a CPI may answer megabytes.
+MAX_MESSAGE_CHARS = 4096
+MAX_TYPE_CHARS = 200
+
+
 @dataclass
 class CpiError(Exception):
     """An error answered by (or about) a CPI call."""
@@ -70,7 +75,10 @@ class CpiError(Exception):
         return self.type == CLOUD_ERROR and self.message.startswith("Invalid Method:")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "message": self.message, "ok_to_retry": self.ok_to_retry}
+        """As recorded on events: bounded, whatever the CPI answered."""
+        message = self.message if len(self.message) <= MAX_MESSAGE_CHARS else (
+            f"{self.message[:MAX_MESSAGE_CHARS]}... [{len(self.message) - MAX_MESSAGE_CHARS} chars clipped]")
+        return {"type": self.type[:MAX_TYPE_CHARS], "message": message, "ok_to_retry": self.ok_to_retry}
 
 
 @dataclass

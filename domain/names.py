@@ -24,4 +24,5 @@ def is_valid_name(value: str) -> bool:
 
 
 def is_valid_cid(value: str) -> bool:
-    return bool(_CID.match(value)) and ".." not in value
+    # fullmatch: `$` alone would accept a trailing newline.
+    return bool(_CID.fullmatch(value)) and ".." not in value

@@ -18,6 +18,7 @@ from uuid import UUID
 from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 
 from .application import Ledger
+from . import cpi_answers as answers
 from .combining import Combiner
 from .cpi import DISK_NOT_FOUND, Cpi, CpiError
 from .discovery import SelfDiscovery
@@ -274,9 +275,9 @@ class OperationRunner:
         started = self.clock()
         record: dict[str, Any] = {"method": "current_vm_id", "cpi": discovery.cpi}
         try:
-            vm_cid = cpi.current_vm_id()
+            vm_cid = answers.vm_cid(cpi.current_vm_id())
             record["method"] = "get_disks"
-            disks = list(cpi.get_disks(vm_cid))
+            disks = answers.disk_cids(cpi.get_disks(vm_cid))
             outcome = "discovered"
         except CpiError as error:
             record["error"] = error.as_dict()
@@ -344,7 +345,7 @@ class OperationRunner:
         record: dict[str, Any] = {"method": method, "cpi": snapshot.cpi}
         try:
             if method == "snapshot_disk":
-                record["snapshot_cid"] = cpi.snapshot_disk(snapshot.disk_cid, snapshot.metadata)
+                record["snapshot_cid"] = answers.snapshot_cid(cpi.snapshot_disk(snapshot.disk_cid, snapshot.metadata))
                 outcome = "taken"
             else:
                 cpi.delete_snapshot(snapshot.snapshot_cid or "")

@@ -261,3 +261,67 @@ async def test_each_deployment_uses_its_named_cpi(tmp_path: Path, store_url: str
         assert snapshot_file(state, cloud).exists()  # in the external CPI's state
         assert (config.data_dir / "snapshots" / home / "data").is_dir()  # in the local CPI's
         assert not snapshot_file(state, home).exists()
+
+
+# Issue 16 item 3: answers the ledger cannot keep are the call's failure, never a stored CID.
+BAD_SNAPSHOT_CIDS = [
+    ("x" * 100_000, "100000 characters long"),
+    ("../../etc/snap\nX", "must match"),
+    ("snap-1\n", "must match"),  # `$` alone would let the newline through
+    (42, "string"),  # types: the external adapter's own check
+    ("", "empty"),
+    (None, "string"),
+]
+
+
+async def test_a_cid_the_api_could_not_address_is_the_calls_failure(tmp_path: Path, store_url: str) -> None:
+    config, state = external_config(tmp_path, store_url)
+    async with api_client(config) as client:
+        await deploy(client, state, disks=1)
+        for bad, problem in BAD_SNAPSHOT_CIDS:
+            set_faults(state, {"snapshot_disk": {"mode": "result", "value": bad}})
+            task, events = await run_task(client, "POST", "/deployments/prod/snapshots")
+            assert task["state"] == "error", (bad, task)
+            (failed,) = of_type(events, "Snapshot.Failed")
+            error = failed["data"]["error"]
+            assert error["type"] == "Snapledger::Cpi::InvalidResponse" and problem in error["message"], error
+            assert "snapshot_disk" in error["message"] and not error["ok_to_retry"]
+            assert not of_type(events, "Snapshot.Taken")
+            # Nothing of a huge answer is copied onto the events.
+            assert sum(len(json.dumps(e)) for e in events) < 40_000
+        assert await (await client.get("/deployments/prod/snapshots")).json() == []
+        # The CID a valid answer gives is kept as it is.
+        set_faults(state, {})
+        task, _ = await run_task(client, "POST", "/deployments/prod/snapshots")
+        assert task["state"] == "done"
+        assert len(await (await client.get("/deployments/prod/snapshots")).json()) == 1
+
+
+@pytest.mark.parametrize("faults,problem", [
+    ({"current_vm_id": {"mode": "result", "value": "vm\n"}}, "'current_vm_id' answered a VM CID that must match"),
+    ({"get_disks": {"mode": "result", "value": ["ok-disk", "../etc"]}}, "item 1 must match"),
+    ({"get_disks": {"mode": "result", "value": ["d"] * 2}}, "lists a disk twice"),
+    ({"get_disks": {"mode": "result", "value": {"d": 1}}}, "must be a list"),
+])
+async def test_self_discovery_answers_are_checked(tmp_path: Path, sqlite_url: str, faults: dict[str, Any],
+                                                  problem: str) -> None:
+    config, state = external_config(tmp_path, sqlite_url, faults)
+    async with api_client(config) as client:
+        assert (await client.put("/config/snapshots", json={"enable_snapshots": True})).status == 200
+        task, events = await run_task(client, "POST", "/self/snapshots")
+    assert task["state"] == "error", task
+    (failed,) = of_type(events, "SelfDiscovery.Failed")
+    assert failed["data"]["error"]["type"] == "Snapledger::Cpi::InvalidResponse"
+    assert problem in failed["data"]["error"]["message"], failed["data"]["error"]
+
+
+async def test_a_huge_error_message_is_clipped_where_it_is_recorded(tmp_path: Path, sqlite_url: str) -> None:
+    config, state = external_config(tmp_path, sqlite_url, {"snapshot_disk": {"mode": "error", "message": "m" * 200_000}})
+    async with api_client(config) as client:
+        await deploy(client, state, disks=1)
+        task, events = await run_task(client, "POST", "/deployments/prod/snapshots")
+    assert task["state"] == "error"
+    (failed,) = of_type(events, "Snapshot.Failed")
+    assert failed["data"]["error"]["message"].startswith("m" * 4096)
+    assert "chars clipped" in failed["data"]["error"]["message"]
+    assert sum(len(json.dumps(e)) for e in events) < 60_000
