@@ -19,6 +19,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -39,7 +40,11 @@ from snapledger.domain.cpi import (
     CpiError,
 )
 
+from .reaper import EXEC_FAILED, EXEC_FAILED_MARKER
+
 log = structlog.get_logger(__name__)
+
+REAPER = Path(__file__).with_name("reaper.py")
 
 # The Director runs CPIs with this PATH and nothing else it inherited
 # (``unsetenv_others: true``): a CPI must not depend on the caller's environment.
@@ -210,7 +215,9 @@ class ExternalCpi:
     def _execute(self, call: _Call, request: bytes) -> tuple[str, str, int | None]:
         try:
             proc = subprocess.Popen(
-                [self.executable],
+                # Through the reaper: the answer is taken when the CPI exits, and
+                # nothing the CPI started outlives the call (adapters/cpi/reaper.py).
+                [sys.executable, "-I", "-S", str(REAPER), self.executable],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -224,7 +231,7 @@ class ExternalCpi:
         try:
             out, err = proc.communicate(request, timeout=self.timeout_s)
         except subprocess.TimeoutExpired:
-            out, err = _kill_group_and_drain(proc)
+            out, err = _stop_call(proc)
             call.stderr, call.exit_code = _text(err), proc.returncode
             raise CpiError(
                 TIMED_OUT,
@@ -232,8 +239,10 @@ class ExternalCpi:
             ) from None
         except BaseException:
             # Interrupted (KeyboardInterrupt, ...): never leave a CPI running behind us.
-            _kill_group_and_drain(proc)
+            _stop_call(proc)
             raise
+        if proc.returncode == EXEC_FAILED and _text(err).startswith(EXEC_FAILED_MARKER):
+            raise CpiError(NOT_EXECUTABLE, f"Failed to run cpi: '{self.executable}' is not executable")
         return _text(out), _text(err), proc.returncode
 
     def _finish(self, call: _Call, started: float, error: CpiError | None) -> None:
@@ -276,6 +285,15 @@ class _Call:
 
 
 # --- process handling --------------------------------------------------------------
+
+
+def _stop_call(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
+    """Time-out: the reaper kills the CPI and everything below it, then exits."""
+    try:
+        proc.send_signal(signal.SIGTERM)
+        return proc.communicate(timeout=POST_KILL_DRAIN_S)
+    except subprocess.TimeoutExpired:
+        return _kill_group_and_drain(proc)  # the reaper itself is stuck
 
 
 def _kill_group_and_drain(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:

@@ -475,6 +475,47 @@ def test_hanging_cpi_is_killed_with_its_whole_process_group(tmp_path: Path) -> N
     assert "fake_cpi: snapshot_disk" in cpi.last_call.stderr
 
 
+# Issue 16 item 8: what a CPI starts never outlives its call, nor holds its answer back.
+CPI_WITH_HELPERS = """#!/bin/sh
+request=$(cat)
+case "$request" in *'"method": "info"'*) echo '{"result": {"api_version": 2}, "error": null, "log": ""}'; exit 0 ;; esac
+# A helper in a session of its own: killing the CPI's process group misses it.
+setsid sh -c 'echo $$ > {dir}/setsid.pid; exec sleep 1000' </dev/null >/dev/null 2>&1 &
+# A helper that inherits stdout and keeps it open after the CPI exited.
+sleep 1000 &
+echo $! > {dir}/holder.pid
+while [ ! -s {dir}/setsid.pid ]; do sleep 0.01; done
+echo '{"result": "snap-1", "error": null, "log": "answered"}'
+"""
+
+
+def test_the_answer_is_taken_when_the_cpi_exits_and_its_helpers_are_killed(tmp_path: Path) -> None:
+    executable = tmp_path / "cpi"
+    executable.write_text(CPI_WITH_HELPERS.replace("{dir}", str(tmp_path)))
+    executable.chmod(0o755)
+    cpi = external_cpi(executable, timeout_s=20)
+    # The grandchild holding stdout does not make the valid answer a time-out.
+    assert cpi.snapshot_disk("disk", {}) == "snap-1"
+    assert cpi.last_call.log == "answered" and cpi.last_call.extra["exit_code"] == 0
+    holder = int(wait_for_file(tmp_path / "holder.pid"))
+    escaped = int(wait_for_file(tmp_path / "setsid.pid"))
+    assert wait_until_gone(holder), f"the helper holding stdout ({holder}) outlived the call"
+    assert wait_until_gone(escaped), f"the helper that called setsid() ({escaped}) outlived the call"
+
+
+def test_a_timed_out_cpi_leaves_no_setsid_helper_behind(tmp_path: Path) -> None:
+    executable = tmp_path / "cpi"
+    executable.write_text(CPI_WITH_HELPERS.replace("{dir}", str(tmp_path)).replace(
+        "echo '{\"result\": \"snap-1\"", "sleep 1000; echo '{\"result\": \"snap-1\""))
+    executable.chmod(0o755)
+    cpi = external_cpi(executable, timeout_s=2)
+    error = raises_cpi_error(cpi.snapshot_disk, "disk", {})
+    assert error.type == TIMED_OUT
+    for name in ("holder.pid", "setsid.pid"):
+        pid = int(wait_for_file(tmp_path / name))
+        assert wait_until_gone(pid), f"{name}: {pid} outlived the timed-out call"
+
+
 # --- what the caller can store ------------------------------------------------------------------------
 
 
