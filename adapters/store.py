@@ -8,6 +8,7 @@ position commit together.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -72,11 +73,24 @@ def parse_store_url(url: str) -> StoreUrl:
     )
 
 
+def private_sqlite_files(path: Path) -> None:
+    """The ledger holds drain output, task results and who did what: the service
+    user's only. Created 0600 before SQLite opens it (its -wal and -shm files
+    take the database's mode), and an existing database made so."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for side in ("", "-wal", "-shm", "-journal"):
+        try:
+            os.chmod(f"{path}{side}", 0o600)
+        except FileNotFoundError:
+            pass
+
+
 def ledger_env(url: StoreUrl, pool_size: int = 4, max_overflow: int = 8) -> dict[str, str]:
     """The `eventsourcing` settings for the Ledger application."""
     if url.kind == "sqlite":
         assert url.sqlite_path is not None
         url.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        private_sqlite_files(url.sqlite_path)
         return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(url.sqlite_path),
                 "SQLITE_LOCK_TIMEOUT": "10"}
     ensure_schema(url)

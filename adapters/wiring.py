@@ -192,9 +192,17 @@ class Runtime:
         self.db.close()
 
 
+def private_data_dir(path: Path) -> None:
+    """The data directory holds the ledger, credentials, drain scripts and the
+    local CPI's disks and snapshots: the service user's only (0700), also when
+    an older version or the operator created it more open."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
 def build_runtime(config: Config, roles: frozenset[str] | set[str] = ROLES) -> Runtime:
     log = structlog.get_logger("snapledger").bind(roles=",".join(sorted(roles)))
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    private_data_dir(config.data_dir)
     url = parse_store_url(config.database_url)
     cpis = build_cpis(config) if "worker" in roles else {}
     with setup_lock(url):

@@ -106,6 +106,18 @@ def _copy_file(src: Path, dst: Path, mode: int) -> tuple[str, os.stat_result, bo
     return how, before, key(before) == key(after)
 
 
+def _hold(directory: Path, wait: bool = True) -> int:
+    """An flock on `directory` (its fd: close it to release): marks it in use
+    by this process; the kernel releases it when the process dies."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _rmtree(path: Path) -> None:
     def retry(func: Callable[[str], Any], p: str, _exc: Any) -> None:
         # Unlinking needs write permission on the parent directory only. Files
@@ -207,6 +219,9 @@ class LocalCpi:
         self.snapshot_root = Path(snapshot_root)
         self.disk_root.mkdir(parents=True, exist_ok=True)
         (self.snapshot_root / _LATEST).mkdir(parents=True, exist_ok=True)
+        # Snapshots are copies of disks (files kept 0444 so they stay immutable):
+        # the root is the service user's only, wherever it is configured.
+        os.chmod(self.snapshot_root, 0o700)
         self._vm_id = vm_id
         self._host_disks = {_check_cid(cid, "disk"): Path(path).resolve() for cid, path in (host_disks or {}).items()}
         self._self_disks = [_check_cid(d, "disk") for d in self_disks or []] + list(self._host_disks)
@@ -240,9 +255,12 @@ class LocalCpi:
         disk = self._disk_path(disk_cid)
         cid = self._snapshot_cid(metadata)
         if self._snap_dir(cid).is_dir():  # a retried call: the work is done
+            self._remove_leftovers(cid)
             return self._existing(cid, disk_cid)
+        self._remove_leftovers(cid)  # a killed earlier attempt's half copy
         started_ns = time.time_ns()
         tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP}{cid}-", dir=self.snapshot_root))
+        held = _hold(tmp)  # in use: _remove_leftovers leaves it alone until this process is gone
         try:
             files = self._copy_tree(disk, tmp / _DATA, self._previous(disk_cid))
             manifest = {
@@ -263,6 +281,7 @@ class LocalCpi:
         finally:
             if tmp.exists():
                 _rmtree(tmp)
+            os.close(held)
         self._tls.record.extra = {"snapshot_cid": cid, "files": len(files)}
         self._set_latest(disk_cid, cid, started_ns)
         return cid
@@ -271,15 +290,23 @@ class LocalCpi:
     def delete_snapshot(self, snapshot_cid: str) -> None:
         snap = self._snap_dir(_check_cid(snapshot_cid, "snapshot"))
         trash = self.snapshot_root / f"{_TMP}{snapshot_cid}-deleted-{uuid.uuid4().hex[:8]}"
-        try:  # one rename makes the snapshot vanish; a crash leaves only a .tmp- dir
-            os.rename(snap, trash)
+        try:
+            held = _hold(snap)  # the lock moves with the directory into the trash
         except FileNotFoundError:
+            self._remove_leftovers(snapshot_cid)  # a killed earlier deletion's trash
             raise CpiError(DISK_NOT_FOUND, f"snapshot {snapshot_cid} not found") from None
-        for disk_cid in self._latest_pointing_at(snapshot_cid):
-            with self._lock(disk_cid):
-                if self._read_latest(disk_cid) == snapshot_cid:
-                    self._recompute_latest(disk_cid)
-        _rmtree(trash)
+        try:
+            try:  # one rename makes the snapshot vanish; a crash leaves only a .tmp- dir
+                os.rename(snap, trash)
+            except FileNotFoundError:
+                raise CpiError(DISK_NOT_FOUND, f"snapshot {snapshot_cid} not found") from None
+            for disk_cid in self._latest_pointing_at(snapshot_cid):
+                with self._lock(disk_cid):
+                    if self._read_latest(disk_cid) == snapshot_cid:
+                        self._recompute_latest(disk_cid)
+            _rmtree(trash)
+        finally:
+            os.close(held)
 
     # -- helpers for tests, the tour and restore -------------------------------
 
@@ -299,6 +326,7 @@ class LocalCpi:
         if metadata.get(OPERATION_ID_KEY) is None:
             return None
         cid = self._snapshot_cid(metadata)
+        self._remove_leftovers(cid)  # the in-doubt call's half copy, if it died mid-copy
         if not self._snap_dir(cid).is_dir():
             return None
         return self._existing(cid, disk_cid)
@@ -495,6 +523,25 @@ class LocalCpi:
     def _latest_pointing_at(self, cid: str) -> list[str]:
         names = os.listdir(self.snapshot_root / _LATEST)
         return [d for d in names if not d.startswith(".") and self._read_latest(d) == cid]
+
+    def _remove_leftovers(self, cid: str) -> None:
+        """Remove what killed calls for snapshot `cid` left (`.tmp-<cid>-*`: a half
+        copy, a deletion's trash). Called when that snapshot's operation is
+        resolved: repeated, or found in doubt. A directory a live call holds
+        (its flock) is left alone: only a dead process's leftovers go."""
+        # Exactly mkdtemp's and delete_snapshot's names: never another CID's (`snap-a` vs `snap-a-b`).
+        ours = re.compile(rf"{re.escape(_TMP + cid)}-(?:deleted-[0-9a-f]{{8}}|[a-z0-9_]{{8}})")
+        for entry in os.scandir(self.snapshot_root):
+            if not (ours.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)):
+                continue
+            try:
+                fd = _hold(Path(entry.path), wait=False)
+            except (BlockingIOError, FileNotFoundError):
+                continue  # a live call's (a concurrent retry), or already gone
+            try:
+                _rmtree(Path(entry.path))
+            finally:
+                os.close(fd)
 
     def _clean_stale_tmp(self) -> None:
         # Leftovers of a crash mid-copy or mid-delete; young ones may still be in use.

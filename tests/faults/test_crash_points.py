@@ -7,6 +7,8 @@ a second run without it must finish the work."""
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -164,5 +166,55 @@ def test_recovering_worker_killed_after_recording_in_doubt_is_recovered_in_turn(
         on_disk = [p.name for p in (data_dir / "snapshots").iterdir() if not p.name.startswith(".")]
         assert on_disk == [listing[0]["snapshot_cid"]]
         assert server.api("GET", "/tasks?in_doubt=true") == []
+    finally:
+        server.kill()
+
+
+def test_a_copy_killed_midway_leaves_no_temporary_directory_once_resolved(tmp_path: Path, sqlite_url: str) -> None:
+    """Issue 16 item 10: `serve` SIGKILLed while the local CPI copies a disk; the
+    next run resolves the call and removes the half copy (not an hour later)."""
+    data_dir = tmp_path / "data"
+    disk = data_dir / "disks" / "disk-0"
+    disk.mkdir(parents=True)
+    for n in range(4000):  # many files: the copy takes a while, so the kill lands in it
+        (disk / f"f{n}").write_bytes(os.urandom(2048))
+    server = start(data_dir, sqlite_url)
+    try:
+        server.api("PUT", "/deployments/prod", {"instances": [{"job": "db", "index": 0, "disks": ["disk-0"]}]})
+        server.api("PUT", "/config/snapshots", {"enable_snapshots": True})
+        task_id = server.api("POST", "/deployments/prod/snapshots")["task_id"]
+        snapshots = data_dir / "snapshots"
+        deadline = time.monotonic() + 30
+        while not any(p.name.startswith(".tmp-snap-") for p in snapshots.iterdir()):
+            assert time.monotonic() < deadline, "the copy never started"
+            time.sleep(0.005)
+        server.kill()
+        assert [p.name for p in snapshots.iterdir() if p.name.startswith(".tmp-snap-")]  # the half copy
+        server = start(data_dir, sqlite_url, port=server.port)
+        task = server.wait_task(task_id, timeout=60)
+        assert task["state"] == "done", task
+        (row,) = server.api("GET", "/deployments/prod/snapshots")
+        assert sorted(p.name for p in snapshots.iterdir() if p.name != ".latest") == [row["snapshot_cid"]]
+    finally:
+        server.kill()
+
+
+def test_the_data_directory_and_the_ledger_are_the_service_users_only(tmp_path: Path) -> None:
+    """Issue 16 item 10: the ledger holds drain output; an older install left it 0644."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o755)
+    os.chmod(data_dir, 0o755)
+    ledger = data_dir / "ledger.sqlite"
+    ledger.touch(mode=0o644)
+    os.chmod(ledger, 0o644)
+    server = start(data_dir, "")
+    try:
+        server.api("PUT", "/deployments/prod", {"instances": []})
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+        files = [p for p in data_dir.iterdir() if p.name.startswith("ledger.sqlite")]
+        assert ledger in files
+        for path in [*files, data_dir / "credentials.json"]:
+            assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, (path, oct(path.stat().st_mode))
+        assert stat.S_IMODE((data_dir / "snapshots").stat().st_mode) == 0o700
     finally:
         server.kill()
