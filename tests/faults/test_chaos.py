@@ -2,7 +2,10 @@
 the API, two workers and the projector while commands flow (job updates with
 real drain scripts among them); nothing lost, nothing doubled, nothing left
 processing or draining, clean snapshots exactly for the instances drained,
-views equal to a rebuild."""
+views equal to a rebuild. Each run also stages issue 16's double kill (the
+worker recovering a call dies right after recording it in doubt) and has a
+deployment on a hung external CPI: nothing stuck, no leaked copy, no CPI
+process left."""
 
 from __future__ import annotations
 
@@ -32,3 +35,16 @@ def test_short_chaos_run(tmp_path: Path, pg_url: str) -> None:
     assert report["lost"] == 0 and report["doubled"] == 0 and report["view_differences"] == []
     # Job updates ran, and got through to clean snapshots (not only failures).
     assert report["job_update_tasks"] > 0 and report["job_update_instances_ready"] > 0
+    assert report["stuck"] == 0 and report["leaked_copies"] == 0 and "done" in report["double_kill_rounds"]
+
+
+@pytest.mark.timeout(300)
+def test_short_chaos_run_on_sqlite(tmp_path: Path) -> None:
+    """One `serve` process on SQLite, killed (the runs that found issue 16 item 1)."""
+    chaos = load_chaos()
+    report = chaos.run_chaos(tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}", commands=100, kills=8,
+                             double_kills=1, seed=20261201, quiesce_timeout=120, progress=lambda line: None)
+    print(report)
+    assert report["problems"] == [], report
+    assert report["lost"] == 0 and report["doubled"] == 0 and report["stuck"] == 0
+    assert report["leaked_copies"] == 0 and report["double_kill_rounds"] == ["done"]
