@@ -179,3 +179,18 @@ def test_the_audit_finds_every_event_of_a_job_update_and_a_restore(server: Serve
     life = server.api("GET", f"/snapshots/{safety}/history")
     assert life["job_update"]["kind"] == "restore" and life["job_update"]["task_id"] == restore
     assert "Restore.DrainCompleted" in [e["type"] for e in life["job_update"]["events"]]
+
+
+@pytest.mark.parametrize("fact,value", [("persistent_disk", -1), ("persistent_disk", "big"), ("persistent_disk", 1.5),
+                                        ("agent_id", ""), ("agent_id", 7)])
+def test_bad_inventory_facts_are_refused_naming_the_field(server: Server, fact: str, value: Any) -> None:
+    import urllib.error
+
+    body = {"instances": [{"job": "db", "index": 0, "disks": ["disk-db-0"], fact: value}]}
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        server.api("PUT", "/deployments/prod", body)
+    assert refused.value.code == 400
+    error = json.loads(refused.value.read())
+    assert error["field"].startswith("instances") and fact in json.dumps(error), error
+    # Nothing was lost: the recorded inventory is unchanged.
+    assert server.api("GET", "/deployments/prod")["instances"][0]["persistent_disk"] == 1024
