@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import urllib.parse
 import uuid
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
