@@ -13,9 +13,14 @@ One `JobUpdate` aggregate per announcement holds every instance's progress:
 its events are the task's log in order, and because every step appends to it
 under optimistic concurrency, two workers can never both start an instance
 and `max_in_flight` holds across any number of workers. Each event names its
-instance and carries `caused_by`: the id (`<aggregate id>/<version>`) of the
-event it follows from (the instance's previous event; for a snapshot's
-outcome, the snapshot's outcome event).
+instance with the references the audit filters by (deployment, job, index,
+instance id, disks: decision 21) and carries `caused_by`: the id
+(`<aggregate id>/<version>`) of the event it follows from (the instance's
+previous event; for a snapshot's outcome, the snapshot's outcome event).
+
+Each instance carries the drain scripts' `current_state` and `next_state`
+(BOSH_JOB_STATE / BOSH_JOB_NEXT_STATE), fixed at the announcement from the
+inventory's recorded disk size and the announced next size.
 
 A worker that dies while it drains or stops an instance is found by the
 recovery sweep of the job-update worker (its heartbeat older than the lease):
