@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from snapledger.domain.agent import (AGENT_ERROR, DRAIN_CANCELLED, DRAIN_INVALID_OUTPUT, DRAIN_SCRIPT_FAILED,
+from snapledger.domain.agent import (AGENT_ERROR, CONTRACT_ENV, DRAIN_CANCELLED, DRAIN_INVALID_OUTPUT, DRAIN_SCRIPT_FAILED,
                                      DRAIN_TIMEOUT, SHUTDOWN, STOP_CANCELLED, STOP_FAILED, STOP_TIMEOUT, AgentInstance, AgentResult,
                                      JobResult, ScriptCall)
 
@@ -195,15 +195,16 @@ class LocalAgent:
              cwd: Path | None = None) -> ScriptCall:
         started = time.monotonic()
         shown = list(argv)
+        contract = {name: env[name] for name in CONTRACT_ENV if name in env}
         if self._cancelled.is_set():
-            return ScriptCall(argv=shown, exit_code=None, stdout="", stderr="not run: snapledger is stopping",
+            return ScriptCall(argv=shown, env=contract, exit_code=None, stdout="", stderr="not run: snapledger is stopping",
                               duration_s=0.0)
         try:
             # A session of its own: on time-out the whole process group is killed.
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, env=env, cwd=cwd, start_new_session=True, text=True)
         except OSError as error:
-            return ScriptCall(argv=shown, exit_code=None, stdout="", stderr=f"cannot run {argv[0]}: {error}",
+            return ScriptCall(argv=shown, env=contract, exit_code=None, stdout="", stderr=f"cannot run {argv[0]}: {error}",
                               duration_s=0.0)
         with self._guard:
             self._running.add(proc)
@@ -213,12 +214,12 @@ class LocalAgent:
         except subprocess.TimeoutExpired:
             self._kill_group(proc)
             stdout, stderr = proc.communicate()
-            raise _TimedOut(ScriptCall(argv=shown, exit_code=None, stdout=_clip(stdout or ""),
+            raise _TimedOut(ScriptCall(argv=shown, env=contract, exit_code=None, stdout=_clip(stdout or ""),
                                        stderr=_clip(stderr or ""), duration_s=round(time.monotonic() - started, 6)))
         finally:
             with self._guard:
                 self._running.discard(proc)
-        return ScriptCall(argv=shown, exit_code=proc.returncode, stdout=_clip(stdout), stderr=_clip(stderr),
+        return ScriptCall(argv=shown, env=contract, exit_code=proc.returncode, stdout=_clip(stdout), stderr=_clip(stderr),
                           duration_s=round(time.monotonic() - started, 6))
 
     @staticmethod

@@ -54,26 +54,47 @@ def describe_event(event: dict[str, Any]) -> str:
         "Task.Started": lambda: f"started by {data.get('worker')}",
         "Task.OperationsAdded": lambda: f"{len(data.get('operations', []))} operation(s) added",
         "Task.OperationFinished": lambda: _operation(data),
-        "Task.Finished": lambda: f"{data.get('state')}: {data.get('result')}",
+        "Task.Finished": lambda: f"{data.get('state')}: {first_line(data.get('result'))}",
         "Snapshot.Requested": lambda: f"snapshot requested: {where}",
         "Snapshot.CpiCallStarted": lambda: f"CPI {data.get('method')} started (attempt {data.get('attempt')})",
         "Snapshot.Taken": lambda: f"snapshot taken: {data.get('snapshot_cid')}",
-        "Snapshot.Failed": lambda: f"snapshot failed: {data['error']['type']}: {data['error']['message']}",
+        "Snapshot.Failed": lambda: f"snapshot failed: {data['error']['type']}: {excerpt(data['error']['message'])}",
         "Snapshot.Skipped": lambda: f"snapshot skipped: {data.get('reason')}",
         "Snapshot.DeletionRequested": lambda: "deletion requested",
         "Snapshot.Deleted": lambda: f"snapshot deleted ({data.get('reason')})",
-        "Snapshot.DeletionFailed": lambda: f"deletion failed: {data['error']['type']}: {data['error']['message']}",
+        "Snapshot.DeletionFailed": lambda: (f"deletion failed: {data['error']['type']}: "
+                                            f"{excerpt(data['error']['message'])}"),
     }.get(kind, lambda: EVENT_TEXTS[kind](data) if kind in EVENT_TEXTS else kind)()
     return f"{event['time'][11:19]}  {text}"
 
 
+# A CPI error can be a whole backtrace: the task's steps show its first lines
+# once, and the summaries its first line; `task ID --cpi` has the full text.
+EXCERPT_LINES = 4
+
+
+def first_line(text: Any) -> str:
+    lines = str(text or "").splitlines() or [""]
+    return lines[0] + (f" [+{len(lines) - 1} lines]" if len(lines) > 1 else "")
+
+
+def excerpt(text: Any) -> str:
+    lines = str(text or "").splitlines() or [""]
+    if len(lines) <= EXCERPT_LINES:
+        return "\n".join(lines)
+    more = f"    ... {len(lines) - EXCERPT_LINES} more lines (all in `snapledger task ID --cpi`)"
+    return "\n".join([*lines[:EXCERPT_LINES], more])
+
+
 def _operation(data: dict[str, Any]) -> str:
     detail = data.get("detail", {})
-    text = f"{detail.get('instance', '?')} disk {detail.get('disk_cid', '?')}: {data.get('outcome')}"
+    # Job-update instances and self discovery have no disk of their own.
+    disk = f" disk {detail['disk_cid']}" if detail.get("disk_cid") else ""
+    text = f"{detail.get('instance', '?')}{disk}: {data.get('outcome')}"
     if detail.get("snapshot_cid"):
         text += f" {detail['snapshot_cid']}"
     if detail.get("error_type"):
-        text += f" ({detail['error_type']}: {detail.get('message', '')})"
+        text += f" ({detail['error_type']}: {first_line(detail.get('message', ''))})"
     elif detail.get("reason"):
         text += f" ({detail['reason']})"
     return text
@@ -90,7 +111,9 @@ def wait_for(ctx: click.Context, client: Client, accepted: dict[str, Any]) -> No
     if as_json:
         click.echo(json.dumps(task))
     else:
-        click.echo(f"\nTask {task_id} {task['state']}: {task['result']}")
+        click.echo(f"\nTask {task_id} {task['state']}: {first_line(task['result'])}")
+        if len(str(task["result"] or "").splitlines()) > 1:
+            click.echo(f"The full text of each CPI error: snapledger task {task_id} --cpi")
     if task["state"] != "done":
         sys.exit(1)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .cli import call, main
+from .cli import call, describe_event, main
 
 
 def timeline_line(e: dict[str, Any]) -> str:
@@ -81,6 +81,11 @@ def history(ctx: click.Context, cid: str) -> None:
             for name in ("log", "stderr"):
                 for line in (c.get(name) or "").splitlines()[:20]:
                     click.echo(f"{'':>9}{name}: {line}")
+    made_clean = life.get("job_update")
+    if made_clean:  # the drain and stop that made this snapshot clean
+        click.echo(f"\nMade clean by {made_clean['kind']} task {made_clean['task_id']}")
+        for e in made_clean["events"]:
+            click.echo(f"  {describe_event(e)}")
     click.echo("\nCPI calls")
     for c in life["cpi_calls"]:
         answer = c["answer"]

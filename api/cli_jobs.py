@@ -22,6 +22,22 @@ def _drain_summary(result: dict[str, Any]) -> str:
     return "; ".join(parts) or "no jobs"
 
 
+def drain_calls(result: dict[str, Any]) -> str:
+    """Each drain script call as the script saw it: argv, the contract's
+    environment (an unset variable is shown as unset), and its answer."""
+    from snapledger.domain.agent import CONTRACT_ENV
+
+    lines = []
+    for job in result.get("jobs", []):
+        for c in job.get("calls", []):
+            env = c.get("env")
+            shown = ("" if env is None else  # recorded before the environment was
+                     " " + " ".join(f"{n}={env[n]}" if n in env else f"{n} unset" for n in CONTRACT_ENV))
+            answer = c.get("value") if c.get("value") is not None else f"exit {c.get('exit_code')}"
+            lines.append(f"\n           {job['job']}: drain {' '.join(c.get('argv', [])[1:])}{shown} -> {answer}")
+    return "".join(lines)
+
+
 def _stop_summary(result: dict[str, Any]) -> str:
     return "; ".join(f"{j['job']}: {j.get('skipped') or 'stopped'}" for j in result.get("jobs", [])) or "no jobs"
 
@@ -30,8 +46,10 @@ EVENT_TEXTS.update({
     "JobUpdate.Announced": lambda d: (f"job update announced: {d['job']}, {len(d['instances'])} instance(s), "
                                       f"drain {d['drain_type']}, max in flight {d['max_in_flight']}"),
     "JobUpdate.DrainStarted": lambda d: f"{d['instance']}: drain ({d['drain_type']}) of {', '.join(d['jobs'])}",
-    "JobUpdate.DrainCompleted": lambda d: f"{d['instance']}: drained ({_drain_summary(d['result'])})",
-    "JobUpdate.DrainFailed": lambda d: f"{d['instance']}: drain failed: {d['error']['type']}: {d['error']['message']}",
+    "JobUpdate.DrainCompleted": lambda d: (f"{d['instance']}: drained ({_drain_summary(d['result'])})"
+                                           f"{drain_calls(d['result'])}"),
+    "JobUpdate.DrainFailed": lambda d: (f"{d['instance']}: drain failed: {d['error']['type']}: {d['error']['message']}"
+                                        f"{drain_calls(d['result'])}"),
     "JobUpdate.JobStopped": lambda d: f"{d['instance']}: jobs stopped ({_stop_summary(d['result'])})",
     "JobUpdate.StopFailed": lambda d: f"{d['instance']}: stop failed: {d['error']['type']}: {d['error']['message']}",
     "JobUpdate.CleanSnapshotsRequested": lambda d: f"{d['instance']}: clean snapshot of {', '.join(d['disks'])}",

@@ -8,7 +8,7 @@ import click
 
 from .cli import EVENT_TEXTS, _deployment_option, call, emit, main, wait_for
 from .client import Client
-from .cli_jobs import _drain_summary, _stop_summary
+from .cli_jobs import _drain_summary, _stop_summary, drain_calls
 
 
 def _error(d: dict[str, Any]) -> str:
@@ -19,8 +19,9 @@ EVENT_TEXTS.update({
     "Restore.Requested": lambda d: (f"restore of {d['snapshot_cid']} into "
                                     f"{'new disk' if d['new_disk'] else 'disk'} {d['target_disk']} requested"),
     "Restore.DrainStarted": lambda d: f"{d['instance']}: drain ({d['drain_type']}) of {', '.join(d['jobs'])}",
-    "Restore.DrainCompleted": lambda d: f"{d['instance']}: drained ({_drain_summary(d['result'])})",
-    "Restore.DrainFailed": lambda d: f"{d['instance']}: drain failed: {_error(d)}",
+    "Restore.DrainCompleted": lambda d: (f"{d['instance']}: drained ({_drain_summary(d['result'])})"
+                                         f"{drain_calls(d['result'])}"),
+    "Restore.DrainFailed": lambda d: f"{d['instance']}: drain failed: {_error(d)}{drain_calls(d['result'])}",
     "Restore.JobStopped": lambda d: f"{d['instance']}: jobs stopped ({_stop_summary(d['result'])})",
     "Restore.StopFailed": lambda d: f"{d['instance']}: stop failed: {_error(d)}",
     "Restore.SafetySnapshotRequested": lambda d: f"safety snapshot of disk {d['disk_cid']} requested",

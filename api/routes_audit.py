@@ -54,4 +54,20 @@ async def history(request: web.Request) -> web.Response:
     life = snapshot_history(cid, await run(request, load))
     if life is None:
         raise SnapshotNotFound(f"no events for snapshot '{cid}'", field="cid")
+    life["job_update"] = await run(request, _made_clean_by, queries, life)
     return web.json_response(life)
+
+
+# A clean snapshot's trigger -> the events of the step that drained and stopped its jobs.
+CLEANING_EVENTS = {"job_update": ("update_job", "JobUpdate"), "restore_safety": ("restore", "Restore")}
+
+
+def _made_clean_by(queries: Any, life: dict[str, Any]) -> dict[str, Any] | None:
+    """The job update (or restore) whose drain and stop made the snapshot clean:
+    its task and that instance's events of it (drain calls with argv and env)."""
+    kind = CLEANING_EVENTS.get(life.get("trigger") or "")
+    requested = life["events"][0] if life["events"] else None
+    if kind is None or requested is None or not life.get("task_id"):
+        return None
+    filters = {"task_id": life["task_id"], "instance_id": requested["data"].get("instance_id"), "type": kind[1]}
+    return {"task_id": life["task_id"], "kind": kind[0], "events": queries.events(filters, 0, PAGE)}

@@ -20,6 +20,8 @@ STOP_FAILED = "StopFailed"
 STOP_TIMEOUT = "StopTimeout"
 DRAIN_CANCELLED = "DrainCancelled"  # snapledger stopped while the drain ran
 STOP_CANCELLED = "StopCancelled"
+# The environment variables of BOSH's drain contract (recorded with each call).
+CONTRACT_ENV = ("BOSH_JOB_STATE", "BOSH_JOB_NEXT_STATE")
 AGENT_ERROR = "AgentError"  # the adapter itself failed (cannot run the script, a bug)
 # The worker running a drain or stop died (found by the recovery sweeps; the step is not repeated).
 WORKER_LOST = "Snapledger::WorkerLost"
@@ -51,6 +53,9 @@ class ScriptCall:
     duration_s: float
     value: int | None = None  # the drain script's integer
     waited_s: float = 0.0  # the wait the value asked for (seconds, as the script said)
+    # The contract's variables the call got (BOSH_JOB_STATE, BOSH_JOB_NEXT_STATE); an
+    # absent key was unset. Only these: the rest of the environment is the host's.
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -96,7 +101,36 @@ class Agent(Protocol):
     def drain(self, instance: AgentInstance, drain_type: str, current_state: dict[str, Any] | None,
               next_state: dict[str, Any] | None) -> DrainResult:
         """Run every job's drain script (in parallel) to completion, waits included.
-        A state of None is not given to the scripts (a restore: the jobs stop, no next state)."""
+        A state of None is not given to the scripts."""
 
     def stop(self, instance: AgentInstance) -> StopResult:
         """Stop every job of the instance."""
+
+
+# The drain scripts' BOSH_JOB_STATE / BOSH_JOB_NEXT_STATE -------------------------------
+
+def recorded_state(inst: dict[str, Any]) -> dict[str, Any]:
+    """An instance's BOSH_JOB_STATE from its inventory: `{"persistent_disk": MB}`,
+    or `{}` when the inventory does not record the size (never a made-up 0,
+    which a drain script reads as "no disk")."""
+    size = inst.get("persistent_disk")
+    return {"persistent_disk": size} if size is not None else {}
+
+
+def drain_states(inst: dict[str, Any], current: dict[str, Any] | None,
+                 announced_next: dict[str, Any] | None) -> dict[str, Any]:
+    """What one instance's drain scripts get, as the BOSH agent gives it:
+    BOSH_JOB_STATE the recorded size (or what the announcement says it is);
+    BOSH_JOB_NEXT_STATE the announced next size, else the current one
+    (unchanged). 0 only when the announcement says the disk goes away."""
+    cur = dict(current) if current is not None else recorded_state(inst)
+    nxt = dict(announced_next) if announced_next is not None else dict(cur)
+    return {"current_state": cur, "next_state": nxt}
+
+
+def restore_states(inst: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An in-place restore's drain (job_shutdown): the disk stays as it is, so
+    the next state is the recorded one, never 0 (a script that moves data off
+    a disk whose next size is 0 must not here)."""
+    state = recorded_state(inst)
+    return state, dict(state)

@@ -9,6 +9,8 @@ because operators search their logs for exactly those names.
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -91,6 +93,60 @@ class CallRecord:
     stderr: str = ""
     duration_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    answer: Any = None  # the result of a call that succeeded
+
+
+class CallLog:
+    """The calls each thread made through one CPI since it last took them.
+
+    An operation takes them after its call, so every call it caused is
+    recorded under its own method and request id: the `info` a first call
+    needs included, and a failed `info` never under the next method's name."""
+
+    # A thread whose caller never takes its calls keeps only the latest few.
+    KEPT = 16
+
+    def __init__(self) -> None:
+        self._tls = threading.local()
+
+    def add(self, record: CallRecord) -> None:
+        if not hasattr(self._tls, "calls"):
+            self._tls.calls = deque(maxlen=self.KEPT)
+        self._tls.calls.append(record)
+        self._tls.last = record
+
+    @property
+    def last(self) -> CallRecord | None:
+        return getattr(self._tls, "last", None)
+
+    def take(self) -> list[CallRecord]:
+        calls = list(getattr(self._tls, "calls", ()))
+        self._tls.calls = deque(maxlen=self.KEPT)
+        return calls
+
+
+def calls_made(cpi: Any) -> list[CallRecord]:
+    """Take the calls this thread made through `cpi` since it last asked (a CPI
+    without a call log: its last call, if any)."""
+    take = getattr(cpi, "take_calls", None)
+    if take is not None:
+        return list(take())
+    last = getattr(cpi, "last_call", None)
+    return [last] if last is not None else []
+
+
+def call_entry(record: CallRecord, clip: Any = lambda text: text) -> dict[str, Any]:
+    """A call as the task's CPI log stores it (`clip` bounds the CPI's texts)."""
+    entry: dict[str, Any] = {"method": record.method, "request_id": record.request_id,
+                             "duration_s": round(record.duration_s, 6), "log": clip(record.log),
+                             "stderr": clip(record.stderr)}
+    if record.answer is not None:
+        entry["answer"] = record.answer
+    if record.extra.get("error"):
+        entry["error"] = record.extra["error"]
+    if record.extra.get("stdout"):  # kept only when the CPI's answer was unusable
+        entry["stdout"] = clip(str(record.extra["stdout"]))
+    return entry
 
 
 class Cpi(Protocol):

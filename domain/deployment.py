@@ -10,6 +10,11 @@ from eventsourcing.domain import Aggregate, event
 from .errors import InstanceNotFound
 
 
+# Optional instance fields: the VM's BOSH agent id (snapshot metadata) and the
+# persistent disk's size in MB (the drain scripts' BOSH_JOB_STATE).
+INSTANCE_FACTS = ("agent_id", "persistent_disk")
+
+
 def deployment_id(name: str) -> UUID:
     return uuid5(NAMESPACE_URL, f"snapledger:/deployments/{name}")
 
@@ -90,7 +95,9 @@ class Deployment(Aggregate):
             normalised.append(
                 {"id": inst_id, "job": inst["job"], "index": inst["index"], "disks": list(inst["disks"]),
                  # The release jobs on the instance (drain/stop in job updates); absent: the instance group's name.
-                 **({"jobs": list(inst["jobs"])} if inst.get("jobs") else {})}
+                 **({"jobs": list(inst["jobs"])} if inst.get("jobs") else {}),
+                 # Optional facts of the instance: kept only when given, so older records read the same.
+                 **{key: inst[key] for key in INSTANCE_FACTS if inst.get(key) is not None}}
             )
         before = set(self.disk_cids()) if not self.deleted else set()
         after = {d for i in normalised for d in i["disks"]}

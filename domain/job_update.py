@@ -13,9 +13,14 @@ One `JobUpdate` aggregate per announcement holds every instance's progress:
 its events are the task's log in order, and because every step appends to it
 under optimistic concurrency, two workers can never both start an instance
 and `max_in_flight` holds across any number of workers. Each event names its
-instance and carries `caused_by`: the id (`<aggregate id>/<version>`) of the
-event it follows from (the instance's previous event; for a snapshot's
-outcome, the snapshot's outcome event).
+instance with the references the audit filters by (deployment, job, index,
+instance id, disks: decision 21) and carries `caused_by`: the id
+(`<aggregate id>/<version>`) of the event it follows from (the instance's
+previous event; for a snapshot's outcome, the snapshot's outcome event).
+
+Each instance carries the drain scripts' `current_state` and `next_state`
+(BOSH_JOB_STATE / BOSH_JOB_NEXT_STATE), fixed at the announcement from the
+inventory's recorded disk size and the announced next size.
 
 A worker that dies while it drains or stops an instance is found by the
 recovery sweep of the job-update worker (its heartbeat older than the lease):
@@ -31,7 +36,7 @@ from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from .agent import AGENT_ERROR, DRAIN_TYPES, WORKER_LOST, Agent, AgentInstance, AgentResult
+from .agent import AGENT_ERROR, DRAIN_TYPES, WORKER_LOST, Agent, AgentInstance, AgentResult, drain_states
 from .application import Ledger
 from .deployment import Deployment
 from .errors import LedgerError
@@ -87,62 +92,101 @@ class JobUpdate(Aggregate):
 
     @event("DrainStarted")
     def _drain_started(self, task_id: str, instance_id: str, instance: str, worker: str, drain_type: str,
-                       jobs: list[str], actor: str, caused_by: str | None = None) -> None:
+                       jobs: list[str], actor: str, caused_by: str | None = None,
+                       deployment: str | None = None, job: str | None = None,
+                       index: int | None = None, disks: list[str] | None = None) -> None:
         self._set(instance_id, state=DRAINING, worker=worker)
 
     @event("DrainCompleted")
     def _drain_completed(self, task_id: str, instance_id: str, instance: str, result: dict[str, Any],
-                         actor: str, caused_by: str | None = None) -> None:
+                         actor: str, caused_by: str | None = None,
+                         deployment: str | None = None, job: str | None = None,
+                         index: int | None = None, disks: list[str] | None = None) -> None:
         self._set(instance_id, state=STOPPING)
 
     @event("DrainFailed")
     def _drain_failed(self, task_id: str, instance_id: str, instance: str, error: dict[str, Any],
-                      result: dict[str, Any], actor: str, caused_by: str | None = None) -> None:
+                      result: dict[str, Any], actor: str, caused_by: str | None = None,
+                      deployment: str | None = None, job: str | None = None,
+                      index: int | None = None, disks: list[str] | None = None) -> None:
         self._set(instance_id, state=FAILED, error=error)
 
     @event("JobStopped")
     def _job_stopped(self, task_id: str, instance_id: str, instance: str, result: dict[str, Any],
-                     actor: str, caused_by: str | None = None) -> None:
+                     actor: str, caused_by: str | None = None,
+                     deployment: str | None = None, job: str | None = None,
+                     index: int | None = None, disks: list[str] | None = None) -> None:
         self._set(instance_id, state=SNAPSHOTTING)
 
     @event("StopFailed")
     def _stop_failed(self, task_id: str, instance_id: str, instance: str, error: dict[str, Any],
-                     result: dict[str, Any], actor: str, caused_by: str | None = None) -> None:
+                     result: dict[str, Any], actor: str, caused_by: str | None = None,
+                     deployment: str | None = None, job: str | None = None,
+                     index: int | None = None, disks: list[str] | None = None) -> None:
         self._set(instance_id, state=FAILED, error=error)
 
     @event("CleanSnapshotsRequested")
     def _snapshots_requested(self, task_id: str, instance_id: str, instance: str, snapshots: list[str],
-                             disks: list[str], actor: str, caused_by: str | None = None) -> None:
+                             disks: list[str], actor: str, caused_by: str | None = None,
+                             deployment: str | None = None, job: str | None = None,
+                             index: int | None = None) -> None:
         self._set(instance_id, snapshots=list(snapshots))
 
     @event("SnapshotSkipped")
     def _snapshot_skipped(self, task_id: str, instance_id: str, instance: str, reason: str, actor: str,
-                          caused_by: str | None = None) -> None:
+                          caused_by: str | None = None,
+                          deployment: str | None = None, job: str | None = None,
+                          index: int | None = None, disks: list[str] | None = None) -> None:
         self._set(instance_id)
 
     @event("SnapshotFailed")
     def _snapshot_failed(self, task_id: str, instance_id: str, instance: str, failures: list[dict[str, Any]],
-                         actor: str, caused_by: str | None = None) -> None:
+                         actor: str, caused_by: str | None = None,
+                         deployment: str | None = None, job: str | None = None,
+                         index: int | None = None, disks: list[str] | None = None) -> None:
         self._set(instance_id, state=FAILED, error={"type": "SnapshotFailed", "message": "; ".join(
             f"disk {f.get('disk_cid')}: {f.get('error_type', f.get('outcome'))}: {f.get('message', '')}"
             for f in failures)})
 
     @event("ReadyForUpdate")
     def _ready(self, task_id: str, instance_id: str, instance: str, snapshots: list[dict[str, Any]],
-               actor: str, caused_by: str | None = None) -> None:
+               actor: str, caused_by: str | None = None,
+               deployment: str | None = None, job: str | None = None,
+               index: int | None = None, disks: list[str] | None = None) -> None:
         self._set(instance_id, state=READY)
 
     @event("InstancesCancelled")
     def _cancelled(self, task_id: str, instance_ids: list[str], instances: list[str], reason: str,
-                   actor: str, caused_by: str | None = None) -> None:
+                   actor: str, caused_by: str | None = None,
+                   deployment: str | None = None, job: str | None = None,
+                   index: int | None = None, disks: list[str] | None = None) -> None:
         for instance_id in instance_ids:
             self._set(instance_id, state=CANCELLED)
 
     @event("WorkerLost")
     def _worker_lost(self, task_id: str, instance_id: str, instance: str, step: str, worker: str,
-                     error: dict[str, Any], actor: str, caused_by: str | None = None) -> None:
+                     error: dict[str, Any], actor: str, caused_by: str | None = None,
+                     deployment: str | None = None, job: str | None = None,
+                     index: int | None = None, disks: list[str] | None = None) -> None:
         # The worker holding the drain or stop died (found by the recovery sweep).
         self._set(instance_id, state=FAILED, error=error)
+
+    def trigger_event(self, event_class: type[Any], **kwargs: Any) -> None:
+        # Every instance event carries the references the audit filters by
+        # (deployment, job, index, instance id, disks), so `audit -d/--job/
+        # --index/--disk` finds the whole update, not only its announcement.
+        # Stamped here, where every event passes, so no step can forget them.
+        if event_class.__name__ in REFERENCED_EVENTS:
+            refs = self._references(kwargs.get("instance_id"))
+            kwargs.update({k: v for k, v in refs.items() if k in kwargs and kwargs[k] is None})
+        super().trigger_event(event_class, **kwargs)
+
+    def _references(self, instance_id: str | None) -> dict[str, Any]:
+        refs: dict[str, Any] = {"deployment": self.deployment, "job": self.job}
+        if instance_id is not None:
+            inst = self.instance(instance_id)
+            refs.update(job=inst["job"], index=inst["index"], disks=list(inst["disks"]))
+        return refs
 
     def _set(self, instance_id: str, **changes: Any) -> None:
         # Called from event bodies, before the aggregate's version moves on to
@@ -201,6 +245,30 @@ class JobUpdate(Aggregate):
         return error
 
 
+# Version 2 of the instance events added their references (deployment, job,
+# index, disks). A version-1 event reads with what it says itself: job and
+# index from its instance label; deployment and disks None (the audit view
+# takes those from the update's announcement).
+REFERENCED_EVENTS = ("DrainStarted", "DrainCompleted", "DrainFailed", "JobStopped", "StopFailed",
+                     "CleanSnapshotsRequested", "SnapshotSkipped", "SnapshotFailed", "ReadyForUpdate",
+                     "InstancesCancelled", "WorkerLost")
+
+
+def _upcast_references_v1_v2(state: dict[str, Any]) -> None:
+    job, _, index = str(state.get("instance") or "").partition("/")
+    state.setdefault("deployment", None)
+    state.setdefault("job", job or None)
+    state.setdefault("index", int(index) if index.isdigit() else None)
+    if "disks" not in state:
+        state["disks"] = None
+
+
+for _name in REFERENCED_EVENTS:
+    _event_class = getattr(JobUpdate, _name)
+    _event_class.class_version = 2
+    _event_class.upcast_v1_v2 = staticmethod(_upcast_references_v1_v2)
+
+
 # The service-layer command -------------------------------------------------------
 
 def _state(value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -217,13 +285,12 @@ def announce_job_update(ledger: Ledger, deployment: str, job: str, index_or_id: 
         raise LedgerError("max_in_flight must be at least 1", field="max_in_flight")
     dep = ledger.get_deployment(deployment)
     instances = dep.find_instances(job, index_or_id)
-    # BOSH_JOB_STATE / BOSH_JOB_NEXT_STATE: each defaults to the other (no change).
     nxt, cur = _state(next_state), _state(current_state)
-    nxt = nxt if nxt is not None else (cur if cur is not None else {"persistent_disk": 0})
-    cur = cur if cur is not None else nxt
     task_id = uuid4()
     planned = [{"id": i["id"], "job": i["job"], "index": i["index"], "disks": list(i["disks"]),
                 "jobs": list(i.get("jobs") or [i["job"]]),
+                **{k: i[k] for k in ("agent_id", "persistent_disk") if i.get(k) is not None},
+                **drain_states(i, cur, nxt),
                 "operation_id": instance_operation_id(task_id, i["id"])} for i in instances]
     single = index_or_id is not None
     description = f"update instance {_label(planned[0])}" if single else f"update job {job}"
@@ -231,8 +298,9 @@ def announce_job_update(ledger: Ledger, deployment: str, job: str, index_or_id: 
                 operations=[p["operation_id"] for p in planned], actor=actor, trigger=TRIGGER,
                 context={"job": job, "index_or_id": index_or_id, "drain_type": drain_type,
                          "max_in_flight": max_in_flight})
+    # The update-level states are what was announced (`{}`: nothing); each instance has its own.
     update = JobUpdate(task_id=str(task_id), deployment=deployment, job=job, index_or_id=index_or_id,
-                       instances=planned, drain_type=drain_type, current_state=cur, next_state=nxt,
+                       instances=planned, drain_type=drain_type, current_state=cur or {}, next_state=nxt or {},
                        max_in_flight=max_in_flight, actor=actor)
     ledger.save(task, update)
     return task
@@ -364,8 +432,10 @@ class JobUpdateRunner:
             return None
         target = AgentInstance(deployment=update.deployment, job=inst["job"], index=inst["index"], id=inst["id"],
                                jobs=tuple(inst["jobs"]))
-        drained = self._call(lambda: self.agent.drain(target, update.drain_type, update.current_state,
-                                                      update.next_state), target)
+        # Updates announced before instances carried their own states used the update's.
+        current = inst.get("current_state", update.current_state)
+        nxt = inst.get("next_state", update.next_state)
+        drained = self._call(lambda: self.agent.drain(target, update.drain_type, current, nxt), target)
         self._log("drain", target, drained)
         if not self._record(update_id, instance_id, DRAINING, "drain", drained):
             return FAILED

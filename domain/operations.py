@@ -20,7 +20,7 @@ from eventsourcing.persistence import IntegrityError, InterfaceError, Operationa
 from .application import Ledger
 from . import cpi_answers as answers
 from .combining import Combiner
-from .cpi import DISK_NOT_FOUND, Cpi, CpiError
+from .cpi import DISK_NOT_FOUND, Cpi, CpiError, call_entry, calls_made
 from .discovery import SelfDiscovery
 from .retry import NO_RETRY, RetryPolicy
 from .snapshot import DELETING, IN_DOUBT, TAKING, Snapshot
@@ -272,6 +272,7 @@ class OperationRunner:
             return None
         discovery, _ = claimed
         cpi = self.cpis[discovery.cpi]
+        calls_made(cpi)  # forget calls this thread made for anything else
         started = self.clock()
         record: dict[str, Any] = {"method": "current_vm_id", "cpi": discovery.cpi}
         try:
@@ -289,6 +290,7 @@ class OperationRunner:
             record["error"] = {"type": type(error).__name__, "message": str(error), "ok_to_retry": False}
             outcome = "failed"
         record["duration_s"] = round(self.clock() - started, 6)
+        _record_calls(record, calls_made(cpi))
 
         def decide() -> list[Any]:
             found = self.ledger.get_aggregate(discovery_id)
@@ -341,6 +343,7 @@ class OperationRunner:
             return self._call_cpi(cpi, snapshot, method)
 
     def _call_cpi(self, cpi: Cpi, snapshot: Snapshot, method: str) -> tuple[str, dict[str, Any]]:
+        calls_made(cpi)  # forget calls this thread made for anything else
         started = self.clock()
         record: dict[str, Any] = {"method": method, "cpi": snapshot.cpi}
         try:
@@ -364,11 +367,7 @@ class OperationRunner:
             record["error"] = {"type": type(error).__name__, "message": str(error), "ok_to_retry": False}
             outcome = "failed"
         record["duration_s"] = round(self.clock() - started, 6)
-        last = getattr(cpi, "last_call", None)
-        if last is not None:
-            record.update(request_id=last.request_id, log=_clip(last.log), stderr=_clip(last.stderr))
-            if last.extra.get("stdout"):  # kept only when the CPI's answer was unusable
-                record["stdout"] = _clip(str(last.extra["stdout"]))
+        _record_calls(record, calls_made(cpi))
         self.on_call(snapshot.cpi, method, outcome, record["duration_s"])
         if self.log is not None:
             self.log.info("cpi call", method=method, snapshot_id=str(snapshot.id), outcome=outcome,
@@ -469,6 +468,22 @@ class OperationRunner:
         else:
             snapshot.record_failed(error=record["error"], call=call, actor=actor)
         return []
+
+
+def _record_calls(record: dict[str, Any], calls: list[Any]) -> None:
+    """Put the CPI calls an operation made into its record: the last one is
+    the record's own (its method, request id, log: when `info` failed before
+    the operation's method ran, that is `info`); earlier ones (`info`,
+    `current_vm_id` before `get_disks`) each its own entry in `calls_before`."""
+    if not calls:
+        return
+    last = call_entry(calls[-1], _clip)
+    record.update(method=last["method"], request_id=last["request_id"], log=last["log"], stderr=last["stderr"])
+    for key in ("stdout", "answer"):
+        if key in last:
+            record[key] = last[key]
+    if len(calls) > 1:
+        record["calls_before"] = [call_entry(c, _clip) for c in calls[:-1]]
 
 
 def _task_id(operation: Any) -> str:

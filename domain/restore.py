@@ -307,7 +307,9 @@ def request_restore(ledger: Ledger, deployment: str, snapshot_cid: str, actor: s
                                   "refusing to restore onto it", field="cid"), listed_by=other)
         inst = owners[0]
         instance = {"id": inst["id"], "job": inst["job"], "index": inst["index"],
-                    "jobs": list(inst.get("jobs") or [inst["job"]]), "agent_id": inst.get("agent_id")}
+                    "jobs": list(inst.get("jobs") or [inst["job"]]), "agent_id": inst.get("agent_id"),
+                    **({"persistent_disk": inst["persistent_disk"]} if inst.get("persistent_disk") is not None
+                       else {})}
         target = snapshot.disk_cid
     else:
         target = to_new_disk

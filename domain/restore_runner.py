@@ -12,7 +12,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import InterfaceError, OperationalError
 
-from .agent import AGENT_ERROR, SHUTDOWN, Agent, AgentInstance, AgentResult
+from .agent import AGENT_ERROR, SHUTDOWN, Agent, AgentInstance, AgentResult, restore_states
 from .application import Ledger
 from .cpi import CLOUD_ERROR, NOT_IMPLEMENTED, CpiError
 from .deployment import deployment_id
@@ -128,9 +128,8 @@ class RestoreRunner:
         inst = restore.instance
         target = AgentInstance(deployment=restore.deployment, job=inst["job"], index=inst["index"], id=inst["id"],
                                jobs=tuple(inst.get("jobs") or ()))
-        # job_shutdown, and no next state: the jobs stop, the disk stays (a
-        # script that moves data off a disk whose next size is 0 must not).
-        drained = _agent_call(lambda: self.agent.drain(target, SHUTDOWN, None, None), target)
+        # job_shutdown: the jobs stop, the disk stays (next state = the recorded one).
+        drained = _agent_call(lambda: self.agent.drain(target, SHUTDOWN, *restore_states(restore.instance)), target)
         self._log("restore drain", restore, ok=drained.ok, error=drained.error)
         if not self._record_step(rid, DRAINING, "drain", drained):
             return FAILED

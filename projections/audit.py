@@ -82,20 +82,42 @@ class AuditView(View):
                         "snapshot_cid) VALUES (%s, %s, %s, %s, %s, %s, %s)",
                         (aggregate, data.get("deployment"), inst.get("job"), inst.get("index"), inst.get("id"),
                          data.get("target_disk"), data.get("snapshot_cid")))
+        elif kind == "JobUpdate.Announced":
+            # The update's references, and each instance's: what its events are
+            # stamped with when they do not carry them (version-1 events).
+            rows = [(aggregate, data.get("deployment"), data.get("job"), None, None, None)]
+            rows += [(f"{aggregate}/{inst.get('id')}", data.get("deployment"), inst.get("job"), inst.get("index"),
+                      inst.get("id"), (inst.get("disks") or [None])[0]) for inst in data.get("instances") or []]
+            for row in rows:
+                cur.execute("INSERT INTO audit_refs (aggregate_id, deployment, job, idx, instance_id, disk_cid, "
+                            "snapshot_cid) VALUES (%s, %s, %s, %s, %s, %s, NULL)", row)
         elif kind == "Snapshot.Taken":
             cur.execute("UPDATE audit_refs SET snapshot_cid = %s WHERE aggregate_id = %s",
                         (data["snapshot_cid"], aggregate))
             # Stamp the CID on the snapshot's earlier events: its history starts at the request.
             cur.execute("UPDATE audit_events SET snapshot_cid = %s WHERE aggregate_id = %s",
                         (data["snapshot_cid"], aggregate))
+        own, refs = _own_references(kind, aggregate, data)
         cur.execute(
             "INSERT INTO audit_events (position, type, time, actor, task_id, aggregate_id, version, deployment, "
             "job, idx, instance_id, disk_cid, snapshot_cid, data) "
-            "SELECT %s, %s, %s, %s, %s, %s, %s, COALESCE(r.deployment, %s), r.job, r.idx, r.instance_id, "
-            "r.disk_cid, r.snapshot_cid, %s "
+            "SELECT %s, %s, %s, %s, %s, %s, %s, COALESCE(r.deployment, %s), COALESCE(%s, r.job), "
+            "COALESCE(%s, r.idx), COALESCE(%s, r.instance_id), COALESCE(%s, r.disk_cid), r.snapshot_cid, %s "
             "FROM (SELECT 1 AS one) AS x LEFT JOIN audit_refs AS r ON r.aggregate_id = %s",
             (position, kind, record["time"], record["actor"], record["task_id"], aggregate, record["version"],
-             data.get("deployment"), dumps(data), aggregate))
+             data.get("deployment"), *own, dumps(data), refs))
+
+
+def _own_references(kind: str, aggregate: str, data: dict[str, Any]) -> tuple[tuple[Any, ...], str]:
+    """The (job, index, instance id, disk) a job-update event carries itself, and
+    the audit_refs row that fills what it does not: its instance's, recorded
+    from the announcement. Other events take theirs from their aggregate's row."""
+    if not kind.startswith("JobUpdate.") or kind == "JobUpdate.Announced":
+        return (None, None, None, None), aggregate
+    disks = data.get("disks") or [None]
+    instance_id = data.get("instance_id")
+    refs = f"{aggregate}/{instance_id}" if instance_id else aggregate
+    return (data.get("job"), data.get("index"), instance_id, disks[0]), refs
 
 
 def audit_query(filters: dict[str, Any], after: int, limit: int) -> tuple[str, list[Any]]:

@@ -117,12 +117,20 @@ class Queries:
             call = event["data"].get("call")
             if not isinstance(call, dict):
                 continue
+            where = {"position": event["position"], "time": event["time"], "event": event["type"],
+                     "cpi": call.get("cpi")}
+            # The calls made before the operation's own (`info`, `current_vm_id`): each its own entry.
+            for before in call.get("calls_before") or []:
+                entries.append({**where, "method": before.get("method"), "request_id": before.get("request_id"),
+                                "duration_s": before.get("duration_s"), "attempt": None, "snapshot_cid": None,
+                                "error": before.get("error"), "answer": before.get("answer"),
+                                "log": before.get("log", ""), "stderr": before.get("stderr", ""),
+                                **({"stdout": before["stdout"]} if before.get("stdout") else {})})
             entries.append({
-                "position": event["position"], "time": event["time"], "event": event["type"],
-                "method": call.get("method"), "cpi": call.get("cpi"), "request_id": call.get("request_id"),
+                **where, "method": call.get("method"), "request_id": call.get("request_id"),
                 "duration_s": call.get("duration_s"), "attempt": event["data"].get("attempt") or call.get("attempts"),
                 "snapshot_cid": event["data"].get("snapshot_cid"),
-                "error": event["data"].get("error") or call.get("error"),
+                "error": event["data"].get("error") or call.get("error"), "answer": call.get("answer"),
                 "log": call.get("log", ""), "stderr": call.get("stderr", ""),
                 **({"stdout": call["stdout"]} if call.get("stdout") else {}),
             })

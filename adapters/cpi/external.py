@@ -36,6 +36,7 @@ from snapledger.domain.cpi import (
     NOT_SUPPORTED,
     TIMED_OUT,
     UNKNOWN_ERROR,
+    CallLog,
     CallRecord,
     CpiError,
 )
@@ -92,14 +93,18 @@ class ExternalCpi:
         self._env_passthrough = dict(env_passthrough or {})
         self._info: dict[str, Any] | None = None
         self._info_lock = threading.Lock()
-        self._local = threading.local()
+        self._calls = CallLog()
 
     # --- the Cpi port ---------------------------------------------------------
 
     @property
     def last_call(self) -> CallRecord | None:
         """The record of the last call made by the current thread."""
-        return getattr(self._local, "last_call", None)
+        return self._calls.last
+
+    def take_calls(self) -> list[CallRecord]:
+        """Every call the current thread made since it last asked (`info` included)."""
+        return self._calls.take()
 
     def info(self) -> dict[str, Any]:
         """The CPI's ``info`` answer, fetched once per instance."""
@@ -168,6 +173,7 @@ class ExternalCpi:
         except CpiError as e:
             self._finish(call, started, e)
             raise
+        call.answer = result
         self._finish(call, started, None)
         return result
 
@@ -250,14 +256,17 @@ class ExternalCpi:
         extra: dict[str, Any] = {"exit_code": call.exit_code}
         if call.invalid_stdout is not None:
             extra["stdout"] = call.invalid_stdout[:STDOUT_KEEP_CHARS]
-        self._local.last_call = CallRecord(
+        if error is not None:
+            extra["error"] = error.as_dict()
+        self._calls.add(CallRecord(
             method=call.method,
             request_id=call.request_id,
             log=call.log,
             stderr=call.stderr,
             duration_s=duration,
             extra=extra,
-        )
+            answer=call.answer,
+        ))
         if error is not None:
             error.log = _join_logs(call.log, call.stderr)
         # Deliberately neither arguments nor context: both may carry credentials.
@@ -282,6 +291,7 @@ class _Call:
         self.stderr = ""
         self.exit_code: int | None = None
         self.invalid_stdout: str | None = None
+        self.answer: Any = None
 
 
 # --- process handling --------------------------------------------------------------

@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-from snapledger.domain.cpi import CLOUD_ERROR, DISK_NOT_FOUND, NO_DISK_SPACE, VM_NOT_FOUND, CallRecord, CpiError
+from snapledger.domain.cpi import CLOUD_ERROR, DISK_NOT_FOUND, NO_DISK_SPACE, VM_NOT_FOUND, CallLog, CallRecord, CpiError
 
 FICLONE = 0x40049409  # ioctl: share the source's extents (copy-on-write)
 OPERATION_ID_KEY = "snapledger_operation_id"
@@ -189,9 +189,11 @@ def _recorded(method: F) -> F:
     def wrapper(self: LocalCpi, *args: Any, **kwargs: Any) -> Any:
         record = CallRecord(method=method.__name__, request_id=uuid.uuid4().hex)
         self._tls.record = record
+        self._calls.add(record)
         start = time.monotonic()
         try:
-            return method(self, *args, **kwargs)
+            record.answer = method(self, *args, **kwargs)
+            return record.answer
         except OSError as e:
             kind = NO_DISK_SPACE if e.errno in (errno.ENOSPC, errno.EDQUOT) else CLOUD_ERROR
             err = CpiError(kind, f"{method.__name__} failed: {e}")
@@ -230,23 +232,32 @@ class LocalCpi:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._tls = threading.local()
+        self._calls = CallLog()
         self._clean_stale_tmp()
 
     @property
     def last_call(self) -> CallRecord | None:
         return getattr(self._tls, "record", None)
 
+    def take_calls(self) -> list[CallRecord]:
+        """Every recorded call the current thread made since it last asked."""
+        return self._calls.take()
+
     # -- CPI API --------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
         return {"api_version": 2, "stemcell_formats": []}
 
+    @_recorded
     def current_vm_id(self) -> str:
+        return self._host_vm_id()
+
+    def _host_vm_id(self) -> str:
         return self._vm_id or socket.gethostname()
 
     @_recorded
     def get_disks(self, vm_cid: str) -> list[str]:
-        if vm_cid != self.current_vm_id():
+        if vm_cid != self._host_vm_id():
             raise CpiError(VM_NOT_FOUND, f"VM {vm_cid!r:.80} not found")
         return list(self._self_disks)
 

@@ -118,9 +118,10 @@ async def test_restore_in_place_drains_stops_takes_a_safety_snapshot_then_restor
         assert checksums(snapshot_content(config, safety)) == v2
         assert checksums(snapshot_content(config, cid)) == v1  # the source is untouched
 
-        # The drain ran before the restore: it saw v2 on the disk, was told job_shutdown, no next state.
+        # The drain ran before the restore: it saw v2 on the disk, was told job_shutdown, and the
+        # next state is the recorded one (the disk stays; `{}`: this inventory records no size).
         drained = (marks / "drain").read_text().splitlines()
-        assert drained == [f"job_shutdown hash_unchanged|unset|{v2['data.txt']}"]
+        assert drained == [f"job_shutdown hash_unchanged|{{}}|{v2['data.txt']}"]
         assert (marks / "stopped-db").exists()
 
         # Every step an event, in order, each following from the one before.

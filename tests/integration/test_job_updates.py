@@ -363,3 +363,48 @@ def test_the_sweep_fails_instances_of_silent_workers_and_of_ours_without_a_threa
         assert worker.sweep() == []  # the live ones are left alone, pass after pass
     finally:
         worker.pool.shutdown()
+
+
+def test_version_1_events_read_and_audit_the_same(stack: Stack, tmp_path: Path) -> None:
+    """A log written before job-update events carried their references (v1):
+    the events read back (upcast) and the audit view stamps them from the
+    announcement exactly as it stamps v2 events."""
+    from eventsourcing.persistence import StoredEvent
+
+    from snapledger.projections.audit import FILTER_COLUMNS
+
+    task = announce_job_update(stack.ledger, "prod", "db", "1", "update", actor="deployer")
+    stack.drive(task.id)
+    stack.project()
+    transcoder = stack.ledger.mapper.transcoder
+    downgraded = []  # the same log, its job-update events as version 1 wrote them
+    for n in stack.ledger.recorder.select_notifications(start=1, limit=1000):
+        state = transcoder.decode(n.state)
+        if n.topic.startswith("snapledger.domain.job_update:JobUpdate.") and state.get("class_version") == 2:
+            for key in ("class_version", "deployment", "job", "index"):
+                del state[key]
+            if not n.topic.endswith("CleanSnapshotsRequested"):  # its `disks` are v1's own
+                del state["disks"]
+        downgraded.append(StoredEvent(originator_id=n.originator_id, originator_version=n.originator_version,
+                                      topic=n.topic, state=transcoder.encode(state)))
+    old_url = parse_store_url(f"sqlite:///{tmp_path / 'old-log.sqlite'}")
+    old_ledger, old_db = Ledger(env=ledger_env(old_url)), open_database(old_url)
+    try:
+        old_ledger.recorder.insert_events(downgraded)
+        old_notes = old_ledger.recorder.select_notifications(start=1, limit=1000)
+        assert states(old_ledger.repository.get(job_update_id(task.id))) == ["ready"]
+        drained = [old_ledger.mapper.to_domain_event(n) for n in old_notes
+                   if n.topic.endswith("JobUpdate.DrainCompleted")]
+        assert [(e.job, e.index, e.deployment, e.disks) for e in drained] == [("db", 1, None, None)]
+        projector = Projector(old_db)
+        projector.setup()
+        projector.apply([(n.id, old_ledger.mapper.to_domain_event(n)) for n in old_notes])
+        columns = ", ".join(["position", "type", *FILTER_COLUMNS.values()])
+        query = f"SELECT {columns} FROM audit_events WHERE type LIKE %s ORDER BY position"
+        rows = stack.db.query(query, ("JobUpdate.%",))
+        assert len(rows) > 5 and all(r["deployment"] == "prod" and r["job"] == "db" for r in rows)
+        assert all((r["idx"], r["disk_cid"]) == (1, "disk-1") for r in rows if r["type"] != "JobUpdate.Announced")
+        assert old_db.query(query, ("JobUpdate.%",)) == rows
+    finally:
+        old_ledger.close()
+        old_db.close()
