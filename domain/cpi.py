@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -135,13 +136,25 @@ def calls_made(cpi: Any) -> list[CallRecord]:
     return [last] if last is not None else []
 
 
+MAX_ANSWER_CHARS = 1024  # an answer is copied onto events: a CID, a disk list, not megabytes
+
+
+def bounded_answer(answer: Any) -> Any:
+    """The answer as recorded: as it is when small, else a clipped JSON text
+    (a CPI that answered 100 kB is refused, and its answer must not be kept whole)."""
+    text = json.dumps(answer, default=str)
+    if len(text) <= MAX_ANSWER_CHARS:
+        return answer
+    return text[:MAX_ANSWER_CHARS] + f"... [{len(text) - MAX_ANSWER_CHARS} chars clipped]"
+
+
 def call_entry(record: CallRecord, clip: Any = lambda text: text) -> dict[str, Any]:
     """A call as the task's CPI log stores it (`clip` bounds the CPI's texts)."""
     entry: dict[str, Any] = {"method": record.method, "request_id": record.request_id,
                              "duration_s": round(record.duration_s, 6), "log": clip(record.log),
                              "stderr": clip(record.stderr)}
     if record.answer is not None:
-        entry["answer"] = record.answer
+        entry["answer"] = bounded_answer(record.answer)
     if record.extra.get("error"):
         entry["error"] = record.extra["error"]
     if record.extra.get("stdout"):  # kept only when the CPI's answer was unusable
