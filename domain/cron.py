@@ -30,7 +30,7 @@ import bisect
 import heapq
 from calendar import monthrange
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import Callable, Iterator
 
 from .cron_syntax import CronError, CronSpec, parse_spec
@@ -103,7 +103,7 @@ class CronSchedule:
     """A parsed schedule; build it with :meth:`parse`. See the module docstring."""
 
     expression: str
-    tz: object
+    tz: tzinfo
     _spec: CronSpec = field(repr=False, compare=False)
     _day_ok: Callable[[date], bool] = field(repr=False, compare=False)
 
@@ -114,9 +114,8 @@ class CronSchedule:
         # fugit fails at its first evaluation ("too many loops") on a schedule whose
         # days never come, such as "0 0 1 * mon#2&"; refuse it where it enters.
         if next(schedule._days(date(2000, 1, 1), forward=True), None) is None:
-            raise CronError(expression, "its days never occur (no matching day in 400 years)",
-                            "day of month", expression.split()[-3] if len(
-                                expression.split()) >= 5 else None)
+            raise CronError(expression, "its day of month and day of week never occur "
+                            "together (no matching day in 400 years)", "day of month")
         return schedule
 
     @property
