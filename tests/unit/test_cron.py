@@ -195,6 +195,16 @@ def test_fugit_fire_times(expression, start, expected):
     assert fires(expression, len(expected), after) == expected
 
 
+
+@pytest.mark.parametrize("expression, start, expected", FUGIT_ROWS,
+                         ids=[f"{r[0]}@{r[1]}" for r in FUGIT_ROWS])
+def test_fugit_fire_times_walking_backwards(expression, start, expected):
+    # previous_fire (missed-fire detection) must see the same fires as next_fire
+    schedule = CronSchedule.parse(expression)
+    for earlier, later in zip(expected, expected[1:]):
+        assert schedule.previous_fire(later) == later
+        assert schedule.previous_fire(later - timedelta(seconds=1)) == earlier
+
 # Deliberate departures on DST days (README): a wall time in the spring-forward gap fires
 # once at the end of the gap, where fugit skips that day; one repeated by fall-back fires
 # once, at its first pass, where fugit also fires at the second.
