@@ -207,7 +207,7 @@ def test_fugit_fire_times_walking_backwards(expression, start, expected):
 
 # Deliberate departures on DST days (README): a wall time in the spring-forward gap fires
 # once at the end of the gap, where fugit skips that day; one repeated by fall-back fires
-# once, at its first pass, where fugit also fires at the second.
+# once, at its first pass, where fugit also fires at the second; days are calendar days.
 DST_DEPARTURES = [
     # expression, start, fugit's fires, ours
     ("30 2 * * * Europe/Berlin", "2026-03-28 12:00:00",
@@ -227,6 +227,12 @@ DST_DEPARTURES = [
     ("45 1 * * * Australia/Lord_Howe", "2026-04-04 00:00:00",
      [u(2026, 4, 4, 14, 45), u(2026, 4, 4, 15, 15)],
      [u(2026, 4, 4, 14, 45), u(2026, 4, 5, 15, 15)]),
+    # fugit steps a day as 24 real hours: on a 23-hour March 31 (Berlin, 2024) its "last
+    # day" is the 30th; after Lord Howe's 23.5-hour Sunday it skips Monday's midnight
+    ("0 0 L * * Europe/Berlin", "2024-03-15 00:00:00",
+     [u(2024, 3, 29, 23), u(2024, 4, 29, 22)], [u(2024, 3, 30, 23), u(2024, 4, 29, 22)]),
+    ("0 0 * * mon Australia/Lord_Howe", "2026-10-03 08:19:59",
+     [u(2026, 10, 11, 13)], [u(2026, 10, 4, 13)]),
 ]
 
 

@@ -153,17 +153,22 @@ def start_time(rng: random.Random, expression: str) -> datetime:
 # -- the documented departures (README, "Scheduled snapshots") ------------------------
 
 def _dst_departure(expression: str, mine: list[str], theirs: list[str]) -> bool:
-    """Our DST handling is deliberate (a wall time in a gap fires at its end, a repeated
-    one once). A difference is that departure only if, up to the earlier of both last
-    fires, every fire one side has and the other lacks lies within 3 h of a change."""
+    """Our DST handling is deliberate (README): a wall time in a gap fires at its end, a
+    repeated one once, and days are calendar days, where fugit's cursor steps 24 real
+    hours (so it reads `L` as the 30th when clocks go forward on March 31, and skips
+    the midnight after Lord Howe's 23.5-hour day). A difference is that departure only
+    if, up to the earlier of both last fires, every fire one side has and the other
+    lacks falls on the local day of a change or the day before or after it."""
     zone = expression.split()[-1]
     if zone not in TRANSITIONS:
         return False
+    tz = ZoneInfo(zone)
     horizon = min(mine[-1], theirs[-1])
     differ = {t for t in mine if t <= horizon} ^ {t for t in theirs if t <= horizon}
-    near = timedelta(hours=3)
+    change_days = [c.astimezone(tz).date() for c in TRANSITIONS[zone]]
     return bool(differ) and all(
-        any(abs(datetime.fromisoformat(t) - c) <= near for c in TRANSITIONS[zone])
+        any(abs(datetime.fromisoformat(t).astimezone(tz).date() - d) <= timedelta(days=1)
+            for d in change_days)
         for t in differ)
 
 
