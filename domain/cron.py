@@ -1,189 +1,102 @@
-"""The BOSH Director cron dialect (rufus-scheduler / fugit), evaluated with croniter.
+"""The BOSH Director cron dialect (fugit 1.13): when a schedule fires.
 
-Syntax: ``min hour dom month dow`` or ``sec min hour dom month dow`` (seconds
-FIRST, as in fugit), optionally followed by a time zone (IANA name such as
-``Europe/Berlin`` or an offset ``+09:00`` / ``-0530``). Without a zone the
-schedule runs in UTC (fugit would use the host's local time; a ledger must not
-depend on where it runs). ``@yearly @annually @monthly @weekly @daily
-@midnight @noon @hourly`` may be followed by a zone too (``@daily UTC``).
+Syntax and meaning are fugit 1.13's, read in :mod:`snapledger.domain.cron_syntax`:
+``min hour dom month dow`` or ``sec min hour dom month dow`` (seconds FIRST),
+optionally followed by a time zone (an IANA name such as ``Europe/Berlin`` or an
+offset ``+09:00`` / ``-0530``). Without a zone the schedule runs in UTC (fugit
+would use the host's zone, which is UTC on a Director VM; a ledger must not
+depend on where it runs). This module matches wall-clock times against that
+reading and maps them to instants; it is our own arithmetic because fugit's day
+rules (negative days, ``#-2``, ``%``, ``&``, its OR of the day fields) are beyond
+croniter.
 
-Fields accept lists, ranges (``22-2`` wraps around), steps (``*/5``, ``1-30/5``;
-``15/30`` means ``15-59/30``), month names ``jan..dec`` and weekday names
-``sun..sat`` (``7`` is Sunday). Day of month accepts ``L``/``last``/``-1``
-(last day); other negative days are rejected because croniter cannot express
-them. Day of week accepts ``mon#1`` (first Monday, up to ``#5``) and ``fri#-1``
-/ ``fri#L`` / ``fri#last`` (last Friday). When both day fields are restricted a
-day matches if EITHER matches (classic cron OR, as in fugit); a day field that
-covers every day counts as unrestricted. Quartz ``?`` and ``W`` and fugit's
-``%``, ``~`` and ``&`` extensions are rejected with a CronError.
+Daylight saving time (a deliberate departure from fugit, which skips a wall time
+that falls into a gap and, on a UTC host, fires a repeated one twice):
 
-Daylight saving time -- fire times are computed on the wall clock of the
-schedule's zone, and:
-
-* If the hour field is ``*`` the job is an "every hour" job and fires once for
-  every matching hour of *real* time: wall times skipped by spring-forward are
-  skipped, and both passes through a fall-back hour fire (24 fires per 24 h).
+* If the schedule fires in every hour (hour field ``*``) it fires once for every
+  matching hour of *real* time: wall times skipped by spring-forward are skipped,
+  and both passes through a fall-back hour fire (24 fires per 24 h).
 * Otherwise the schedule names wall-clock times, and each such time fires once
-  per day: a time inside the spring-forward gap fires at the first instant
-  after the gap (``30 2 * * * Europe/Berlin`` fires at 03:00 CEST = 01:00 UTC on
-  2026-03-29; several times inside one gap collapse into that single fire),
-  and a time repeated by fall-back fires on its first occurrence only (02:30
-  CEST = 00:30 UTC on 2026-10-25, not again at 02:30 CET).
+  per day: a time inside the spring-forward gap fires at the first instant after
+  the gap (``30 2 * * * Europe/Berlin`` fires at 03:00 CEST = 01:00 UTC on
+  2026-03-29; several times inside one gap collapse into that single fire), and
+  a time repeated by fall-back fires on its first occurrence only (02:30 CEST =
+  00:30 UTC on 2026-10-25, not again at 02:30 CET).
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
-import re
+from calendar import monthrange
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone, tzinfo
-from typing import Iterator
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
+from typing import Callable, Iterator
 
-from croniter import CroniterBadDateError, croniter
+from .cron_syntax import CronError, CronSpec, parse_spec
 
 __all__ = ["CronError", "CronSchedule", "validate"]
 
 UTC = timezone.utc
-FIELDS = ("second", "minute", "hour", "day of month", "month", "day of week")
-_BOUNDS = {"second": (0, 59), "minute": (0, 59), "hour": (0, 23),
-           "day of month": (1, 31), "month": (1, 12), "day of week": (0, 7)}
-_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
-_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-_NAMES = {"month": {n: i + 1 for i, n in enumerate(_MONTHS)},
-          "day of week": {n: i for i, n in enumerate(_DAYS)}}
-_MAX_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # Feb 29 exists in leap years
-_SPECIALS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
-             "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
-             "@noon": "0 12 * * *", "@hourly": "0 * * * *"}
-_OFFSET_RE = re.compile(r"([+-])(\d\d):?(\d\d)")
-_ITEM_RE = re.compile(r"(\*|[a-z0-9]+)(?:-([a-z0-9]+))?(?:/(\d+))?")
-_UNSUPPORTED = {"?": "is not supported (Quartz syntax)",
-                "%": "is not supported (fugit modulo extension)",
-                "~": "is not supported (fugit random extension)",
-                "&": "is not supported (fugit day-AND extension)"}
+_DAY = timedelta(days=1)
+# How far a search for the next matching day goes (fugit gives up after 2048 steps of
+# its cursor): a century, so refusing a schedule whose days never come costs a scan of
+# ~0.15 s once, where it enters, not the 400-year Gregorian cycle.
+_HORIZON_DAYS = 36525
+# fugit's reference for "%" (EtOrbi::RWEEK_REF_DEFAULT, a Monday; older fugit used
+# 2019-01-01, which reads "sun%2" the other way round).
+_RWEEK_REF = date(2018, 12, 31)
+# Margin around a start point near a DST change: no zone shifts by more than this.
+_DST_MARGIN = timedelta(hours=3)
 
 
-class CronError(ValueError):
-    """A schedule that is not valid in snapledger's cron dialect."""
+def _rday(d: date, tz) -> int:
+    """et-orbi's EoTime#rday: whole days from the reference noon to this day's noon.
 
-    def __init__(self, expression: str, detail: str, field: str | None = None,
-                 token: str | None = None) -> None:
-        super().__init__(f"invalid cron schedule {expression!r}: {detail}")
-        self.expression, self.field, self.token = expression, field, token
-
-
-def _err(expression: str, fname: str, token: str, why: str) -> CronError:
-    return CronError(expression, f"token {token!r} in field {fname!r} {why}", fname, token)
+    It divides real seconds, so on a day whose offset is an hour ahead of the
+    reference's (summer in the north) the count is one lower, as fugit's is.
+    """
+    noon = datetime.combine(d, time(12), tz).astimezone(UTC)
+    ref = datetime.combine(_RWEEK_REF, time(12), tz).astimezone(UTC)
+    return (noon - ref) // _DAY
 
 
-@dataclass(frozen=True)
-class _Field:
-    values: frozenset[int]
-    last_day: bool = False                   # dom L
-    nth: frozenset[str] = frozenset()        # dow in croniter spelling: "1#2", "l5"
+def _day_matcher(spec: CronSpec) -> Callable[[date], bool]:
+    """fugit's Cron#month_match? and #day_match? for one local date."""
+    months, monthdays, weekdays, tz = spec.months, spec.monthdays, spec.weekdays, spec.tz
 
+    def monthday_ok(d: date) -> bool:
+        last = monthrange(d.year, d.month)[1] + 1
+        return any((last + x if x < 1 else x) == d.day for x in monthdays)  # type: ignore
 
-def _value(expression: str, fname: str, tok: str, item: str, end: bool = False) -> int:
-    lo, hi = _BOUNDS[fname]
-    if tok.isdigit():
-        v = int(tok)
-    elif tok in _NAMES.get(fname, {}):
-        v = _NAMES[fname][tok]
-    elif end and fname == "day of month" and tok in ("l", "last"):
-        return 31  # "15-L": the 15th to the last day, whatever the month's length
-    else:
-        raise _err(expression, fname, item, "is not valid")
-    if not lo <= v <= hi:
-        raise _err(expression, fname, item, f"is out of range ({lo}-{hi})")
-    return v
+    def weekday_ok(d: date) -> bool:
+        wday = d.isoweekday() % 7
+        for wd, extra in weekdays:  # type: ignore[union-attr]
+            if wd != wday:
+                continue
+            if extra is None:
+                return True
+            if isinstance(extra, tuple):   # "%mod+plus": the reference week modulo mod
+                mod, plus = extra
+                if (_rday(d, tz) // 7) % mod == plus % mod:
+                    return True
+            else:                          # "#n": n-th in the month, negative from its end
+                dim = monthrange(d.year, d.month)[1]
+                if extra in ((d.day - 1) // 7 + 1, -((dim - d.day) // 7 + 1)):
+                    return True
+        return False
 
+    def matches(d: date) -> bool:
+        if months is not None and d.month not in months:
+            return False
+        if weekdays is not None and monthdays is not None:
+            if spec.day_and:
+                return weekday_ok(d) and monthday_ok(d)
+            return weekday_ok(d) or monthday_ok(d)  # classic cron: either day field
+        return ((weekdays is None or weekday_ok(d)) and
+                (monthdays is None or monthday_ok(d)))
 
-def _parse_field(expression: str, fname: str, text: str) -> _Field:
-    low = text.lower()
-    for ch, why in _UNSUPPORTED.items():
-        if ch in low:
-            raise _err(expression, fname, ch, why)
-    if fname == "day of month" and "w" in low:
-        raise _err(expression, fname, text, "is not supported (Quartz nearest-weekday 'W')")
-    if "#" in low and fname != "day of week":
-        raise _err(expression, fname, text, "is not valid ('#' is only allowed in day of week)")
-    lo, hi = _BOUNDS[fname]
-    values: set[int] = set()
-    nth: set[str] = set()
-    last_day = False
-    for raw in text.split(","):
-        item = raw.lower()  # names are case-insensitive; messages quote `raw`
-        if fname == "day of month" and item in ("l", "last", "-1"):
-            last_day = True
-            continue
-        if fname == "day of month" and re.fullmatch(r"-\d+", raw):
-            raise _err(expression, fname, raw, "is not supported (of the negative days only "
-                       "-1, the last day, can be expressed; use L for it)")
-        if "#" in item:
-            day, _, n = item.partition("#")
-            wd = _value(expression, fname, day, raw)
-            if n in ("-1", "l", "last"):
-                nth.add(f"l{wd % 7}")
-            elif n in ("1", "2", "3", "4", "5"):
-                nth.add(f"{wd % 7}#{n}")
-            elif n in ("-2", "-3", "-4", "-5"):
-                raise _err(expression, fname, raw,
-                           "is not supported (only #-1 counts from the end)")
-            else:
-                raise _err(expression, fname, raw,
-                           "is not valid (expected #1..#5, #-1, #L or #last)")
-            continue
-        m = _ITEM_RE.fullmatch(item)
-        if not m or (m[1] == "*" and m[2]):
-            raise _err(expression, fname, raw or text, "is not valid")
-        step = int(m[3]) if m[3] else 1
-        if not 1 <= step <= 99:  # fugit accepts one- and two-digit steps ("*/27" hours is 0)
-            raise _err(expression, fname, raw, "has a step outside 1-99")
-        top = 6 if fname == "day of week" else hi  # "*" and "a/n" stop at Saturday, not at 7
-        if m[1] == "*":
-            start, end = lo, top
-        else:
-            start = _value(expression, fname, m[1], raw)
-            end = (_value(expression, fname, m[2], raw, end=True) if m[2]
-                   else top if m[3] else start)  # "a/n" runs to the top, like "a-top/n"
-        if fname == "day of week" and start > end:
-            start %= 7  # "7-2" is Sunday to Tuesday
-        # Expand ourselves: croniter reads an equal range such as "5-5" as the whole cycle.
-        seq = list(range(start, end + 1)) if start <= end else \
-            list(range(start, top + 1)) + list(range(lo, end + 1))  # wrap: "22-2"
-        values.update(seq[::step])
-    if fname == "day of week":
-        values = {v % 7 for v in values}
-    return _Field(frozenset(values), last_day, frozenset(nth))
-
-
-def _parse_tz(expression: str, token: str) -> tzinfo:
-    m = _OFFSET_RE.fullmatch(token)
-    if m:
-        hours, minutes = int(m[2]), int(m[3])
-        if hours > 23 or minutes > 59:
-            raise CronError(expression, f"time zone {token!r} is out of range", "time zone", token)
-        delta = timedelta(hours=hours, minutes=minutes)
-        return timezone(-delta if m[1] == "-" else delta)
-    try:
-        return ZoneInfo(token)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise CronError(expression, f"unknown time zone {token!r}", "time zone", token) from None
-
-
-def _is_tz(token: str) -> bool:
-    # A trailing token is a zone unless it could be a day-of-week field ("mon-fri", "fri#L").
-    if _OFFSET_RE.fullmatch(token):
-        return True
-    words = re.findall(r"[a-z]+", token.lower())
-    return token[:1].isalpha() and not all(w in _DAYS or w in ("l", "last") for w in words)
-
-
-def _join(values: frozenset[int], fname: str) -> str:
-    lo, hi = _BOUNDS[fname]
-    full = set(range(lo, 7 if fname == "day of week" else hi + 1))
-    return "*" if values >= full else ",".join(map(str, sorted(values)))
+    return matches
 
 
 @dataclass(frozen=True)
@@ -192,86 +105,100 @@ class CronSchedule:
 
     expression: str
     tz: tzinfo
-    _crons: tuple[str, ...] = field(repr=False, compare=False)  # croniter alternatives, OR-ed
-    _hourly: bool = field(repr=False, compare=False)           # hour field is "*"
+    _spec: CronSpec = field(repr=False, compare=False)
+    _day_ok: Callable[[date], bool] = field(repr=False, compare=False)
 
     @classmethod
     def parse(cls, expression: str) -> CronSchedule:
-        if not isinstance(expression, str):
-            raise TypeError(f"cron expression must be a str, not {type(expression).__name__}")
-        tokens = expression.split()
-        tz: tzinfo = UTC
-        if tokens and tokens[0].startswith("@"):
-            if tokens[0].lower() not in _SPECIALS or len(tokens) > 2:
-                raise CronError(expression, f"unknown or malformed shortcut {tokens[0]!r}",
-                                None, tokens[0])
-            if len(tokens) == 2:
-                tz = _parse_tz(expression, tokens[1])
-            tokens = _SPECIALS[tokens[0].lower()].split()
-        elif tokens and _is_tz(tokens[-1]):
+        spec = parse_spec(expression)
+        schedule = cls(expression, spec.tz, spec, _day_matcher(spec))
+        # fugit fails at its first evaluation ("too many loops") on a schedule whose
+        # days never come, such as "0 0 1 * mon#2&"; refuse it where it enters.
+        if next(schedule._days(date(2000, 1, 1), forward=True), None) is None:
+            raise CronError(expression, "its day of month and day of week never occur "
+                            "together (no matching day in 100 years)", "day of month")
+        return schedule
+
+    @property
+    def _hourly(self) -> bool:
+        return len(self._spec.hours) == 24
+
+    # -- days and wall times -----------------------------------------------------
+
+    def _days(self, start: date, forward: bool) -> Iterator[date]:
+        months = self._spec.months
+        d, step = start, (_DAY if forward else -_DAY)
+        for _ in range(_HORIZON_DAYS):
+            if months is not None and d.month not in months:
+                # Skip the rest of the month in one step, as fugit's inc_month does.
+                if forward:
+                    d = (d.replace(day=1) + timedelta(days=32)).replace(day=1)
+                else:
+                    d = d.replace(day=1) - _DAY
+                continue
+            if self._day_ok(d):
+                yield d
             try:
-                tz = _parse_tz(expression, tokens[-1])
-                tokens.pop()
-            except CronError:
-                # "* * * * Mon-Funday" is a bad day-of-week field, not a bad zone.
-                if len(tokens) - 1 in (5, 6) or len(tokens) not in (5, 6):
-                    raise
-        if len(tokens) not in (5, 6):
-            raise CronError(expression, f"found {len(tokens)} fields, expected 5 (min hour dom "
-                            "month dow) or 6 (sec min hour dom month dow), plus an optional "
-                            "time zone")
-        if len(tokens) == 5:
-            tokens.insert(0, "0")
-        sec, mnt, hour, dom, month, dow = (
-            _parse_field(expression, f, t) for f, t in zip(FIELDS, tokens))
-
-        # Feb 30th never happens; croniter would only notice after searching 50 years.
-        if not dom.last_day and not any(d <= _MAX_DAYS[m - 1] for m in month.values
-                                        for d in dom.values):
-            raise _err(expression, "day of month", tokens[3],
-                       f"never occurs in month(s) {tokens[4]!r}")
-
-        # OR between the day fields is done here as a union of croniter schedules with
-        # one day field each: croniter's own OR keeps "#" as an intersection, so
-        # "1 * mon#1" would lose the 1st, and it cannot mix "mon#1" with plain "fri".
-        dom_s = _join(dom.values, "day of month") if dom.values else ""
-        if dom.last_day and dom_s != "*":
-            dom_s = f"{dom_s},l" if dom_s else "l"
-        dom_restricted = dom_s != "*"
-        dow_plain = _join(dow.values, "day of week") if dow.values else ""
-        dow_restricted = bool(dow.nth) or dow_plain not in ("*", "")
-        days = [(dom_s, "*")] if dom_restricted or not dow_restricted else []
-        if dow_restricted:
-            days += [("*", d) for d in (dow_plain, ",".join(sorted(dow.nth))) if d]
-        head = f"{_join(mnt.values, 'minute')} {_join(hour.values, 'hour')}"
-        tail = f"{_join(month.values, 'month')}"
-        crons = tuple(f"{head} {d} {tail} {w} {_join(sec.values, 'second')}" for d, w in days)
-        return cls(expression, tz, crons, _join(hour.values, "hour") == "*")
-
-    # -- evaluation ---------------------------------------------------------
-
-    def _walk(self, cron: str, start: datetime, backwards: bool) -> Iterator[datetime]:
-        it = croniter(cron, start.astimezone(self.tz))
-        while True:
-            try:
-                local = it.get_prev(datetime) if backwards else it.get_next(datetime)
-            except CroniterBadDateError:  # nothing within croniter's 50-year horizon
+                d += step
+            except OverflowError:
                 return
-            # croniter fires a wall time on BOTH passes through a fall-back hour; only
-            # "every hour" schedules should (see module docstring).
-            repeat = local.astimezone(UTC) != local.replace(fold=0).astimezone(UTC)
-            if self._hourly or not repeat:
-                yield local.astimezone(UTC)
+
+    def _walls(self, start: datetime, forward: bool) -> Iterator[datetime]:
+        """Matching naive wall times from ``start`` (inclusive) on, in wall order."""
+        spec = self._spec
+        hs, ms, ss = spec.hours, spec.minutes, spec.seconds
+        first = start.date()
+        for d in self._days(first, forward):
+            at = (start.hour, start.minute, start.second) if d == first else None
+            for h, m, s in (_times_from(hs, ms, ss, at) if forward
+                            else _times_until(hs, ms, ss, at)):
+                yield datetime(d.year, d.month, d.day, h, m, s)
+
+    # -- wall times to instants ----------------------------------------------------
+
+    def _instants(self, start: datetime, forward: bool) -> Iterator[datetime]:
+        """Fire instants (aware UTC) in time order from about ``start``, per the DST rules."""
+        tz = self.tz
+        wall = start.astimezone(tz).replace(tzinfo=None, microsecond=0, fold=0)
+        if isinstance(tz, timezone):  # a fixed offset: every wall time exists once
+            for w in self._walls(wall, forward):
+                yield w.replace(tzinfo=tz).astimezone(UTC)
+            return
+        if _offset_changes_near(start, tz):
+            # Wall order and time order differ around the change: start early enough.
+            wall = wall - _DST_MARGIN if forward else wall + _DST_MARGIN
+        hourly = self._hourly
+        pending: list[datetime] = []  # second passes of repeated hours, not yet due
+        last = None
+        for w in self._walls(wall, forward):
+            first_pass = w.replace(tzinfo=tz).astimezone(UTC)
+            second_pass = w.replace(tzinfo=tz, fold=1).astimezone(UTC)
+            exists = first_pass.astimezone(tz).replace(tzinfo=None) == w
+            if hourly:
+                if not exists:
+                    continue  # every real hour fires once; a skipped hour has no fires
+                t, other = (first_pass, second_pass) if forward else (second_pass, first_pass)
+                if other != t:
+                    heapq.heappush(pending, other if forward else _Rev(other))
+            else:
+                t = first_pass if exists else _gap_end(w, tz)
+            while pending and (_key(pending[0]) < t if forward else _key(pending[0]) > t):
+                last = _key(heapq.heappop(pending))
+                yield last
+            if t != last:
+                last = t
+                yield t
+        while pending:
+            yield _key(heapq.heappop(pending))
 
     def _iter(self, start: datetime, backwards: bool) -> Iterator[datetime]:
         if start.tzinfo is None or start.utcoffset() is None:
             raise ValueError(f"datetime must be timezone-aware, got {start!r}")
-        previous = None
-        walks = [self._walk(c, start, backwards) for c in self._crons]
-        for t in heapq.merge(*walks, reverse=backwards):
-            if t != previous:  # the day alternatives may both match one day
+        for t in self._instants(start, forward=not backwards):
+            if (t <= start) if backwards else (t > start):
                 yield t
-                previous = t
+
+    # -- the public questions ------------------------------------------------------
 
     def next_fire(self, after: datetime) -> datetime:
         """First fire strictly after ``after`` (aware), as an aware UTC datetime."""
@@ -289,10 +216,7 @@ class CronSchedule:
 
     def previous_fire(self, at_or_before: datetime) -> datetime:
         """Latest fire ``<= at_or_before``, as aware UTC (e.g. to detect a missed fire)."""
-        # Fires fall on whole seconds and croniter's get_prev is strict, so start
-        # just past the second that contains at_or_before.
-        start = at_or_before.replace(microsecond=0) + timedelta(seconds=1)
-        for t in self._iter(start, backwards=True):
+        for t in self._iter(at_or_before, backwards=True):
             return t
         raise CronError(self.expression, f"no fire time at or before {at_or_before.isoformat()}")
 
@@ -304,6 +228,73 @@ class CronSchedule:
                 break
             out.append(t)
         return out
+
+
+class _Rev:
+    """Reverses heap order, so one heap of pending first passes serves backwards walks."""
+
+    __slots__ = ("t",)
+
+    def __init__(self, t: datetime) -> None:
+        self.t = t
+
+    def __lt__(self, other: _Rev) -> bool:
+        return self.t > other.t
+
+
+def _key(item: datetime | _Rev) -> datetime:
+    return item.t if isinstance(item, _Rev) else item
+
+
+def _offset_changes_near(t: datetime, tz) -> bool:
+    offsets = {(t + k * _DST_MARGIN).astimezone(tz).utcoffset() for k in (-1, 0, 1)}
+    return len(offsets) > 1
+
+
+def _gap_end(wall: datetime, tz) -> datetime:
+    """The first instant after the spring-forward gap that swallowed ``wall``."""
+    lo = wall.replace(tzinfo=tz, fold=1).astimezone(UTC)   # before the change
+    hi = wall.replace(tzinfo=tz, fold=0).astimezone(UTC)   # after it
+    after_offset = hi.astimezone(tz).utcoffset()
+    while hi - lo > timedelta(seconds=1):
+        mid = lo + (hi - lo) / 2
+        mid = mid.replace(microsecond=0)
+        if mid.astimezone(tz).utcoffset() == after_offset:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _times_from(hs, ms, ss, at) -> Iterator[tuple[int, int, int]]:
+    """The day's (h, m, s) in ascending order, from ``at`` (inclusive) or all."""
+    if at is None:
+        for h in hs:
+            for m in ms:
+                for s in ss:
+                    yield h, m, s
+        return
+    h0, m0, s0 = at
+    for h in hs[bisect.bisect_left(hs, h0):]:
+        for m in (ms[bisect.bisect_left(ms, m0):] if h == h0 else ms):
+            for s in (ss[bisect.bisect_left(ss, s0):] if (h, m) == (h0, m0) else ss):
+                yield h, m, s
+
+
+def _times_until(hs, ms, ss, at) -> Iterator[tuple[int, int, int]]:
+    """The day's (h, m, s) in descending order, until ``at`` (inclusive) or all."""
+    if at is None:
+        for h in reversed(hs):
+            for m in reversed(ms):
+                for s in reversed(ss):
+                    yield h, m, s
+        return
+    h0, m0, s0 = at
+    for h in reversed(hs[:bisect.bisect_right(hs, h0)]):
+        for m in reversed(ms[:bisect.bisect_right(ms, m0)] if h == h0 else ms):
+            for s in reversed(ss[:bisect.bisect_right(ss, s0)] if (h, m) == (h0, m0)
+                              else ss):
+                yield h, m, s
 
 
 def validate(expression: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -36,6 +37,31 @@ async def test_bad_schedule_is_refused_naming_field_and_token(tmp_path: Path, sq
         config = await (await client.get("/config/snapshots")).json()
         assert config["snapshot_schedule"] == "0 0 7 * * * UTC"
 
+
+def _days_left(t: datetime) -> int:
+    return calendar.monthrange(t.year, t.month)[1] - t.day
+
+
+@pytest.mark.parametrize("expression, rule", [
+    # fugit 1.13's readings, refused or read otherwise before issue 20
+    ("0 0 -5 * * UTC", lambda t: _days_left(t) == 4),                  # 5 days before the end
+    ("0 0 * * fri#-2 UTC", lambda t: t.isoweekday() == 5 and 7 <= _days_left(t) <= 13),
+    ("0 0 13 * fri& UTC", lambda t: t.isoweekday() == 5 and t.day == 13),
+    ("0 24 1 * 0-6 UTC", lambda t: True),                               # every day: OR, 24 = 0
+])
+async def test_fugit_schedules_are_accepted_and_listed(tmp_path: Path, sqlite_url: str,
+                                                       expression: str, rule) -> None:
+    async with api_client(make_config(tmp_path, sqlite_url)) as client:
+        resp = await client.put("/config/snapshots", json={"enable_snapshots": True,
+                                                           "snapshot_schedule": expression})
+        assert resp.status == 200, await resp.text()
+        rows = {r["name"]: r for r in await (await client.get("/schedules")).json()}
+        assert rows["snapshot_schedule"]["expression"] == expression
+        fires = [_parse(t) for t in rows["snapshot_schedule"]["next_fires"]]
+        assert len(fires) == 5 and fires == sorted(fires)
+        assert all((f.hour, f.minute, f.second) == (0, 0, 0) and rule(f) for f in fires), fires
+        if expression.startswith("0 24 1 * 0-6"):
+            assert all(b - a == timedelta(days=1) for a, b in zip(fires, fires[1:])), fires
 
 async def test_schedules_show_next_fires_in_the_schedules_zone(tmp_path: Path, store_url: str) -> None:
     async with api_client(make_config(tmp_path, store_url)) as client:

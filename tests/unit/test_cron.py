@@ -107,6 +107,152 @@ def test_dialect(expression, expected):
     assert fires(expression, len(expected)) == expected
 
 
+# -- fugit 1.13's fire times, rule by rule (tests/support/fugit_oracle.rb printed them) --
+
+FUGIT_ROWS = [
+    # day of month OR day of week: only a field written '*' (or fugit's full 1-31) is free
+    ('0 0 1 * 0-6', "2026-03-10 06:59:59", [u(2026, 3, 11), u(2026, 3, 12), u(2026, 3, 13)]),
+    ('0 0 1-31 * mon', "2026-03-10 06:59:59", [u(2026, 3, 16), u(2026, 3, 23)]),
+    ('0 0 1-15,16-31 * mon', "2026-03-10 06:59:59",
+     [u(2026, 3, 11), u(2026, 3, 12), u(2026, 3, 13)]),
+    ('0 0 1 * */1', "2026-03-10 06:59:59", [u(2026, 3, 11), u(2026, 3, 12)]),
+    ('0 0 1 * sun-sat', "2026-03-10 06:59:59", [u(2026, 3, 11), u(2026, 3, 12)]),
+    ('0 0 1 * 1-7', "2026-03-10 06:59:59", [u(2026, 3, 11), u(2026, 3, 12)]),
+    ('0 0 1-31,5 * mon', "2026-03-10 06:59:59", [u(2026, 3, 16), u(2026, 3, 23)]),
+    ('0 0 13 * mon', "2026-03-10 06:59:59", [u(2026, 3, 13), u(2026, 3, 16), u(2026, 3, 23)]),
+    # negative days of the month, and ranges of them (fugit's own wrap for -1--5)
+    ('0 0 -5 * *', "2026-01-20 00:00:00",
+     [u(2026, 1, 27), u(2026, 2, 24), u(2026, 3, 27), u(2026, 4, 26)]),
+    ('0 0 -5--1 * *', "2026-02-20 00:00:00", [u(2026, 2, 24), u(2026, 2, 25), u(2026, 2, 26), u(2026, 2, 27), u(2026, 2, 28), u(2026, 3, 27)]),
+    ('0 0 -31 * *', "2026-01-20 00:00:00", [u(2026, 3, 1), u(2026, 5, 1), u(2026, 7, 1)]),
+    ('0 0 -1--5 * *', "2026-02-20 00:00:00", [u(2026, 2, 21), u(2026, 2, 22), u(2026, 2, 23), u(2026, 2, 24), u(2026, 2, 28), u(2026, 3, 1)]),
+    ('0 0 5-L 2 *', "2028-02-26 00:00:00",
+     [u(2028, 2, 27), u(2028, 2, 28), u(2028, 2, 29), u(2029, 2, 5), u(2029, 2, 6)]),
+    # #-1 .. #-5: the n-th weekday from the month's end
+    ('0 0 * * fri#-2', "2026-03-10 06:59:59", [u(2026, 3, 20), u(2026, 4, 17), u(2026, 5, 22)]),
+    ('0 0 * * mon#-5', "2026-03-10 06:59:59", [u(2026, 6, 1), u(2026, 8, 3), u(2026, 11, 2)]),
+    ('0 0 * * sun#5,sun#-5', "2026-01-01 00:00:00",
+     [u(2026, 3, 1), u(2026, 3, 29), u(2026, 5, 3)]),
+    # a bare step; 'a/n' in day of week is 'a' alone (fugit: z ||= a); '/0' steps by 1
+    ('/15 * * * *', "2026-03-10 06:59:59",
+     [u(2026, 3, 10, 7), u(2026, 3, 10, 7, 15), u(2026, 3, 10, 7, 30)]),
+    ('0 0 * * 1/2', "2026-03-10 06:59:59", [u(2026, 3, 16), u(2026, 3, 23), u(2026, 3, 30)]),
+    ('0 0 * * 5/3', "2026-03-10 06:59:59", [u(2026, 3, 13), u(2026, 3, 20), u(2026, 3, 27)]),
+    ('0 0 13 * /0', "2026-03-10 06:59:59", [u(2026, 3, 11), u(2026, 3, 12), u(2026, 3, 13)]),
+    ('0 0 * * 7/2', "2026-03-10 06:59:59", [u(2026, 3, 15), u(2026, 3, 22)]),
+    # hour 24 is 0; steps past the top of the field
+    ('0 24 * * *', "2026-03-10 06:59:59", [u(2026, 3, 11), u(2026, 3, 12)]),
+    ('0 20-24/2 * * *', "2026-03-10 06:59:59",
+     [u(2026, 3, 10, 20), u(2026, 3, 10, 22), u(2026, 3, 11), u(2026, 3, 11, 20)]),
+    ('0 */27 * * *', "2026-03-10 06:59:59", [u(2026, 3, 11), u(2026, 3, 12)]),
+    # '&': day of month AND day of week
+    ('0 0 13 * fri&', "2026-01-01 00:00:00", [u(2026, 2, 13), u(2026, 3, 13), u(2026, 11, 13)]),
+    ('0 0 1-7& * mon', "2026-03-10 06:59:59", [u(2026, 4, 6), u(2026, 5, 4), u(2026, 6, 1)]),
+    # '%': weeks since fugit 1.13's reference Monday 2018-12-31, counted from noon to noon in
+    # the schedule's zone: in Berlin's summer that count is one lower, so the weeks flip
+    ('0 0 * * sun%2', "2026-03-10 06:59:59", [u(2026, 3, 22), u(2026, 4, 5), u(2026, 4, 19)]),
+    ('0 0 * * tue%3+2', "2026-03-10 06:59:59", [u(2026, 3, 24), u(2026, 4, 14), u(2026, 5, 5)]),
+    ('0 12 * * mon%2 Europe/Berlin', "2026-03-20 00:00:00",
+     [u(2026, 4, 6, 10), u(2026, 4, 20, 10), u(2026, 5, 4, 10), u(2026, 5, 18, 10)]),
+    ('0 12 * * mon%2 UTC', "2026-03-20 00:00:00",
+     [u(2026, 3, 30, 12), u(2026, 4, 13, 12), u(2026, 4, 27, 12), u(2026, 5, 11, 12)]),
+    # a list of 30 days plus L stays a list (croniter read it as '*' and fired on the 1st);
+    # fugit drops (month, day) pairs that never exist: no February Mondays below;
+    # '*' in a weekday list adds nothing
+    ('0 0 2-31,L * *', "2026-03-29 00:00:00", [u(2026, 3, 30), u(2026, 3, 31), u(2026, 4, 2)]),
+    ('0 0 31 2,3 mon', "2026-02-01 00:00:00", [u(2026, 3, 2), u(2026, 3, 9), u(2026, 3, 16)]),
+    ('0 0 * * *,mon', "2026-03-10 06:59:59", [u(2026, 3, 16), u(2026, 3, 23)]),
+    # month ends in leap and common years
+    ('0 0 L 2 *', "2027-01-01 00:00:00", [u(2027, 2, 28), u(2028, 2, 29)]),
+    ('0 0 29 2 *', "2026-01-01 00:00:00", [u(2028, 2, 29), u(2032, 2, 29)]),
+    ('0 0 -1 * *', "2028-01-15 00:00:00", [u(2028, 1, 31), u(2028, 2, 29), u(2028, 3, 31)]),
+    ('0 0 29-L 2 *', "2026-01-01 00:00:00", [u(2028, 2, 29), u(2032, 2, 29)]),
+    # empty list items are ignored
+    ('1,,2 * * * *', "2026-03-10 06:59:59", [u(2026, 3, 10, 7, 1), u(2026, 3, 10, 7, 2)]),
+    # DST days where our rules and fugit's agree: every real hour, and times away from
+    # the change
+    ('0 * * * * Europe/Berlin', "2026-03-29 00:30:00",
+     [u(2026, 3, 29, 1), u(2026, 3, 29, 2), u(2026, 3, 29, 3)]),
+    ('0 * * * * Europe/Berlin', "2026-10-24 23:30:00",
+     [u(2026, 10, 25), u(2026, 10, 25, 1), u(2026, 10, 25, 2), u(2026, 10, 25, 3)]),
+    ('0 4 * * * Europe/Berlin', "2026-03-28 12:00:00", [u(2026, 3, 29, 2), u(2026, 3, 30, 2)]),
+    ('0 * * * * America/New_York', "2026-11-01 04:30:00",
+     [u(2026, 11, 1, 5), u(2026, 11, 1, 6), u(2026, 11, 1, 7), u(2026, 11, 1, 8)]),
+    ('0 9 * * * America/New_York', "2026-11-01 00:00:00",
+     [u(2026, 11, 1, 14), u(2026, 11, 2, 14)]),
+    ('0 * * * * Australia/Lord_Howe', "2026-04-04 14:00:00",
+     [u(2026, 4, 4, 15, 30), u(2026, 4, 4, 16, 30), u(2026, 4, 4, 17, 30), u(2026, 4, 4, 18, 30)]),
+    ('0 8 * * * Australia/Lord_Howe', "2026-04-04 00:00:00",
+     [u(2026, 4, 4, 21, 30), u(2026, 4, 5, 21, 30)]),
+]
+
+
+
+@pytest.mark.parametrize("expression, start, expected", FUGIT_ROWS,
+                         ids=[f"{r[0]}@{r[1]}" for r in FUGIT_ROWS])
+def test_fugit_fire_times(expression, start, expected):
+    after = datetime.fromisoformat(start).replace(tzinfo=UTC)
+    assert fires(expression, len(expected), after) == expected
+
+
+
+@pytest.mark.parametrize("expression, start, expected", FUGIT_ROWS,
+                         ids=[f"{r[0]}@{r[1]}" for r in FUGIT_ROWS])
+def test_fugit_fire_times_walking_backwards(expression, start, expected):
+    # previous_fire (missed-fire detection) must see the same fires as next_fire
+    schedule = CronSchedule.parse(expression)
+    for earlier, later in zip(expected, expected[1:]):
+        assert schedule.previous_fire(later) == later
+        assert schedule.previous_fire(later - timedelta(seconds=1)) == earlier
+
+# Deliberate departures on DST days (README): a wall time in the spring-forward gap fires
+# once at the end of the gap, where fugit skips that day; one repeated by fall-back fires
+# once, at its first pass, where fugit also fires at the second; days are calendar days.
+DST_DEPARTURES = [
+    # expression, start, fugit's fires, ours
+    ("30 2 * * * Europe/Berlin", "2026-03-28 12:00:00",
+     [u(2026, 3, 30, 0, 30), u(2026, 3, 31, 0, 30)], [u(2026, 3, 29, 1), u(2026, 3, 30, 0, 30)]),
+    ("30 2 * * * Europe/Berlin", "2026-10-24 12:00:00",
+     [u(2026, 10, 25, 0, 30), u(2026, 10, 25, 1, 30)],
+     [u(2026, 10, 25, 0, 30), u(2026, 10, 26, 1, 30)]),
+    ("30 2 * * * America/New_York", "2026-03-07 12:00:00",
+     [u(2026, 3, 9, 6, 30), u(2026, 3, 10, 6, 30)], [u(2026, 3, 8, 7), u(2026, 3, 9, 6, 30)]),
+    ("30 1 * * * America/New_York", "2026-10-31 12:00:00",
+     [u(2026, 11, 1, 5, 30), u(2026, 11, 1, 6, 30)],
+     [u(2026, 11, 1, 5, 30), u(2026, 11, 2, 6, 30)]),
+    # Lord Howe moves its clocks by half an hour: 02:00 -> 02:30 and 02:00 -> 01:30
+    ("15 2 * * * Australia/Lord_Howe", "2026-10-03 00:00:00",
+     [u(2026, 10, 4, 15, 15), u(2026, 10, 5, 15, 15)],
+     [u(2026, 10, 3, 15, 30), u(2026, 10, 4, 15, 15)]),
+    ("45 1 * * * Australia/Lord_Howe", "2026-04-04 00:00:00",
+     [u(2026, 4, 4, 14, 45), u(2026, 4, 4, 15, 15)],
+     [u(2026, 4, 4, 14, 45), u(2026, 4, 5, 15, 15)]),
+    # fugit steps a day as 24 real hours: on a 23-hour March 31 (Berlin, 2024) its "last
+    # day" is the 30th; after Lord Howe's 23.5-hour Sunday it skips Monday's midnight
+    ("0 0 L * * Europe/Berlin", "2024-03-15 00:00:00",
+     [u(2024, 3, 29, 23), u(2024, 4, 29, 22)], [u(2024, 3, 30, 23), u(2024, 4, 29, 22)]),
+    ("0 0 * * mon Australia/Lord_Howe", "2026-10-03 08:19:59",
+     [u(2026, 10, 11, 13)], [u(2026, 10, 4, 13)]),
+]
+
+
+@pytest.mark.parametrize("expression, start, fugit, expected", DST_DEPARTURES,
+                         ids=[f"{r[0]}@{r[1]}" for r in DST_DEPARTURES])
+def test_dst_departures_from_fugit(expression, start, fugit, expected):
+    after = datetime.fromisoformat(start).replace(tzinfo=UTC)
+    got = fires(expression, len(expected), after)
+    assert got == expected
+    assert got != fugit  # the row documents a real departure, not an agreement
+
+
+@pytest.mark.parametrize("expression", ["0 0 1 * mon#2&", "0 0 8-14& * mon#1"])
+def test_days_that_never_come_are_refused(expression):
+    # fugit accepts these and then fails at its first evaluation ("too many loops")
+    with pytest.raises(CronError, match="never occur") as exc:
+        CronSchedule.parse(expression)
+    assert exc.value.field == "day of month"
+
+
 @pytest.mark.parametrize("expression, tz", [
     ("0 7 * * *", UTC),
     ("0 7 * * * UTC", ZoneInfo("UTC")),
@@ -146,24 +292,30 @@ def test_naive_datetimes_are_refused():
     ("0 0 LW * *", "day of month", "LW", "Quartz nearest-weekday"),
     ("61 * * * * *", "second", "61", "out of range (0-59)"),
     ("0 60 * * * *", "minute", "60", "out of range (0-59)"),
-    ("0 24 * * *", "hour", "24", "out of range (0-23)"),
-    ("* * 32 * *", "day of month", "32", "out of range (1-31)"),
-    ("* * 0 * *", "day of month", "0", "out of range (1-31)"),
+    ("0 25 * * *", "hour", "25", "out of range (0-24)"),
+    ("* * 32 * *", "day of month", "32", "out of range (1-31, or -1 to -31"),
+    ("* * -32 * *", "day of month", "-32", "out of range (1-31, or -1 to -31"),
+    ("* * 0 * *", "day of month", "0", "out of range (1-31, or -1 to -31"),
     ("* * * 13 *", "month", "13", "out of range (1-12)"),
     ("* * * * 8", "day of week", "8", "out of range (0-7)"),
     ("* * * foo *", "month", "foo", "is not valid"),
     ("* * * * Mon-Funday", "day of week", "Mon-Funday", "is not valid"),
     ("H * * * *", "minute", "H", "is not valid"),          # croniter hash syntax
-    ("1,,2 * * * *", "minute", "1,,2", "is not valid"),
+    (", * * * *", "minute", ",", "is not valid"),
     ("*-5 * * * *", "minute", "*-5", "is not valid"),
     ("*/0 * * * *", "minute", "*/0", "step outside 1-99"),
-    ("0 0 -5 * *", "day of month", "-5", "not supported"),
+    ("0 0 -2-5 * *", "day of month", "-2-5", "all positive or all counted from"),
     ("0 0 L/2 * *", "day of month", "L/2", "is not valid"),
-    ("0 0 * * fri#-2", "day of week", "fri#-2", "not supported"),
+    ("0 0 * * fri#-6", "day of week", "fri#-6", "is not valid"),
     ("0 0 * * fri#6", "day of week", "fri#6", "is not valid"),
     ("0 0 * * mon-fri#1", "day of week", "mon-fri#1", "is not valid"),
     ("0 0 1#1 * *", "day of month", "1#1", "only allowed in day of week"),
-    ("0 0 * * 1%2", "day of week", "%", "modulo"),
+    ("0 0 * * 1%0", "day of week", "1%0", "modulo of 0"),
+    ("0 0 1%2 * *", "day of month", "1%2", "only allowed in day of week"),
+    ("0 0 * * 1%2+", "day of week", "1%2+", "is not valid"),
+    ("0 0 * * * +05:20", "time zone", "+05:20", "00, 15, 30 or 45"),
+    ("0 0 * * * posix/Europe/Berlin", "time zone", "posix/Europe/Berlin", "unknown"),
+    ("0 0 * * * Europe/Berlinx", "time zone", "Europe/Berlinx", "unknown time zone"),
     ("0 0 * * 1~5", "day of week", "~", "random"),
     ("0 0 1 * &mon", "day of week", "&", "AND"),
     ("0 0 30 2 *", "day of month", "30", "never occurs"),
