@@ -381,6 +381,8 @@ def schedules(ctx: click.Context) -> None:
         lines = []
         for r in rs:
             state = "active" if r["active"] else ("off" if not r["expression"] else "inactive (snapshots disabled)")
+            if r.get("managed_by"):
+                state += f", managed by {r['managed_by']}"
             lines.append(f"{r['name']}: {r['expression'] or '-'}  [{state}]")
             for t in r["next_fires"]:
                 lines.append(f"  next   {t}")
