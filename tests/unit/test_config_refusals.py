@@ -111,3 +111,34 @@ def test_the_file_declares_every_runtime_setting_and_says_which(tmp_path: Path) 
         "self_snapshot_schedule": "SNAPLEDGER_SELF_SNAPSHOT_SCHEDULE", "retention.default": str(path),
         "retention.deployments.prod": str(path), "retention.deployments.dev": str(path)}
     assert load_config(None, environ={}).managed == {}  # nothing declared: all runtime-settable
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _readme_block(kind: str) -> str:
+    section = README.read_text().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    return section.split(f"```{kind}\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_configuration_loads_and_declares_what_it_says(tmp_path: Path) -> None:
+    path = _file(tmp_path, _readme_block("yaml"))
+    config = load_config(path, environ={})
+    assert sorted(config.managed) == ["enable_snapshots", "retention.default", "retention.deployments.dev",
+                                      "retention.deployments.prod", "retention_schedule", "self_snapshot_schedule",
+                                      "snapshot_schedule"]
+    assert config.retention_deployments["dev"] is None and config.self_snapshot_schedule == "off"
+
+
+def test_the_readme_error_lines_are_what_the_service_prints(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    expected = [line.removeprefix("Error: ") for line in _readme_block("text").splitlines()]
+    got = []
+    for text, environ in [("enable_snapshot: true\n", {}), ("", {"SNAPLEDGER_LISTEN_PROT": "80"}),
+                          ("listen: {port: '8080'}\n", {}), ("", {"SNAPLEDGER_WORKER_LEASE": "-1"})]:
+        Path("snapledger.yml").write_text(text)
+        with pytest.raises(ConfigError) as error:
+            load_config("snapledger.yml", environ=environ)
+        got.append(str(error.value))
+    assert got == expected
