@@ -206,6 +206,8 @@ class Ledger(Application):
     def refuse_managed_changes(self, changes: dict[str, Any], actor: str) -> None:
         """Refuse (409, naming the file and key) a runtime change of a managed
         setting, before anything is saved; setting the managed value again is no change."""
+        if not self.managed:
+            return
         settings = self.settings()
         current = {"enable_snapshots": settings.enable_snapshots, **settings.schedules}
         for key, value in changes.items():

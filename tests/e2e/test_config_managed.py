@@ -126,7 +126,8 @@ def test_restarts_keep_the_file_in_charge_and_never_catch_up_before_a_change(
     data_dir = tmp_path / "data"
     (data_dir / "disks" / "disk-0").mkdir(parents=True)
     config = _write(tmp_path / "snapledger.yml", "enable_snapshots: true\nsnapshot_schedule: '0 0 7 * * * UTC'\n"
-                                                 "self_snapshot_schedule: 'off'\n")
+                                                 "self_snapshot_schedule: 'off'\n"
+                                                 "retention: {default: {keep_last: 5}}\n")
     server = Server(data_dir, database, config=config).start()
     try:
         server.api("PUT", "/deployments/prod", {"instances": [{"job": "db", "index": 0, "disks": ["disk-0"]}]})
@@ -136,6 +137,10 @@ def test_restarts_keep_the_file_in_charge_and_never_catch_up_before_a_change(
         assert f"'snapshot_schedule' is managed by the configuration ({config})" in result.stderr, result.stderr
         shown = cli(server.url, "schedules").stdout
         assert f"snapshot_schedule: 0 0 7 * * * UTC  [active, managed by {config}]" in shown, shown
+        shown = cli(server.url, "retention", "--default")
+        assert shown.stdout.strip() == f"keep the last 5 (default policy, managed by {config})", shown.stderr
+        result = cli(server.url, "retention", "--default", "--keep-last", "9")
+        assert result.returncode == 1 and "'retention.default' is managed by the configuration" in result.stderr
         declared = _settings_events(server)
 
         # A restart with the same file records nothing again.
@@ -147,7 +152,7 @@ def test_restarts_keep_the_file_in_charge_and_never_catch_up_before_a_change(
         # it fires from the change on, never for that instant before it.
         server.stop()
         passed = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
-        _write(config, "enable_snapshots: true\nself_snapshot_schedule: 'off'\n"
+        _write(config, "enable_snapshots: true\nself_snapshot_schedule: 'off'\nretention: {default: {keep_last: 5}}\n"
                        f"snapshot_schedule: '{passed.second} {passed.minute} {passed.hour} * * * UTC'\n")
         server = Server(data_dir, database, port=server.port, config=config).start()
         changes = _settings_events(server)[len(declared):]
