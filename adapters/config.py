@@ -168,7 +168,9 @@ class CpiSpec:
                  "snapshot_root", "self_disks", "retry_in_doubt"}
         unknown = sorted(set(spec) - known)
         if unknown:
-            raise ConfigError(f"{key}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(known))})")
+            guess = nearest(unknown[0], sorted(known))
+            hint = f"did you mean '{key}.{guess}'? " if guess else ""
+            raise ConfigError(f"{key}.{unknown[0]}", f"unknown key ({hint}known: {', '.join(sorted(known))})")
         retry = spec.get("retry") or {}
         if not isinstance(retry, dict):
             raise ConfigError(f"{key}.retry", "must be a mapping {attempts, base_delay, max_delay}")
@@ -243,8 +245,9 @@ OTHER_VARIABLES = frozenset({
     "SNAPLEDGER_CREDENTIALS", "SNAPLEDGER_CA_CERT", "SNAPLEDGER_DEPLOYMENT", "SNAPLEDGER_JOB",
     "SNAPLEDGER_INSTANCE", "SNAPLEDGER_INSTANCE_ID", "SNAPLEDGER_CRASH_AT", "SNAPLEDGER_PG_REPORT",
     "SNAPLEDGER_PG_BIN", "SNAPLEDGER_SCHEMATHESIS_EXAMPLES", "SNAPLEDGER_REPLICA_TEST_SECONDS",
+    "SNAPLEDGER_FUZZ_PER_ROUTE",
 })
-OTHER_PREFIXES = ("SNAPLEDGER_TEST_", "SNAPLEDGER_REQUIRE_", "SNAPLEDGER_BENCH_")
+OTHER_PREFIXES = ("SNAPLEDGER_TEST_", "SNAPLEDGER_REQUIRE_", "SNAPLEDGER_BENCH_", "SNAPLEDGER_FUGIT_")
 
 
 def env_name(dotted: str) -> str:

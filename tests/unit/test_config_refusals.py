@@ -69,6 +69,8 @@ def test_variables_that_are_not_configuration_are_left_alone() -> None:
     ("retention: {deployments: {prod: 7}}\n", "retention.deployments.prod", "or inherit"),
     ("retention: {deployments: {'bad name': inherit}}\n", "retention.deployments.bad name", "deployment names"),
     ("cpis: {a: {type: local, max_in_flight: 0}}\n", "cpis.a.max_in_flight", "must be at least 1"),
+    ("cpi: {type: local, timeuot: 30}\n", "cpi.timeuot", "unknown key (did you mean 'cpi.timeout'?"),
+    ("cpi: local\n", "cpi", "must be a mapping"),
 ])
 def test_a_wrong_type_or_range_names_the_file_and_key(tmp_path: Path, text: str, key: str, detail: str) -> None:
     path = _file(tmp_path, text)
