@@ -102,7 +102,7 @@ def build_or_refuse(build: Any, label: str) -> Any:
         refused = store_unreachable(error, label)
         if refused is not None:
             raise refused from None
-        if isinstance(error, OSError):
-            raise StartupError(f"cannot start: {getattr(error, 'filename', '') or ''} {_reason(error)}".replace(
-                "  ", " ").strip()) from None
+        if isinstance(error, OSError):  # e.g. a CPI's disk_root that cannot be created
+            where = f"{error.filename}: " if error.filename else ""
+            raise StartupError(f"cannot start: {where}{_reason(error)}") from None
         raise

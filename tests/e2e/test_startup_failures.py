@@ -122,3 +122,10 @@ def test_tls_files_that_do_not_exist(tmp_path: Path) -> None:
     line = refused(start(tmp_path, "--data-dir", "data", "--config", "c.yml"), 2)
     assert line == ("TLS: cannot load certificate /nonexistent/cert.pem with key /nonexistent/key.pem: "
                     "No such file or directory")
+
+
+def test_a_cpi_directory_that_cannot_be_created(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    (tmp_path / "c.yml").write_text("cpi: {type: local, disk_root: file/disks}\n")
+    line = refused(start(tmp_path, "--data-dir", "data", "--config", "c.yml", "--port", str(free_port())), 1)
+    assert line == "cannot start: file/disks: Not a directory"
