@@ -2,10 +2,18 @@
 
 Snapshot keys are named as in the BOSH director manifest (`enable_snapshots`,
 `snapshot_schedule`, `self_snapshot_schedule`) so an operator can copy them.
+
+Nothing is ignored: an unknown key (in the file or as a SNAPLEDGER_* variable)
+is refused with the nearest known one, a value of the wrong type or range
+names its key and where it was set. The settings that can also be changed at
+run time (`MANAGEABLE`) are *managed* by the configuration when it sets them:
+`Config.managed` says by which file or variable, and the ledger refuses a
+runtime change of them (docs/decisions.md #24).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import uuid
@@ -19,9 +27,28 @@ from snapledger.domain.retry import RetryPolicy
 
 
 class ConfigError(ValueError):
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"config key '{key}': {message}")
+    """A refused configuration; `source` is the file or variable it came from."""
+
+    def __init__(self, key: str, message: str, source: str | None = None) -> None:
+        super().__init__(f"{source + ': ' if source else ''}config key '{key}': {message}")
         self.key = key
+        self.detail = message
+        self.source = source
+
+
+class BadConfigFile(ConfigError):
+    """The file itself: unreadable, not YAML, not a mapping."""
+
+    def __init__(self, path: str | Path, message: str) -> None:
+        ValueError.__init__(self, f"{path}: {message}")
+        self.key, self.detail, self.source = "config", message, str(path)
+
+
+class UnknownKey(ConfigError):
+    def __init__(self, key: str, nearest: str | None, source: str, what: str = "key") -> None:
+        hint = f" (did you mean '{nearest}'?)" if nearest else ""
+        ValueError.__init__(self, f"{source}: unknown {what} '{key}'{hint}")
+        self.key, self.nearest, self.source = key, nearest, source
 
 
 @dataclass
@@ -37,6 +64,13 @@ class Config:
     # defaults, 0 0 7 * * * UTC and 0 0 6 * * * UTC); "" or "off" turns it off.
     snapshot_schedule: str | None = None
     self_snapshot_schedule: str | None = None
+    retention_schedule: str | None = None  # None: leave the recorded one (default off)
+    # Declared retention policies ({keep_last, keep_for, keep_clean} dicts); None: not declared.
+    retention_default: dict[str, Any] | None = None
+    # Deployment name -> its policy, or None for "inherit the default".
+    retention_deployments: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    # Runtime-settable key -> the file or SNAPLEDGER_* variable that sets it (see MANAGEABLE).
+    managed: dict[str, str] = field(default_factory=dict)
     missed_fire_window_s: float = 3600.0
     # One CPI (`cpi:`) or several named ones (`cpis: {name: spec}`); see cpi_specs().
     cpi: dict[str, Any] = field(default_factory=lambda: {"type": "local"})
@@ -134,7 +168,9 @@ class CpiSpec:
                  "snapshot_root", "self_disks", "retry_in_doubt"}
         unknown = sorted(set(spec) - known)
         if unknown:
-            raise ConfigError(f"{key}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(known))})")
+            guess = nearest(unknown[0], sorted(known))
+            hint = f"did you mean '{key}.{guess}'? " if guess else ""
+            raise ConfigError(f"{key}.{unknown[0]}", f"unknown key ({hint}known: {', '.join(sorted(known))})")
         retry = spec.get("retry") or {}
         if not isinstance(retry, dict):
             raise ConfigError(f"{key}.retry", "must be a mapping {attempts, base_delay, max_delay}")
@@ -170,8 +206,9 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "director.name": ("director_name", str),
     "director.uuid": ("director_uuid", str),
     "enable_snapshots": ("enable_snapshots", "bool"),
-    "snapshot_schedule": ("snapshot_schedule", str),
-    "self_snapshot_schedule": ("self_snapshot_schedule", str),
+    "snapshot_schedule": ("snapshot_schedule", "schedule"),
+    "self_snapshot_schedule": ("self_snapshot_schedule", "schedule"),
+    "retention_schedule": ("retention_schedule", "schedule"),
     "worker.max_in_flight": ("worker_max_in_flight", int),
     "worker.lease": ("worker_lease_s", float),
     "poll_interval": ("poll_interval_s", float),
@@ -194,26 +231,110 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "log.format": ("log_format", str),
     "log.level": ("log_level", str),
 }
+# Keys whose value is a structure checked by its own parser (not set from the environment).
+_STRUCTURED = ("cpi", "cpis", "auth.users", "retention.default", "retention.deployments")
+# The settings a runtime command can also change; when the configuration sets
+# one, it is managed by the configuration (a runtime change is refused).
+MANAGEABLE = ("enable_snapshots", "snapshot_schedule", "self_snapshot_schedule", "retention_schedule")
+
+ENV_PREFIX = "SNAPLEDGER_"
+# SNAPLEDGER_* variables that are not configuration keys: the CLI client's, what
+# the agent sets for drain and stop scripts, and the tests' and benchmarks' own.
+OTHER_VARIABLES = frozenset({
+    "SNAPLEDGER_CONFIG", "SNAPLEDGER_URL", "SNAPLEDGER_USER", "SNAPLEDGER_SECRET", "SNAPLEDGER_TOKEN",
+    "SNAPLEDGER_CREDENTIALS", "SNAPLEDGER_CA_CERT", "SNAPLEDGER_DEPLOYMENT", "SNAPLEDGER_JOB",
+    "SNAPLEDGER_INSTANCE", "SNAPLEDGER_INSTANCE_ID", "SNAPLEDGER_CRASH_AT", "SNAPLEDGER_PG_REPORT",
+    "SNAPLEDGER_PG_BIN", "SNAPLEDGER_SCHEMATHESIS_EXAMPLES", "SNAPLEDGER_REPLICA_TEST_SECONDS",
+    "SNAPLEDGER_FUZZ_PER_ROUTE",
+})
+OTHER_PREFIXES = ("SNAPLEDGER_TEST_", "SNAPLEDGER_REQUIRE_", "SNAPLEDGER_BENCH_", "SNAPLEDGER_FUGIT_")
 
 
-def _parse(key: str, parser: Any, raw: Any) -> Any:
+def env_name(dotted: str) -> str:
+    return ENV_PREFIX + dotted.replace(".", "_").upper()
+
+
+def _sections() -> set[str]:
+    """Every dotted prefix of a known key: the mappings a file may hold."""
+    return {".".join(key.split(".")[:i]) for key in (*_KEYS, *_STRUCTURED) for i in range(1, key.count(".") + 1)}
+
+
+def nearest(key: str, known: list[str]) -> str | None:
+    """The known key a typo most likely meant: a close spelling, else the same
+    name in another section (`port` -> `listen.port`)."""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    leaf = key.rsplit(".", 1)[-1]
+    same_leaf = [k for k in known if k.rsplit(".", 1)[-1] == leaf]
+    return same_leaf[0] if same_leaf else None
+
+
+def _check_file_keys(data: Mapping[str, Any], source: str) -> None:
+    sections = _sections()
+    known = sorted({*_KEYS, *_STRUCTURED, *sections})
+
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for name, value in node.items():
+            key = f"{prefix}{name}"
+            if key in _KEYS or key in _STRUCTURED:
+                continue
+            if key not in sections:
+                raise UnknownKey(key, nearest(key, known), source)
+            if value is None:
+                continue
+            if not isinstance(value, Mapping):
+                children = sorted(k[len(key) + 1:] for k in known if k.startswith(key + ".") and
+                                  "." not in k[len(key) + 1:])
+                raise ConfigError(key, f"must be a mapping of {', '.join(children)}", source)
+            walk(value, key + ".")
+
+    walk(data, "")
+
+
+def _check_env_names(environ: Mapping[str, str]) -> None:
+    names = {env_name(key): key for key in _KEYS}
+    for variable in sorted(environ):
+        if not variable.startswith(ENV_PREFIX) or variable in names or variable in OTHER_VARIABLES:
+            continue
+        if variable.startswith(OTHER_PREFIXES):
+            continue
+        raise UnknownKey(variable, nearest(variable, sorted(names)), "environment", what="variable")
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", Path: "a path"}
+
+
+def _parse(key: str, parser: Any, raw: Any, source: str | None = None) -> Any:
+    """A file's value must already have the key's type (YAML typed it); an
+    environment variable's text is converted."""
+    text = isinstance(raw, str) and source is not None and source.startswith(ENV_PREFIX)
+    if parser == "schedule":
+        if raw is False:  # YAML 1.1 reads a bare `off` as false
+            return "off"
+        parser = str
     if parser == "optional_seconds":
-        if raw is None or str(raw).strip().lower() in ("", "none", "off"):
+        if raw is None or raw is False or str(raw).strip().lower() in ("", "none", "off"):
             return None
         parser = float
     if parser == "bool":
         if isinstance(raw, bool):
             return raw
-        text = str(raw).strip().lower()
-        if text in ("1", "true", "yes", "on"):
+        value = str(raw).strip().lower()
+        if text and value in ("1", "true", "yes", "on"):
             return True
-        if text in ("0", "false", "no", "off"):
+        if text and value in ("0", "false", "no", "off"):
             return False
-        raise ConfigError(key, f"expected true or false, got {raw!r}")
+        raise ConfigError(key, f"expected true or false, got {raw!r}", source)
+    if not text and source is not None:
+        allowed: tuple[type, ...] = {int: (int,), float: (int, float)}.get(parser, (str,))
+        if isinstance(raw, bool) or not isinstance(raw, allowed):
+            raise ConfigError(key, f"expected {_TYPE_NAMES[parser]}, got {raw!r}", source)
     try:
         return parser(raw)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(key, f"invalid value {raw!r}: {error}") from None
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"expected {_TYPE_NAMES.get(parser, parser.__name__)}, got {raw!r}",
+                          source) from None
 
 
 def _lookup(data: Mapping[str, Any], dotted: str) -> Any:
@@ -225,42 +346,117 @@ def _lookup(data: Mapping[str, Any], dotted: str) -> Any:
     return node
 
 
+def _read_file(path: str | Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as error:
+        raise BadConfigFile(path, f"cannot read the configuration: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise BadConfigFile(path, f"not valid YAML{at}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise BadConfigFile(path, f"must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None,
                 **overrides: Any) -> Config:
     """File, then environment, then explicit overrides (command-line flags)."""
     environ = os.environ if environ is None else environ
-    data: dict[str, Any] = {}
-    if path:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as error:
-            raise ConfigError("config", f"cannot read {path}: {error}") from None
-        except yaml.YAMLError as error:
-            raise ConfigError("config", f"{path} is not valid YAML: {error}") from None
-        if not isinstance(data, dict):
-            raise ConfigError("config", f"{path} must hold a mapping")
+    source = str(path) if path else ""
+    data = _read_file(path) if path else {}
+    _check_file_keys(data, source)
+    _check_env_names(environ)
     config = Config()
+    sources: dict[str, str] = {}  # key -> where it was set, for errors found after parsing
     for dotted, (attr, parser) in _KEYS.items():
-        raw = _lookup(data, dotted)
-        env_raw = environ.get("SNAPLEDGER_" + dotted.replace(".", "_").upper())
-        if env_raw is not None:
-            raw = env_raw
+        raw, where = _lookup(data, dotted), source
+        variable = env_name(dotted)
+        if environ.get(variable) is not None:
+            raw, where = environ[variable], variable
         if raw is not None:
-            setattr(config, attr, _parse(dotted, parser, raw))
-    if isinstance(data.get("cpi"), dict):
+            setattr(config, attr, _parse(dotted, parser, raw, where))
+            sources[dotted] = where
+            if dotted in MANAGEABLE:
+                config.managed[dotted] = where
+    if data.get("cpi") is not None:
+        if not isinstance(data["cpi"], dict):
+            raise ConfigError("cpi", "must be a mapping {type, ...} (see cpis: for several)", source)
         config.cpi = dict(data["cpi"])
     users = _lookup(data, "auth.users")
     if users is not None:
         config.users = _parse_users(users)
     if data.get("cpis") is not None:
         if not isinstance(data["cpis"], dict) or not data["cpis"]:
-            raise ConfigError("cpis", "must be a non-empty mapping of CPI name to its settings")
+            raise ConfigError("cpis", "must be a non-empty mapping of CPI name to its settings", source)
         config.cpis = {str(k): dict(v or {}) for k, v in data["cpis"].items()}
+    _load_retention(config, data, source)
+    attrs = {attr: dotted for dotted, (attr, _) in _KEYS.items()}
     for attr, value in overrides.items():
         if value is not None:
             setattr(config, attr, value)
-    _validate(config)
+            if attr in attrs:
+                sources[attrs[attr]] = f"--{attr.replace('_', '-')}"
+    try:
+        _validate(config)
+    except ConfigError as error:
+        where = error.source or sources.get(error.key) or sources.get(error.key.split(".")[0]) or source
+        if where and not error.source:
+            raise ConfigError(error.key, error.detail, where) from None
+        raise
     return config
+
+
+_POLICY_KEYS = ("keep_last", "keep_for", "keep_clean")
+
+
+def _load_retention(config: Config, data: Mapping[str, Any], source: str) -> None:
+    """`retention: {default: POLICY, deployments: {NAME: POLICY or inherit}}`; each one
+    declared is managed by the file."""
+    from snapledger.domain.names import NAME_PATTERN
+
+    default = _lookup(data, "retention.default")
+    if default is not None:
+        config.retention_default = _parse_policy("retention.default", default, source)
+        config.managed["retention.default"] = source
+    deployments = _lookup(data, "retention.deployments")
+    if deployments is None:
+        return
+    if not isinstance(deployments, dict):
+        raise ConfigError("retention.deployments", "must be a mapping of deployment name to its policy", source)
+    for name, raw in deployments.items():
+        key = f"retention.deployments.{name}"
+        if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+            raise ConfigError(key, "deployment names are letters, digits, '.', '_' or '-'", source)
+        config.retention_deployments[name] = None if raw == "inherit" else _parse_policy(key, raw, source)
+        config.managed[key] = source
+
+
+def _parse_policy(key: str, raw: Any, source: str) -> dict[str, Any]:
+    from snapledger.domain.retention import InvalidPolicy, RetentionPolicy
+
+    if not isinstance(raw, dict):
+        inherit = " or inherit" if key.startswith("retention.deployments.") else ""
+        raise ConfigError(key, f"must be a mapping of {', '.join(_POLICY_KEYS)}{inherit}", source)
+    for name in raw:
+        if name not in _POLICY_KEYS:
+            raise UnknownKey(f"{key}.{name}", nearest(f"{key}.{name}", [f"{key}.{k}" for k in _POLICY_KEYS]),
+                             source)
+    keep_last, keep_for, keep_clean = raw.get("keep_last"), raw.get("keep_for"), raw.get("keep_clean", False)
+    if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int)):
+        raise ConfigError(f"{key}.keep_last", f"expected an integer, got {keep_last!r}", source)
+    if keep_for is not None and not isinstance(keep_for, str):
+        raise ConfigError(f"{key}.keep_for", f"expected a duration such as 7d, got {keep_for!r}", source)
+    if not isinstance(keep_clean, bool):
+        raise ConfigError(f"{key}.keep_clean", f"expected true or false, got {keep_clean!r}", source)
+    try:
+        return RetentionPolicy(keep_last=keep_last, keep_for=keep_for, keep_clean=keep_clean).as_dict()
+    except InvalidPolicy as error:
+        raise ConfigError(f"{key}.{error.field}", error.message, source) from None
 
 
 def _parse_users(raw: Any) -> list[dict[str, Any]]:
@@ -285,11 +481,28 @@ def _parse_users(raw: Any) -> list[dict[str, Any]]:
     return users
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
 def _validate(config: Config) -> None:
     if not 0 < config.port < 65536:
         raise ConfigError("listen.port", f"must be 1-65535, got {config.port}")
+    if config.metrics_port is not None and not 0 < config.metrics_port < 65536:
+        raise ConfigError("metrics.port", f"must be 1-65535, got {config.metrics_port}")
     if config.log_format not in ("auto", "console", "json"):
         raise ConfigError("log.format", f"must be auto, console or json, got {config.log_format!r}")
+    if config.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError("log.level", f"must be one of {', '.join(LOG_LEVELS)}, got {config.log_level!r}")
+    if config.poll_interval_s <= 0:
+        raise ConfigError("poll_interval", "must be positive (seconds)")
+    if config.missed_fire_window_s < 0:
+        raise ConfigError("missed_fire_window", "must not be negative (seconds)")
+    if config.group_commit_max_wait_s < 0:
+        raise ConfigError("group_commit.max_wait", "must not be negative (seconds)")
+    if config.group_commit_max_batch < 1:
+        raise ConfigError("group_commit.max_batch", "must be at least 1")
+    if config.ready_max_lag < 0:
+        raise ConfigError("ready.max_lag", "must not be negative (events)")
     if config.worker_lease_s <= 0:
         raise ConfigError("worker.lease", "must be positive (seconds)")
     if config.drain_timeout_s is not None and config.drain_timeout_s <= 0:
@@ -309,7 +522,7 @@ def _validate(config: Config) -> None:
     config.self_cpi_name()
     from snapledger.domain.cron import CronError, CronSchedule
 
-    for key in ("snapshot_schedule", "self_snapshot_schedule"):
+    for key in ("snapshot_schedule", "self_snapshot_schedule", "retention_schedule"):
         value = getattr(config, key)
         if value is not None and value.strip().lower() not in ("", "off"):
             try:

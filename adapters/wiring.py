@@ -250,11 +250,30 @@ def local_disk_exists(config: Config) -> Any:
 
 
 def apply_declared_settings(ledger: Ledger, config: Config) -> None:
-    """Settings present in the configuration are enforced at start (like a BOSH
-    manifest); absent ones leave what the ledger recorded (docs/decisions.md #8)."""
+    """What the configuration declares is enforced at start (like a BOSH manifest)
+    and managed by it from then on: the ledger refuses a runtime change of it.
+    Undeclared settings keep what the ledger recorded (docs/decisions.md #8, #24).
+    Each is recorded only when it changes, so a restart records nothing and a
+    schedule keeps the moment it was really changed (no catch-up fire)."""
+    from snapledger.domain.errors import DeploymentNotFound
+    from snapledger.domain.retention import RetentionPolicy
+    from snapledger.domain.settings import SCHEDULE_NAMES
+
+    ledger.managed = dict(config.managed)
+    ledger.declared_retention = dict(config.retention_deployments)
     if config.enable_snapshots is not None:
-        ledger.set_snapshots_enabled(config.enable_snapshots, actor="config")
-    for name in ("snapshot_schedule", "self_snapshot_schedule"):
+        ledger.set_snapshots_enabled(config.enable_snapshots, actor="config", declared=True)
+    for name in SCHEDULE_NAMES:
         value = getattr(config, name)
         if value is not None:
-            ledger.set_schedule(name, None if value.strip().lower() in ("", "off") else value, actor="config")
+            ledger.set_schedule(name, None if value.strip().lower() in ("", "off") else value, actor="config",
+                                declared=True)
+    if "retention.default" in config.managed:
+        ledger.set_retention(None, RetentionPolicy.from_dict(config.retention_default), actor="config",
+                             declared=True)
+    for name, policy in config.retention_deployments.items():
+        try:  # a deployment not recorded yet gets its policy when it is (Ledger.record_deployment)
+            ledger.set_retention(name, RetentionPolicy.from_dict(policy) if policy is not None else None,
+                                 actor="config", declared=True)
+        except DeploymentNotFound:
+            continue

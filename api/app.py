@@ -189,14 +189,17 @@ async def info(request: web.Request) -> web.Response:
     })
 
 
-def _snapshot_config(settings: Any) -> dict[str, Any]:
-    return {"enable_snapshots": settings.enable_snapshots, **settings.schedules}
+def _snapshot_config(settings: Any, managed: dict[str, str]) -> dict[str, Any]:
+    values = {"enable_snapshots": settings.enable_snapshots, **settings.schedules}
+    # Which values the configuration sets (the file or variable): changing them here is refused.
+    return {**values, "managed_by": {key: managed[key] for key in values if key in managed}}
 
 
 @routes.get("/config/snapshots")
 async def get_snapshot_config(request: web.Request) -> web.Response:
-    settings = await run(request, request.app[RUNTIME].ledger.settings)
-    return web.json_response(_snapshot_config(settings))
+    ledger = request.app[RUNTIME].ledger
+    settings = await run(request, ledger.settings)
+    return web.json_response(_snapshot_config(settings, ledger.managed))
 
 
 @routes.put("/config/snapshots")
@@ -206,16 +209,21 @@ async def put_snapshot_config(request: web.Request) -> web.Response:
     who = actor(request)
 
     def apply() -> Any:
+        # All or nothing: a managed key anywhere in the request refuses it before any change.
+        ledger.refuse_managed_changes({k: _schedule_value(v) if k in SCHEDULE_NAMES else v
+                                       for k, v in data.items()}, actor=who)
         if "enable_snapshots" in data:
             ledger.set_snapshots_enabled(data["enable_snapshots"], actor=who)
         for name in SCHEDULE_NAMES:
             if name in data:
-                value = data[name]
-                ledger.set_schedule(name, None if value is None or value.strip().lower() == "off" else value,
-                                    actor=who)
+                ledger.set_schedule(name, _schedule_value(data[name]), actor=who)
         return ledger.settings()
 
-    return web.json_response(_snapshot_config(await run(request, apply)))
+    return web.json_response(_snapshot_config(await run(request, apply), ledger.managed))
+
+
+def _schedule_value(value: str | None) -> str | None:
+    return None if value is None or value.strip().lower() == "off" else value
 
 
 @routes.get("/schedules")
@@ -237,6 +245,7 @@ async def list_schedules(request: web.Request) -> web.Response:
             "next_fires": next_fires if settings.enable_snapshots else [],
             "last_fire": await run(request, runtime.queries.last_fire, name),
             "last_missed": await run(request, runtime.queries.last_fire, name, "missed"),
+            "managed_by": runtime.ledger.managed.get(name),  # the file or variable that sets it, if any
         })
     return web.json_response(result)
 

@@ -174,19 +174,38 @@ def _load(config_path: str | None, data_dir: Path | None, database: str | None, 
 
 
 def _run_server(roles: set[str], **options: Any) -> None:
+    from .startup import StartupError
+
+    try:
+        _start_server(roles, **options)
+    except StartupError as error:
+        fail(error.message, error.exit_code)
+
+
+def _start_server(roles: set[str], **options: Any) -> None:
+    """Check what can refuse the start before starting anything: the data
+    directory, the TLS files, the port; then the database (api/startup.py)."""
     from aiohttp import web
 
+    from snapledger.adapters.store import parse_store_url
     from snapledger.adapters.wiring import build_runtime
 
     from .app import create_app
+    from .startup import bind_listener, build_or_refuse, check_data_dir, tls_context
 
     config = _load(**options)
-    runtime = build_runtime(config, roles)
+    check_data_dir(config.data_dir)
+    ssl_context = tls_context(config.tls_cert, config.tls_key) if "api" in roles else None
+    sock = bind_listener(config.host, config.port) if "api" in roles else None
+    if config.metrics_port and "api" not in roles:  # refuse a taken port in one line, before starting
+        bind_listener("0.0.0.0", config.metrics_port, "metrics").close()
+    label = parse_store_url(config.database_url).label
+    runtime = build_or_refuse(lambda: build_runtime(config, roles), label)
     runtime.log.info("starting", store=runtime.url.label, data_dir=str(config.data_dir.resolve()),
                      listen=f"{config.host}:{config.port}" if "api" in roles else None)
     if "api" in roles:
         app = create_app(runtime)
-        web.run_app(app, host=config.host, port=config.port, print=None, ssl_context=_tls_context(config))
+        web.run_app(app, sock=sock, print=None, ssl_context=ssl_context)
         return
     if config.metrics_port:
         from snapledger.adapters.metrics import serve_metrics
@@ -198,18 +217,6 @@ def _run_server(roles: set[str], **options: Any) -> None:
     runtime.start()
     stop.wait()
     runtime.close()
-
-
-def _tls_context(config: Any) -> Any:
-    if not (config.tls_cert or config.tls_key):
-        return None
-    import ssl
-
-    if not (config.tls_cert and config.tls_key):
-        fail("TLS needs both --tls-cert and --tls-key", 2)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config.tls_cert, config.tls_key)
-    return context
 
 
 @main.command("hash-secret")
@@ -404,6 +411,8 @@ def schedules(ctx: click.Context) -> None:
         lines = []
         for r in rs:
             state = "active" if r["active"] else ("off" if not r["expression"] else "inactive (snapshots disabled)")
+            if r.get("managed_by"):
+                state += f", managed by {r['managed_by']}"
             lines.append(f"{r['name']}: {r['expression'] or '-'}  [{state}]")
             for t in r["next_fires"]:
                 lines.append(f"  next   {t}")

@@ -10,7 +10,8 @@ from .cli import _deployment_option, call, emit, fail, main, table, wait_for
 
 
 def _describe(policy: dict[str, Any]) -> str:
-    return f"{policy['description']} ({policy['source']} policy)"
+    managed = f", managed by {policy['managed_by']}" if policy.get("managed_by") else ""
+    return f"{policy['description']} ({policy['source']} policy{managed})"
 
 
 @main.command()

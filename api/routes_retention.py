@@ -36,8 +36,17 @@ for method, route, access, summary, ok, body_schema, query_schema in [
     document(method, route, summary, ok, body=body_schema, query=query_schema)
 
 
-def _policy_json(policy: RetentionPolicy, source: str) -> dict[str, Any]:
-    return {**policy.as_dict(), "source": source, "description": policy.describe()}
+def _policy_json(policy: RetentionPolicy, source: str, managed_by: str | None) -> dict[str, Any]:
+    """`source`: whose policy is in force (the deployment's or the default);
+    `managed_by`: the configuration file that declares it (a PUT is refused), if any."""
+    return {**policy.as_dict(), "source": source, "description": policy.describe(), "managed_by": managed_by}
+
+
+def _managed_by(request: web.Request, deployment: str | None, source: str) -> str | None:
+    managed = request.app[RUNTIME].ledger.managed
+    if deployment is not None and f"retention.deployments.{deployment}" in managed:
+        return managed[f"retention.deployments.{deployment}"]
+    return managed.get("retention.default") if source == "default" else None
 
 
 def _policy(data: dict[str, Any]) -> RetentionPolicy:
@@ -48,7 +57,7 @@ def _policy(data: dict[str, Any]) -> RetentionPolicy:
 @routes.get("/config/retention")
 async def get_default_retention(request: web.Request) -> web.Response:
     policy, source = await run(request, request.app[RUNTIME].ledger.retention_policy, None)
-    return web.json_response(_policy_json(policy, source))
+    return web.json_response(_policy_json(policy, source, _managed_by(request, None, source)))
 
 
 @routes.put("/config/retention")
@@ -57,13 +66,14 @@ async def put_default_retention(request: web.Request) -> web.Response:
     ledger = request.app[RUNTIME].ledger
     await run(request, ledger.set_retention, None, _policy(data), actor=actor(request))
     policy, source = await run(request, ledger.retention_policy, None)
-    return web.json_response(_policy_json(policy, source))
+    return web.json_response(_policy_json(policy, source, _managed_by(request, None, source)))
 
 
 @routes.get("/deployments/{deployment}/retention")
 async def get_retention(request: web.Request) -> web.Response:
-    policy, source = await run(request, request.app[RUNTIME].ledger.retention_policy, path(request, "deployment"))
-    return web.json_response(_policy_json(policy, source))
+    deployment = path(request, "deployment")
+    policy, source = await run(request, request.app[RUNTIME].ledger.retention_policy, deployment)
+    return web.json_response(_policy_json(policy, source, _managed_by(request, deployment, source)))
 
 
 @routes.put("/deployments/{deployment}/retention")
@@ -74,7 +84,7 @@ async def put_retention(request: web.Request) -> web.Response:
     policy = None if data.get("inherit") else _policy(data)
     await run(request, ledger.set_retention, deployment, policy, actor=actor(request))
     policy, source = await run(request, ledger.retention_policy, deployment)
-    return web.json_response(_policy_json(policy, source))
+    return web.json_response(_policy_json(policy, source, _managed_by(request, deployment, source)))
 
 
 @routes.post("/deployments/{deployment}/retention/runs")

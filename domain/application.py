@@ -25,11 +25,12 @@ from .combining import SharedReads
 from .deployment import Deployment, deployment_id
 from .discovery import SelfDiscovery
 from .idempotency import IdempotencyKey, KeyAlreadyUsed, idempotency_key_id
-from .errors import DeploymentNotFound, SnapshotNotFound, SnapshotsDisabled, TaskNotFound, UnknownCpi
+from .errors import (DeploymentNotFound, ManagedByConfig, SnapshotNotFound, SnapshotsDisabled, TaskNotFound,
+                     UnknownCpi)
 from .names import SELF_DEPLOYMENT
 from .retention import Candidate, Expiry, RetentionPolicy, plan_expiry
 from .schedule import REGISTRY_ID, DeploymentRegistry, ScheduleFire, fire_id
-from .settings import SETTINGS_ID, Settings
+from .settings import SCHEDULE_NAMES, SETTINGS_ID, Settings
 from .snapshot import TAKEN, Refusal, Snapshot, SnapshotCid, snapshot_cid_id
 from .task import Task
 
@@ -195,7 +196,37 @@ class Ledger(Application):
     def snapshots_enabled(self) -> bool:
         return self.settings().enable_snapshots
 
-    def set_schedule(self, name: str, expression: str | None, actor: str) -> str | None:
+    # Set by the composition root from the configuration (docs/decisions.md #24):
+    # runtime-settable key -> the file or SNAPLEDGER_* variable that manages it
+    # (a runtime change is refused), and the declared per-deployment retention
+    # policies (None: inherit), applied when such a deployment is first recorded.
+    managed: dict[str, str] = {}
+    declared_retention: dict[str, dict[str, Any] | None] = {}
+
+    def refuse_managed_changes(self, changes: dict[str, Any], actor: str) -> None:
+        """Refuse (409, naming the file and key) a runtime change of a managed
+        setting, before anything is saved; setting the managed value again is no change."""
+        if not self.managed:
+            return
+        settings = self.settings()
+        current = {"enable_snapshots": settings.enable_snapshots, **settings.schedules}
+        for key, value in changes.items():
+            if key in SCHEDULE_NAMES:
+                value = (value or "").strip() or None
+            if key in self.managed and current.get(key) != value:
+                self._refuse_managed(key, actor)
+
+    def _refuse_managed(self, key: str, actor: str, deployment: str | None = None) -> None:
+        source = self.managed[key]
+        reason = f"'{key}' is managed by the configuration ({source}): change it there and restart"
+        self._refuse("change_setting", reason, deployment, {"key": key, "managed_by": source}, actor)
+        raise ManagedByConfig(reason, field=key)
+
+    def set_schedule(self, name: str, expression: str | None, actor: str, declared: bool = False) -> str | None:
+        """`declared`: the configuration applies its own value (at start)."""
+        if not declared:
+            self.refuse_managed_changes({name: expression}, actor)
+
         def decide() -> list[Aggregate]:
             settings = self._get(SETTINGS_ID) or Settings(actor=actor)
             changed = settings.set_schedule(name, expression, actor=actor)
@@ -204,7 +235,10 @@ class Ledger(Application):
         self.save_with_retry(decide)
         return self.settings().schedules[name]
 
-    def set_snapshots_enabled(self, enabled: bool, actor: str) -> bool:
+    def set_snapshots_enabled(self, enabled: bool, actor: str, declared: bool = False) -> bool:
+        if not declared:
+            self.refuse_managed_changes({"enable_snapshots": enabled}, actor)
+
         def decide() -> list[Aggregate]:
             settings = self._get(SETTINGS_ID) or Settings(actor=actor)
             changed = settings.set_enabled(enabled, actor=actor)
@@ -225,6 +259,8 @@ class Ledger(Application):
         def decide() -> list[Aggregate]:
             dep = self._get(deployment_id(name)) or Deployment(name=name, actor=actor)
             dep.record_inventory(tags=tags, instances=instances, actor=actor, cpi=cpi)
+            if name in self.declared_retention and dep.retention != self.declared_retention[name]:
+                dep.set_retention(self.declared_retention[name], actor="config")
             registry = self._registry()
             result[:] = [dep]
             return [dep, registry] if registry.add(name) else [dep]
@@ -516,18 +552,25 @@ class Ledger(Application):
     # snapshot aggregate before anything is expired.
     retention_candidates: Callable[[str], list[Candidate]] | None = None
 
-    def set_retention(self, deployment: str | None, policy: RetentionPolicy | None, actor: str) -> None:
-        """A deployment's policy (None: back to the default), or the default (deployment None)."""
+    def set_retention(self, deployment: str | None, policy: RetentionPolicy | None, actor: str,
+                      declared: bool = False) -> None:
+        """A deployment's policy (None: back to the default), or the default (deployment None).
+        `declared`: the configuration applies its own policy (recorded only if it changes)."""
         value = policy.as_dict() if policy is not None else None
+        key = f"retention.deployments.{deployment}" if deployment is not None else "retention.default"
 
         def decide() -> list[Aggregate]:
+            target = (self._get(SETTINGS_ID) or Settings(actor=actor)) if deployment is None \
+                else self.get_deployment(deployment)
+            if target.retention == value and declared:
+                return []
+            if key in self.managed and not declared and target.retention != value:
+                self._refuse_managed(key, actor, deployment)
             if deployment is None:
-                settings = self._get(SETTINGS_ID) or Settings(actor=actor)
-                settings.set_default_retention(value, actor=actor)
-                return [settings]
-            dep = self.get_deployment(deployment)
-            dep.set_retention(value, actor=actor)
-            return [dep]
+                target.set_default_retention(value, actor=actor)
+            else:
+                target.set_retention(value, actor=actor)
+            return [target]
 
         self.save_with_retry(decide)
 

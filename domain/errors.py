@@ -45,6 +45,13 @@ class SnapshotsDisabled(Conflict):
     code = "snapshots_disabled"
 
 
+class ManagedByConfig(Conflict):
+    """A runtime change of a setting the configuration file (or a SNAPLEDGER_*
+    variable) sets: the file wins, always (docs/decisions.md #24)."""
+
+    code = "managed_by_config"
+
+
 class InvalidState(Conflict):
     code = "invalid_state"
 

@@ -35,19 +35,35 @@ class Settings(Aggregate):
         self.schedule_set_at: dict[str, datetime] = {}
         self.retention: dict | None = None  # the default policy; None: keep everything
 
-    @event("SnapshotsEnabled")
+    # The two events that start a schedule's "since" are explicit classes: their
+    # `apply` reads the event's own timestamp. A decorated method's body runs
+    # before eventsourcing moves `modified_on`, so it would see the previous
+    # event's time, and the scheduler would catch up fires from before the change.
+    class SnapshotsEnabled(Aggregate.Event):
+        actor: str
+
+        def apply(self, aggregate: "Settings") -> None:
+            aggregate.enable_snapshots = True
+            aggregate.enabled_at = self.timestamp
+
+    class ScheduleSet(Aggregate.Event):
+        name: str
+        expression: str | None
+        actor: str
+
+        def apply(self, aggregate: "Settings") -> None:
+            aggregate.schedules[self.name] = self.expression
+            aggregate.schedule_set_at[self.name] = self.timestamp
+
     def enable_snapshots_(self, actor: str) -> None:
-        self.enable_snapshots = True
-        self.enabled_at = self.modified_on
+        self.trigger_event(self.SnapshotsEnabled, actor=actor)
 
     @event("SnapshotsDisabled")
     def disable_snapshots_(self, actor: str) -> None:
         self.enable_snapshots = False
 
-    @event("ScheduleSet")
     def _set_schedule(self, name: str, expression: str | None, actor: str) -> None:
-        self.schedules[name] = expression
-        self.schedule_set_at[name] = self.modified_on
+        self.trigger_event(self.ScheduleSet, name=name, expression=expression, actor=actor)
 
     @event("RetentionDefaultSet")
     def set_default_retention(self, policy: dict | None, actor: str) -> None:

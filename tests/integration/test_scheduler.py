@@ -140,3 +140,38 @@ def test_invalid_schedules_are_refused_where_they_enter(ledger: Ledger) -> None:
         ledger.set_schedule("snapshot_schedule", "0 0 7 ? * * UTC", actor="op")
     assert error.value.token == "?" and error.value.field == "day of month"
     assert ledger.settings().schedules["snapshot_schedule"] == "0 0 7 * * * UTC"  # BOSH default kept
+
+
+def _daily_at(moment: datetime) -> str:
+    """A schedule that fires once a day, at this moment's second (6 fields, seconds first)."""
+    return f"{moment.second} {moment.minute} {moment.hour} * * * UTC"
+
+
+def _sleep_until(moment: datetime) -> None:
+    import time
+
+    time.sleep(max((moment - datetime.now(UTC)).total_seconds(), 0) + 0.05)
+
+
+def test_a_changed_schedule_never_fires_for_instants_before_the_change(ledger: Ledger) -> None:
+    # Regression: the change's moment was taken from the settings' previous event
+    # (eventsourcing applies an event before it moves `modified_on`), so a schedule
+    # set now "caught up" a fire between the previous change and this one, and
+    # snapshotted at once (as a restart that re-applied the file did).
+    ledger.set_snapshots_enabled(True, actor="op")
+    ledger.set_schedule("snapshot_schedule", None, actor="op")
+    passed = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    _sleep_until(passed)  # `passed` is now in the past, after the last change
+    ledger.set_schedule("snapshot_schedule", _daily_at(passed), actor="config")
+    Scheduler(ledger, LOG).tick(datetime.now(UTC))
+    assert fires(ledger) == []
+
+
+def test_re_enabling_never_fires_for_instants_while_disabled(ledger: Ledger) -> None:
+    ledger.set_schedule("snapshot_schedule", None, actor="op")
+    passed = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    ledger.set_schedule("snapshot_schedule", _daily_at(passed), actor="op")
+    _sleep_until(passed)  # the fire passes while snapshots are disabled
+    ledger.set_snapshots_enabled(True, actor="op")
+    Scheduler(ledger, LOG).tick(datetime.now(UTC))
+    assert fires(ledger) == []

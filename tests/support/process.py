@@ -29,8 +29,10 @@ class Server:
     """`snapledger serve` (or another role) as a child process."""
 
     def __init__(self, data_dir: Path, database: str | None = None, command: str = "serve",
-                 port: int | None = None, env: dict[str, str] | None = None) -> None:
+                 port: int | None = None, env: dict[str, str] | None = None,
+                 config: Path | None = None) -> None:
         self.data_dir = data_dir
+        self.config = config  # --config FILE
         self.database = database
         self.command = command
         self.port = port or free_port()
@@ -48,6 +50,8 @@ class Server:
         args = [SNAPLEDGER, self.command, "--data-dir", str(self.data_dir), "--port", str(self.port)]
         if self.database:
             args += ["--database", self.database]
+        if self.config:
+            args += ["--config", str(self.config)]
         self.proc = subprocess.Popen(args, env=self.env, stdout=subprocess.DEVNULL,
                                      stderr=self.log.open("ab"), start_new_session=True)
         if self.command in ("serve", "api") and wait:
