@@ -371,19 +371,20 @@ async def _read_task(request: web.Request, task_id: str) -> dict[str, Any]:
 
 @routes.get("/tasks/{task_id}")
 async def get_task(request: web.Request) -> web.Response:
-    """One task. `?wait=S` long-polls (capped at 60 s) until the task ends or,
-    for a job update, until its log moves past `after` (default: as it was when asked)."""
+    """One task. `?wait=S` long-polls (capped at 60 s) until the task ends or its log
+    moves past `after` (the CLI follows any task so). Without `after`, a job update
+    answers at its next change, any other task at its end."""
     task_id = request.match_info["task_id"]
     params = query(request, schemas.TaskWaitQuerySchema())
     row = await _read_task(request, task_id)
     wait = min(params.get("wait", 0.0), MAX_TASK_WAIT_S)
     if wait > 0:
-        after = params.get("after", row["last_event"])
+        after = params.get("after", row["last_event"] if row["kind"] == "update_job" else None)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
 
         def settled(r: dict[str, Any]) -> bool:
-            return r["state"] in ("done", "error") or (r["kind"] == "update_job" and r["last_event"] > after)
+            return r["state"] in ("done", "error") or (after is not None and r["last_event"] > after)
 
         while not settled(row) and loop.time() < deadline:
             await asyncio.sleep(TASK_WAIT_POLL_S)
