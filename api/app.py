@@ -438,6 +438,21 @@ async def _task_deployment(request: web.Request, task_id: str) -> str | None:
         return None
 
 
+async def _scoped_deployment(request: web.Request) -> str | None:
+    """The one deployment a cross-deployment read is confined to, for its deployment's admin:
+    a snapshot's (history) or `?deployment=` (tasks, audit). None: the read needs snapledger.read."""
+    cid = request.match_info.get("cid")
+    if cid is not None:
+        queries = request.app[RUNTIME].queries
+        first = await run(request, queries.events, {"snapshot_cid": cid}, 0, 1)
+        return first[0]["deployment"] if first else None
+    from marshmallow import fields
+
+    if request.query.get("in_doubt", "false") not in fields.Boolean.falsy:
+        return None  # in-doubt calls are listed across deployments
+    return request.query.get("deployment") or None
+
+
 def route_tables() -> list[web.RouteTableDef]:
     """Every route module's table. A feature adds its own module here, so
     feature work does not pile up in this file."""
@@ -454,7 +469,7 @@ def create_app(runtime: Runtime, start_background: bool = True) -> web.Applicati
     from .idempotency import idempotency_middleware
 
     app = web.Application(middlewares=[request_context_middleware, routes_ops.metrics_middleware,
-                                       errors_middleware, auth.auth_middleware(_task_deployment),
+                                       errors_middleware, auth.auth_middleware(_task_deployment, _scoped_deployment),
                                        idempotency_middleware],
                           client_max_size=MAX_BODY)
     app[RUNTIME] = runtime

@@ -43,11 +43,15 @@ def fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-def call(fn: Callable[[], Any]) -> Any:
+def call(fn: Callable[[], Any], forbidden_hint: str | None = None) -> Any:
     try:
         return fn()
     except ApiError as error:
-        fail(error.message)
+        fail(f"{error.message} ({forbidden_hint})" if forbidden_hint and error.code == "forbidden"
+             else error.message)
+
+
+SCOPED_HINT = "a deployment's admin gives -d DEPLOYMENT"
 
 
 def confirm(ctx: click.Context, question: str, what_goes: list[str] | None = None) -> None:
@@ -503,7 +507,8 @@ def tasks(ctx: click.Context, deployment: str | None, state: str | None, limit: 
             f"{sum(len(r['in_doubt']) for r in rs)} in-doubt CPI calls (look for IaaS snapshots tagged "
             "snapledger_operation_id=<Operation>)"))
         return
-    rows = call(lambda: ctx.obj["client"].get("/tasks", deployment=deployment, state=state, limit=limit))
+    rows = call(lambda: ctx.obj["client"].get("/tasks", deployment=deployment, state=state, limit=limit),
+                None if deployment else SCOPED_HINT)
     emit(ctx, rows, lambda rs: table(
         ["ID", "State", "Started At", "Finished At", "User", "Deployment", "Description", "Result"],
         [[r["id"], r["state"], local_time(r["started_at"], with_date=True),
@@ -523,7 +528,7 @@ def task(ctx: click.Context, task_id: str | None, cpi_log: bool) -> None:
     """Show one task (the latest without TASK_ID) and its steps; follows it while it runs."""
     client: Client = ctx.obj["client"]
     if task_id is None:
-        latest = call(lambda: client.get("/tasks", limit=1))
+        latest = call(lambda: client.get("/tasks", limit=1), SCOPED_HINT)
         if not latest:
             fail("no tasks yet")
         task_id = latest[0]["id"]

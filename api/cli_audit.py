@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .cli import call, main
+from .cli import SCOPED_HINT, call, main
 from .cli_args import fail_usage, split_instance
 
 
@@ -58,7 +58,8 @@ def audit(ctx: click.Context, follow: bool, after: int, limit: int, type_: str |
     if type_:
         params["type"] = type_
     while True:
-        rows = call(lambda: client.get("/events", after=after, limit=limit, **params))
+        rows = call(lambda: client.get("/events", after=after, limit=limit, **params),
+                    None if params.get("deployment") else SCOPED_HINT)
         for e in rows:
             click.echo(json.dumps(e) if ctx.obj["json"] else timeline_line(e))
             after = e["position"]

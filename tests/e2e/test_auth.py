@@ -11,7 +11,7 @@ import pytest
 
 from snapledger.api.auth import ROUTE_ACCESS, Access
 from support.process import Server, cli
-from support.runtime import SECRETS, api_client, auth_as, make_config, wait_task
+from support.runtime import SECRETS, api_client, auth_as, make_config, make_disk, wait_task
 
 # Path variables: "prod" is the deployment the prod-admin administers; "other" is not.
 VALUES = {"name": "prod", "deployment": "prod", "job": "db", "index_or_id": "0", "cid": "snap-x"}
@@ -33,7 +33,7 @@ def expected(access: Access, method: str, who: str, on_own_deployment: bool) -> 
     if who == "admin":
         return "allowed"
     if who == "read":
-        if access is Access.READ or (access in (Access.DEPLOYMENT, Access.TASK) and method == "GET"):
+        if access in (Access.READ, Access.SCOPED) or (access in (Access.DEPLOYMENT, Access.TASK) and method == "GET"):
             return "allowed"
         return "403"
     # a deployment's admin
@@ -95,6 +95,40 @@ async def test_route_credential_matrix(tmp_path: Path, sqlite_url: str) -> None:
         assert (await client.get("/tasks", headers=prod_admin)).status == 403  # all tasks need read
         assert (await client.delete("/deployments/other", headers=prod_admin)).status == 403
         assert (await client.delete("/deployments/prod", headers=prod_admin)).status == 200
+
+
+async def test_a_deployment_admin_reads_its_own_tasks_audit_and_history(tmp_path: Path, sqlite_url: str) -> None:
+    # The README says a deployment's admin follows its deployment's tasks; listing them,
+    # its audit and its snapshots' histories needed snapledger.read (issue 18).
+    config = make_config(tmp_path, sqlite_url)
+    async with api_client(config) as client:  # as admin
+        await client.put("/config/snapshots", json={"enable_snapshots": True})
+        cids = {}
+        for dep in ("prod", "other"):
+            make_disk(config, f"disk-{dep}")
+            await client.put(f"/deployments/{dep}", json={"instances": [{"job": "db", "index": 0,
+                                                                          "disks": [f"disk-{dep}"]}]})
+            accepted = await (await client.post(f"/deployments/{dep}/snapshots")).json()
+            assert (await wait_task(client, accepted["task_id"]))["state"] == "done"
+            cids[dep] = (await (await client.get(f"/deployments/{dep}/snapshots")).json())[0]["snapshot_cid"]
+        mine = auth_as("prod-admin")
+
+        async def status(path: str) -> int:
+            return (await client.get(path, headers=mine)).status
+
+        resp = await client.get("/tasks?deployment=prod", headers=mine)
+        assert resp.status == 200 and {t["deployment"] for t in await resp.json()} == {"prod"}
+        resp = await client.get("/events?deployment=prod", headers=mine)
+        events = await resp.json()
+        assert resp.status == 200 and events and {e["deployment"] for e in events} == {"prod"}
+        assert await status(f"/snapshots/{cids['prod']}/history") == 200
+        # Nothing of another deployment, nor everything at once.
+        for path in ("/tasks", "/tasks?deployment=other", "/tasks?deployment=prod&in_doubt=on", "/events",
+                     "/events?deployment=other", f"/snapshots/{cids['other']}/history",
+                     "/snapshots/snap-unknown/history"):
+            assert await status(path) == 403, path
+        error = await (await client.get("/tasks", headers=mine)).json()
+        assert "deployment=NAME" in error["error"] and error["code"] == "forbidden"
 
 
 async def test_the_actor_of_every_event_is_the_authenticated_name(tmp_path: Path, sqlite_url: str) -> None:
