@@ -522,13 +522,15 @@ TASKS_TEXT_WIDTH = 60  # a result listing a deployment's CIDs would make every r
 
 @main.command()
 @click.argument("task_id", required=False)
+@click.option("-d", "--deployment", help="Without TASK_ID: the latest task of this deployment.")
 @click.option("--cpi", "cpi_log", is_flag=True, help="Show the task's CPI calls with their log and stderr.")
 @click.pass_context
-def task(ctx: click.Context, task_id: str | None, cpi_log: bool) -> None:
+def task(ctx: click.Context, task_id: str | None, deployment: str | None, cpi_log: bool) -> None:
     """Show one task (the latest without TASK_ID) and its steps; follows it while it runs."""
     client: Client = ctx.obj["client"]
     if task_id is None:
-        latest = call(lambda: client.get("/tasks", limit=1), SCOPED_HINT)
+        latest = call(lambda: client.get("/tasks", limit=1, deployment=deployment),
+                      None if deployment else SCOPED_HINT)
         if not latest:
             fail("no tasks yet")
         task_id = latest[0]["id"]
