@@ -41,7 +41,8 @@ def _error(error: Any) -> str:
 def describe_operation(data: dict[str, Any]) -> str:
     """One disk's outcome: `db/0 disk disk-a: taken snap-...` (failures with their error)."""
     detail = data.get("detail") or {}
-    text = f"{detail.get('instance') or '-'} disk {detail.get('disk_cid') or '-'}: {data.get('outcome') or '-'}"
+    disk = f" disk {detail['disk_cid']}" if detail.get("disk_cid") else ""  # a job update's instance has none
+    text = f"{detail.get('instance') or '-'}{disk}: {data.get('outcome') or '-'}"
     if detail.get("snapshot_cid") and data.get("outcome") != "deleted":
         text += f" {detail['snapshot_cid']}"
     if detail.get("error_type"):

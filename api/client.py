@@ -130,18 +130,21 @@ class Client:
 
         Each round is one long poll (`?wait=&after=`: it answers when the task's log
         moves or the task ends) and, when it moved, one read of the new events.
-        While the service is unavailable (a restart, a 503) it retries with backoff for
-        `reconnect_for` seconds, then raises FollowLost: the task itself goes on."""
+        Once the task was read, while the service is unavailable (a restart, a 503) it
+        retries with backoff for `reconnect_for` seconds, then raises FollowLost: the task
+        itself goes on."""
         lost_at: float | None = None
         delay = 0.25
+        seen = False  # a service never reached (a wrong URL) is an error at once, not an outage
 
         def get(path: str, **params: Any) -> Any:
-            nonlocal lost_at, delay
+            nonlocal lost_at, delay, seen
             while True:
                 try:
                     answer = self.request("GET", path, params=params, timeout=wait + self.timeout)
+                    seen = True
                 except ApiError as error:
-                    if error.status not in UNAVAILABLE:
+                    if error.status not in UNAVAILABLE or not seen:
                         raise
                     now = time.monotonic()
                     lost_at = now if lost_at is None else lost_at

@@ -14,12 +14,12 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.process import CREDENTIALS, SNAPLEDGER, Server, cli
+from support.process import CREDENTIALS, SNAPLEDGER, Server, cli, free_port
 
 DRAIN_S = 3
 
@@ -59,7 +59,7 @@ def cli_env(stack: Stack) -> dict[str, str]:
 
 def follow(stack: Stack, *args: str) -> subprocess.Popen[str]:
     """`snapledger update-job -d prod db/0 ...` in the background, as an operator's terminal runs it."""
-    return subprocess.Popen([SNAPLEDGER, "--url", stack.api.url, *args, "update-job", "-d", "prod", "db/0"],
+    return subprocess.Popen([SNAPLEDGER, "--url", stack.api.url, *args, "update-job", "-d", "prod", "db", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(stack))
 
 
@@ -128,9 +128,67 @@ def test_following_is_a_long_poll_not_a_busy_loop(stack: Stack) -> None:
     # The old CLI asked twice every 0.25 s: a 3 s drain cost 24+ requests. A long poll
     # answers when the task moves, so following costs a few requests per step.
     before = _task_polls(stack.api.url)
-    result = subprocess.run([SNAPLEDGER, "--url", stack.api.url, "update-job", "-d", "prod", "db/0"],
+    result = subprocess.run([SNAPLEDGER, "--url", stack.api.url, "update-job", "-d", "prod", "db", "0"],
                             capture_output=True, text=True, timeout=60, env=cli_env(stack))
     assert result.returncode == 0, result.stderr
     polls = _task_polls(stack.api.url) - before
     steps = sum(1 for line in result.stdout.splitlines() if " UTC  " in line)
     assert polls <= steps + 2, (polls, result.stdout)
+
+
+class Unavailable:
+    """A real HTTP hop in front of the API that answers 503 while switched on, as the
+    API does when its event store is unreachable (or a load balancer with no backend)."""
+
+    def __init__(self, upstream: str) -> None:
+        import threading
+
+        self.upstream = upstream
+        self.on = threading.Event()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._serve, args=(ready,), daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def _serve(self, ready: Any) -> None:
+        import asyncio
+
+        from aiohttp import ClientSession, ClientTimeout, web
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            if self.on.is_set():
+                return web.json_response({"error": "the event store is unreachable", "code": "unavailable"},
+                                         status=503)
+            headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
+            async with ClientSession(timeout=ClientTimeout(total=90)) as session:
+                async with session.request(request.method, self.upstream + request.path_qs, headers=headers,
+                                           data=await request.read()) as resp:
+                    return web.Response(status=resp.status, body=await resp.read(),
+                                        content_type=resp.content_type)
+
+        async def main() -> None:
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", handle)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", self.port).start()
+            ready.set()
+            await asyncio.Event().wait()
+
+        asyncio.run(main())
+
+
+def test_503s_while_following_are_retried(stack: Stack) -> None:
+    hop = Unavailable(stack.api.url)
+    proc = subprocess.Popen([SNAPLEDGER, "--url", hop.url, "update-job", "-d", "prod", "db", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(stack))
+    draining(stack)
+    hop.on.set()
+    time.sleep(1.5)
+    hop.on.clear()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+    assert "snapledger unavailable (the event store is unreachable)" in err and "reconnected" in err
+    assert " done at " in out
