@@ -108,7 +108,7 @@ def wait_for(ctx: click.Context, client: Client, accepted: dict[str, Any]) -> No
         told = False
 
     if not as_json:
-        click.echo(f"Task {task_id}")
+        click.echo(f"Task {accepted.get('number') or task_id}")  # a task's number where the service has them
     try:
         task = client.follow_task(task_id, show, unavailable, back, reconnect_for=ctx.obj["reconnect_for"])
     except FollowLost as lost:

@@ -100,5 +100,5 @@ class Progress:
         """The one line at the end: state, when, per-outcome counts, the (shortened) result."""
         counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(self.outcomes.items()))
         disks = f" ({self.finished}/{max(self.total, self.finished)} disks: {counts})" if self.finished else ""
-        return (f"Task {task['id']} {task['state']} at {local_time(task.get('finished_at'))}{disks}: "
+        return (f"Task {task.get('number') or task['id']} {task['state']} at {local_time(task.get('finished_at'))}{disks}: "
                 f"{shorten(task.get('result'), RESULT_WIDTH)}")

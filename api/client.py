@@ -12,7 +12,7 @@ import time
 import urllib.parse
 from typing import Any, Callable, Iterator
 
-TERMINAL = ("done", "error")
+TERMINAL = ("done", "error", "cancelled")
 LONG_POLL_S = 30.0  # the server answers a long poll within this (it caps waits at 60 s)
 # Answers that mean "the service is not there right now", not "the request is wrong":
 # while following a task, these are retried (a restart, a proxy in front of it).
