@@ -141,6 +141,29 @@ def ping_if_quiet(conn: Any) -> None:
     conn._snapledger_pinged = now
 
 
+SQLITE_EVENTS_TABLE = "stored_events"  # the library's table names, by store
+POSTGRES_EVENTS_TABLE = EVENTS_CHANNEL
+
+
+def store_exists(url: StoreUrl) -> bool:
+    """Whether an event store was ever created at `url`. Creates nothing (no file,
+    no schema): a tool that only reads a store must not leave an empty one behind."""
+    if url.kind == "sqlite":
+        assert url.sqlite_path is not None
+        if not url.sqlite_path.is_file():
+            return False
+        conn = sqlite3.connect(f"file:{url.sqlite_path.resolve()}?mode=ro", uri=True)
+        try:
+            return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                (SQLITE_EVENTS_TABLE,)).fetchone() is not None
+        finally:
+            conn.close()
+    with psycopg.connect(url.conninfo(), connect_timeout=5) as conn:
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                           (f'"{url.schema}".{POSTGRES_EVENTS_TABLE}',)).fetchone()
+        return bool(row and row[0])
+
+
 def ensure_schema(url: StoreUrl) -> None:
     # The library creates tables but never the schema itself.
     if url.schema == "public":

@@ -380,19 +380,20 @@ async def _read_task(request: web.Request, task_id: str) -> dict[str, Any]:
 
 @routes.get("/tasks/{task_id}")
 async def get_task(request: web.Request) -> web.Response:
-    """One task. `?wait=S` long-polls (capped at 60 s) until the task ends or,
-    for a job update, until its log moves past `after` (default: as it was when asked)."""
+    """One task. `?wait=S` long-polls (capped at 60 s) until the task ends or its log
+    moves past `after` (the CLI follows any task so). Without `after`, a job update
+    answers at its next change, any other task at its end."""
     task_id = request.match_info["task_id"]
     params = query(request, schemas.TaskWaitQuerySchema())
     row = await _read_task(request, task_id)
     wait = min(params.get("wait", 0.0), MAX_TASK_WAIT_S)
     if wait > 0:
-        after = params.get("after", row["last_event"])
+        after = params.get("after", row["last_event"] if row["kind"] == "update_job" else None)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
 
         def settled(r: dict[str, Any]) -> bool:
-            return r["state"] in ("done", "error") or (r["kind"] == "update_job" and r["last_event"] > after)
+            return r["state"] in ("done", "error") or (after is not None and r["last_event"] > after)
 
         while not settled(row) and loop.time() < deadline:
             await asyncio.sleep(TASK_WAIT_POLL_S)
@@ -446,6 +447,21 @@ async def _task_deployment(request: web.Request, task_id: str) -> str | None:
         return None
 
 
+async def _scoped_deployment(request: web.Request) -> str | None:
+    """The one deployment a cross-deployment read is confined to, for its deployment's admin:
+    a snapshot's (history) or `?deployment=` (tasks, audit). None: the read needs snapledger.read."""
+    cid = request.match_info.get("cid")
+    if cid is not None:
+        queries = request.app[RUNTIME].queries
+        first = await run(request, queries.events, {"snapshot_cid": cid}, 0, 1)
+        return first[0]["deployment"] if first else None
+    from marshmallow import fields
+
+    if request.query.get("in_doubt", "false") not in fields.Boolean.falsy:
+        return None  # in-doubt calls are listed across deployments
+    return request.query.get("deployment") or None
+
+
 def route_tables() -> list[web.RouteTableDef]:
     """Every route module's table. A feature adds its own module here, so
     feature work does not pile up in this file."""
@@ -462,7 +478,7 @@ def create_app(runtime: Runtime, start_background: bool = True) -> web.Applicati
     from .idempotency import idempotency_middleware
 
     app = web.Application(middlewares=[request_context_middleware, routes_ops.metrics_middleware,
-                                       errors_middleware, auth.auth_middleware(_task_deployment),
+                                       errors_middleware, auth.auth_middleware(_task_deployment, _scoped_deployment),
                                        idempotency_middleware],
                           client_max_size=MAX_BODY)
     app[RUNTIME] = runtime

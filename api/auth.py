@@ -6,7 +6,7 @@ the secret, and scopes:
 - `snapledger.admin`: everything;
 - `snapledger.read`: listings, tasks, audit, schedules;
 - `snapledger.deployments.<name>.admin`: everything on that deployment
-  (its snapshots, its tasks).
+  (its snapshots, its tasks, its audit and snapshot histories).
 
 Every route declares its access in ROUTE_ACCESS; a route without a
 declaration is refused (and a test walks every registered route).
@@ -51,6 +51,9 @@ class Access(Enum):
     ADMIN = "admin"  # admin only
     DEPLOYMENT = "deployment"  # admin, or the path's deployment admin (GET: read too)
     TASK = "task"  # read, admin, or the admin of the task's deployment
+    # Reads across deployments (task list, audit, a snapshot's history): read, admin, or the
+    # admin of the one deployment the read is confined to (`?deployment=`, the snapshot's).
+    SCOPED = "scoped"
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class Credential:
             return True
         if access is Access.READ:
             return READ in self.scopes
+        if access is Access.SCOPED:
+            return READ in self.scopes or (deployment is not None and deployment_admin(deployment) in self.scopes)
         if access in (Access.DEPLOYMENT, Access.TASK):
             if method in ("GET", "HEAD") and READ in self.scopes:
                 return True
@@ -179,7 +184,7 @@ ROUTE_ACCESS: dict[tuple[str, str], Access] = {
     ("DELETE", "/deployments/{deployment}/snapshots/{cid}"): Access.DEPLOYMENT,
     ("GET", "/deployments/{deployment}/jobs/{job}/{index_or_id}/snapshots"): Access.DEPLOYMENT,
     ("POST", "/deployments/{deployment}/jobs/{job}/{index_or_id}/snapshots"): Access.DEPLOYMENT,
-    ("GET", "/tasks"): Access.READ,
+    ("GET", "/tasks"): Access.SCOPED,
     ("GET", "/tasks/{task_id}"): Access.TASK,
     ("GET", "/tasks/{task_id}/events"): Access.TASK,
     ("GET", "/tasks/{task_id}/cpi-log"): Access.TASK,
@@ -203,8 +208,10 @@ AUTH = web.AppKey("auth", CredentialStore)
 USER = web.RequestKey("user", str)  # the authenticated name: the actor of every event
 
 
-def auth_middleware(task_deployment: Callable[[web.Request, str], Awaitable[str | None]]) -> Any:
-    """`task_deployment(request, task_id)` answers which deployment a task is of."""
+def auth_middleware(task_deployment: Callable[[web.Request, str], Awaitable[str | None]],
+                    scoped_deployment: Callable[[web.Request], Awaitable[str | None]] | None = None) -> Any:
+    """`task_deployment(request, task_id)` answers which deployment a task is of;
+    `scoped_deployment(request)` the one deployment a SCOPED read is confined to (or None)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -231,9 +238,14 @@ def auth_middleware(task_deployment: Callable[[web.Request, str], Awaitable[str 
         deployment = request.match_info.get("deployment") or request.match_info.get("name")
         if access is Access.TASK:
             deployment = await task_deployment(request, request.match_info["task_id"])
+        elif access is Access.SCOPED:
+            deployment = await scoped_deployment(request) if scoped_deployment is not None else None
         if not credential.allows(access, request.method, deployment):
             needed = {Access.READ: READ, Access.ADMIN: ADMIN}.get(
                 access, f"{ADMIN} or {deployment_admin(deployment or '<deployment>')}")
+            if access is Access.SCOPED:
+                needed = (f"{READ}, or {deployment_admin(deployment or '<deployment>')} for a read confined "
+                          "to that deployment (deployment=NAME)")
             return _error(403, f"user '{credential.name}' lacks the scope for {key[0]} {key[1]}: needs {needed}",
                           "forbidden", scope=needed)
         request[USER] = credential.name

@@ -12,9 +12,17 @@ from typing import Any, Callable
 import click
 import yaml
 
-from .client import find_credentials, ApiError, Client
+from .cli_args import GlobalOptionsGroup, split_instance
+from .cli_progress import EVENT_TEXTS, Progress, local_time, shorten
+from .client import find_credentials, ApiError, Client, FollowLost
 
 DEFAULT_URL = "http://127.0.0.1:25555"
+
+# Exit codes (README "Exit codes"): a script tells "the task failed" from "we lost sight of it".
+EXIT_FAILED = 1  # the request was refused, or the task ended in `error`
+EXIT_USAGE = 2  # bad arguments or input; nothing was sent
+EXIT_LOST = 3  # the service stayed unreachable while following: the task goes on, re-attach with `task ID`
+EXIT_INTERRUPTED = 130  # Ctrl-C while following: the task goes on, re-attach with `task ID`
 
 
 # Output --------------------------------------------------------------------------
@@ -35,92 +43,94 @@ def fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-def call(fn: Callable[[], Any]) -> Any:
+def call(fn: Callable[[], Any], forbidden_hint: str | None = None) -> Any:
     try:
         return fn()
     except ApiError as error:
-        fail(error.message)
+        fail(f"{error.message} ({forbidden_hint})" if forbidden_hint and error.code == "forbidden"
+             else error.message)
 
 
-# Feature modules add how their events read (event type -> text from the event's data).
-EVENT_TEXTS: dict[str, Callable[[dict[str, Any]], str]] = {}
+SCOPED_HINT = "a deployment's admin gives -d DEPLOYMENT"
 
 
-def describe_event(event: dict[str, Any]) -> str:
-    data, kind = event["data"], event["type"]
-    where = f"{data.get('job', '')}/{data.get('index', '')} disk {data.get('disk_cid', '')}".strip()
-    text = {
-        "Task.Queued": lambda: f"queued: {data.get('description')} ({len(data.get('operations', []))} operation(s))",
-        "Task.Started": lambda: f"started by {data.get('worker')}",
-        "Task.OperationsAdded": lambda: f"{len(data.get('operations', []))} operation(s) added",
-        "Task.OperationFinished": lambda: _operation(data),
-        "Task.Finished": lambda: f"{data.get('state')}: {first_line(data.get('result'))}",
-        "Snapshot.Requested": lambda: f"snapshot requested: {where}",
-        "Snapshot.CpiCallStarted": lambda: f"CPI {data.get('method')} started (attempt {data.get('attempt')})",
-        "Snapshot.Taken": lambda: f"snapshot taken: {data.get('snapshot_cid')}",
-        "Snapshot.Failed": lambda: f"snapshot failed: {data['error']['type']}: {excerpt(data['error']['message'])}",
-        "Snapshot.Skipped": lambda: f"snapshot skipped: {data.get('reason')}",
-        "Snapshot.DeletionRequested": lambda: "deletion requested",
-        "Snapshot.Deleted": lambda: f"snapshot deleted ({data.get('reason')})",
-        "Snapshot.DeletionFailed": lambda: (f"deletion failed: {data['error']['type']}: "
-                                            f"{excerpt(data['error']['message'])}"),
-    }.get(kind, lambda: EVENT_TEXTS[kind](data) if kind in EVENT_TEXTS else kind)()
-    return f"{event['time'][11:19]}  {text}"
+def confirm(ctx: click.Context, question: str, what_goes: list[str] | None = None) -> None:
+    """Ask before a destructive act (skipped with -n); show what goes away first."""
+    if ctx.obj["non_interactive"]:
+        return
+    for line in what_goes or []:
+        click.echo(line)
+    try:
+        agreed = click.confirm(question, default=False)
+    except click.Abort:  # no answer (stdin closed): nothing was done
+        click.echo("", err=True)
+        fail("not confirmed, nothing done (pass -n to skip the question in scripts)", EXIT_FAILED)
+    if not agreed:
+        fail("not confirmed, nothing done", EXIT_FAILED)
 
 
-# A CPI error can be a whole backtrace: the task's steps show its first lines
-# once, and the summaries its first line; `task ID --cpi` has the full text.
-EXCERPT_LINES = 4
+def _no_wait_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--no-wait", is_flag=True, help="Print the task id and return at once; "
+                        "follow it later with `snapledger task ID`.")(fn)
 
 
-def first_line(text: Any) -> str:
-    lines = str(text or "").splitlines() or [""]
-    return lines[0] + (f" [+{len(lines) - 1} lines]" if len(lines) > 1 else "")
-
-
-def excerpt(text: Any) -> str:
-    lines = str(text or "").splitlines() or [""]
-    if len(lines) <= EXCERPT_LINES:
-        return "\n".join(lines)
-    more = f"    ... {len(lines) - EXCERPT_LINES} more lines (all in `snapledger task ID --cpi`)"
-    return "\n".join([*lines[:EXCERPT_LINES], more])
-
-
-def _operation(data: dict[str, Any]) -> str:
-    detail = data.get("detail", {})
-    # Job-update instances and self discovery have no disk of their own.
-    disk = f" disk {detail['disk_cid']}" if detail.get("disk_cid") else ""
-    text = f"{detail.get('instance', '?')}{disk}: {data.get('outcome')}"
-    if detail.get("snapshot_cid"):
-        text += f" {detail['snapshot_cid']}"
-    if detail.get("error_type"):
-        text += f" ({detail['error_type']}: {first_line(detail.get('message', ''))})"
-    elif detail.get("reason"):
-        text += f" ({detail['reason']})"
-    return text
+def start_task(ctx: click.Context, client: Client, accepted: dict[str, Any], no_wait: bool = False) -> None:
+    """A command started a task: return at once (--no-wait) or follow it to its end."""
+    if no_wait:
+        emit(ctx, accepted, lambda a: f"Task {a['task_id']} started; follow it with `snapledger task {a['task_id']}`")
+        return
+    wait_for(ctx, client, accepted)
 
 
 def wait_for(ctx: click.Context, client: Client, accepted: dict[str, Any]) -> None:
-    """Follow a task to its end, showing each step; exit non-zero on `error`."""
+    """Follow a task to its end, one line per disk or step; exit non-zero unless it is `done`."""
     task_id = accepted["task_id"]
     as_json = ctx.obj["json"]
+    progress = Progress()
+    reattach = f"the task goes on in snapledger; re-attach with `snapledger task {task_id}`"
+    told = False
+
+    def show(event: dict[str, Any]) -> None:
+        line = json.dumps(event) if as_json else progress.line(event)
+        if line is not None:
+            click.echo(line)
+
+    def unavailable(error: ApiError, retry_in: float) -> None:
+        nonlocal told
+        if not told:  # once per outage, not once per retry
+            click.echo(f"snapledger unavailable ({error.message}); {reattach}. Retrying "
+                       f"(backoff from {retry_in:g} s, for up to {ctx.obj['reconnect_for']:g} s)...", err=True)
+            told = True
+
+    def back() -> None:
+        nonlocal told
+        click.echo(f"reconnected to snapledger; following task {task_id} again", err=True)
+        told = False
+
     if not as_json:
-        click.echo(f"Task {task_id}")
-    task = call(lambda: client.follow_task(
-        task_id, lambda e: click.echo(json.dumps(e) if as_json else describe_event(e))))
-    if as_json:
-        click.echo(json.dumps(task))
-    else:
-        click.echo(f"\nTask {task_id} {task['state']}: {first_line(task['result'])}")
-        if len(str(task["result"] or "").splitlines()) > 1:
-            click.echo(f"The full text of each CPI error: snapledger task {task_id} --cpi")
+        click.echo(f"Task {accepted.get('number') or task_id}")  # a task's number where the service has them
+    try:
+        task = client.follow_task(task_id, show, unavailable, back, reconnect_for=ctx.obj["reconnect_for"])
+    except FollowLost as lost:
+        fail(f"lost contact with snapledger for {lost.waited_s:.0f} s ({lost.error.message}); {reattach}",
+             EXIT_LOST)
+    except ApiError as error:
+        fail(error.message)
+    except KeyboardInterrupt:
+        click.echo("", err=True)
+        fail(f"stopped following task {task_id}; {reattach}", EXIT_INTERRUPTED)
+    finally:
+        client.close()
+    click.echo(json.dumps(task) if as_json else progress.summary(task))
+    if not as_json and len(str(task.get("result") or "").splitlines()) > 1:
+        click.echo(f"The full text of each CPI error: snapledger task {accepted.get('number') or task_id} --cpi")
     if task["state"] != "done":
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
 
 
 # Root ------------------------------------------------------------------------------
 
-@click.group()
+@click.group(cls=GlobalOptionsGroup)
 @click.option("--url", envvar="SNAPLEDGER_URL", default=DEFAULT_URL, show_default=True,
               help="The snapledger API (env SNAPLEDGER_URL).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -130,12 +140,21 @@ def wait_for(ctx: click.Context, client: Client, accepted: dict[str, Any]) -> No
 @click.option("--credentials", "credentials_file", envvar="SNAPLEDGER_CREDENTIALS",
               help="Credentials file (default ./.snapledger/credentials.json, written by `serve`).")
 @click.option("--ca-cert", envvar="SNAPLEDGER_CA_CERT", help="CA certificate to trust for https URLs.")
+@click.option("-n", "--non-interactive", is_flag=True, help="Ask no questions (destructive acts go ahead).")
+@click.option("--reconnect-for", type=click.FloatRange(min=0), default=120.0, show_default=True, metavar="SECONDS",
+              help="While following a task, how long to retry an unavailable service before giving up (exit 3).")
 @click.pass_context
 def main(ctx: click.Context, url: str, as_json: bool, user: str | None, secret: str | None, token: str | None,
-         credentials_file: str | None, ca_cert: str | None) -> None:
-    """snapledger: an event-sourced ledger for persistent-disk snapshots."""
+         credentials_file: str | None, ca_cert: str | None, non_interactive: bool, reconnect_for: float) -> None:
+    """snapledger: an event-sourced ledger for persistent-disk snapshots.
+
+    Global options (--json, -n, --url, ...) may also follow the command:
+    `snapledger snapshots -d prod --json`. Exit codes: 0 done, 1 refused or the
+    task failed, 2 bad usage, 3 lost contact while following (the task goes on),
+    130 interrupted while following (the task goes on)."""
     authorization = find_credentials(user, secret, token, credentials_file)
-    ctx.obj = {"client": Client(url, authorization=authorization, cafile=ca_cert), "json": as_json}
+    ctx.obj = {"client": Client(url, authorization=authorization, cafile=ca_cert), "json": as_json,
+               "non_interactive": non_interactive, "reconnect_for": reconnect_for}
 
 
 # Processes ---------------------------------------------------------------------------
@@ -271,10 +290,11 @@ def _deployment_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _instance_path(deployment: str, job: str | None, index: str | None) -> str:
+    job, index = split_instance(job, index)
     if job is None:
         return f"/deployments/{deployment}"
     if index is None:
-        fail("give both JOB and INDEX (or an instance id), or neither for the whole deployment", 2)
+        fail("give the instance as JOB/INDEX or JOB/ID (e.g. db/0), or nothing for the whole deployment", 2)
     return f"/deployments/{deployment}/jobs/{job}/{index}"
 
 
@@ -322,9 +342,27 @@ def deploy(ctx: click.Context, file: Any) -> None:
     except ValidationError as error:
         fail(f"{file.name}: {error.normalized_messages()}", 2)
     name = spec.pop("name")
-    data = call(lambda: ctx.obj["client"].request("PUT", f"/deployments/{name}", spec))
+    client: Client = ctx.obj["client"]
+    gone = _removed_by_deploy(client, name, spec)
+    if gone:
+        confirm(ctx, f"Deploying {file.name} removes {len(gone)} instance(s) from deployment '{name}'. Continue?",
+                [f"Going away from deployment '{name}' (their snapshots stay listed):", *gone])
+    data = call(lambda: client.request("PUT", f"/deployments/{name}", spec))
     disks = sum(len(i["disks"]) for i in data["instances"])
     emit(ctx, data, lambda d: f"Deployment '{name}' recorded: {len(d['instances'])} instance(s), {disks} disk(s)")
+
+
+def _removed_by_deploy(client: Client, name: str, spec: dict[str, Any]) -> list[str]:
+    """The instances (with their disks) the deployment has now and the new inventory lacks."""
+    try:
+        current = client.get(f"/deployments/{name}")
+    except ApiError as error:
+        if error.status == 404:
+            return []  # a new deployment: nothing goes away
+        fail(error.message)
+    keep = {(i["job"], i["index"]) for i in spec.get("instances", [])}
+    return [f"  - {i['job']}/{i['index']} (disks: {', '.join(i['disks']) or 'none'})"
+            for i in current.get("instances", []) if (i["job"], i["index"]) not in keep]
 
 
 @main.command()
@@ -362,10 +400,12 @@ def snapshots(ctx: click.Context, deployment: str, job: str | None, index: str |
 @click.option("--self", "own_host", is_flag=True, help="Snapshot the disks of the host snapledger runs on.")
 @click.argument("job", required=False)
 @click.argument("index", required=False)
+@_no_wait_option
 @click.pass_context
 def take_snapshot(ctx: click.Context, deployment: str | None, own_host: bool, job: str | None,
-                  index: str | None) -> None:
-    """Snapshot every persistent disk of one instance, or of the whole deployment."""
+                  index: str | None, no_wait: bool) -> None:
+    """Snapshot every persistent disk of one instance (JOB/INDEX, JOB/ID or JOB INDEX),
+    or of the whole deployment."""
     client: Client = ctx.obj["client"]
     if own_host:
         path = "/self/snapshots"
@@ -374,31 +414,56 @@ def take_snapshot(ctx: click.Context, deployment: str | None, own_host: bool, jo
     else:
         fail("give -d DEPLOYMENT (or --self)", 2)
     accepted = call(lambda: client.request("POST", path))
-    wait_for(ctx, client, accepted)
+    start_task(ctx, client, accepted, no_wait)
+
+
+SHOWN_BEFORE_CONFIRM = 20  # a deployment's hundreds of snapshots: the first ones and a count
+
+
+def snapshot_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [f"  - {r['snapshot_cid']}  {r['job']}/{r['index'] if r['index'] is not None else '?'}  "
+             f"disk {r['disk_cid']}  {local_time(r.get('created_at'), with_date=True)}  {r['trigger']}"
+             for r in rows[:SHOWN_BEFORE_CONFIRM]]
+    if len(rows) > SHOWN_BEFORE_CONFIRM:
+        lines.append(f"  ... and {len(rows) - SHOWN_BEFORE_CONFIRM} more")
+    return lines
+
+
+def find_snapshot(client: Client, deployment: str, cid: str) -> dict[str, Any] | None:
+    """The snapshot's row in its deployment's listing (None: let the command's own 404 say so)."""
+    return next((r for r in call(lambda: list(client.paged(f"/deployments/{deployment}/snapshots")))
+                 if r["snapshot_cid"] == cid), None)
 
 
 @main.command("delete-snapshot")
 @_deployment_option
 @click.argument("cid")
+@_no_wait_option
 @click.pass_context
-def delete_snapshot(ctx: click.Context, deployment: str, cid: str) -> None:
-    """Delete one snapshot by its CID."""
+def delete_snapshot(ctx: click.Context, deployment: str, cid: str, no_wait: bool) -> None:
+    """Delete one snapshot by its CID (asks first; -n does not)."""
     client: Client = ctx.obj["client"]
+    if not ctx.obj["non_interactive"]:
+        row = find_snapshot(client, deployment, cid)
+        if row is not None:
+            confirm(ctx, f"Delete snapshot {cid}?", ["Going away:", *snapshot_lines([row])])
     accepted = call(lambda: client.request("DELETE", f"/deployments/{deployment}/snapshots/{cid}"))
-    wait_for(ctx, client, accepted)
+    start_task(ctx, client, accepted, no_wait)
 
 
 @main.command("delete-snapshots")
 @_deployment_option
-@click.option("-n", "--non-interactive", is_flag=True, help="Do not ask for confirmation.")
+@_no_wait_option
 @click.pass_context
-def delete_snapshots(ctx: click.Context, deployment: str, non_interactive: bool) -> None:
-    """Delete every snapshot of a deployment."""
-    if not non_interactive and not click.confirm(f"Delete all snapshots of deployment '{deployment}'?"):
-        fail("aborted", 1)
+def delete_snapshots(ctx: click.Context, deployment: str, no_wait: bool) -> None:
+    """Delete every snapshot of a deployment (asks first; -n does not)."""
     client: Client = ctx.obj["client"]
+    if not ctx.obj["non_interactive"]:
+        rows = call(lambda: list(client.paged(f"/deployments/{deployment}/snapshots")))
+        confirm(ctx, f"Delete all {len(rows)} snapshot(s) of deployment '{deployment}'?",
+                [f"Going away ({len(rows)} snapshot(s)):", *snapshot_lines(rows)])
     accepted = call(lambda: client.request("DELETE", f"/deployments/{deployment}/snapshots"))
-    wait_for(ctx, client, accepted)
+    start_task(ctx, client, accepted, no_wait)
 
 
 @main.command()
@@ -453,21 +518,33 @@ def tasks(ctx: click.Context, deployment: str | None, state: str | None, limit: 
             f"{sum(len(r['in_doubt']) for r in rs)} in-doubt CPI calls (look for IaaS snapshots tagged "
             "snapledger_operation_id=<Operation>)"))
         return
-    rows = call(lambda: ctx.obj["client"].get("/tasks", deployment=deployment, state=state, limit=limit))
+    rows = call(lambda: ctx.obj["client"].get("/tasks", deployment=deployment, state=state, limit=limit),
+                None if deployment else SCOPED_HINT)
     emit(ctx, rows, lambda rs: table(
         ["ID", "State", "Started At", "Finished At", "User", "Deployment", "Description", "Result"],
-        [[r["id"], r["state"], r["started_at"], r["finished_at"], r["user"], r["deployment"],
-          r["description"], r["result"]] for r in rs],
-        f"{len(rs)} tasks"))
+        [[r["id"], r["state"], local_time(r["started_at"], with_date=True),
+          local_time(r["finished_at"], with_date=True), r["user"] or "-", r["deployment"] or "-",
+          shorten(r["description"], TASKS_TEXT_WIDTH), shorten(r["result"], TASKS_TEXT_WIDTH)] for r in rs],
+        f"{len(rs)} tasks (results shortened; `snapledger task ID` shows one in full)"))
+
+
+TASKS_TEXT_WIDTH = 60  # a result listing a deployment's CIDs would make every row a page wide
 
 
 @main.command()
-@click.argument("task_id")
+@click.argument("task_id", required=False)
+@click.option("-d", "--deployment", help="Without TASK_ID: the latest task of this deployment.")
 @click.option("--cpi", "cpi_log", is_flag=True, help="Show the task's CPI calls with their log and stderr.")
 @click.pass_context
-def task(ctx: click.Context, task_id: str, cpi_log: bool) -> None:
-    """Show one task and its events; waits while it runs."""
+def task(ctx: click.Context, task_id: str | None, deployment: str | None, cpi_log: bool) -> None:
+    """Show one task (the latest without TASK_ID) and its steps; follows it while it runs."""
     client: Client = ctx.obj["client"]
+    if task_id is None:
+        latest = call(lambda: client.get("/tasks", limit=1, deployment=deployment),
+                      None if deployment else SCOPED_HINT)
+        if not latest:
+            fail("no tasks yet")
+        task_id = latest[0]["id"]
     if cpi_log:
         entries = call(lambda: client.get(f"/tasks/{task_id}/cpi-log"))
         emit(ctx, entries, describe_cpi_log)

@@ -8,7 +8,9 @@ from typing import Any
 
 import click
 
-from .cli import call, describe_event, main
+from .cli import SCOPED_HINT, call, main
+from .cli_args import fail_usage, split_instance
+from .cli_progress import describe_event
 
 
 def timeline_line(e: dict[str, Any]) -> str:
@@ -32,6 +34,7 @@ def timeline_line(e: dict[str, Any]) -> str:
 @click.option("--job")
 @click.option("--index", type=int)
 @click.option("--instance-id")
+@click.option("--instance", "slug", metavar="JOB/INDEX", help="One instance, as JOB/INDEX or JOB/ID (e.g. db/0).")
 @click.option("--disk", "disk_cid")
 @click.option("--snapshot", "snapshot_cid")
 @click.option("--task", "task_id")
@@ -43,14 +46,21 @@ def timeline_line(e: dict[str, Any]) -> str:
 @click.option("--limit", type=int, default=500, show_default=True)
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming new events.")
 @click.pass_context
-def audit(ctx: click.Context, follow: bool, after: int, limit: int, type_: str | None, **filters: Any) -> None:
+def audit(ctx: click.Context, follow: bool, after: int, limit: int, type_: str | None, slug: str | None,
+          **filters: Any) -> None:
     """The event log in order: who did what, when, to which snapshot."""
     client = ctx.obj["client"]
+    if slug is not None:
+        job, index_or_id = split_instance(slug if "/" in slug else fail_usage(
+            f"'{slug}' is not an instance: give JOB/INDEX or JOB/ID, e.g. db/0"), None)
+        filters["job"] = job
+        filters["index" if str(index_or_id).isdigit() else "instance_id"] = index_or_id
     params = {k: v for k, v in filters.items() if v is not None}
     if type_:
         params["type"] = type_
     while True:
-        rows = call(lambda: client.get("/events", after=after, limit=limit, **params))
+        rows = call(lambda: client.get("/events", after=after, limit=limit, **params),
+                    None if params.get("deployment") else SCOPED_HINT)
         for e in rows:
             click.echo(json.dumps(e) if ctx.obj["json"] else timeline_line(e))
             after = e["position"]

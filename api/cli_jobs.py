@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from .cli import EVENT_TEXTS, _deployment_option, call, emit, main, wait_for
+from .cli import EVENT_TEXTS, _deployment_option, _no_wait_option, call, main, start_task
+from .cli_args import split_instance
 from .client import Client
 
 
@@ -70,21 +71,19 @@ EVENT_TEXTS.update({
               "(BOSH_JOB_NEXT_STATE).")
 @click.option("--max-in-flight", type=click.IntRange(min=1), default=1, show_default=True,
               help="How many instances may be drained/stopped/snapshotted at once.")
-@click.option("--no-wait", is_flag=True, help="Print the task id and return at once.")
+@_no_wait_option
 @click.pass_context
 def update_job(ctx: click.Context, deployment: str, job: str, index: str | None, drain_type: str,
                persistent_disk: int | None, max_in_flight: int, no_wait: bool) -> None:
-    """Announce an update of JOB (or of one instance, JOB INDEX): drain, stop and
+    """Announce an update of JOB (or of one instance: JOB/INDEX, JOB/ID or JOB INDEX): drain, stop and
     clean-snapshot each instance, then report it ready for update.
 
     Waits until every instance is ready (exit 0) or one failed (exit 1)."""
     client: Client = ctx.obj["client"]
+    job, index = split_instance(job, index)
     payload: dict[str, Any] = {"drain_type": drain_type, "max_in_flight": max_in_flight}
     if persistent_disk is not None:
         payload["next_state"] = {"persistent_disk": persistent_disk}
     base = f"/deployments/{deployment}/jobs/{job}" + (f"/{index}" if index is not None else "")
     accepted = call(lambda: client.request("POST", f"{base}/updates", payload))
-    if no_wait:
-        emit(ctx, accepted, lambda a: a["task_id"])
-        return
-    wait_for(ctx, client, accepted)
+    start_task(ctx, client, accepted, no_wait)

@@ -31,6 +31,8 @@ def replay(verify: bool, rebuild_name: str | None, **options: Any) -> None:
     if rebuild_name and rebuild_name not in names:
         fail(f"no view named {rebuild_name!r} (views: {', '.join(names)})", 2)
     config = _load(**options)
+    checked = _existing_store(config.database_url)
+    click.echo(f"store: {checked}", err=True)
     runtime = build_runtime(config, roles=frozenset())
     scratch = replaying.scratch_name()
     url = runtime.url
@@ -56,7 +58,8 @@ def replay(verify: bool, rebuild_name: str | None, **options: Any) -> None:
             if url.kind == "sqlite":
                 runtime.db.query(f"ATTACH DATABASE '{scratch_file}' AS {scratch}")
             replaying.swap(runtime.db, rebuilt, rebuild_name, ref)
-            click.echo(f"view {rebuild_name} rebuilt from the log and swapped in at position {rebuilt.position}")
+            click.echo(f"view {rebuild_name} of {checked} rebuilt from the log and swapped in at position "
+                       f"{rebuilt.position}")
             return
         _positions_at(runtime, rebuilt.position, positions_before)  # let the live views reach the rebuild
         diffs = replaying.differences(runtime.db, rebuilt, runtime.ledger)
@@ -64,7 +67,8 @@ def replay(verify: bool, rebuild_name: str | None, **options: Any) -> None:
             for line in diffs:
                 click.echo(f"DIFFERS {line}")
             sys.exit(1)
-        click.echo(f"all {len(rebuilt.views)} views equal a rebuild from the log ({rebuilt.events} events)")
+        click.echo(f"all {len(rebuilt.views)} views equal a rebuild from the log ({rebuilt.events} events) "
+                   f"in {checked}")
     finally:
         scratch_db.close()
         if url.kind == "postgres":
@@ -76,6 +80,25 @@ def replay(verify: bool, rebuild_name: str | None, **options: Any) -> None:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{scratch_file}{suffix}").unlink(missing_ok=True)
         runtime.close()
+
+
+def _existing_store(database_url: str) -> str:
+    """The store's label, or exit 1 naming it: a rebuild of a store that does not exist
+    would create an empty one and find all (no) views equal."""
+    import psycopg
+
+    from snapledger.adapters.store import parse_store_url, store_exists
+
+    url = parse_store_url(database_url)
+    try:
+        exists = store_exists(url)
+    except psycopg.Error as error:
+        fail(f"cannot open the store {url.label}: {(str(error).strip().splitlines() or ['unreachable'])[0]}")
+    label = url.label if url.sqlite_path is None else f"sqlite:///{str(url.sqlite_path.resolve()).lstrip('/')}"
+    if not exists:
+        fail(f"no event store at {label}: nothing to replay (give the service's --data-dir, --database "
+             "or --config)")
+    return label
 
 
 def _positions_at(runtime: Any, target: int, before: dict[str, int]) -> dict[str, int]:

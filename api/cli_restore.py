@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from .cli import EVENT_TEXTS, _deployment_option, call, emit, main, wait_for
+from .cli import (EVENT_TEXTS, _deployment_option, _no_wait_option, call, confirm, find_snapshot, main,
+                  snapshot_lines, start_task)
 from .client import Client
 from .cli_jobs import _drain_summary, _stop_summary, drain_calls
 
@@ -42,18 +43,24 @@ EVENT_TEXTS.update({
 @click.argument("cid")
 @click.option("--to-new-disk", "to_new_disk", metavar="NAME",
               help="Restore into a new disk NAME (must not exist) instead of the snapshot's own disk.")
-@click.option("--no-wait", is_flag=True, help="Print the task id and return at once.")
+@_no_wait_option
 @click.pass_context
 def restore(ctx: click.Context, deployment: str, cid: str, to_new_disk: str | None, no_wait: bool) -> None:
     """Restore snapshot CID. In place (the default): drain and stop the instance
     owning the disk, take a safety snapshot of its current content, then restore;
     its jobs stay stopped. With --to-new-disk: into a new disk, nothing stopped.
 
-    Waits for the task: exit 0 when restored, 1 when refused or failed."""
+    In place, asks first (-n does not). Waits for the task: exit 0 when restored,
+    1 when refused or failed."""
     client: Client = ctx.obj["client"]
+    if to_new_disk is None and not ctx.obj["non_interactive"]:
+        row = find_snapshot(client, deployment, cid)
+        if row is not None:  # unknown CIDs: the server's refusal says why
+            instance = f"{row['job']}/{row['index'] if row['index'] is not None else '?'}"
+            confirm(ctx, f"Restore {cid} in place into disk {row['disk_cid']}?", [
+                f"Instance {instance} will be drained and stopped (its jobs stay stopped), a safety snapshot",
+                f"of disk {row['disk_cid']} taken, and the disk's current content replaced by the snapshot:",
+                *snapshot_lines([row])])
     payload = {"to_new_disk": to_new_disk} if to_new_disk is not None else None
     accepted = call(lambda: client.request("POST", f"/deployments/{deployment}/snapshots/{cid}/restore", payload))
-    if no_wait:
-        emit(ctx, accepted, lambda a: a["task_id"])
-        return
-    wait_for(ctx, client, accepted)
+    start_task(ctx, client, accepted, no_wait)

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from .cli import _deployment_option, call, emit, fail, main, table, wait_for
+from .cli import _deployment_option, _no_wait_option, call, emit, fail, main, start_task, table
 
 
 def _describe(policy: dict[str, Any]) -> str:
@@ -23,9 +23,11 @@ def _describe(policy: dict[str, Any]) -> str:
 @click.option("--inherit", is_flag=True, help="Drop the deployment's own policy; use the default.")
 @click.option("--run", "run_now", is_flag=True, help="Apply the policy now (follows the task).")
 @click.option("--dry-run", is_flag=True, help="Show what the policy would delete now; change nothing.")
+@_no_wait_option
 @click.pass_context
 def retention(ctx: click.Context, deployment: str | None, default: bool, keep_last: int | None,
-              keep_for: str | None, keep_clean: bool | None, inherit: bool, run_now: bool, dry_run: bool) -> None:
+              keep_for: str | None, keep_clean: bool | None, inherit: bool, run_now: bool, dry_run: bool,
+              no_wait: bool) -> None:
     """Show, set or apply a retention policy (the most protective rule wins)."""
     client = ctx.obj["client"]
     if default == bool(deployment):
@@ -46,7 +48,7 @@ def retention(ctx: click.Context, deployment: str | None, default: bool, keep_la
                                                [[r["snapshot_cid"], r["disk_cid"], r["reason"]] for r in rows],
                                                f"{len(rows)} snapshots would be deleted (dry run)"))
             return
-        wait_for(ctx, client, call(lambda: client.request("POST", f"{base}/runs")))
+        start_task(ctx, client, call(lambda: client.request("POST", f"{base}/runs")), no_wait)
         return
     if not changing:
         emit(ctx, call(lambda: client.get(base)), _describe)

@@ -16,10 +16,10 @@ from .auth import Access, declare
 from .openapi import ARRAY, OBJECT, document
 
 routes = web.RouteTableDef()
-declare("GET", "/events", Access.READ)
+declare("GET", "/events", Access.SCOPED)
 document("GET", "/events", "The event log in order, filtered; page with `after` = the last position seen",
          (200, ARRAY), query=schemas.EventQuerySchema)
-declare("GET", "/snapshots/{cid}/history", Access.READ)
+declare("GET", "/snapshots/{cid}/history", Access.SCOPED)
 document("GET", "/snapshots/{cid}/history",
          "One snapshot's life from request to deletion: its events and every CPI call with its answer",
          (200, OBJECT))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ import pytest
 
 from snapledger.api.auth import ROUTE_ACCESS, Access
 from support.process import Server, cli
-from support.runtime import SECRETS, api_client, auth_as, make_config, wait_task
+from support.runtime import SECRETS, api_client, auth_as, make_config, make_disk, wait_task
+from support.runtime import test_users as hashed_users
 
 # Path variables: "prod" is the deployment the prod-admin administers; "other" is not.
 VALUES = {"name": "prod", "deployment": "prod", "job": "db", "index_or_id": "0", "cid": "snap-x"}
@@ -33,7 +35,7 @@ def expected(access: Access, method: str, who: str, on_own_deployment: bool) -> 
     if who == "admin":
         return "allowed"
     if who == "read":
-        if access is Access.READ or (access in (Access.DEPLOYMENT, Access.TASK) and method == "GET"):
+        if access in (Access.READ, Access.SCOPED) or (access in (Access.DEPLOYMENT, Access.TASK) and method == "GET"):
             return "allowed"
         return "403"
     # a deployment's admin
@@ -97,6 +99,40 @@ async def test_route_credential_matrix(tmp_path: Path, sqlite_url: str) -> None:
         assert (await client.delete("/deployments/prod", headers=prod_admin)).status == 200
 
 
+async def test_a_deployment_admin_reads_its_own_tasks_audit_and_history(tmp_path: Path, sqlite_url: str) -> None:
+    # The README says a deployment's admin follows its deployment's tasks; listing them,
+    # its audit and its snapshots' histories needed snapledger.read (issue 18).
+    config = make_config(tmp_path, sqlite_url)
+    async with api_client(config) as client:  # as admin
+        await client.put("/config/snapshots", json={"enable_snapshots": True})
+        cids = {}
+        for dep in ("prod", "other"):
+            make_disk(config, f"disk-{dep}")
+            await client.put(f"/deployments/{dep}", json={"instances": [{"job": "db", "index": 0,
+                                                                          "disks": [f"disk-{dep}"]}]})
+            accepted = await (await client.post(f"/deployments/{dep}/snapshots")).json()
+            assert (await wait_task(client, accepted["task_id"]))["state"] == "done"
+            cids[dep] = (await (await client.get(f"/deployments/{dep}/snapshots")).json())[0]["snapshot_cid"]
+        mine = auth_as("prod-admin")
+
+        async def status(path: str) -> int:
+            return (await client.get(path, headers=mine)).status
+
+        resp = await client.get("/tasks?deployment=prod", headers=mine)
+        assert resp.status == 200 and {t["deployment"] for t in await resp.json()} == {"prod"}
+        resp = await client.get("/events?deployment=prod", headers=mine)
+        events = await resp.json()
+        assert resp.status == 200 and events and {e["deployment"] for e in events} == {"prod"}
+        assert await status(f"/snapshots/{cids['prod']}/history") == 200
+        # Nothing of another deployment, nor everything at once.
+        for path in ("/tasks", "/tasks?deployment=other", "/tasks?deployment=prod&in_doubt=on", "/events",
+                     "/events?deployment=other", f"/snapshots/{cids['other']}/history",
+                     "/snapshots/snap-unknown/history"):
+            assert await status(path) == 403, path
+        error = await (await client.get("/tasks", headers=mine)).json()
+        assert "deployment=NAME" in error["error"] and error["code"] == "forbidden"
+
+
 async def test_the_actor_of_every_event_is_the_authenticated_name(tmp_path: Path, sqlite_url: str) -> None:
     config = make_config(tmp_path, sqlite_url)
     (config.data_dir / "disks" / "disk-a").mkdir(parents=True)
@@ -143,5 +179,42 @@ def test_serve_creates_an_admin_credential_the_cli_uses(tmp_path: Path) -> None:
         server.stop()
         server = Server(data_dir, port=server.port).start()  # the same credential after a restart
         assert cli(server.url, "deployments").returncode == 0
+    finally:
+        server.stop()
+
+
+def test_a_deployment_admin_uses_the_cli_on_its_own_deployment(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    for dep in ("prod", "other"):
+        (data_dir / "disks" / f"disk-{dep}").mkdir(parents=True)
+    users = [{"name": n, "secret_hash": u["secret_hash"], "scopes": u["scopes"]}
+             for n, u in ((u["name"], u) for u in hashed_users()) if n in ("admin", "prod-admin")]
+    (data_dir / "users.json").write_text(json.dumps(users))
+    (data_dir / "credentials.json").write_text(json.dumps({"user": "admin", "secret": SECRETS["admin"]}))
+    server = Server(data_dir).start()
+    try:
+        server.api("PUT", "/config/snapshots", {"enable_snapshots": True})
+        for dep in ("prod", "other"):
+            server.api("PUT", f"/deployments/{dep}", {"instances": [{"job": "db", "index": 0,
+                                                                     "disks": [f"disk-{dep}"]}]})
+            server.wait_task(server.api("POST", f"/deployments/{dep}/snapshots")["task_id"])
+        other_cid = server.api("GET", "/deployments/other/snapshots")[0]["snapshot_cid"]
+        me = {"SNAPLEDGER_USER": "prod-admin", "SNAPLEDGER_SECRET": SECRETS["prod-admin"]}
+
+        taken = cli(server.url, "take-snapshot", "-d", "prod", "db/0", env=me)  # starts and follows it
+        assert taken.returncode == 0 and " done at " in taken.stdout, taken.stderr
+        listed = cli(server.url, "--json", "tasks", "-d", "prod", env=me)
+        assert listed.returncode == 0 and {t["deployment"] for t in json.loads(listed.stdout)} == {"prod"}
+        assert cli(server.url, "task", "-d", "prod", env=me).returncode == 0
+        audit = cli(server.url, "--json", "audit", "-d", "prod", env=me)
+        assert audit.returncode == 0 and {json.loads(line)["deployment"] for line in audit.stdout.splitlines()} \
+            == {"prod"}
+        own_cid = server.api("GET", "/deployments/prod/snapshots")[0]["snapshot_cid"]
+        assert cli(server.url, "history", own_cid, env=me).returncode == 0
+        # Not another deployment's, nor all at once; the refusal says what to do.
+        everything = cli(server.url, "tasks", env=me)
+        assert everything.returncode == 1 and "-d DEPLOYMENT" in everything.stderr
+        assert cli(server.url, "history", other_cid, env=me).returncode == 1
+        assert cli(server.url, "audit", "-d", "other", env=me).returncode == 1
     finally:
         server.stop()

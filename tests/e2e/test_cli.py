@@ -36,7 +36,7 @@ def test_cli_tour(server: Server, tmp_path: Path) -> None:
     assert cli(server.url, "enable-snapshots").returncode == 0
     result = cli(server.url, "take-snapshot", "-d", "web")
     assert result.returncode == 0, result.stderr
-    assert "snapshot taken" in result.stdout and "done: snapshot(s)" in result.stdout
+    assert "db/0 disk disk-a: taken snap-" in result.stdout and " done at " in result.stdout
 
     result = cli(server.url, "take-snapshot", "-d", "web", "db", "1")
     assert result.returncode == 0 and "create snapshot" in result.stdout
@@ -47,9 +47,9 @@ def test_cli_tour(server: Server, tmp_path: Path) -> None:
     rows = json.loads(cli(server.url, "--json", "snapshots", "-d", "web").stdout)
     assert sorted(r["disk_cid"] for r in rows) == ["disk-a", "disk-b", "disk-b"]
 
-    result = cli(server.url, "delete-snapshot", "-d", "web", rows[0]["snapshot_cid"])
+    result = cli(server.url, "delete-snapshot", "-d", "web", rows[0]["snapshot_cid"], input="y\n")
     assert result.returncode == 0 and "deleted" in result.stdout
-    result = cli(server.url, "delete-snapshot", "-d", "web", rows[0]["snapshot_cid"])
+    result = cli(server.url, "delete-snapshot", "-d", "web", rows[0]["snapshot_cid"], "-n")
     assert result.returncode == 1 and "not found" in result.stderr
 
     result = cli(server.url, "delete-snapshots", "-d", "web", input="n\n")

@@ -61,3 +61,19 @@ def test_verify_finds_tampering_and_rebuild_repairs_it(tmp_path: Path, store_url
         assert replay(data_dir, database, "--rebuild", "nope").returncode == 2
     finally:
         server.stop()
+
+
+def test_replay_refuses_a_store_that_does_not_exist(tmp_path: Path, pg_url: str) -> None:
+    # It used to create an empty ./.snapledger/ledger.sqlite and report "all views equal".
+    for args in (["--verify"], ["--rebuild", "snapshots"]):
+        result = subprocess.run([SNAPLEDGER, "replay", *args], capture_output=True, text=True, timeout=60,
+                                cwd=tmp_path, env={**os.environ, "SNAPLEDGER_LOG_LEVEL": "warning"})
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert f"no event store at sqlite:///{str(tmp_path.resolve()).lstrip('/')}/.snapledger/ledger.sqlite" \
+            in result.stderr and "Traceback" not in result.stderr
+        assert not (tmp_path / ".snapledger").exists()  # nothing created
+    result = replay(tmp_path / "data", pg_url, "--verify")
+    assert result.returncode == 1 and f"no event store at {pg_url.split('://')[0]}://postgres@" in result.stderr
+    schema = pg_url.split("?schema=")[1]
+    with psycopg.connect(pg_url.split("?")[0]) as conn:  # and no schema left behind
+        assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()[0] == 0

@@ -98,7 +98,7 @@ def test_cli_exit_codes_and_messages(server: Server) -> None:
     # A failing drain: the task ends in error, the CLI exits 1 and says why.
     drain = server.data_dir / "jobs" / "db" / "bin" / "drain"
     drain.write_text("#!/bin/bash\necho 'cluster unhealthy' >&2\nexit 1\n")
-    result = cli(server.url, "restore", "-d", "prod", cid)
+    result = cli(server.url, "restore", "-d", "prod", cid, "-n")  # in place: -n, or it asks first
     assert result.returncode == 1
     assert "db/0: drain failed: DrainScriptFailed" in result.stdout and "cluster unhealthy" in result.stdout
     assert "the disk was not touched" in result.stdout
