@@ -30,8 +30,8 @@ from snapledger.domain.settings import SCHEDULE_NAMES
 from snapledger.projections.events import iso
 
 from . import auth, schemas
+from .version import VERSION
 
-VERSION = "0.1.0"
 MAX_BODY = 1024 * 1024
 RUNTIME = web.AppKey("runtime", Runtime)
 

@@ -13,6 +13,7 @@ import click
 import yaml
 
 from .client import find_credentials, ApiError, Client
+from .version import VERSION
 
 DEFAULT_URL = "http://127.0.0.1:25555"
 
@@ -98,6 +99,7 @@ def wait_for(ctx: click.Context, client: Client, accepted: dict[str, Any]) -> No
 # Root ------------------------------------------------------------------------------
 
 @click.group()
+@click.version_option(VERSION, "--version", prog_name="snapledger", message="%(prog)s %(version)s")
 @click.option("--url", envvar="SNAPLEDGER_URL", default=DEFAULT_URL, show_default=True,
               help="The snapledger API (env SNAPLEDGER_URL).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -113,6 +115,12 @@ def main(ctx: click.Context, url: str, as_json: bool, user: str | None, secret: 
     """snapledger: an event-sourced ledger for persistent-disk snapshots."""
     authorization = find_credentials(user, secret, token, credentials_file)
     ctx.obj = {"client": Client(url, authorization=authorization, cafile=ca_cert), "json": as_json}
+
+
+@main.command()
+def version() -> None:
+    """Print snapledger's version (as `snapledger --version`)."""
+    click.echo(f"snapledger {VERSION}")
 
 
 # Processes ---------------------------------------------------------------------------
