@@ -6,6 +6,7 @@ a failed drain and a retention expiration."""
 
 from __future__ import annotations
 
+import re
 import stat
 import time
 from pathlib import Path
@@ -15,6 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from snapledger.api.version import VERSION
 from support.runtime import api_client, make_config, make_disk, wait_task
+
+ALERTS = Path(__file__).resolve().parents[2] / "ops" / "prometheus" / "alerts.yml"
 
 
 def scrape(text: str) -> dict[str, Any]:
@@ -87,6 +90,10 @@ async def test_backup_failure_and_counter_metrics(tmp_path: Path, store_url: str
         (("schedule", "self_snapshot_schedule"),): 86400, (("schedule", "snapshot_schedule"),): 86400}
     assert samples(families["snapledger_cpi_calls_in_doubt"]) == {(): 0}
     assert families["snapledger_projection_lag_events"].type == "gauge"
+
+    # Every series ops/prometheus/alerts.yml alerts on is one this scrape has.
+    scraped = {s.name for f in families.values() for s in f.samples}
+    assert set(re.findall(r"snapledger_[a-z_]+", ALERTS.read_text())) <= scraped
 
 
 async def test_a_deleted_deployment_has_no_last_snapshot_series(tmp_path: Path, sqlite_url: str) -> None:
