@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from snapledger.adapters.config import load_config
+from snapledger.adapters.store import parse_store_url
 
 OPS = Path(__file__).resolve().parents[2] / "ops"
 UNITS = sorted((OPS / "systemd").glob("snapledger*.service"))
@@ -90,7 +91,30 @@ def test_units_are_hardened(tmp_path: Path) -> None:
 def test_example_production_config_loads() -> None:
     config = load_config(OPS / "config" / "snapledger.yml", environ={})
     assert config.database_url.startswith("postgresql://snapledger@")
+    assert dict(parse_store_url(config.database_url).options) == {  # TLS to PostgreSQL, verified
+        "sslmode": "verify-full", "sslrootcert": "/etc/snapledger/tls/db-ca.pem"}
     assert (config.tls_cert, config.tls_key) == ("/etc/snapledger/tls/server.pem", "/etc/snapledger/tls/server-key.pem")
     assert (config.host, config.port) == ("0.0.0.0", 25555) and config.data_dir == Path("/var/lib/snapledger")
     assert config.default_cpi_name() == "aws" and config.cpi_specs()["aws"].type == "external"
     assert [u["name"] for u in config.users] == ["ops", "prometheus"] and config.log_format == "json"
+
+
+def test_the_readme_install_section_names_files_that_exist() -> None:
+    """What the README's install commands copy from the checkout is there,
+    and its glob installs every unit (the commands needing root and systemd
+    are not run here; the wheel part is tests/e2e/test_wheel_install.py)."""
+    import glob
+    import re
+
+    readme = (OPS.parent / "README.md").read_text()
+    section = readme[readme.index("## Installing it on a server"):]
+    block = section[section.index("```sh") + 5:section.index("```", section.index("```sh") + 5)]
+    paths = set(re.findall(r"\bops/[\w./*-]+", block))
+    assert {"ops/config/snapledger.yml", "ops/systemd/snapledger*.service", "ops/systemd/snapledger.target"} <= paths
+    for pattern in paths:
+        assert glob.glob(str(OPS.parent / pattern)), pattern
+    assert sorted(Path(p).name for p in glob.glob(str(OPS.parent / "ops/systemd/snapledger*.service"))) == sorted(ROLES)
+    assert "make wheel" in block and "wheel:" in (OPS.parent / "Makefile").read_text()
+    for unit in ROLES:  # every unit the README starts is one we ship
+        if unit != "snapledger.service":
+            assert unit.removesuffix(".service") in block
