@@ -153,11 +153,14 @@ def test_stdlib_loggers_go_through_the_structlog_pipeline(capfd: pytest.CaptureF
     saved = root.handlers[:], root.level
     try:
         configure_logging("json", "info")
-        logging.getLogger("psycopg.pool").warning("error connecting in %r: %s", "pool-1", "refused")
+        # (psycopg and psycopg.pool are set to ERROR by psycopg/eventsourcing at import: errors only.)
+        logging.getLogger("psycopg").error("error connecting in %r: %s", "pool-1", "refused")
         logging.getLogger("aiohttp.server").debug("below the level")
-        line, = [json.loads(x) for x in capfd.readouterr().err.splitlines() if x.strip()]
+        logging.getLogger("aiohttp.server").error("Error handling request")
+        line, server = [json.loads(x) for x in capfd.readouterr().err.splitlines() if x.strip()]
     finally:
         root.handlers[:], _ = saved
         root.setLevel(saved[1])
     assert line["event"] == "error connecting in 'pool-1': refused"
-    assert line["level"] == "warning" and line["logger"] == "psycopg.pool" and line["timestamp"].endswith("Z")
+    assert line["level"] == "error" and line["logger"] == "psycopg" and line["timestamp"].endswith("Z")
+    assert (server["event"], server["level"], server["logger"]) == ("Error handling request", "error", "aiohttp.server")
