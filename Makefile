@@ -2,17 +2,25 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# `serve` installs what serving needs; `test` (and bench, chaos) also the test tools.
 STAMP := $(VENV)/.installed
+SERVE_STAMP := $(VENV)/.installed-serve
 
-.PHONY: serve test bench chaos clean
+.PHONY: serve test bench chaos wheel clean
+
+$(SERVE_STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(SERVE_STAMP)
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	touch $(STAMP) $(SERVE_STAMP)
 
-serve: $(STAMP)
+serve: $(SERVE_STAMP)
 	$(BIN)/snapledger serve $(ARGS)
 
 # Whole test files go to one of two processes, so a module's shared server
@@ -28,5 +36,9 @@ bench: $(STAMP)
 chaos: $(STAMP)
 	$(BIN)/python ops/chaos.py $(ARGS)
 
+# The wheel an operator installs (README "Installing it on a server").
+wheel: $(SERVE_STAMP)
+	$(BIN)/pip wheel --quiet --no-deps -w dist .
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache dist build

@@ -1,4 +1,10 @@
-"""structlog set-up: readable in a terminal, JSON lines in production."""
+"""structlog set-up: readable in a terminal, JSON lines in production.
+
+One pipeline for every log line: structlog's own loggers and the standard
+library's (aiohttp, psycopg, psycopg_pool, eventsourcing) go through the
+same processors and the same renderer, so a JSON log has no plain-text
+lines from libraries in it, and each line has `timestamp`, `level` and the
+request's `request_id` where there is one."""
 
 from __future__ import annotations
 
@@ -8,21 +14,36 @@ import sys
 import structlog
 
 
+def _shared_processors() -> list[structlog.types.Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+
+
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
     renderer: structlog.types.Processor = (
         structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
     )
+    numeric_level = logging.getLevelName(level.upper())
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        processors=[*_shared_processors(), structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*_shared_processors(), structlog.stdlib.add_logger_name],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, renderer],
+    ))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(numeric_level)
+    # Our access log (api/access_log.py) has the route, the user and the request
+    # id; aiohttp's own would say the same less well, on a second line.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

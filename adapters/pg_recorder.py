@@ -32,10 +32,11 @@ Selected through the library's own `APPLICATION_RECORDER_TOPIC` setting
 
 from __future__ import annotations
 
+import json
 from typing import Any, Sequence
 
 from eventsourcing.persistence import InterfaceError, OperationalError, ProgrammingError, StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
 from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier
 
@@ -96,3 +97,23 @@ def _by_copy(stored_events: Sequence[StoredEvent]) -> bool:
     if len(stored_events) >= COPY_MIN_EVENTS:
         return True
     return sum(len(event.state) + len(event.topic) for event in stored_events) > PIPELINE_MAX_BYTES
+
+
+# libpq options of the database URL for the event store's own pool -----------
+
+LIBPQ_OPTIONS_ENV = "SNAPLEDGER_LIBPQ_OPTIONS"  # JSON object, set by adapters/store.py `ledger_env`
+
+
+class LedgerFactory(PostgresFactory):
+    """The library's PostgreSQL factory, plus the URL's libpq options
+    (`sslmode`, `sslrootcert`, `application_name`, ...) on every connection
+    of the event store's pool. The library builds its pool from dbname, host,
+    port, user and password only, so `?sslmode=verify-full` reached the views'
+    connections but not the event store's. The pool is not open yet when the
+    factory is built, so no connection is made without them."""
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        options = json.loads(self.env.get(LIBPQ_OPTIONS_ENV) or "{}")
+        if options:
+            self.datastore.pool.kwargs.update(options)

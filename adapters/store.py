@@ -8,6 +8,7 @@ position commit together.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -95,7 +96,9 @@ def ledger_env(url: StoreUrl, pool_size: int = 4, max_overflow: int = 8) -> dict
                 "SQLITE_LOCK_TIMEOUT": "10"}
     ensure_schema(url)
     return {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        # The library's factory, plus the URL's libpq options (sslmode, ...) on its pool.
+        "PERSISTENCE_MODULE": "snapledger.adapters.pg_recorder:LedgerFactory",
+        "SNAPLEDGER_LIBPQ_OPTIONS": json.dumps(dict(url.options)),
         # Large saves outside pipeline mode (a psycopg hang): adapters/pg_recorder.py.
         "APPLICATION_RECORDER_TOPIC": "snapledger.adapters.pg_recorder:LedgerRecorder",
         "POSTGRES_DBNAME": url.dbname, "POSTGRES_HOST": url.host, "POSTGRES_PORT": str(url.port),

@@ -30,8 +30,8 @@ from snapledger.domain.settings import SCHEDULE_NAMES
 from snapledger.projections.events import iso
 
 from . import auth, schemas
+from .version import VERSION
 
-VERSION = "0.1.0"
 MAX_BODY = 1024 * 1024
 RUNTIME = web.AppKey("runtime", Runtime)
 
@@ -475,9 +475,11 @@ def create_app(runtime: Runtime, start_background: bool = True) -> web.Applicati
     """The aiohttp application over a built runtime. With `start_background`, the
     runtime's worker/projector roles run for the app's lifetime (cleanup_ctx)."""
     from . import routes_ops
+    from .access_log import access_log_middleware
     from .idempotency import idempotency_middleware
 
-    app = web.Application(middlewares=[request_context_middleware, routes_ops.metrics_middleware,
+    app = web.Application(middlewares=[request_context_middleware, access_log_middleware,
+                                       routes_ops.metrics_middleware,
                                        errors_middleware, auth.auth_middleware(_task_deployment, _scoped_deployment),
                                        idempotency_middleware],
                           client_max_size=MAX_BODY)

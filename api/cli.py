@@ -15,6 +15,7 @@ import yaml
 from .cli_args import GlobalOptionsGroup, split_instance
 from .cli_progress import EVENT_TEXTS, Progress, local_time, shorten
 from .client import find_credentials, ApiError, Client, FollowLost
+from .version import VERSION
 
 DEFAULT_URL = "http://127.0.0.1:25555"
 
@@ -131,6 +132,7 @@ def wait_for(ctx: click.Context, client: Client, accepted: dict[str, Any]) -> No
 # Root ------------------------------------------------------------------------------
 
 @click.group(cls=GlobalOptionsGroup)
+@click.version_option(VERSION, "--version", prog_name="snapledger", message="%(prog)s %(version)s")
 @click.option("--url", envvar="SNAPLEDGER_URL", default=DEFAULT_URL, show_default=True,
               help="The snapledger API (env SNAPLEDGER_URL).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -155,6 +157,12 @@ def main(ctx: click.Context, url: str, as_json: bool, user: str | None, secret: 
     authorization = find_credentials(user, secret, token, credentials_file)
     ctx.obj = {"client": Client(url, authorization=authorization, cafile=ca_cert), "json": as_json,
                "non_interactive": non_interactive, "reconnect_for": reconnect_for}
+
+
+@main.command()
+def version() -> None:
+    """Print snapledger's version (as `snapledger --version`)."""
+    click.echo(f"snapledger {VERSION}")
 
 
 # Processes ---------------------------------------------------------------------------

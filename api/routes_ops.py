@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from snapledger.adapters.metrics import HTTP_LATENCY, HTTP_REQUESTS, REGISTRY, LedgerCollector
 
 from .app import RUNTIME, run
+from .version import VERSION
 
 routes = web.RouteTableDef()
 COLLECTOR = web.AppKey("ledger_collector", LedgerCollector)
@@ -83,7 +84,6 @@ def install(app: web.Application) -> None:
 @routes.get("/openapi.json")
 async def openapi(request: web.Request) -> web.Response:
     """The OpenAPI 3 document of this API."""
-    from .app import VERSION
     from .openapi import build_spec
 
     return web.json_response(build_spec(VERSION))

@@ -532,5 +532,7 @@ class JobUpdateRunner:
 
     def _log(self, step: str, target: AgentInstance, result: AgentResult) -> None:
         if self.log is not None:
-            self.log.info(f"job {step}", instance=target.label, deployment=target.deployment, ok=result.ok,
-                          duration_s=round(result.duration_s, 3), error=result.error)
+            # A failed drain or stop fails the instance: a warning, with where it happened.
+            emit = self.log.info if result.ok else self.log.warning
+            emit(f"job {step}", instance=target.label, instance_id=target.id, jobs=list(target.jobs),
+                 deployment=target.deployment, ok=result.ok, duration_s=round(result.duration_s, 3), error=result.error)

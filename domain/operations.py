@@ -370,9 +370,15 @@ class OperationRunner:
         _record_calls(record, calls_made(cpi))
         self.on_call(snapshot.cpi, method, outcome, record["duration_s"])
         if self.log is not None:
-            self.log.info("cpi call", method=method, snapshot_id=str(snapshot.id), outcome=outcome,
-                          duration_s=record["duration_s"], disk_cid=snapshot.disk_cid,
-                          task_id=snapshot.current_task_id, request_id=record.get("request_id"))
+            # A failed call is an error line an operator can grep and alert on:
+            # which deployment, instance, disk and snapshot, and what the CPI said.
+            emit = self.log.error if outcome == "failed" else self.log.info
+            error = record.get("error") or {}
+            emit("cpi call", method=method, snapshot_id=str(snapshot.id), outcome=outcome,
+                 duration_s=record["duration_s"], deployment=snapshot.deployment, instance=snapshot.instance_label,
+                 disk_cid=snapshot.disk_cid, snapshot_cid=record.get("snapshot_cid") or snapshot.snapshot_cid,
+                 cpi=snapshot.cpi, task_id=snapshot.current_task_id, request_id=record.get("request_id"),
+                 **({"error_type": error.get("type"), "message": error.get("message")} if outcome == "failed" else {}))
         return outcome, record
 
     def _persist(self, decide: Callable[[], list[Any]]) -> Any:

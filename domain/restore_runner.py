@@ -283,8 +283,10 @@ class RestoreRunner:
 
     def _log(self, what: str, restore: Restore, **fields: Any) -> None:
         if self.log is not None:
-            self.log.info(what, task_id=restore.task_id, deployment=restore.deployment, disk_cid=restore.target_disk,
-                          snapshot_cid=restore.snapshot_cid, **fields)
+            failed = fields.get("ok") is False or fields.get("outcome") == "failed"
+            (self.log.warning if failed else self.log.info)(
+                what, task_id=restore.task_id, deployment=restore.deployment, disk_cid=restore.target_disk,
+                snapshot_cid=restore.snapshot_cid, **fields)
 
 
 def _agent_call(step: Callable[[], AgentResult], target: AgentInstance) -> AgentResult:

@@ -46,6 +46,8 @@ class AuditView(View):
         "CREATE INDEX IF NOT EXISTS audit_events_task ON audit_events (task_id, position)",
         "CREATE INDEX IF NOT EXISTS audit_events_aggregate ON audit_events (aggregate_id, position)",
         "CREATE INDEX IF NOT EXISTS audit_events_time ON audit_events (time)",
+        # /metrics counts failures and expirations by type at every scrape.
+        "CREATE INDEX IF NOT EXISTS audit_events_type ON audit_events (type)",
         # What is known of an aggregate (snapshot, task, deployment) to stamp on its events.
         """CREATE TABLE IF NOT EXISTS audit_refs (
             aggregate_id TEXT PRIMARY KEY,

@@ -23,7 +23,7 @@ async def test_health_ready_and_metrics(tmp_path: Path, store_url: str) -> None:
         text = await (await client.get("/metrics")).text()
     assert 'snapledger_http_requests_total{method="POST",route="/deployments/{deployment}/snapshots",status="202"}' in text
     assert 'snapledger_cpi_call_seconds_count{cpi="local",method="snapshot_disk",outcome="taken"}' in text
-    assert 'snapledger_tasks{state="done"}' in text
+    assert 'snapledger_tasks_finished_total{state="done"}' in text  # a counter since issue 18
     assert 'snapledger_projection_lag_events{view="snapshots"} 0.0' in text
 
 

@@ -1,5 +1,6 @@
 """The built wheel holds every source module under `snapledger/` (catches a
-sub-package forgotten in pyproject's package list), and each imports."""
+sub-package forgotten in pyproject's package list), builds without
+warnings, and each module imports."""
 
 from __future__ import annotations
 
@@ -19,8 +20,12 @@ def source_modules() -> set[str]:
 
 
 def test_wheel_contains_every_module(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(ROOT)],
-                   check=True, capture_output=True, timeout=300)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(tmp_path), str(ROOT)],
+                           check=True, capture_output=True, text=True, timeout=300)
+    # pyproject metadata the build backend accepts without complaint (issue 18:
+    # an SPDX license expression, not the deprecated {text = ...} table).
+    log = built.stdout + built.stderr
+    assert "DeprecationWarning" not in log and "BuildBackendWarning" not in log, log[-3000:]
     wheel = next(tmp_path.glob("snapledger-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     missing = source_modules() - names
