@@ -21,7 +21,6 @@ import structlog
 from aiohttp import web
 from eventsourcing import persistence as es_persistence
 from marshmallow import ValidationError
-from marshmallow.validate import Regexp
 
 from snapledger.adapters.wiring import Runtime
 from snapledger.domain.errors import LedgerError
@@ -36,8 +35,9 @@ MAX_BODY = 1024 * 1024
 RUNTIME = web.AppKey("runtime", Runtime)
 
 _PATH_RULES = {
-    "deployment": Regexp(NAME_PATTERN), "name": Regexp(NAME_PATTERN), "job": Regexp(NAME_PATTERN),
-    "index_or_id": Regexp(NAME_PATTERN), "cid": Regexp(CID_PATTERN),
+    name: schemas.WholeRegexp(pattern) for name, pattern in [
+        ("deployment", NAME_PATTERN), ("name", NAME_PATTERN), ("job", NAME_PATTERN), ("index_or_id", NAME_PATTERN),
+        ("cid", CID_PATTERN)]
 }
 
 
@@ -74,7 +74,15 @@ async def errors_middleware(request: web.Request, handler: Callable[[web.Request
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        return error_response(error.status, error.reason, error.reason.lower().replace(" ", "_"))
+        # Keep what the exception says in headers (405's `Allow`, 413's limits), not its text body's type.
+        headers = {k: v for k, v in error.headers.items() if k.lower() not in ("content-type", "content-length")}
+        return error_response(error.status, error.reason, error.reason.lower().replace(" ", "_"), headers=headers)
+    except ConnectionResetError:
+        # The client went away mid-request (aiohttp cancels the read with this):
+        # nothing is wrong with the server and nobody reads the answer. 499 as
+        # nginx counts it, so /metrics and alerts on 5xx stay quiet.
+        request.app[RUNTIME].log.info("client disconnected", path=request.path)
+        return error_response(499, "client closed the request", "client_disconnected")
     except StoreDown as error:
         return error_response(503, f"the event store is unavailable ({error}); retry later", "unavailable",
                               headers={"Retry-After": "2"})
@@ -130,14 +138,49 @@ def path(request: web.Request, name: str) -> str:
     return value
 
 
+MAX_JSON_DEPTH = 32  # our deepest body is 4 levels; deeper is an attack on the parser, not a request
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON, or a ValidationError naming where it is wrong.
+
+    Python's parser recurses per level (RecursionError at ~1,000), and a NUL
+    in a string cannot be stored in PostgreSQL text: both are refused here,
+    at the one place bodies are parsed (the handlers and the idempotency
+    fingerprint)."""
+    try:
+        data = json.loads(raw or b"null")
+    except RecursionError:
+        raise ValidationError({"body": [f"nested deeper than {MAX_JSON_DEPTH} levels"]}) from None
+    except ValueError:
+        raise ValidationError({"body": ["not valid JSON"]}) from None
+    _check_json(data)
+    return data
+
+
+def _check_json(data: Any) -> None:
+    # Iterative: a recursive walk would hit the recursion limit it guards against.
+    stack: list[tuple[Any, str, int]] = [(data, "body", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ValidationError({"body": [f"nested deeper than {MAX_JSON_DEPTH} levels"]})
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise ValidationError({where: ["must not contain NUL characters"]})
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if "\x00" in key:
+                    raise ValidationError({where: ["keys must not contain NUL characters"]})
+                stack.append((item, key if depth == 0 else f"{where}.{key}", depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, where, depth + 1) for item in value)
+
+
 async def body(request: web.Request, schema: Any) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
-    raw = await request.read()
-    try:
-        data = json.loads(raw or b"null")
-    except ValueError:
-        raise ValidationError({"body": ["not valid JSON"]}) from None
+    data = parse_json(await request.read())
     if not isinstance(data, dict):
         raise ValidationError({"body": ["must be a JSON object"]})
     return schema.load(data)
@@ -170,6 +213,21 @@ def task_from_aggregate(task: Any) -> dict[str, Any]:
         "queued_at": iso(task.created_on), "started_at": iso(task.started_at),
         "finished_at": None,
     }
+
+
+@web.middleware
+async def input_guard_middleware(request: web.Request,
+                                 handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                                 ) -> web.StreamResponse:
+    """No NUL in the path or the query, whatever the route: PostgreSQL text
+    cannot hold it (psycopg.DataError, a 500) and no name, id or filter has one."""
+    if "\x00" in request.path:
+        field = next((name for name, value in request.match_info.items() if "\x00" in value), "path")
+        raise ValidationError({field: ["must not contain NUL characters"]})
+    for name, value in request.query.items():
+        if "\x00" in name or "\x00" in value:
+            raise ValidationError({name.replace("\x00", "") or "query": ["must not contain NUL characters"]})
+    return await handler(request)
 
 
 # Handlers ----------------------------------------------------------------------
@@ -453,7 +511,8 @@ def create_app(runtime: Runtime, start_background: bool = True) -> web.Applicati
     from .idempotency import idempotency_middleware
 
     app = web.Application(middlewares=[request_context_middleware, routes_ops.metrics_middleware,
-                                       errors_middleware, auth.auth_middleware(_task_deployment),
+                                       errors_middleware, input_guard_middleware,
+                                       auth.auth_middleware(_task_deployment),
                                        idempotency_middleware],
                           client_max_size=MAX_BODY)
     app[RUNTIME] = runtime

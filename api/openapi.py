@@ -14,7 +14,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
 
-from snapledger.domain.names import CID_PATTERN, NAME_PATTERN
+from snapledger.domain.names import CID_PATTERN, NAME_PATTERN, TASK_ID_PATTERN
 
 from . import schemas
 from .auth import ROUTE_ACCESS, Access
@@ -33,7 +33,7 @@ ERROR = {"type": "object", "required": ["error", "code"],
 SELF_OR_NAME = rf"^(_self|{NAME_PATTERN[1:-1]})$"
 PATH_PARAMETERS = {
     "name": NAME_PATTERN, "deployment": SELF_OR_NAME, "job": NAME_PATTERN, "index_or_id": NAME_PATTERN,
-    "cid": CID_PATTERN, "task_id": r"^[0-9a-fA-F-]{1,64}$",
+    "cid": CID_PATTERN, "task_id": TASK_ID_PATTERN,
 }
 
 # (method, path) -> summary, success status and body, request body schema, query schema.
@@ -76,9 +76,10 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
 
 
 def document(method: str, path: str, summary: str, ok: tuple[int, Any], body: type[Schema] | None = None,
-             query: type[Schema] | None = None) -> None:
-    """For feature route modules: describe a route next to the route."""
-    OPERATIONS[(method, path)] = {"summary": summary, "ok": ok, "body": body, "query": query}
+             query: type[Schema] | None = None, also: dict[int, Any] | None = None) -> None:
+    """For feature route modules: describe a route next to the route. `also`:
+    further success answers, status -> body schema (a dry run's 200 next to a 202)."""
+    OPERATIONS[(method, path)] = {"summary": summary, "ok": ok, "body": body, "query": query, "also": also or {}}
 
 
 def _errors(method: str, access: Access, has_path_params: bool, has_input: bool) -> dict[str, Any]:
@@ -92,6 +93,10 @@ def _errors(method: str, access: Access, has_path_params: bool, has_input: bool)
                       413: "Request body too large"})
     return {str(code): {"description": text, "content": {"application/json": {"schema": ERROR}}}
             for code, text in codes.items()}
+
+
+def _content(body: Any) -> dict[str, Any]:
+    return {"text/plain": {"schema": {"type": "string"}}} if body is None else {"application/json": {"schema": body}}
 
 
 def build_spec(version: str) -> dict[str, Any]:
@@ -111,12 +116,11 @@ def build_spec(version: str) -> dict[str, Any]:
         if method in ("POST", "PUT", "DELETE"):
             params.append({"in": "header", "name": "Idempotency-Key", "required": False,
                            "schema": {"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,255}$"}})
-        status, body = op["ok"]
-        content = ({"text/plain": {"schema": {"type": "string"}}} if body is None
-                   else {"application/json": {"schema": body}})
+        successes = {op["ok"][0]: op["ok"][1], **op.get("also", {})}
         operation: dict[str, Any] = {
             "summary": op["summary"], "parameters": params,
-            "responses": {str(status): {"description": "OK", "content": content},
+            "responses": {**{str(status): {"description": "OK", "content": _content(body)}
+                             for status, body in successes.items()},
                           **_errors(method, access, "{" in path, bool(op.get("query") or op.get("body")))},
         }
         if access is not Access.PUBLIC:
