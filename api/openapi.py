@@ -14,7 +14,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
 
-from snapledger.domain.names import CID_PATTERN, NAME_PATTERN, TASK_ID_PATTERN
+from snapledger.domain.names import CID_PATTERN, NAME_PATTERN, RESERVED_DEPLOYMENT_NAMES, TASK_ID_PATTERN
 
 from . import schemas
 from .auth import ROUTE_ACCESS, Access
@@ -31,8 +31,10 @@ ERROR = {"type": "object", "required": ["error", "code"],
          "properties": {"error": {"type": "string"}, "code": {"type": "string"},
                         "field": {"type": ["string", "null"]}}}
 SELF_OR_NAME = rf"^(_self|{NAME_PATTERN[1:-1]})$"
+# A deployment's own name: any name but the reserved ones (PUT refuses them).
+NEW_NAME = rf"^(?!({'|'.join(sorted(RESERVED_DEPLOYMENT_NAMES))})$){NAME_PATTERN[1:]}"
 PATH_PARAMETERS = {
-    "name": NAME_PATTERN, "deployment": SELF_OR_NAME, "job": NAME_PATTERN, "index_or_id": NAME_PATTERN,
+    "name": NEW_NAME, "deployment": SELF_OR_NAME, "job": NAME_PATTERN, "index_or_id": NAME_PATTERN,
     "cid": CID_PATTERN, "task_id": TASK_ID_PATTERN,
 }
 
@@ -85,7 +87,8 @@ def document(method: str, path: str, summary: str, ok: tuple[int, Any], body: ty
 def _errors(method: str, access: Access, has_path_params: bool, has_input: bool) -> dict[str, Any]:
     codes = {503: "The event store is unavailable; retry later"}
     if access is not Access.PUBLIC:
-        codes.update({401: "Credentials missing or invalid", 403: "Authenticated, but lacking the scope"})
+        codes.update({401: "Credentials missing or invalid", 403: "Authenticated, but lacking the scope",
+                      429: "Too many failed authentications from this address; see Retry-After"})
     if has_path_params or has_input or method != "GET":
         codes.update({400: "Invalid input; `field` names it", 404: "Not found"})
     if method in ("POST", "PUT", "DELETE"):
@@ -99,7 +102,8 @@ def _content(body: Any) -> dict[str, Any]:
     return {"text/plain": {"schema": {"type": "string"}}} if body is None else {"application/json": {"schema": body}}
 
 
-def build_spec(version: str) -> dict[str, Any]:
+def build_spec(version: str, cpis: list[str] | None = None) -> dict[str, Any]:
+    """`cpis`: the configured CPI names, the only values a deployment's `cpi` may take."""
     spec = APISpec(title="snapledger", version=version, openapi_version="3.1.0",
                    plugins=[MarshmallowPlugin()],
                    info={"description": "An event-sourced ledger for persistent-disk snapshots."})
@@ -130,4 +134,9 @@ def build_spec(version: str) -> dict[str, Any]:
         paths.setdefault(path, {})[method.lower()] = operation
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)
-    return spec.to_dict()
+    document = spec.to_dict()
+    if cpis:
+        for schema in document.get("components", {}).get("schemas", {}).values():
+            if "cpi" in schema.get("properties", {}):
+                schema["properties"]["cpi"]["enum"] = list(cpis)
+    return document

@@ -86,4 +86,4 @@ async def openapi(request: web.Request) -> web.Response:
     from .app import VERSION
     from .openapi import build_spec
 
-    return web.json_response(build_spec(VERSION))
+    return web.json_response(build_spec(VERSION, cpis=sorted(request.app[RUNTIME].ledger.cpi_names)))

@@ -107,14 +107,20 @@ def _cron(value: str | None) -> None:
         raise ValidationError(str(error)) from None
 
 
+# BOSH's cron dialect (README "Scheduled snapshots"): no JSON Schema pattern can
+# say it (ranges per field, IANA zones), so the document names it as a format.
+CRON_FORMAT = {"format": "bosh-cron", "description": "BOSH cron: 5 or 6 fields (seconds first), optional zone; "
+                                                    "null, \"\" or \"off\" turns the schedule off"}
+
+
 class SnapshotConfigSchema(StrictSchema):
     """`PUT /config/snapshots`: any of the BOSH manifest keys; a schedule of null, "" or "off" turns it off.
     `{}` changes nothing and answers the configuration as it is (the document allows it)."""
 
     enable_snapshots = StrictBoolean()
-    snapshot_schedule = fields.String(allow_none=True, validate=[Length(max=200), _cron])
-    self_snapshot_schedule = fields.String(allow_none=True, validate=[Length(max=200), _cron])
-    retention_schedule = fields.String(allow_none=True, validate=[Length(max=200), _cron])
+    snapshot_schedule = fields.String(allow_none=True, validate=[Length(max=200), _cron], metadata=CRON_FORMAT)
+    self_snapshot_schedule = fields.String(allow_none=True, validate=[Length(max=200), _cron], metadata=CRON_FORMAT)
+    retention_schedule = fields.String(allow_none=True, validate=[Length(max=200), _cron], metadata=CRON_FORMAT)
 
 
 
@@ -199,7 +205,7 @@ class RetentionSchema(StrictSchema):
     """A retention policy; every rule optional, the most protective wins. `{}` keeps everything."""
 
     keep_last = JsonInteger(allow_none=True, validate=Range(min=1, max=100_000))
-    keep_for = fields.String(allow_none=True, validate=[Length(max=12), _duration])
+    keep_for = fields.String(allow_none=True, validate=[WholeRegexp(r"^([0-9]{1,6}[hdw])?$", error="a number and h, d or w (e.g. 7d, 12w), or empty"), _duration])
     keep_clean = StrictBoolean(load_default=False)
     inherit = StrictBoolean(load_default=False)  # deployment only: drop its own policy, use the default
 
