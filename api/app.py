@@ -24,6 +24,7 @@ from marshmallow import ValidationError
 
 from snapledger.adapters.wiring import Runtime
 from snapledger.domain.errors import LedgerError
+from snapledger.domain.ownership import DiskOwnedElsewhere
 from snapledger.domain.names import CID_PATTERN, NAME_PATTERN, SELF_DEPLOYMENT
 from snapledger.domain.settings import SCHEDULE_NAMES
 from snapledger.projections.events import iso
@@ -325,9 +326,32 @@ async def put_deployment(request: web.Request) -> web.Response:
     name = path(request, "name")
     schemas.validate_deployment_name(name, creating=True)
     data = await body(request, schemas.DeploymentSchema())
-    dep = await run(request, request.app[RUNTIME].ledger.record_deployment, name, data["tags"],
-                    data["instances"], actor=actor(request), cpi=data.get("cpi"))
+
+    def may_move_from(owner: str) -> bool:  # a move takes a disk away from `owner`: be its admin too
+        return auth.may(request, auth.Access.DEPLOYMENT, "PUT", owner)
+
+    try:
+        dep = await run(request, request.app[RUNTIME].ledger.record_deployment, name, data["tags"],
+                        data["instances"], actor=actor(request), cpi=data.get("cpi"),
+                        move_disks=data["move_disks"], may_move_from=may_move_from)
+    except DiskOwnedElsewhere as error:
+        return _disk_owned_refusal(request, name, error)
     return web.json_response(_deployment_json(dep))
+
+
+def _disk_owned_refusal(request: web.Request, name: str, error: DiskOwnedElsewhere) -> web.Response:
+    """409 naming each disk's owner only to a caller who may read that deployment."""
+    parts, owners = [], {}
+    for disk, owner in sorted(error.owners.items()):
+        if auth.may(request, auth.Access.DEPLOYMENT, "GET", owner):
+            parts.append(f"{disk} belongs to deployment '{owner}'")
+            owners[disk] = owner
+        else:
+            parts.append(f"{disk} belongs to another deployment")
+    hint = ("; to move a disk, list it in move_disks (you must be allowed on both deployments)"
+            if owners else "")
+    return error_response(409, f"cannot record '{name}': {'; '.join(parts)}{hint}", error.code,
+                          field="instances", owners=owners)
 
 
 @routes.get("/deployments/{name}")

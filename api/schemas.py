@@ -62,29 +62,26 @@ class DeploymentSchema(StrictSchema):
                        values=fields.String(validate=Length(max=256)), load_default=dict)
     instances = fields.List(fields.Nested(InstanceSchema), required=True, validate=Length(max=10_000))
     cpi = fields.String(validate=NAME)  # a configured CPI's name; default: the default CPI
-
-    @validates_schema
-    def _unique(self, data: dict[str, Any], **_: Any) -> None:
-        slugs, ids, disks = set(), set(), set()
-        for inst in data.get("instances", []):
-            slug = (inst["job"], inst["index"])
-            if slug in slugs:
-                raise ValidationError(f"duplicate instance {inst['job']}/{inst['index']}", "instances")
-            slugs.add(slug)
-            if inst.get("id"):
-                if inst["id"] in ids:
-                    raise ValidationError(f"duplicate instance id {inst['id']}", "instances")
-                ids.add(inst["id"])
-            for disk in inst["disks"]:
-                if disk in disks:
-                    raise ValidationError(f"disk {disk} is listed twice", "instances")
-                disks.add(disk)
+    # Disks listed here that another deployment owns move to this one (the caller
+    # must be allowed on both); any other disk of another deployment is refused.
+    move_disks = fields.List(fields.String(validate=CID), load_default=list, validate=Length(max=64 * 10_000))
 
 
 class DeploymentFileSchema(DeploymentSchema):
     """The CLI's `deploy FILE.yml`: the PUT body plus the deployment's name."""
 
     name = fields.String(required=True, validate=NAME)
+
+    @validates_schema
+    def _unique(self, data: dict[str, Any], **_: Any) -> None:
+        # Said before sending, as the server would say it (409 there: domain.deployment.check_unique).
+        from snapledger.domain.deployment import check_unique
+        from snapledger.domain.errors import InventoryConflict
+
+        try:
+            check_unique(data.get("instances", []))
+        except InventoryConflict as error:
+            raise ValidationError(error.message, "instances") from None
 
 
 class StrictBoolean(fields.Boolean):

@@ -22,11 +22,12 @@ from eventsourcing.domain import Aggregate, BaseAggregate
 from eventsourcing.persistence import IntegrityError
 
 from .combining import SharedReads
-from .deployment import Deployment, deployment_id
+from .deployment import Deployment, check_unique, deployment_id
 from .discovery import SelfDiscovery
 from .idempotency import IdempotencyKey, KeyAlreadyUsed, idempotency_key_id
 from .errors import DeploymentNotFound, SnapshotNotFound, SnapshotsDisabled, TaskNotFound, UnknownCpi
 from .names import SELF_DEPLOYMENT
+from .ownership import DISK_OWNERS_ID, DiskOwnedElsewhere, DiskOwners
 from .retention import Candidate, Expiry, RetentionPolicy, plan_expiry
 from .schedule import REGISTRY_ID, DeploymentRegistry, ScheduleFire, fire_id
 from .settings import SETTINGS_ID, Settings
@@ -216,21 +217,62 @@ class Ledger(Application):
     # Deployments -----------------------------------------------------------
 
     def record_deployment(self, name: str, tags: dict[str, str], instances: list[dict[str, Any]],
-                          actor: str, cpi: str | None = None) -> Deployment:
+                          actor: str, cpi: str | None = None, move_disks: Iterable[str] = (),
+                          may_move_from: Callable[[str], bool] = lambda owner: False) -> Deployment:
+        """Record the inventory. A disk another deployment owns is refused
+        (DiskOwnedElsewhere) unless it is in `move_disks` and
+        `may_move_from(owner)`: then it moves, recorded, and leaves the owner's inventory."""
         if cpi is not None and cpi not in self.cpi_names:
             raise UnknownCpi(f"no CPI named '{cpi}' is configured (configured: {', '.join(sorted(self.cpi_names))})",
                              field="cpi")
+        check_unique(instances)
+        moving = set(move_disks)
         result: list[Deployment] = []
 
         def decide() -> list[Aggregate]:
             dep = self._get(deployment_id(name)) or Deployment(name=name, actor=actor)
+            before = set(dep.disk_cids()) if not dep.deleted else set()
+            after = {d for i in instances for d in i["disks"]}
+            owners = self._disk_owners()
+            foreign = owners.foreign(name, after)
+            refused = {d: o for d, o in foreign.items() if d not in moving or not may_move_from(o)}
+            if refused:
+                raise DiskOwnedElsewhere(refused)
+            changed: list[Aggregate] = []
+            for source_name in sorted(set(foreign.values())):
+                disks = sorted(d for d, o in foreign.items() if o == source_name)
+                source = self._get(deployment_id(source_name))
+                if source is not None and not source.deleted:
+                    source.record_inventory(tags=source.tags, instances=source.without_disks(set(disks)),
+                                            actor=actor, cpi=source.cpi)
+                    changed.append(source)
+                owners.move(name, source_name, disks, actor=actor)
             dep.record_inventory(tags=tags, instances=instances, actor=actor, cpi=cpi)
+            owners.claim(name, after, actor=actor)
+            owners.release(name, before - after, actor=actor)
             registry = self._registry()
             result[:] = [dep]
-            return [dep, registry] if registry.add(name) else [dep]
+            return [dep, *changed, owners, *([registry] if registry.add(name) else [])]
 
         self.save_with_retry(decide)
         return result[0]
+
+    def _disk_owners(self) -> DiskOwners:
+        """The ownership of every disk; on a ledger from before it existed,
+        seeded with the disks of the deployments recorded then."""
+        owners = self._get(DISK_OWNERS_ID)
+        if owners is not None:
+            return owners
+        seed: dict[str, str] = {}
+        for dep_name in self._registry().names:
+            dep = self._get(deployment_id(dep_name))
+            if dep is not None and not dep.deleted:
+                for disk in dep.disk_cids():
+                    seed.setdefault(disk, dep_name)
+        return DiskOwners(owners=seed)
+
+    def disk_owner(self, disk_cid: str) -> str | None:
+        return self._disk_owners().owner(disk_cid)
 
     def _registry(self) -> DeploymentRegistry:
         return self._get(REGISTRY_ID) or DeploymentRegistry()
@@ -248,10 +290,12 @@ class Ledger(Application):
     def delete_deployment(self, name: str, actor: str) -> None:
         def decide() -> list[Aggregate]:
             dep = self.get_deployment(name)
+            owners = self._disk_owners()
+            owners.release(name, dep.disk_cids(), actor=actor)  # its disks are free for another deployment
             dep.delete(actor=actor)
             registry = self._registry()
             registry.remove(name)
-            return [dep, registry]
+            return [dep, registry, owners]
 
         self.save_with_retry(decide)
 
