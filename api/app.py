@@ -24,7 +24,7 @@ from marshmallow import ValidationError
 
 from snapledger.adapters.wiring import Runtime
 from snapledger.domain.errors import LedgerError
-from snapledger.domain.ownership import DiskOwnedElsewhere
+from snapledger.domain.ownership import OwnedElsewhere
 from snapledger.domain.names import CID_PATTERN, NAME_PATTERN, SELF_DEPLOYMENT
 from snapledger.domain.settings import SCHEDULE_NAMES
 from snapledger.projections.events import iso
@@ -64,6 +64,8 @@ async def request_context_middleware(request: web.Request,
 async def errors_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     try:
         return await handler(request)
+    except OwnedElsewhere as error:
+        return owned_elsewhere(request, error)
     except LedgerError as error:
         extra = {"field": error.field} if error.field else {}
         return error_response(error.status, error.message, error.code, **extra)
@@ -330,28 +332,24 @@ async def put_deployment(request: web.Request) -> web.Response:
     def may_move_from(owner: str) -> bool:  # a move takes a disk away from `owner`: be its admin too
         return auth.may(request, auth.Access.DEPLOYMENT, "PUT", owner)
 
-    try:
-        dep = await run(request, request.app[RUNTIME].ledger.record_deployment, name, data["tags"],
-                        data["instances"], actor=actor(request), cpi=data.get("cpi"),
-                        move_disks=data["move_disks"], may_move_from=may_move_from)
-    except DiskOwnedElsewhere as error:
-        return _disk_owned_refusal(request, name, error)
+    dep = await run(request, request.app[RUNTIME].ledger.record_deployment, name, data["tags"],
+                    data["instances"], actor=actor(request), cpi=data.get("cpi"),
+                    move_disks=data["move_disks"], move_jobs=data["move_jobs"], may_move_from=may_move_from)
     return web.json_response(_deployment_json(dep))
 
 
-def _disk_owned_refusal(request: web.Request, name: str, error: DiskOwnedElsewhere) -> web.Response:
-    """409 naming each disk's owner only to a caller who may read that deployment."""
+def owned_elsewhere(request: web.Request, error: OwnedElsewhere) -> web.Response:
+    """409 naming each item's owner only to a caller who may read that deployment."""
     parts, owners = [], {}
-    for disk, owner in sorted(error.owners.items()):
+    for item, owner in sorted(error.owners.items()):
         if auth.may(request, auth.Access.DEPLOYMENT, "GET", owner):
-            parts.append(f"{disk} belongs to deployment '{owner}'")
-            owners[disk] = owner
+            parts.append(f"{error.kind} {item} belongs to deployment '{owner}'")
+            owners[item] = owner
         else:
-            parts.append(f"{disk} belongs to another deployment")
-    hint = ("; to move a disk, list it in move_disks (you must be allowed on both deployments)"
-            if owners else "")
-    return error_response(409, f"cannot record '{name}': {'; '.join(parts)}{hint}", error.code,
-                          field="instances", owners=owners)
+            parts.append(f"{error.kind} {item} belongs to another deployment")
+    hint = ("; to move it, list it in move_disks or move_jobs of PUT /deployments/NAME "
+            "(you must be allowed on both deployments)" if owners else "")
+    return error_response(409, f"{'; '.join(parts)}{hint}", error.code, field=error.field, owners=owners)
 
 
 @routes.get("/deployments/{name}")

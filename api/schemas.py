@@ -65,6 +65,8 @@ class DeploymentSchema(StrictSchema):
     # Disks listed here that another deployment owns move to this one (the caller
     # must be allowed on both); any other disk of another deployment is refused.
     move_disks = fields.List(fields.String(validate=CID), load_default=list, validate=Length(max=64 * 10_000))
+    # Release jobs another deployment owns that this one takes over (same rule).
+    move_jobs = fields.List(fields.String(validate=NAME), load_default=list, validate=Length(max=10_000))
 
 
 class DeploymentFileSchema(DeploymentSchema):

@@ -134,6 +134,10 @@ class Deployment(Aggregate):
 
     # Queries ---------------------------------------------------------------
 
+    def release_jobs(self) -> set[str]:
+        """The release jobs its instances run (an instance without `jobs` runs its group's name)."""
+        return {j for i in self.instances for j in (i.get("jobs") or [i["job"]])}
+
     def disk_cids(self) -> list[str]:
         return [d for i in self.instances for d in i["disks"]]
 

@@ -87,11 +87,11 @@ async def test_moving_a_disk_is_explicit_and_audited(tmp_path: Path, store_url: 
         assert [i["disks"] for i in other["instances"]] == [[]]  # it left dep-b's inventory
 
         async def moves() -> list:
-            return await (await client.get("/events", params={"type": "DiskOwners.Moved"})).json()
+            return await (await client.get("/events", params={"type": "Ownership.Moved"})).json()
 
         moved = await wait_for(moves)  # the audit view follows the log
-        assert [(e["actor"], e["data"]["from_deployment"], e["data"]["deployment"], e["data"]["disks"])
-                for e in moved] == [("admin", "dep-b", "prod", ["b-0"])], moved
+        assert [(e["actor"], e["data"]["from_deployment"], e["data"]["deployment"], e["data"]["disks"],
+                 e["data"]["jobs"]) for e in moved] == [("admin", "dep-b", "prod", ["b-0"], [])], moved
 
         # Now dep-b may not list it back without a move of its own.
         resp = await client.put("/deployments/dep-b", json=OTHER)
@@ -116,3 +116,39 @@ async def test_an_inventory_that_lists_a_disk_twice_is_a_conflict(tmp_path: Path
         body = await resp.json()
         assert resp.status == 409 and body["code"] == "inventory_conflict" and body["field"] == "instances", body
         assert (await client.get("/deployments/prod")).status == 404
+
+
+async def test_a_job_update_never_runs_another_deployments_release_job(tmp_path: Path, store_url: str) -> None:
+    config = _config(tmp_path, store_url)
+    config.jobs_dir = tmp_path / "jobs"
+    config.drain_wait_scale = 0.01
+    marks = tmp_path / "ran"
+    drain = config.jobs_dir / "bjob" / "bin" / "drain"
+    drain.parent.mkdir(parents=True)
+    drain.write_text(f"#!/bin/sh\necho \"$0\" >> {marks}\necho 0\n")
+    drain.chmod(0o755)
+    async with api_client(config) as client:
+        assert (await client.put("/config/snapshots", json={"enable_snapshots": True})).status == 200
+        assert (await client.put("/deployments/dep-b", json=OTHER)).status == 200  # dep-b runs bjob
+        # prod may name the job (deployments share job names), but its scripts are dep-b's.
+        prod = {"instances": [{"job": "db", "index": 0, "disks": ["a-0"], "jobs": ["bjob"]}]}
+        assert (await client.put("/deployments/prod", json=prod, headers=PROD_ADMIN)).status == 200
+        resp = await client.post("/deployments/prod/jobs/db/updates", json={}, headers=PROD_ADMIN)
+        refusal = await resp.json()
+        assert resp.status == 409 and refusal["code"] == "job_owned_by_another_deployment", refusal
+        assert refusal["field"] == "jobs" and "dep-b" not in refusal["error"] and refusal["owners"] == {}
+        resp = await client.put("/deployments/prod", json={**prod, "move_jobs": ["bjob"]}, headers=PROD_ADMIN)
+        assert resp.status == 409 and (await resp.json())["field"] == "move_jobs"
+        assert not marks.exists()  # bjob's drain never ran for prod
+
+        # dep-b's own update runs it; an admin of both may hand the job over, and then it is prod's.
+        resp = await client.post("/deployments/dep-b/jobs/bjob/updates", json={})
+        assert (await wait_task(client, (await resp.json())["task_id"]))["state"] == "done"
+        assert marks.read_text().count("drain") == 1
+        resp = await client.put("/deployments/prod", json={**prod, "move_jobs": ["bjob"]})
+        assert resp.status == 200, await resp.text()
+        resp = await client.post("/deployments/dep-b/jobs/bjob/updates", json={})
+        assert resp.status == 409 and (await resp.json())["owners"] == {"bjob": "prod"}
+        resp = await client.post("/deployments/prod/jobs/db/updates", json={}, headers=PROD_ADMIN)
+        assert (await wait_task(client, (await resp.json())["task_id"]))["state"] == "done"
+        assert marks.read_text().count("drain") == 2
