@@ -139,6 +139,12 @@ async def test_a_job_update_never_runs_another_deployments_release_job(tmp_path:
         assert refusal["field"] == "jobs" and "dep-b" not in refusal["error"] and refusal["owners"] == {}
         resp = await client.put("/deployments/prod", json={**prod, "move_jobs": ["bjob"]}, headers=PROD_ADMIN)
         assert resp.status == 409 and (await resp.json())["field"] == "move_jobs"
+        # Nor does an in-place restore of prod's disk (it drains and stops the instance's jobs).
+        resp = await client.post("/deployments/prod/snapshots", headers=PROD_ADMIN)
+        assert (await wait_task(client, (await resp.json())["task_id"]))["state"] == "done"
+        cid = (await (await client.get("/deployments/prod/snapshots", headers=PROD_ADMIN)).json())[0]["snapshot_cid"]
+        resp = await client.post(f"/deployments/prod/snapshots/{cid}/restore", headers=PROD_ADMIN)
+        assert resp.status == 409 and (await resp.json())["code"] == "job_owned_by_another_deployment"
         assert not marks.exists()  # bjob's drain never ran for prod
 
         # dep-b's own update runs it; an admin of both may hand the job over, and then it is prod's.
