@@ -25,7 +25,7 @@ from marshmallow import ValidationError
 from snapledger.adapters.wiring import Runtime
 from snapledger.domain.errors import LedgerError
 from snapledger.domain.ownership import OwnedElsewhere
-from snapledger.domain.names import CID_PATTERN, NAME_PATTERN, SELF_DEPLOYMENT
+from snapledger.domain.names import CID_PATTERN, NAME_PATTERN, SELF_DEPLOYMENT, TASK_ID_RE
 from snapledger.domain.settings import SCHEDULE_NAMES
 from snapledger.projections.events import iso
 
@@ -128,6 +128,16 @@ async def run(request: web.Request, fn: Callable[..., Any], *args: Any, **kwargs
     # Carry the request's log context (request id) into the executor thread.
     context = contextvars.copy_context()
     return await loop.run_in_executor(runtime.executor, functools.partial(context.run, fn, *args, **kwargs))
+
+
+def task_id_of(request: web.Request) -> str:
+    """The path's task id; one the document's pattern refuses names no task (404, as an unknown one)."""
+    from snapledger.domain.errors import TaskNotFound
+
+    task_id = request.match_info["task_id"]
+    if not TASK_ID_RE.match(task_id):
+        raise TaskNotFound(f"task '{task_id}' not found", field="task_id")
+    return task_id
 
 
 def path(request: web.Request, name: str) -> str:
@@ -453,7 +463,7 @@ async def _read_task(request: web.Request, task_id: str) -> dict[str, Any]:
 async def get_task(request: web.Request) -> web.Response:
     """One task. `?wait=S` long-polls (capped at 60 s) until the task ends or,
     for a job update, until its log moves past `after` (default: as it was when asked)."""
-    task_id = request.match_info["task_id"]
+    task_id = task_id_of(request)
     params = query(request, schemas.TaskWaitQuerySchema())
     row = await _read_task(request, task_id)
     wait = min(params.get("wait", 0.0), MAX_TASK_WAIT_S)
@@ -474,7 +484,7 @@ async def get_task(request: web.Request) -> web.Response:
 @routes.get("/tasks/{task_id}/events")
 async def get_task_events(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    task_id = request.match_info["task_id"]
+    task_id = task_id_of(request)
     params = query(request, schemas.TaskEventsQuerySchema())
     events = await run(request, runtime.queries.task_events, task_id, params["after"])
     if not events and params["after"] == 0:
@@ -486,7 +496,7 @@ async def get_task_events(request: web.Request) -> web.Response:
 async def get_task_cpi_log(request: web.Request) -> web.Response:
     """Each CPI call of the task with its log and stderr (BOSH `task --cpi`)."""
     runtime = request.app[RUNTIME]
-    task_id = request.match_info["task_id"]
+    task_id = task_id_of(request)
     await run(request, runtime.ledger.get_task, task_id)  # 404 for an unknown task
     return web.json_response(await run(request, runtime.queries.cpi_log, task_id))
 
@@ -502,7 +512,9 @@ def _credential_store(runtime: Runtime) -> auth.CredentialStore:
                                 credentials=str(path.resolve()))
         else:
             runtime.log.info("admin credential", credentials=str(path.resolve()))
-    return auth.CredentialStore(auth.load_credentials(config.users, config.data_dir))
+    store = auth.CredentialStore(auth.load_credentials(config.users, config.data_dir))
+    store.failures = auth.FailureBudget(config.auth_failure_burst, config.auth_failure_rate_per_s)
+    return store
 
 
 async def _task_deployment(request: web.Request, task_id: str) -> str | None:

@@ -98,6 +98,18 @@ def _errors(method: str, access: Access, has_path_params: bool, has_input: bool)
             for code, text in codes.items()}
 
 
+def _refine(document: dict[str, Any]) -> None:
+    """What a field's metadata says that apispec cannot: `x-merge` (keywords
+    added to the property) and `x-replace` (the property's whole schema)."""
+    for schema in document.get("components", {}).get("schemas", {}).values():
+        properties = schema.get("properties", {})
+        for name, prop in list(properties.items()):
+            if "x-replace" in prop:
+                properties[name] = prop["x-replace"]
+            elif "x-merge" in prop:
+                properties[name] = {**{k: v for k, v in prop.items() if k != "x-merge"}, **prop["x-merge"]}
+
+
 def _content(body: Any) -> dict[str, Any]:
     return {"text/plain": {"schema": {"type": "string"}}} if body is None else {"application/json": {"schema": body}}
 
@@ -135,6 +147,7 @@ def build_spec(version: str, cpis: list[str] | None = None) -> dict[str, Any]:
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)
     document = spec.to_dict()
+    _refine(document)
     if cpis:
         for schema in document.get("components", {}).get("schemas", {}).values():
             if "cpi" in schema.get("properties", {}):

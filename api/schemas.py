@@ -21,6 +21,9 @@ class WholeRegexp(Regexp):
         return value
 
 
+# Free text: anything but NUL (PostgreSQL text cannot hold it), said in the document too.
+NO_NUL = WholeRegexp(r"^[^\u0000]*$", error="must not contain NUL characters")
+
 NAME = WholeRegexp(NAME_PATTERN, error="must be 1-128 characters of letters, digits, '.', '_' or '-', "
                                  "starting with a letter or digit")
 CID = WholeRegexp(CID_PATTERN, error="must be 1-255 characters of letters, digits, '.', '_', ':' or '-'")
@@ -58,8 +61,11 @@ class InstanceSchema(StrictSchema):
 
 
 class DeploymentSchema(StrictSchema):
-    tags = fields.Dict(keys=fields.String(validate=Length(min=1, max=128)),
-                       values=fields.String(validate=Length(max=256)), load_default=dict)
+    tags = fields.Dict(keys=fields.String(validate=[Length(min=1, max=128), NO_NUL]),
+                       values=fields.String(validate=[Length(max=256), NO_NUL]), load_default=dict,
+                       # what apispec cannot say of a mapping's keys (api/openapi.py merges it)
+                       metadata={"x-merge": {"propertyNames": {"minLength": 1, "maxLength": 128,
+                                                               "pattern": r"^[^\u0000]*$"}}})
     instances = fields.List(fields.Nested(InstanceSchema), required=True, validate=Length(max=10_000))
     cpi = fields.String(validate=NAME)  # a configured CPI's name; default: the default CPI
     # Disks listed here that another deployment owns move to this one (the caller
@@ -108,8 +114,13 @@ def _cron(value: str | None) -> None:
 
 # BOSH's cron dialect (README "Scheduled snapshots"): no JSON Schema pattern can
 # say it (ranges per field, IANA zones), so the document names it as a format.
-CRON_FORMAT = {"format": "bosh-cron", "description": "BOSH cron: 5 or 6 fields (seconds first), optional zone; "
-                                                    "null, \"\" or \"off\" turns the schedule off"}
+# A string of that format or null, as `anyOf` (schemathesis treats any value of a field
+# with a custom format as violating it in negative tests, null included, unless null is
+# its own branch).
+CRON_FORMAT = {"x-replace": {
+    "anyOf": [{"type": "string", "format": "bosh-cron", "maxLength": 200}, {"type": "null"}],
+    "description": "BOSH cron: 5 or 6 fields (seconds first), optional zone; null, \"\" or \"off\" turns "
+                   "the schedule off"}}
 
 
 class SnapshotConfigSchema(StrictSchema):
@@ -223,7 +234,7 @@ class RetentionRunQuerySchema(Schema):
 
 
 class PinSchema(StrictSchema):
-    reason = fields.String(required=True, validate=Length(min=1, max=500))
+    reason = fields.String(required=True, validate=[Length(min=1, max=500), NO_NUL])
 
 
 class EventQuerySchema(Schema):
@@ -239,7 +250,7 @@ class EventQuerySchema(Schema):
     disk_cid = fields.String(validate=CID)
     snapshot_cid = fields.String(validate=CID)
     task_id = fields.String(validate=WholeRegexp(TASK_ID_PATTERN))
-    actor = fields.String(validate=Length(min=1, max=128))
+    actor = fields.String(validate=[Length(min=1, max=128), NO_NUL])
     type = fields.String(validate=WholeRegexp(r"^[A-Za-z]+(\.[A-Za-z]+)?(,[A-Za-z]+(\.[A-Za-z]+)?)*$"))
     since = UtcDateTime(format="iso")
     until = UtcDateTime(format="iso")
