@@ -58,6 +58,8 @@ def _valid_latencies(url: str, authorization: str, seconds: float) -> list[float
 
 
 def _figures(name: str, latencies: list[float]) -> str:
+    if len(latencies) < 2:  # a valid request took longer than the whole measurement
+        return f"{name:<28} n={len(latencies):>5}  " + ", ".join(f"{v:.0f} ms" for v in latencies)
     q = statistics.quantiles(latencies, n=100)
     return f"{name:<28} n={len(latencies):>5}  p50={q[49]:8.1f} ms  p99={q[98]:8.1f} ms"
 
