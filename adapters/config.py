@@ -86,6 +86,9 @@ class Config:
     group_commit_max_wait_s: float = 0.002  # linger under load only; an idle service commits at once
     group_commit_max_batch: int = 500
     auth_enabled: bool = True
+    # Failed authentications a source address may make at once, then per second (api/auth.py).
+    auth_failure_burst: int = 10
+    auth_failure_rate_per_s: float = 0.1
     # [{name, secret_hash (argon2, `snapledger hash-secret`), scopes: [...]}]; when empty,
     # an admin credential is created in data_dir on first start.
     users: list[dict[str, Any]] = field(default_factory=list)
@@ -219,6 +222,8 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "default_cpi": ("default_cpi", str),
     "self_cpi": ("self_cpi", str),
     "auth.enabled": ("auth_enabled", "bool"),
+    "auth.failure_burst": ("auth_failure_burst", int),
+    "auth.failure_rate": ("auth_failure_rate_per_s", float),
     "tls.cert": ("tls_cert", str),
     "tls.key": ("tls_key", str),
     "ready.max_lag": ("ready_max_lag", int),
@@ -511,6 +516,9 @@ def _validate(config: Config) -> None:
         raise ConfigError("stop_timeout", "must be positive (seconds)")
     if config.drain_wait_scale < 0:
         raise ConfigError("drain_wait_scale", "must not be negative")
+    if config.auth_failure_burst < 1 or config.auth_failure_rate_per_s <= 0:
+        raise ConfigError("auth.failure_burst" if config.auth_failure_burst < 1 else "auth.failure_rate",
+                          "must be positive")
     if config.worker_max_in_flight < 1:
         raise ConfigError("worker.max_in_flight", "must be at least 1")
     from snapledger.domain.names import NAME_PATTERN

@@ -21,11 +21,11 @@ import structlog
 from aiohttp import web
 from eventsourcing import persistence as es_persistence
 from marshmallow import ValidationError
-from marshmallow.validate import Regexp
 
 from snapledger.adapters.wiring import Runtime
 from snapledger.domain.errors import LedgerError
-from snapledger.domain.names import CID_PATTERN, NAME_PATTERN, SELF_DEPLOYMENT
+from snapledger.domain.ownership import OwnedElsewhere
+from snapledger.domain.names import CID_PATTERN, NAME_PATTERN, SELF_DEPLOYMENT, TASK_ID_RE
 from snapledger.domain.settings import SCHEDULE_NAMES
 from snapledger.projections.events import iso
 
@@ -36,8 +36,9 @@ MAX_BODY = 1024 * 1024
 RUNTIME = web.AppKey("runtime", Runtime)
 
 _PATH_RULES = {
-    "deployment": Regexp(NAME_PATTERN), "name": Regexp(NAME_PATTERN), "job": Regexp(NAME_PATTERN),
-    "index_or_id": Regexp(NAME_PATTERN), "cid": Regexp(CID_PATTERN),
+    name: schemas.WholeRegexp(pattern) for name, pattern in [
+        ("deployment", NAME_PATTERN), ("name", NAME_PATTERN), ("job", NAME_PATTERN), ("index_or_id", NAME_PATTERN),
+        ("cid", CID_PATTERN)]
 }
 
 
@@ -63,6 +64,8 @@ async def request_context_middleware(request: web.Request,
 async def errors_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     try:
         return await handler(request)
+    except OwnedElsewhere as error:
+        return owned_elsewhere(request, error)
     except LedgerError as error:
         extra = {"field": error.field} if error.field else {}
         return error_response(error.status, error.message, error.code, **extra)
@@ -74,7 +77,15 @@ async def errors_middleware(request: web.Request, handler: Callable[[web.Request
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        return error_response(error.status, error.reason, error.reason.lower().replace(" ", "_"))
+        # Keep what the exception says in headers (405's `Allow`, 413's limits), not its text body's type.
+        headers = {k: v for k, v in error.headers.items() if k.lower() not in ("content-type", "content-length")}
+        return error_response(error.status, error.reason, error.reason.lower().replace(" ", "_"), headers=headers)
+    except ConnectionResetError:
+        # The client went away mid-request (aiohttp cancels the read with this):
+        # nothing is wrong with the server and nobody reads the answer. 499 as
+        # nginx counts it, so /metrics and alerts on 5xx stay quiet.
+        request.app[RUNTIME].log.info("client disconnected", path=request.path)
+        return error_response(499, "client closed the request", "client_disconnected")
     except StoreDown as error:
         return error_response(503, f"the event store is unavailable ({error}); retry later", "unavailable",
                               headers={"Retry-After": "2"})
@@ -119,6 +130,16 @@ async def run(request: web.Request, fn: Callable[..., Any], *args: Any, **kwargs
     return await loop.run_in_executor(runtime.executor, functools.partial(context.run, fn, *args, **kwargs))
 
 
+def task_id_of(request: web.Request) -> str:
+    """The path's task id; one the document's pattern refuses names no task (404, as an unknown one)."""
+    from snapledger.domain.errors import TaskNotFound
+
+    task_id = request.match_info["task_id"]
+    if not TASK_ID_RE.match(task_id):
+        raise TaskNotFound(f"task '{task_id}' not found", field="task_id")
+    return task_id
+
+
 def path(request: web.Request, name: str) -> str:
     value = request.match_info[name]
     if name == "deployment" and value == SELF_DEPLOYMENT:
@@ -130,14 +151,49 @@ def path(request: web.Request, name: str) -> str:
     return value
 
 
+MAX_JSON_DEPTH = 32  # our deepest body is 4 levels; deeper is an attack on the parser, not a request
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON, or a ValidationError naming where it is wrong.
+
+    Python's parser recurses per level (RecursionError at ~1,000), and a NUL
+    in a string cannot be stored in PostgreSQL text: both are refused here,
+    at the one place bodies are parsed (the handlers and the idempotency
+    fingerprint)."""
+    try:
+        data = json.loads(raw or b"null")
+    except RecursionError:
+        raise ValidationError({"body": [f"nested deeper than {MAX_JSON_DEPTH} levels"]}) from None
+    except ValueError:
+        raise ValidationError({"body": ["not valid JSON"]}) from None
+    _check_json(data)
+    return data
+
+
+def _check_json(data: Any) -> None:
+    # Iterative: a recursive walk would hit the recursion limit it guards against.
+    stack: list[tuple[Any, str, int]] = [(data, "body", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ValidationError({"body": [f"nested deeper than {MAX_JSON_DEPTH} levels"]})
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise ValidationError({where: ["must not contain NUL characters"]})
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if "\x00" in key:
+                    raise ValidationError({where: ["keys must not contain NUL characters"]})
+                stack.append((item, key if depth == 0 else f"{where}.{key}", depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, where, depth + 1) for item in value)
+
+
 async def body(request: web.Request, schema: Any) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
-    raw = await request.read()
-    try:
-        data = json.loads(raw or b"null")
-    except ValueError:
-        raise ValidationError({"body": ["not valid JSON"]}) from None
+    data = parse_json(await request.read())
     if not isinstance(data, dict):
         raise ValidationError({"body": ["must be a JSON object"]})
     return schema.load(data)
@@ -170,6 +226,21 @@ def task_from_aggregate(task: Any) -> dict[str, Any]:
         "queued_at": iso(task.created_on), "started_at": iso(task.started_at),
         "finished_at": None,
     }
+
+
+@web.middleware
+async def input_guard_middleware(request: web.Request,
+                                 handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                                 ) -> web.StreamResponse:
+    """No NUL in the path or the query, whatever the route: PostgreSQL text
+    cannot hold it (psycopg.DataError, a 500) and no name, id or filter has one."""
+    if "\x00" in request.path:
+        field = next((name for name, value in request.match_info.items() if "\x00" in value), "path")
+        raise ValidationError({field: ["must not contain NUL characters"]})
+    for name, value in request.query.items():
+        if "\x00" in name or "\x00" in value:
+            raise ValidationError({name.replace("\x00", "") or "query": ["must not contain NUL characters"]})
+    return await handler(request)
 
 
 # Handlers ----------------------------------------------------------------------
@@ -276,9 +347,28 @@ async def put_deployment(request: web.Request) -> web.Response:
     name = path(request, "name")
     schemas.validate_deployment_name(name, creating=True)
     data = await body(request, schemas.DeploymentSchema())
+
+    def may_move_from(owner: str) -> bool:  # a move takes a disk away from `owner`: be its admin too
+        return auth.may(request, auth.Access.DEPLOYMENT, "PUT", owner)
+
     dep = await run(request, request.app[RUNTIME].ledger.record_deployment, name, data["tags"],
-                    data["instances"], actor=actor(request), cpi=data.get("cpi"))
+                    data["instances"], actor=actor(request), cpi=data.get("cpi"),
+                    move_disks=data["move_disks"], move_jobs=data["move_jobs"], may_move_from=may_move_from)
     return web.json_response(_deployment_json(dep))
+
+
+def owned_elsewhere(request: web.Request, error: OwnedElsewhere) -> web.Response:
+    """409 naming each item's owner only to a caller who may read that deployment."""
+    parts, owners = [], {}
+    for item, owner in sorted(error.owners.items()):
+        if auth.may(request, auth.Access.DEPLOYMENT, "GET", owner):
+            parts.append(f"{error.kind} {item} belongs to deployment '{owner}'")
+            owners[item] = owner
+        else:
+            parts.append(f"{error.kind} {item} belongs to another deployment")
+    hint = ("; to move it, list it in move_disks or move_jobs of PUT /deployments/NAME "
+            "(you must be allowed on both deployments)" if owners else "")
+    return error_response(409, f"{'; '.join(parts)}{hint}", error.code, field=error.field, owners=owners)
 
 
 @routes.get("/deployments/{name}")
@@ -383,7 +473,7 @@ async def get_task(request: web.Request) -> web.Response:
     """One task. `?wait=S` long-polls (capped at 60 s) until the task ends or its log
     moves past `after` (the CLI follows any task so). Without `after`, a job update
     answers at its next change, any other task at its end."""
-    task_id = request.match_info["task_id"]
+    task_id = task_id_of(request)
     params = query(request, schemas.TaskWaitQuerySchema())
     row = await _read_task(request, task_id)
     wait = min(params.get("wait", 0.0), MAX_TASK_WAIT_S)
@@ -404,7 +494,7 @@ async def get_task(request: web.Request) -> web.Response:
 @routes.get("/tasks/{task_id}/events")
 async def get_task_events(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    task_id = request.match_info["task_id"]
+    task_id = task_id_of(request)
     params = query(request, schemas.TaskEventsQuerySchema())
     events = await run(request, runtime.queries.task_events, task_id, params["after"])
     if not events and params["after"] == 0:
@@ -416,7 +506,7 @@ async def get_task_events(request: web.Request) -> web.Response:
 async def get_task_cpi_log(request: web.Request) -> web.Response:
     """Each CPI call of the task with its log and stderr (BOSH `task --cpi`)."""
     runtime = request.app[RUNTIME]
-    task_id = request.match_info["task_id"]
+    task_id = task_id_of(request)
     await run(request, runtime.ledger.get_task, task_id)  # 404 for an unknown task
     return web.json_response(await run(request, runtime.queries.cpi_log, task_id))
 
@@ -432,7 +522,9 @@ def _credential_store(runtime: Runtime) -> auth.CredentialStore:
                                 credentials=str(path.resolve()))
         else:
             runtime.log.info("admin credential", credentials=str(path.resolve()))
-    return auth.CredentialStore(auth.load_credentials(config.users, config.data_dir))
+    store = auth.CredentialStore(auth.load_credentials(config.users, config.data_dir))
+    store.failures = auth.FailureBudget(config.auth_failure_burst, config.auth_failure_rate_per_s)
+    return store
 
 
 async def _task_deployment(request: web.Request, task_id: str) -> str | None:
@@ -479,8 +571,8 @@ def create_app(runtime: Runtime, start_background: bool = True) -> web.Applicati
     from .idempotency import idempotency_middleware
 
     app = web.Application(middlewares=[request_context_middleware, access_log_middleware,
-                                       routes_ops.metrics_middleware,
-                                       errors_middleware, auth.auth_middleware(_task_deployment, _scoped_deployment),
+                                       routes_ops.metrics_middleware, errors_middleware, input_guard_middleware,
+                                       auth.auth_middleware(_task_deployment, _scoped_deployment),
                                        idempotency_middleware],
                           client_max_size=MAX_BODY)
     app[RUNTIME] = runtime

@@ -13,6 +13,14 @@ declaration is refused (and a test walks every registered route).
 argon2 is slow by design (~0.1 s), so a verified secret is remembered in
 memory by its SHA-256 for a few minutes: a busy client does not pay the hash
 on every request.
+
+What wrong credentials may cost others is bounded (issue 16): a remembered
+secret is checked on the event loop without any hashing; every other check
+runs in a pool of its own (AUTH_WORKERS threads, at most AUTH_MAX_PENDING
+waiting), never in the executor of real work; and each source address has a
+budget of failed checks (a token bucket): past it, or with the pool full, the
+answer is `429` with `Retry-After`, logged, before any hashing. Rejection
+itself stays constant-time (an unknown name costs a hash too).
 """
 
 from __future__ import annotations
@@ -39,6 +47,10 @@ ADMIN = "snapledger.admin"
 READ = "snapledger.read"
 TOKEN_PREFIX = "snapledger_"
 VERIFIED_TTL_S = 300.0
+AUTH_WORKERS = 1  # argon2 threads: wrong secrets get one core at most, real work keeps the rest
+AUTH_MAX_PENDING = 16  # checks queued for that pool beyond which a request is told to come back
+FAILURE_BURST = 10  # failed checks a source may make at once...
+FAILURE_RATE_PER_S = 0.1  # ...and then one per 10 s
 
 
 def deployment_admin(name: str) -> str:
@@ -76,23 +88,67 @@ class Credential:
         return False
 
 
+class FailureBudget:
+    """Failed authentications per source address: a token bucket each.
+    Sources that stop failing are forgotten once their bucket is full again."""
+
+    def __init__(self, burst: int = FAILURE_BURST, rate_per_s: float = FAILURE_RATE_PER_S) -> None:
+        self.burst, self.rate = float(burst), rate_per_s
+        self._buckets: dict[str, tuple[float, float]] = {}  # source -> (tokens, at)
+        self._lock = threading.Lock()
+
+    def _tokens(self, source: str, now: float) -> float:
+        tokens, at = self._buckets.get(source, (self.burst, now))
+        return min(self.burst, tokens + (now - at) * self.rate)
+
+    def retry_after(self, source: str) -> float:
+        """0 when the source may try; else the seconds until it may."""
+        with self._lock:
+            tokens = self._tokens(source, time.monotonic())
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+
+    def failed(self, source: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._buckets[source] = (max(0.0, self._tokens(source, now) - 1), now)
+            if len(self._buckets) > 10_000:  # many sources: drop those with a full bucket again
+                self._buckets = {s: b for s, b in self._buckets.items() if self._tokens(s, now) < self.burst}
+
+
 class CredentialStore:
     def __init__(self, credentials: Iterable[Credential]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         self.by_name = {c.name: c for c in credentials}
         self._hasher = PasswordHasher()
         self._verified: dict[str, tuple[bytes, float]] = {}
         self._lock = threading.Lock()
+        # The hashing pool: separate from the runtime's executor and the loop's default one.
+        self.executor = ThreadPoolExecutor(max_workers=AUTH_WORKERS, thread_name_prefix="auth")
+        self.pending = 0  # checks submitted to the pool and not finished (event-loop thread only)
+        self.failures = FailureBudget()
 
-    def verify(self, name: str, secret: str) -> Credential | None:
+    def remembered(self, name: str, secret: str) -> Credential | None:
+        """The credential when this secret was verified recently: a dictionary
+        look-up and one SHA-256, cheap enough for the event loop."""
         credential = self.by_name.get(name)
         if credential is None:
-            self._hasher.hash(secret)  # same cost as a wrong secret: no user enumeration by timing
             return None
         digest = hashlib.sha256(secret.encode()).digest()
         with self._lock:
             cached = self._verified.get(name)
         if cached is not None and cached[1] > time.monotonic() and hmac.compare_digest(cached[0], digest):
             return credential
+        return None
+
+    def verify(self, name: str, secret: str) -> Credential | None:
+        credential = self.by_name.get(name)
+        if credential is None:
+            self._hasher.hash(secret)  # same cost as a wrong secret: no user enumeration by timing
+            return None
+        if self.remembered(name, secret) is not None:
+            return credential
+        digest = hashlib.sha256(secret.encode()).digest()
         try:
             self._hasher.verify(credential.secret_hash, secret)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
@@ -206,6 +262,16 @@ def route_key(request: web.Request) -> tuple[str, str] | None:
 
 AUTH = web.AppKey("auth", CredentialStore)
 USER = web.RequestKey("user", str)  # the authenticated name: the actor of every event
+CREDENTIAL = web.RequestKey("credential", Credential)  # who that is, for checks beyond the route's own
+
+
+def may(request: web.Request, access: Access, method: str, deployment: str | None) -> bool:
+    """Whether the caller may do `method` with `access` on `deployment`
+    (with authentication switched off, everyone may do everything)."""
+    credential = request.get(CREDENTIAL)
+    if credential is None:
+        return request.app.get(AUTH) is None
+    return credential.allows(access, method, deployment)
 
 
 def auth_middleware(task_deployment: Callable[[web.Request, str], Awaitable[str | None]],
@@ -232,8 +298,14 @@ def auth_middleware(task_deployment: Callable[[web.Request, str], Awaitable[str 
         if parsed is None:
             return _unauthorized("credentials required (HTTP Basic or a bearer token)" if header is None
                                  else "malformed Authorization header")
-        credential = await _verify(request, store, *parsed)
+        credential = store.remembered(*parsed)
         if credential is None:
+            refused = _over_budget(request, store)
+            if refused is not None:
+                return refused
+            credential = await _verify(request, store, *parsed)
+        if credential is None:
+            store.failures.failed(request.remote or "unknown")
             return _unauthorized("invalid credentials")
         deployment = request.match_info.get("deployment") or request.match_info.get("name")
         if access is Access.TASK:
@@ -249,16 +321,42 @@ def auth_middleware(task_deployment: Callable[[web.Request, str], Awaitable[str 
             return _error(403, f"user '{credential.name}' lacks the scope for {key[0]} {key[1]}: needs {needed}",
                           "forbidden", scope=needed)
         request[USER] = credential.name
+        request[CREDENTIAL] = credential
         return await handler(request)
 
     return middleware
 
 
+def _over_budget(request: web.Request, store: CredentialStore) -> web.Response | None:
+    """429 before any hashing when the source spent its failures or the pool is full."""
+    import math
+
+    import structlog
+
+    source = request.remote or "unknown"
+    wait = store.failures.retry_after(source)
+    reason = "too many failed authentications from this address"
+    if wait <= 0 and store.pending >= AUTH_MAX_PENDING:
+        wait, reason = 1.0, "too many authentications waiting to be checked"
+    if wait <= 0:
+        return None
+    retry_after = str(max(1, math.ceil(wait)))
+    structlog.get_logger("snapledger.auth").warning("authentication refused", source=source, reason=reason,
+                                                    retry_after_s=int(retry_after), path=request.path)
+    response = _error(429, f"{reason}; retry in {retry_after} s", "too_many_requests")
+    response.headers["Retry-After"] = retry_after
+    return response
+
+
 async def _verify(request: web.Request, store: CredentialStore, name: str, secret: str) -> Credential | None:
     import asyncio
 
-    # argon2 takes ~0.1 s of CPU: off the event loop.
-    return await asyncio.get_running_loop().run_in_executor(None, store.verify, name, secret)
+    # argon2 takes ~0.1 s of CPU: off the event loop, in the store's own bounded pool.
+    store.pending += 1
+    try:
+        return await asyncio.get_running_loop().run_in_executor(store.executor, store.verify, name, secret)
+    finally:
+        store.pending -= 1
 
 
 def _error(status: int, message: str, code: str, **extra: Any) -> web.Response:

@@ -14,11 +14,12 @@ import re
 from typing import Awaitable, Callable
 
 from aiohttp import web
+from marshmallow import ValidationError
 
 from snapledger.domain.application import IDEMPOTENCY
 from snapledger.domain.idempotency import KeyAlreadyUsed
 
-from .app import RUNTIME, actor, error_response, run
+from .app import RUNTIME, actor, error_response, parse_json, run
 
 HEADER = "Idempotency-Key"
 KEY_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,255}")
@@ -28,9 +29,9 @@ COMMANDS = frozenset({"POST", "PUT", "DELETE"})
 async def fingerprint(request: web.Request) -> str:
     raw = await request.read()
     try:
-        body = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")) if raw else ""
-    except ValueError:
-        body = raw.decode(errors="replace")  # invalid JSON: the handler will refuse it anyway
+        body = json.dumps(parse_json(raw), sort_keys=True, separators=(",", ":")) if raw else ""
+    except ValidationError:
+        body = raw.decode(errors="replace")  # invalid or hostile JSON: the handler will refuse it anyway
     canonical = "\n".join([request.method, request.path, request.query_string, body])
     return hashlib.sha256(canonical.encode()).hexdigest()
 

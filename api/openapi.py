@@ -14,7 +14,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
 
-from snapledger.domain.names import CID_PATTERN, NAME_PATTERN
+from snapledger.domain.names import CID_PATTERN, NAME_PATTERN, RESERVED_DEPLOYMENT_NAMES, TASK_ID_PATTERN
 
 from . import schemas
 from .auth import ROUTE_ACCESS, Access
@@ -31,9 +31,11 @@ ERROR = {"type": "object", "required": ["error", "code"],
          "properties": {"error": {"type": "string"}, "code": {"type": "string"},
                         "field": {"type": ["string", "null"]}}}
 SELF_OR_NAME = rf"^(_self|{NAME_PATTERN[1:-1]})$"
+# A deployment's own name: any name but the reserved ones (PUT refuses them).
+NEW_NAME = rf"^(?!({'|'.join(sorted(RESERVED_DEPLOYMENT_NAMES))})$){NAME_PATTERN[1:]}"
 PATH_PARAMETERS = {
-    "name": NAME_PATTERN, "deployment": SELF_OR_NAME, "job": NAME_PATTERN, "index_or_id": NAME_PATTERN,
-    "cid": CID_PATTERN, "task_id": r"^[0-9a-fA-F-]{1,64}$",
+    "name": NEW_NAME, "deployment": SELF_OR_NAME, "job": NAME_PATTERN, "index_or_id": NAME_PATTERN,
+    "cid": CID_PATTERN, "task_id": TASK_ID_PATTERN,
 }
 
 # (method, path) -> summary, success status and body, request body schema, query schema.
@@ -76,15 +78,17 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
 
 
 def document(method: str, path: str, summary: str, ok: tuple[int, Any], body: type[Schema] | None = None,
-             query: type[Schema] | None = None) -> None:
-    """For feature route modules: describe a route next to the route."""
-    OPERATIONS[(method, path)] = {"summary": summary, "ok": ok, "body": body, "query": query}
+             query: type[Schema] | None = None, also: dict[int, Any] | None = None) -> None:
+    """For feature route modules: describe a route next to the route. `also`:
+    further success answers, status -> body schema (a dry run's 200 next to a 202)."""
+    OPERATIONS[(method, path)] = {"summary": summary, "ok": ok, "body": body, "query": query, "also": also or {}}
 
 
 def _errors(method: str, access: Access, has_path_params: bool, has_input: bool) -> dict[str, Any]:
     codes = {503: "The event store is unavailable; retry later"}
     if access is not Access.PUBLIC:
-        codes.update({401: "Credentials missing or invalid", 403: "Authenticated, but lacking the scope"})
+        codes.update({401: "Credentials missing or invalid", 403: "Authenticated, but lacking the scope",
+                      429: "Too many failed authentications from this address; see Retry-After"})
     if has_path_params or has_input or method != "GET":
         codes.update({400: "Invalid input; `field` names it", 404: "Not found"})
     if method in ("POST", "PUT", "DELETE"):
@@ -94,7 +98,24 @@ def _errors(method: str, access: Access, has_path_params: bool, has_input: bool)
             for code, text in codes.items()}
 
 
-def build_spec(version: str) -> dict[str, Any]:
+def _refine(document: dict[str, Any]) -> None:
+    """What a field's metadata says that apispec cannot: `x-merge` (keywords
+    added to the property) and `x-replace` (the property's whole schema)."""
+    for schema in document.get("components", {}).get("schemas", {}).values():
+        properties = schema.get("properties", {})
+        for name, prop in list(properties.items()):
+            if "x-replace" in prop:
+                properties[name] = prop["x-replace"]
+            elif "x-merge" in prop:
+                properties[name] = {**{k: v for k, v in prop.items() if k != "x-merge"}, **prop["x-merge"]}
+
+
+def _content(body: Any) -> dict[str, Any]:
+    return {"text/plain": {"schema": {"type": "string"}}} if body is None else {"application/json": {"schema": body}}
+
+
+def build_spec(version: str, cpis: list[str] | None = None) -> dict[str, Any]:
+    """`cpis`: the configured CPI names, the only values a deployment's `cpi` may take."""
     spec = APISpec(title="snapledger", version=version, openapi_version="3.1.0",
                    plugins=[MarshmallowPlugin()],
                    info={"description": "An event-sourced ledger for persistent-disk snapshots."})
@@ -111,12 +132,11 @@ def build_spec(version: str) -> dict[str, Any]:
         if method in ("POST", "PUT", "DELETE"):
             params.append({"in": "header", "name": "Idempotency-Key", "required": False,
                            "schema": {"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,255}$"}})
-        status, body = op["ok"]
-        content = ({"text/plain": {"schema": {"type": "string"}}} if body is None
-                   else {"application/json": {"schema": body}})
+        successes = {op["ok"][0]: op["ok"][1], **op.get("also", {})}
         operation: dict[str, Any] = {
             "summary": op["summary"], "parameters": params,
-            "responses": {str(status): {"description": "OK", "content": content},
+            "responses": {**{str(status): {"description": "OK", "content": _content(body)}
+                             for status, body in successes.items()},
                           **_errors(method, access, "{" in path, bool(op.get("query") or op.get("body")))},
         }
         if access is not Access.PUBLIC:
@@ -126,4 +146,10 @@ def build_spec(version: str) -> dict[str, Any]:
         paths.setdefault(path, {})[method.lower()] = operation
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)
-    return spec.to_dict()
+    document = spec.to_dict()
+    _refine(document)
+    if cpis:
+        for schema in document.get("components", {}).get("schemas", {}).values():
+            if "cpi" in schema.get("properties", {}):
+                schema["properties"]["cpi"]["enum"] = list(cpis)
+    return document

@@ -20,7 +20,7 @@ from snapledger.domain.job_update import announce_job_update
 
 from . import auth, openapi
 from .app import RUNTIME, accepted, actor, body, path, run
-from .schemas import StrictSchema
+from .schemas import JsonInteger, StrictSchema
 
 routes = web.RouteTableDef()
 
@@ -34,14 +34,14 @@ auth.declare("POST", INSTANCE_UPDATES, auth.Access.DEPLOYMENT)
 class JobStateSchema(StrictSchema):
     """BOSH_JOB_STATE / BOSH_JOB_NEXT_STATE as the drain scripts see them."""
 
-    persistent_disk = fields.Integer(required=True, strict=True, validate=Range(min=0, max=2**40))
+    persistent_disk = JsonInteger(required=True, validate=Range(min=0, max=2**40))
 
 
 class JobUpdateSchema(StrictSchema):
     drain_type = fields.String(validate=OneOf(DRAIN_TYPES), load_default="update")
     next_state = fields.Nested(JobStateSchema)
     current_state = fields.Nested(JobStateSchema)  # default: next_state (no change)
-    max_in_flight = fields.Integer(strict=True, validate=Range(min=1, max=1000), load_default=1)
+    max_in_flight = JsonInteger(validate=Range(min=1, max=1000), load_default=1)
 
 
 openapi.document("POST", JOB_UPDATES, "Announce an update of every instance of a job: drain, stop, clean "

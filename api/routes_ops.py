@@ -86,4 +86,4 @@ async def openapi(request: web.Request) -> web.Response:
     """The OpenAPI 3 document of this API."""
     from .openapi import build_spec
 
-    return web.json_response(build_spec(VERSION))
+    return web.json_response(build_spec(VERSION, cpis=sorted(request.app[RUNTIME].ledger.cpi_names)))

@@ -16,6 +16,8 @@ from .openapi import ACCEPTED, ARRAY, OBJECT, document
 
 routes = web.RouteTableDef()
 
+DRY_RUN = {200: ARRAY}  # ?dry_run=true: what a run would expire, nothing changed
+
 for method, route, access, summary, ok, body_schema, query_schema in [
     ("GET", "/config/retention", Access.READ, "The default retention policy", (200, OBJECT), None, None),
     ("PUT", "/config/retention", Access.ADMIN, "Set the default retention policy", (200, OBJECT),
@@ -33,7 +35,8 @@ for method, route, access, summary, ok, body_schema, query_schema in [
      (200, OBJECT), None, None),
 ]:
     declare(method, route, access)
-    document(method, route, summary, ok, body=body_schema, query=query_schema)
+    document(method, route, summary, ok, body=body_schema, query=query_schema,
+             also=DRY_RUN if route.endswith("/retention/runs") else None)
 
 
 def _policy_json(policy: RetentionPolicy, source: str, managed_by: str | None) -> dict[str, Any]:

@@ -4,14 +4,43 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validates_schema
 from marshmallow.validate import Length, OneOf, Range, Regexp
 
-from snapledger.domain.names import CID_PATTERN, NAME_PATTERN, RESERVED_DEPLOYMENT_NAMES
+from snapledger.domain.names import CID_PATTERN, NAME_PATTERN, RESERVED_DEPLOYMENT_NAMES, TASK_ID_PATTERN
 
-NAME = Regexp(NAME_PATTERN, error="must be 1-128 characters of letters, digits, '.', '_' or '-', "
+class WholeRegexp(Regexp):
+    """A pattern that must match the whole value. marshmallow's Regexp uses
+    `re.match`, whose `$` also matches before a trailing newline ("db\\n"
+    passed). The pattern stays in its `^...$` form, which the API document
+    (JSON Schema) shows as it is."""
+
+    def __call__(self, value: Any) -> Any:
+        if not isinstance(value, str) or self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
+# Free text: anything but NUL (PostgreSQL text cannot hold it), said in the document too.
+NO_NUL = WholeRegexp(r"^[^\u0000]*$", error="must not contain NUL characters")
+
+NAME = WholeRegexp(NAME_PATTERN, error="must be 1-128 characters of letters, digits, '.', '_' or '-', "
                                  "starting with a letter or digit")
-CID = Regexp(CID_PATTERN, error="must be 1-255 characters of letters, digits, '.', '_', ':' or '-'")
+CID = WholeRegexp(CID_PATTERN, error="must be 1-255 characters of letters, digits, '.', '_', ':' or '-'")
+
+
+class JsonInteger(fields.Integer):
+    """A JSON integer: `83` and `83.0` (the same number in JSON, and an integer
+    to JSON Schema), never a string, a boolean or `83.5`."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValidationError("must be an integer")
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValidationError("must be an integer")
+            value = int(value)
+        return super()._deserialize(value, attr, data, **kwargs)
 
 
 MAX_POSITION = 2**63 - 1  # log positions are 64-bit integers in both stores
@@ -24,7 +53,7 @@ class StrictSchema(Schema):
 
 class InstanceSchema(StrictSchema):
     job = fields.String(required=True, validate=NAME)
-    index = fields.Integer(required=True, strict=True, validate=Range(min=0, max=1_000_000))
+    index = JsonInteger(required=True, validate=Range(min=0, max=1_000_000))
     id = fields.String(validate=NAME)
     disks = fields.List(fields.String(validate=CID), load_default=list, validate=Length(max=64))
     # Release jobs whose drain/stop scripts a job update runs (default: [job]).
@@ -37,33 +66,35 @@ class InstanceSchema(StrictSchema):
 
 
 class DeploymentSchema(StrictSchema):
-    tags = fields.Dict(keys=fields.String(validate=Length(min=1, max=128)),
-                       values=fields.String(validate=Length(max=256)), load_default=dict)
+    tags = fields.Dict(keys=fields.String(validate=[Length(min=1, max=128), NO_NUL]),
+                       values=fields.String(validate=[Length(max=256), NO_NUL]), load_default=dict,
+                       # what apispec cannot say of a mapping's keys (api/openapi.py merges it)
+                       metadata={"x-merge": {"propertyNames": {"minLength": 1, "maxLength": 128,
+                                                               "pattern": r"^[^\u0000]*$"}}})
     instances = fields.List(fields.Nested(InstanceSchema), required=True, validate=Length(max=10_000))
     cpi = fields.String(validate=NAME)  # a configured CPI's name; default: the default CPI
-
-    @validates_schema
-    def _unique(self, data: dict[str, Any], **_: Any) -> None:
-        slugs, ids, disks = set(), set(), set()
-        for inst in data.get("instances", []):
-            slug = (inst["job"], inst["index"])
-            if slug in slugs:
-                raise ValidationError(f"duplicate instance {inst['job']}/{inst['index']}", "instances")
-            slugs.add(slug)
-            if inst.get("id"):
-                if inst["id"] in ids:
-                    raise ValidationError(f"duplicate instance id {inst['id']}", "instances")
-                ids.add(inst["id"])
-            for disk in inst["disks"]:
-                if disk in disks:
-                    raise ValidationError(f"disk {disk} is listed twice", "instances")
-                disks.add(disk)
+    # Disks listed here that another deployment owns move to this one (the caller
+    # must be allowed on both); any other disk of another deployment is refused.
+    move_disks = fields.List(fields.String(validate=CID), load_default=list, validate=Length(max=64 * 10_000))
+    # Release jobs another deployment owns that this one takes over (same rule).
+    move_jobs = fields.List(fields.String(validate=NAME), load_default=list, validate=Length(max=10_000))
 
 
 class DeploymentFileSchema(DeploymentSchema):
     """The CLI's `deploy FILE.yml`: the PUT body plus the deployment's name."""
 
     name = fields.String(required=True, validate=NAME)
+
+    @validates_schema
+    def _unique(self, data: dict[str, Any], **_: Any) -> None:
+        # Said before sending, as the server would say it (409 there: domain.deployment.check_unique).
+        from snapledger.domain.deployment import check_unique
+        from snapledger.domain.errors import InventoryConflict
+
+        try:
+            check_unique(data.get("instances", []))
+        except InventoryConflict as error:
+            raise ValidationError(error.message, "instances") from None
 
 
 class StrictBoolean(fields.Boolean):
@@ -86,19 +117,41 @@ def _cron(value: str | None) -> None:
         raise ValidationError(str(error)) from None
 
 
+# BOSH's cron dialect (README "Scheduled snapshots"): no JSON Schema pattern can
+# say it (ranges per field, IANA zones), so the document names it as a format.
+# A string of that format or null, as `anyOf` (schemathesis treats any value of a field
+# with a custom format as violating it in negative tests, null included, unless null is
+# its own branch).
+CRON_FORMAT = {"x-replace": {
+    "anyOf": [{"type": "string", "format": "bosh-cron", "maxLength": 200}, {"type": "null"}],
+    "description": "BOSH cron: 5 or 6 fields (seconds first), optional zone; null, \"\" or \"off\" turns "
+                   "the schedule off"}}
+
+
 class SnapshotConfigSchema(StrictSchema):
-    """`PUT /config/snapshots`: any of the BOSH manifest keys; a schedule of null, "" or "off" turns it off."""
+    """`PUT /config/snapshots`: any of the BOSH manifest keys; a schedule of null, "" or "off" turns it off.
+    `{}` changes nothing and answers the configuration as it is (the document allows it)."""
 
     enable_snapshots = StrictBoolean()
-    snapshot_schedule = fields.String(allow_none=True, validate=[Length(max=200), _cron])
-    self_snapshot_schedule = fields.String(allow_none=True, validate=[Length(max=200), _cron])
-    retention_schedule = fields.String(allow_none=True, validate=[Length(max=200), _cron])
+    snapshot_schedule = fields.String(allow_none=True, validate=[Length(max=200), _cron], metadata=CRON_FORMAT)
+    self_snapshot_schedule = fields.String(allow_none=True, validate=[Length(max=200), _cron], metadata=CRON_FORMAT)
+    retention_schedule = fields.String(allow_none=True, validate=[Length(max=200), _cron], metadata=CRON_FORMAT)
 
-    @validates_schema
-    def _not_empty(self, data: dict[str, Any], **_: Any) -> None:
-        if not data:
-            raise ValidationError("give at least one of enable_snapshots, snapshot_schedule, "
-                                  "self_snapshot_schedule", "enable_snapshots")
+
+
+class UtcDateTime(fields.AwareDateTime):
+    """An ISO timestamp with a zone, read as UTC. `0001-01-01T00:00:00+14:00`
+    parses but lies before year 1 in UTC (OverflowError deep in a query):
+    refused here as out of range, naming the field."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
+        from datetime import timezone
+
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return moment.astimezone(timezone.utc)
+        except OverflowError:
+            raise ValidationError("is outside the years 1-9999 in UTC") from None
 
 
 class ListQuerySchema(Schema):
@@ -107,7 +160,7 @@ class ListQuerySchema(Schema):
 
     limit = fields.Integer(validate=Range(min=1, max=10_000))
     after = fields.Integer(validate=Range(min=0, max=MAX_POSITION))
-    at = fields.AwareDateTime(format="iso")  # the listing as it was at that moment
+    at = UtcDateTime(format="iso")  # the listing as it was at that moment
 
 
 class TaskQuerySchema(Schema):
@@ -155,6 +208,8 @@ NAME_FIELD = _NameField()
 def _duration(value: str) -> None:
     from snapledger.domain.retention import InvalidPolicy, parse_duration
 
+    if value == "":
+        return  # no age rule, as null
     try:
         parse_duration(value)
     except InvalidPolicy as error:
@@ -164,10 +219,16 @@ def _duration(value: str) -> None:
 class RetentionSchema(StrictSchema):
     """A retention policy; every rule optional, the most protective wins. `{}` keeps everything."""
 
-    keep_last = fields.Integer(strict=True, allow_none=True, validate=Range(min=1, max=100_000))
-    keep_for = fields.String(allow_none=True, validate=[Length(max=12), _duration])
+    keep_last = JsonInteger(allow_none=True, validate=Range(min=1, max=100_000))
+    keep_for = fields.String(allow_none=True, validate=[WholeRegexp(r"^([0-9]{1,6}[hdw])?$", error="a number and h, d or w (e.g. 7d, 12w), or empty"), _duration])
     keep_clean = StrictBoolean(load_default=False)
     inherit = StrictBoolean(load_default=False)  # deployment only: drop its own policy, use the default
+
+    @post_load
+    def _empty_is_none(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        if data.get("keep_for") == "":
+            data["keep_for"] = None
+        return data
 
 
 class RetentionRunQuerySchema(Schema):
@@ -178,7 +239,7 @@ class RetentionRunQuerySchema(Schema):
 
 
 class PinSchema(StrictSchema):
-    reason = fields.String(required=True, validate=Length(min=1, max=500))
+    reason = fields.String(required=True, validate=[Length(min=1, max=500), NO_NUL])
 
 
 class EventQuerySchema(Schema):
@@ -187,16 +248,16 @@ class EventQuerySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    deployment = fields.String(validate=Regexp(r"^(_self|[A-Za-z0-9][A-Za-z0-9._-]{0,127})$"))
+    deployment = fields.String(validate=WholeRegexp(r"^(_self|[A-Za-z0-9][A-Za-z0-9._-]{0,127})$"))
     job = fields.String(validate=NAME)
     index = fields.Integer(validate=Range(min=0, max=1_000_000))
     instance_id = fields.String(validate=NAME)
     disk_cid = fields.String(validate=CID)
     snapshot_cid = fields.String(validate=CID)
-    task_id = fields.String(validate=Regexp(r"^[0-9a-fA-F-]{1,64}$"))
-    actor = fields.String(validate=Length(min=1, max=128))
-    type = fields.String(validate=Regexp(r"^[A-Za-z]+(\.[A-Za-z]+)?(,[A-Za-z]+(\.[A-Za-z]+)?)*$"))
-    since = fields.AwareDateTime(format="iso")
-    until = fields.AwareDateTime(format="iso")
+    task_id = fields.String(validate=WholeRegexp(TASK_ID_PATTERN))
+    actor = fields.String(validate=[Length(min=1, max=128), NO_NUL])
+    type = fields.String(validate=WholeRegexp(r"^[A-Za-z]+(\.[A-Za-z]+)?(,[A-Za-z]+(\.[A-Za-z]+)?)*$"))
+    since = UtcDateTime(format="iso")
+    until = UtcDateTime(format="iso")
     after = fields.Integer(validate=Range(min=0, max=MAX_POSITION), load_default=0)
     limit = fields.Integer(validate=Range(min=1, max=5000), load_default=500)

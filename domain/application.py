@@ -22,12 +22,13 @@ from eventsourcing.domain import Aggregate, BaseAggregate
 from eventsourcing.persistence import IntegrityError
 
 from .combining import SharedReads
-from .deployment import Deployment, deployment_id
+from .deployment import Deployment, check_unique, deployment_id
 from .discovery import SelfDiscovery
 from .idempotency import IdempotencyKey, KeyAlreadyUsed, idempotency_key_id
 from .errors import (DeploymentNotFound, ManagedByConfig, SnapshotNotFound, SnapshotsDisabled, TaskNotFound,
                      UnknownCpi)
 from .names import SELF_DEPLOYMENT
+from .ownership import OWNERSHIP_ID, DiskOwnedElsewhere, JobOwnedElsewhere, Ownership
 from .retention import Candidate, Expiry, RetentionPolicy, plan_expiry
 from .schedule import REGISTRY_ID, DeploymentRegistry, ScheduleFire, fire_id
 from .settings import SCHEDULE_NAMES, SETTINGS_ID, Settings
@@ -250,23 +251,78 @@ class Ledger(Application):
     # Deployments -----------------------------------------------------------
 
     def record_deployment(self, name: str, tags: dict[str, str], instances: list[dict[str, Any]],
-                          actor: str, cpi: str | None = None) -> Deployment:
+                          actor: str, cpi: str | None = None, move_disks: Iterable[str] = (),
+                          move_jobs: Iterable[str] = (),
+                          may_move_from: Callable[[str], bool] = lambda owner: False) -> Deployment:
+        """Record the inventory (domain/ownership.py). A disk another deployment
+        owns is refused (DiskOwnedElsewhere) unless it is in `move_disks` and
+        `may_move_from(owner)`: then it moves, recorded, and leaves the owner's
+        inventory. Release jobs are claimed when free; `move_jobs` takes them over."""
         if cpi is not None and cpi not in self.cpi_names:
             raise UnknownCpi(f"no CPI named '{cpi}' is configured (configured: {', '.join(sorted(self.cpi_names))})",
                              field="cpi")
+        check_unique(instances)
+        moving_disks, moving_jobs = set(move_disks), set(move_jobs)
         result: list[Deployment] = []
 
         def decide() -> list[Aggregate]:
             dep = self._get(deployment_id(name)) or Deployment(name=name, actor=actor)
+            before_disks = set(dep.disk_cids()) if not dep.deleted else set()
+            before_jobs = dep.release_jobs() if not dep.deleted else set()
+            owners = self._ownership()
+            disks = {d for i in instances for d in i["disks"]}
+            foreign = owners.foreign_disks(name, disks)
+            taken_jobs = owners.foreign_jobs(name, moving_jobs)
+            refused = {d: o for d, o in foreign.items() if d not in moving_disks or not may_move_from(o)}
+            if refused:
+                raise DiskOwnedElsewhere(refused, field="instances")
+            refused = {j: o for j, o in taken_jobs.items() if not may_move_from(o)}
+            if refused:
+                raise JobOwnedElsewhere(refused, field="move_jobs")
+            changed: list[Aggregate] = []
+            for source_name in sorted(set(foreign.values()) | set(taken_jobs.values())):
+                moved_disks = [d for d, o in foreign.items() if o == source_name]
+                source = self._get(deployment_id(source_name))
+                if moved_disks and source is not None and not source.deleted:
+                    source.record_inventory(tags=source.tags, instances=source.without_disks(set(moved_disks)),
+                                            actor=actor, cpi=source.cpi)
+                    changed.append(source)
+                owners.move(name, source_name, moved_disks, [j for j, o in taken_jobs.items() if o == source_name],
+                            actor=actor)
             dep.record_inventory(tags=tags, instances=instances, actor=actor, cpi=cpi)
             if name in self.declared_retention and dep.retention != self.declared_retention[name]:
                 dep.set_retention(self.declared_retention[name], actor="config")
+            jobs = dep.release_jobs()
+            owners.claim(name, disks, jobs, actor=actor)
+            owners.release(name, before_disks - disks, before_jobs - jobs, actor=actor)
             registry = self._registry()
             result[:] = [dep]
-            return [dep, registry] if registry.add(name) else [dep]
+            return [dep, *changed, owners, *([registry] if registry.add(name) else [])]
 
         self.save_with_retry(decide)
         return result[0]
+
+    def _ownership(self) -> Ownership:
+        """Who owns each disk and release job; on a ledger from before it
+        existed, seeded with the deployments recorded then (first listed wins)."""
+        owners = self._get(OWNERSHIP_ID)
+        if owners is not None:
+            return owners
+        disks: dict[str, str] = {}
+        jobs: dict[str, str] = {}
+        for dep_name in self._registry().names:
+            dep = self._get(deployment_id(dep_name))
+            if dep is not None and not dep.deleted:
+                for disk in dep.disk_cids():
+                    disks.setdefault(disk, dep_name)
+                for job in sorted(dep.release_jobs()):
+                    jobs.setdefault(job, dep_name)
+        return Ownership(disks=disks, jobs=jobs)
+
+    def foreign_jobs(self, deployment: str, jobs: Iterable[str]) -> dict[str, str]:
+        """Of `jobs`, the release jobs another deployment owns (its scripts are not ours to run)."""
+        owners = self._get(OWNERSHIP_ID)
+        return owners.foreign_jobs(deployment, jobs) if owners is not None else {}
 
     def _registry(self) -> DeploymentRegistry:
         return self._get(REGISTRY_ID) or DeploymentRegistry()
@@ -284,10 +340,12 @@ class Ledger(Application):
     def delete_deployment(self, name: str, actor: str) -> None:
         def decide() -> list[Aggregate]:
             dep = self.get_deployment(name)
+            owners = self._ownership()
+            owners.release(name, dep.disk_cids(), dep.release_jobs(), actor=actor)  # free for other deployments
             dep.delete(actor=actor)
             registry = self._registry()
             registry.remove(name)
-            return [dep, registry]
+            return [dep, registry, owners]
 
         self.save_with_retry(decide)
 

@@ -7,7 +7,7 @@ from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from .errors import InstanceNotFound
+from .errors import InstanceNotFound, InventoryConflict
 
 
 # Optional instance fields: the VM's BOSH agent id (snapshot metadata) and the
@@ -17,6 +17,26 @@ INSTANCE_FACTS = ("agent_id", "persistent_disk")
 
 def deployment_id(name: str) -> UUID:
     return uuid5(NAMESPACE_URL, f"snapledger:/deployments/{name}")
+
+
+def check_unique(instances: list[dict[str, Any]]) -> None:
+    """An instance (job/index or id) and a disk appear once in an inventory.
+    A 409, not a 400: each item is well formed, the list contradicts itself
+    (and no JSON Schema can say "unique across items" for the API document)."""
+    slugs, ids, disks = set(), set(), set()
+    for inst in instances:
+        slug = (inst["job"], inst["index"])
+        if slug in slugs:
+            raise InventoryConflict(f"duplicate instance {inst['job']}/{inst['index']}", field="instances")
+        slugs.add(slug)
+        if inst.get("id"):
+            if inst["id"] in ids:
+                raise InventoryConflict(f"duplicate instance id {inst['id']}", field="instances")
+            ids.add(inst["id"])
+        for disk in inst.get("disks", []):
+            if disk in disks:
+                raise InventoryConflict(f"disk {disk} is listed twice", field="instances")
+            disks.add(disk)
 
 
 class Deployment(Aggregate):
@@ -88,6 +108,7 @@ class Deployment(Aggregate):
         self, tags: dict[str, str], instances: list[dict[str, Any]], actor: str, cpi: str | None = None
     ) -> None:
         """Replace the inventory. Instances keep their id across records of the same job/index."""
+        check_unique(instances)
         known = {(i["job"], i["index"]): i["id"] for i in self.instances}
         normalised = []
         for inst in instances:
@@ -110,11 +131,19 @@ class Deployment(Aggregate):
             cpi=cpi,
         )
 
+    def without_disks(self, disks: set[str]) -> list[dict[str, Any]]:
+        """The instances as they are, minus `disks` (moved to another deployment)."""
+        return [{**i, "disks": [d for d in i["disks"] if d not in disks]} for i in self.instances]
+
     def delete(self, actor: str) -> None:
         if not self.deleted:
             self._delete(actor=actor)
 
     # Queries ---------------------------------------------------------------
+
+    def release_jobs(self) -> set[str]:
+        """The release jobs its instances run (an instance without `jobs` runs its group's name)."""
+        return {j for i in self.instances for j in (i.get("jobs") or [i["job"]])}
 
     def disk_cids(self) -> list[str]:
         return [d for i in self.instances for d in i["disks"]]

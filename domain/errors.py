@@ -56,6 +56,12 @@ class InvalidState(Conflict):
     code = "invalid_state"
 
 
+class InventoryConflict(Conflict):
+    """An inventory that contradicts itself (an instance or a disk listed twice)."""
+
+    code = "inventory_conflict"
+
+
 class UnknownCpi(LedgerError):
     status = 400
     code = "unknown_cpi"

@@ -40,6 +40,7 @@ from .agent import AGENT_ERROR, DRAIN_TYPES, WORKER_LOST, Agent, AgentInstance, 
 from .application import Ledger
 from .deployment import Deployment
 from .errors import LedgerError
+from .ownership import JobOwnedElsewhere
 from .snapshot import Snapshot
 from .task import Task
 
@@ -292,6 +293,10 @@ def announce_job_update(ledger: Ledger, deployment: str, job: str, index_or_id: 
                 **{k: i[k] for k in ("agent_id", "persistent_disk") if i.get(k) is not None},
                 **drain_states(i, cur, nxt),
                 "operation_id": instance_operation_id(task_id, i["id"])} for i in instances]
+    # A release job another deployment owns: its scripts are not this deployment's to run (issue 16, item 4).
+    foreign = ledger.foreign_jobs(deployment, {j for p in planned for j in p["jobs"]})
+    if foreign:
+        raise JobOwnedElsewhere(foreign, field="jobs")
     single = index_or_id is not None
     description = f"update instance {_label(planned[0])}" if single else f"update job {job}"
     task = Task(id=task_id, kind=KIND, description=description, deployment=deployment,

@@ -35,6 +35,7 @@ from .application import ENABLE_HINT, Ledger
 from .deployment import deployment_id
 from .errors import Conflict, LedgerError, SnapshotNotFound, SnapshotsDisabled
 from .names import SELF_DEPLOYMENT, is_valid_name
+from .ownership import JobOwnedElsewhere
 from .snapshot import DELETE_REQUESTED, DELETED, DELETING, IN_DOUBT, TAKEN, Refusal, Snapshot, snapshot_cid_id
 from .task import Task
 
@@ -310,6 +311,9 @@ def request_restore(ledger: Ledger, deployment: str, snapshot_cid: str, actor: s
                     "jobs": list(inst.get("jobs") or [inst["job"]]), "agent_id": inst.get("agent_id"),
                     **({"persistent_disk": inst["persistent_disk"]} if inst.get("persistent_disk") is not None
                        else {})}
+        foreign = ledger.foreign_jobs(deployment, instance["jobs"])  # their drain/stop are not ours to run
+        if foreign:
+            raise refuse(JobOwnedElsewhere(foreign, field="jobs"), owners=foreign)
         target = snapshot.disk_cid
     else:
         target = to_new_disk

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from .errors import LedgerError
 
-_DURATION = re.compile(r"^(\d{1,6})([hdw])$")
+_DURATION = re.compile(r"(\d{1,6})([hdw])")
 _UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
 
 
@@ -26,7 +26,7 @@ class InvalidPolicy(LedgerError):
 
 def parse_duration(text: str) -> timedelta:
     """`36h`, `7d`, `12w`."""
-    match = _DURATION.match(text.strip()) if isinstance(text, str) else None
+    match = _DURATION.fullmatch(text.strip()) if isinstance(text, str) else None
     if not match:
         raise InvalidPolicy(f"invalid duration {text!r}: use a number and h, d or w (e.g. 7d, 12w)",
                             field="keep_for")

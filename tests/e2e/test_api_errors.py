@@ -9,24 +9,26 @@ import pytest
 from support.runtime import api_client, make_config
 
 
-@pytest.mark.parametrize("body,field", [
-    ({"instances": [{"job": "db", "index": "zero", "disks": []}]}, "instances"),
-    ({"instances": [{"job": "../etc", "index": 0, "disks": []}]}, "instances"),
-    ({"instances": [{"job": "db", "index": 0, "disks": ["../../etc"]}]}, "instances"),
+@pytest.mark.parametrize("body,field,status,code", [
+    ({"instances": [{"job": "db", "index": "zero", "disks": []}]}, "instances", 400, "invalid"),
+    ({"instances": [{"job": "../etc", "index": 0, "disks": []}]}, "instances", 400, "invalid"),
+    ({"instances": [{"job": "db", "index": 0, "disks": ["../../etc"]}]}, "instances", 400, "invalid"),
+    # Well-formed items that contradict each other: 409 (decision 27), still naming the field.
     ({"instances": [{"job": "db", "index": 0, "disks": ["d"]}, {"job": "db", "index": 0, "disks": []}]},
-     "instances"),
+     "instances", 409, "inventory_conflict"),
     ({"instances": [{"job": "db", "index": 0, "disks": ["d"]}, {"job": "web", "index": 0, "disks": ["d"]}]},
-     "instances"),
-    ({"instances": [], "colour": "blue"}, "colour"),
-    ({"tags": {"a": 1}, "instances": []}, "tags"),
-    ({}, "instances"),
+     "instances", 409, "inventory_conflict"),
+    ({"instances": [], "colour": "blue"}, "colour", 400, "invalid"),
+    ({"tags": {"a": 1}, "instances": []}, "tags", 400, "invalid"),
+    ({}, "instances", 400, "invalid"),
 ])
-async def test_invalid_deployment_bodies(tmp_path: Path, sqlite_url: str, body: dict, field: str) -> None:
+async def test_invalid_deployment_bodies(tmp_path: Path, sqlite_url: str, body: dict, field: str,
+                                         status: int, code: str) -> None:
     async with api_client(make_config(tmp_path, sqlite_url)) as client:
         resp = await client.put("/deployments/prod", json=body)
-        assert resp.status == 400
+        assert resp.status == status
         error = await resp.json()
-        assert error["code"] == "invalid" and error["field"] == field, error
+        assert error["code"] == code and error["field"] == field, error
         assert (await client.get("/deployments/prod")).status == 404  # nothing recorded
 
 

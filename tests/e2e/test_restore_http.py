@@ -212,7 +212,8 @@ async def test_refusals_name_the_field_and_touch_nothing(tmp_path: Path, sqlite_
     async with api_client(config) as client:
         await prepare(client)
         cid = await snapshot_db0(client)
-        other = {"instances": [{"job": "db", "index": 0, "disks": ["disk-db-1"]}]}
+        make_disk(config, "disk-other-0")  # its own disk: a disk belongs to one deployment at a time
+        other = {"instances": [{"job": "db", "index": 0, "disks": ["disk-other-0"]}]}
         assert (await client.put("/deployments/other", json=other)).status == 200
         resp = await client.post("/deployments/other/snapshots")
         assert (await wait_task(client, (await resp.json())["task_id"]))["state"] == "done"
