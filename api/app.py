@@ -152,7 +152,9 @@ def actor(request: web.Request) -> str:
 
 
 def accepted(task: Any) -> web.Response:
-    return web.json_response({"task_id": str(task.id), "state": task.state}, status=202,
+    from .task_numbers import number_of
+
+    return web.json_response({"task_id": str(task.id), "number": number_of(task), "state": task.state}, status=202,
                              headers={"Location": f"/tasks/{task.id}"})
 
 
@@ -164,7 +166,8 @@ def task_from_aggregate(task: Any) -> dict[str, Any]:
     that sees `done` also sees the snapshots in the listing."""
     state = "processing" if task.is_finished else task.state
     return {
-        "id": str(task.id), "state": state, "kind": task.kind, "description": task.description,
+        "id": str(task.id), "number": getattr(task, "number", None), "state": state, "kind": task.kind,
+        "description": task.description,
         "deployment": task.deployment, "user": task.actor, "trigger": task.trigger, "result": None,
         "operations": len(task.operations), "finished_operations": len(task.outcomes),
         "queued_at": iso(task.created_on), "started_at": iso(task.started_at),
@@ -373,7 +376,9 @@ async def _read_task(request: web.Request, task_id: str) -> dict[str, Any]:
 async def get_task(request: web.Request) -> web.Response:
     """One task. `?wait=S` long-polls (capped at 60 s) until the task ends or,
     for a job update, until its log moves past `after` (default: as it was when asked)."""
-    task_id = request.match_info["task_id"]
+    from .task_numbers import resolve
+
+    task_id = await resolve(request, request.match_info["task_id"])
     params = query(request, schemas.TaskWaitQuerySchema())
     row = await _read_task(request, task_id)
     wait = min(params.get("wait", 0.0), MAX_TASK_WAIT_S)
@@ -383,7 +388,7 @@ async def get_task(request: web.Request) -> web.Response:
         deadline = loop.time() + wait
 
         def settled(r: dict[str, Any]) -> bool:
-            return r["state"] in ("done", "error") or (r["kind"] == "update_job" and r["last_event"] > after)
+            return r["state"] in ("done", "error", "cancelled") or (r["kind"] == "update_job" and r["last_event"] > after)
 
         while not settled(row) and loop.time() < deadline:
             await asyncio.sleep(TASK_WAIT_POLL_S)
@@ -393,8 +398,10 @@ async def get_task(request: web.Request) -> web.Response:
 
 @routes.get("/tasks/{task_id}/events")
 async def get_task_events(request: web.Request) -> web.Response:
+    from .task_numbers import resolve
+
     runtime = request.app[RUNTIME]
-    task_id = request.match_info["task_id"]
+    task_id = await resolve(request, request.match_info["task_id"])
     params = query(request, schemas.TaskEventsQuerySchema())
     events = await run(request, runtime.queries.task_events, task_id, params["after"])
     if not events and params["after"] == 0:
@@ -405,8 +412,10 @@ async def get_task_events(request: web.Request) -> web.Response:
 @routes.get("/tasks/{task_id}/cpi-log")
 async def get_task_cpi_log(request: web.Request) -> web.Response:
     """Each CPI call of the task with its log and stderr (BOSH `task --cpi`)."""
+    from .task_numbers import resolve
+
     runtime = request.app[RUNTIME]
-    task_id = request.match_info["task_id"]
+    task_id = await resolve(request, request.match_info["task_id"])
     await run(request, runtime.ledger.get_task, task_id)  # 404 for an unknown task
     return web.json_response(await run(request, runtime.queries.cpi_log, task_id))
 

@@ -12,9 +12,9 @@ from typing import Any, Callable
 import click
 import yaml
 
-from .client import find_credentials, ApiError, Client
+from .client import find_ca_cert, find_credentials, ApiError, Client
 
-DEFAULT_URL = "http://127.0.0.1:25555"
+DEFAULT_URL = "https://127.0.0.1:25555"  # HTTPS by default (issue 17)
 
 
 # Output --------------------------------------------------------------------------
@@ -82,15 +82,16 @@ def _operation(data: dict[str, Any]) -> str:
 def wait_for(ctx: click.Context, client: Client, accepted: dict[str, Any]) -> None:
     """Follow a task to its end, showing each step; exit non-zero on `error`."""
     task_id = accepted["task_id"]
+    label = accepted.get("number") or task_id  # the task's number, as in `bosh task N` (issue 17)
     as_json = ctx.obj["json"]
     if not as_json:
-        click.echo(f"Task {task_id}")
+        click.echo(f"Task {label}")
     task = call(lambda: client.follow_task(
         task_id, lambda e: click.echo(json.dumps(e) if as_json else describe_event(e))))
     if as_json:
         click.echo(json.dumps(task))
     else:
-        click.echo(f"\nTask {task_id} {task['state']}: {task['result']}")
+        click.echo(f"\nTask {label} {task['state']}: {task['result']}")
     if task["state"] != "done":
         sys.exit(1)
 
@@ -112,7 +113,8 @@ def main(ctx: click.Context, url: str, as_json: bool, user: str | None, secret: 
          credentials_file: str | None, ca_cert: str | None) -> None:
     """snapledger: an event-sourced ledger for persistent-disk snapshots."""
     authorization = find_credentials(user, secret, token, credentials_file)
-    ctx.obj = {"client": Client(url, authorization=authorization, cafile=ca_cert), "json": as_json}
+    ctx.obj = {"client": Client(url, authorization=authorization, cafile=find_ca_cert(ca_cert, credentials_file)),
+               "json": as_json}
 
 
 # Processes ---------------------------------------------------------------------------
@@ -130,6 +132,10 @@ def _server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Serve HTTPS with this certificate (PEM)."),
         click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), envvar="SNAPLEDGER_TLS_KEY",
                      help="The certificate's private key (PEM)."),
+        click.option("--plain-http", "tls_plain_http", is_flag=True, default=None,
+                     help="Serve plain HTTP (only behind a TLS proxy). Default: HTTPS with D/ca.pem."),
+        click.option("--director-port", type=int,
+                     help="Also serve the BOSH Director dialect for the bosh CLI on this port (decision 22)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -137,13 +143,15 @@ def _server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _load(config_path: str | None, data_dir: Path | None, database: str | None, host: str | None,
-          port: int | None, tls_cert: str | None = None, tls_key: str | None = None) -> Any:
+          port: int | None, tls_cert: str | None = None, tls_key: str | None = None,
+          tls_plain_http: bool | None = None, director_port: int | None = None) -> Any:
     from snapledger.adapters.config import ConfigError, load_config
     from snapledger.adapters.logging import configure_logging
 
     try:
+        overrides = {"tls_plain_http": tls_plain_http, "director_port": director_port}
         config = load_config(config_path, data_dir=data_dir, database=database, host=host, port=port,
-                             tls_cert=tls_cert, tls_key=tls_key)
+                             tls_cert=tls_cert, tls_key=tls_key, **{k: v for k, v in overrides.items() if v})
     except ConfigError as error:
         fail(str(error), 2)
     configure_logging(config.log_format, config.log_level)
@@ -163,7 +171,12 @@ def _run_server(roles: set[str], **options: Any) -> None:
                      listen=f"{config.host}:{config.port}" if "api" in roles else None)
     if "api" in roles:
         app = create_app(runtime)
-        web.run_app(app, host=config.host, port=config.port, print=None, ssl_context=_tls_context(config))
+        ssl_context = _tls_context(config, runtime.log)
+        if config.director_port is not None:
+            from .director import attach_director
+
+            attach_director(app, runtime, config.host, config.director_port, ssl_context)
+        web.run_app(app, host=config.host, port=config.port, print=None, ssl_context=ssl_context)
         return
     if config.metrics_port:
         from snapledger.adapters.metrics import serve_metrics
@@ -177,15 +190,26 @@ def _run_server(roles: set[str], **options: Any) -> None:
     runtime.close()
 
 
-def _tls_context(config: Any) -> Any:
-    if not (config.tls_cert or config.tls_key):
-        return None
+def _tls_context(config: Any, log: Any) -> Any:
+    """HTTPS unless plain HTTP was asked for: the given certificate, else our own CA's (adapters/tls.py)."""
     import ssl
 
-    if not (config.tls_cert and config.tls_key):
+    if (config.tls_cert or config.tls_key) and not (config.tls_cert and config.tls_key):
         fail("TLS needs both --tls-cert and --tls-key", 2)
+    if config.tls_plain_http:
+        if config.tls_cert:
+            fail("--plain-http and --tls-cert/--tls-key exclude each other", 2)
+        log.warning("serving plain HTTP, as asked (--plain-http): put a TLS proxy in front")
+        return None
+    cert, key = config.tls_cert, config.tls_key
+    if not cert:
+        from snapledger.adapters.tls import default_names, ensure_certificate
+
+        own = ensure_certificate(config.data_dir, default_names(config.host, config.tls_names))
+        cert, key = str(own.cert), str(own.key)
+        log.info("serving HTTPS with the service's own CA; clients trust it", ca=str(own.ca.resolve()))
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config.tls_cert, config.tls_key)
+    context.load_cert_chain(cert, key)
     return context
 
 
@@ -406,7 +430,7 @@ def set_schedule(ctx: click.Context, name: str, expression: str) -> None:
 
 @main.command()
 @click.option("-d", "--deployment", help="Only this deployment's tasks.")
-@click.option("--state", type=click.Choice(["queued", "processing", "done", "error"]))
+@click.option("--state", type=click.Choice(["queued", "processing", "cancelling", "done", "error", "cancelled"]))
 @click.option("--limit", type=int, default=30, show_default=True)
 @click.option("--in-doubt", "in_doubt", is_flag=True, help="Only tasks with in-doubt CPI calls.")
 @click.pass_context

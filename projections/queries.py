@@ -74,7 +74,7 @@ class Queries:
     @staticmethod
     def _task_row(row: dict[str, Any]) -> dict[str, Any]:
         return {
-            "id": row["task_id"], "state": row["state"], "kind": row["kind"],
+            "id": row["task_id"], "number": row["seq"], "state": row["state"], "kind": row["kind"],
             "description": row["description"], "deployment": row["deployment"], "user": row["actor"],
             "trigger": row["trigger"], "result": row["result"], "operations": row["operations"],
             "finished_operations": row["finished_operations"], "queued_at": row["queued_at"],
@@ -82,7 +82,11 @@ class Queries:
         }
 
     def task(self, task_id: str) -> dict[str, Any] | None:
-        rows = self.db.query("SELECT * FROM tasks_view WHERE task_id = %s", (task_id,))
+        """A task by its id or by its number (all digits: the position of its first event)."""
+        if task_id.isdigit():
+            rows = self.db.query("SELECT * FROM tasks_view WHERE seq = %s", (int(task_id),))
+        else:
+            rows = self.db.query("SELECT * FROM tasks_view WHERE task_id = %s", (task_id,))
         return self._task_row(rows[0]) if rows else None
 
     def tasks(self, deployment: str | None = None, state: str | None = None,
