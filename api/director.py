@@ -124,7 +124,8 @@ def auth_middleware(needs: dict[tuple[str, str], int]) -> Any:
 
 
 async def _task_deployment(request: web.Request, ref: str) -> str | None:
-    row = await run(request, request.app[RUNTIME].queries.task, ref)
+    # A number just handed out may not be projected yet: resolve() waits for it.
+    row = await run(request, request.app[RUNTIME].queries.task, await resolve(request, ref))
     return row["deployment"] if row else None
 
 
@@ -269,11 +270,14 @@ def _int_param(request: web.Request, name: str, default: int | None = None) -> i
 
 @route("GET", "/tasks", Need.READ)
 async def list_tasks(request: web.Request) -> web.Response:
+    """`bosh tasks` asks for `state=queued,processing,cancelling` (running ones); `--recent`, for none."""
     limit = min(_int_param(request, "limit", 30) or 30, 1000)
-    state = request.query.get("state") or None
-    rows = await run(request, request.app[RUNTIME].queries.tasks, request.query.get("deployment") or None,
-                     state, limit)
-    return web.json_response([task_json(r) for r in rows])
+    states = [s for s in (request.query.get("state") or "").split(",") if s] or [None]
+    deployment = request.query.get("deployment") or None
+    rows = [row for state in states
+            for row in await run(request, request.app[RUNTIME].queries.tasks, deployment, state, limit)]
+    rows.sort(key=lambda r: r["number"], reverse=True)
+    return web.json_response([task_json(r) for r in rows[:limit]])
 
 
 async def _task_row(request: web.Request) -> dict[str, Any]:

@@ -25,7 +25,7 @@ _lock = threading.Lock()
 
 STARTS = ("Snapshot.CpiCallStarted",)
 FINISHES = ("Snapshot.Taken", "Snapshot.Deleted", "Snapshot.Skipped")
-FAILURES = ("Snapshot.Failed", "Snapshot.DeletionFailed")
+FAILURES = ("Snapshot.Failed", "Snapshot.DeletionFailed", "Snapshot.Cancelled")  # a cancelled call: not made
 
 
 def _epoch(iso_time: str) -> int:
@@ -92,7 +92,8 @@ def event_lines(task: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[s
                     "index": index[aggregate], "state": "failed" if kind in FAILURES else "finished", "progress": 100}
             if kind in FAILURES:
                 error = data.get("error") or {}
-                line["data"] = {"error": f"{error.get('type', 'CpiError')}: {error.get('message', '')}"}
+                line["data"] = {"error": f"{error.get('type', 'CpiError')}: {error.get('message', '')}" if error
+                                else data.get("reason", "cancelled")}
             lines.append(line)
         elif kind == "Task.Finished" and data.get("state") == "error":
             lines.append({"time": _epoch(row["time"]), "error": {"code": 100, "message": data.get("result") or ""}})

@@ -211,6 +211,12 @@ class Snapshot(Aggregate):
             raise InvalidState(f"snapshot {self.id} is {self.state}; no CPI call pending")
         self._cancelled(method=method, reason=reason, task_id=self.current_task_id, actor=actor, caused_by=self.cause)
 
+    def record_cancelled(self, reason: str, actor: str) -> None:
+        """A claimed call its worker did not make: the task was cancelled while it waited for a CPI slot."""
+        self._require(TAKING, DELETING)
+        self._cancelled(method="snapshot_disk" if self.state == TAKING else "delete_snapshot", reason=reason,
+                        task_id=self.current_task_id, actor=actor, caused_by=self.cause)
+
     def record_skipped(self, reason: str, call: dict[str, Any], actor: str) -> None:
         self._require(TAKING)
         self._skipped(reason=reason, call=call, task_id=self.task_id, actor=actor, caused_by=self.cause)
