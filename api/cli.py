@@ -448,7 +448,7 @@ def tasks(ctx: click.Context, deployment: str | None, state: str | None, limit: 
     rows = call(lambda: ctx.obj["client"].get("/tasks", deployment=deployment, state=state, limit=limit))
     emit(ctx, rows, lambda rs: table(
         ["ID", "State", "Started At", "Finished At", "User", "Deployment", "Description", "Result"],
-        [[r["id"], r["state"], r["started_at"], r["finished_at"], r["user"], r["deployment"],
+        [[r.get("number") or r["id"], r["state"], r["started_at"], r["finished_at"], r["user"], r["deployment"],
           r["description"], r["result"]] for r in rs],
         f"{len(rs)} tasks"))
 

@@ -361,3 +361,40 @@ def test_the_native_cli_trusts_the_data_directory_ca(director: Director) -> None
                             cwd=director.tmp, timeout=30)
     assert result.returncode == 0, result.stderr
     assert "Snapshots  enabled" in result.stdout
+
+
+def test_the_readme_bosh_section_works_as_written(tmp_path: Path) -> None:
+    """README "Using the bosh CLI": its commands, run by bash as written, against a fresh serve."""
+    cli_dir = str(Path(bosh_cli()).parent)
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Using the bosh CLI"):]
+    section = section[:section.index("\n## ", 1)]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    assert len(blocks) == 1
+    data_dir = tmp_path / ".snapledger"
+    for cid in ("disk-db-0", "disk-db-1"):
+        (data_dir / "disks" / cid).mkdir(parents=True)
+    port = free_port()
+    server = Server(data_dir, tls=True, extra_args=["--director-port", str(port)]).start()
+    try:
+        env = {**os.environ, "PATH": f"{cli_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+               "HOME": str(tmp_path), "BOSH_ENVIRONMENT": f"https://127.0.0.1:{port}",
+               "SNAPLEDGER_URL": server.url}
+        (tmp_path / "prod.yml").write_text(
+            "name: prod\ninstances:\n  - {job: db, index: 0, disks: [disk-db-0]}\n"
+            "  - {job: db, index: 1, disks: [disk-db-1]}\n")
+        setup = subprocess.run(["bash", "-euo", "pipefail", "-c",
+                                "snapledger deploy prod.yml && snapledger enable-snapshots"],
+                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert setup.returncode == 0, setup.stdout + setup.stderr
+        result = subprocess.run(["bash", "-euo", "pipefail", "-c", blocks[0]], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=180)
+        assert result.returncode == 0, result.stdout + result.stderr
+        out = result.stdout
+        assert "snapshots: enabled" in out and "Snapshot: db/0 disk-db-0" in out  # ("Succeeded": on a terminal)
+        assert server.api("GET", "/deployments/prod/snapshots") == []  # deleted at the end, as written
+        tasks = server.api("GET", "/tasks?deployment=prod")
+        assert [t["kind"] for t in tasks][:4] == ["delete_deployment_snapshots", "delete_snapshot",
+                                                   "create_snapshot", "snapshot_deployment"]
+    finally:
+        server.stop()
