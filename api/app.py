@@ -152,8 +152,9 @@ def actor(request: web.Request) -> str:
 
 
 def accepted(task: Any) -> web.Response:
-    from .task_numbers import number_of
+    from .task_numbers import log_accepted, number_of
 
+    log_accepted(task)
     return web.json_response({"task_id": str(task.id), "number": number_of(task), "state": task.state}, status=202,
                              headers={"Location": f"/tasks/{task.id}"})
 

@@ -97,7 +97,9 @@ def auth_middleware(needs: dict[tuple[str, str], int]) -> Any:
         key = auth.route_key(request)
         if key is None:
             return await handler(request)
-        need = needs[key]
+        need = needs.get(key)
+        if need is None:  # every route declares what it needs (route()); refuse one that does not
+            return director_error(403, 100, f"route {key[0]} {key[1]} declares no access; refused")
         store = request.app.get(STORE)
         if need == Need.PUBLIC or store is None:
             return await handler(request)
@@ -158,6 +160,9 @@ def actor(request: web.Request) -> str:
 
 async def _redirect_to_task(request: web.Request, task: Any) -> web.Response:
     """302 to the task's number (the CLI follows it with a GET and polls that number)."""
+    from .task_numbers import log_accepted
+
+    log_accepted(task)
     number = getattr(task, "number", None)
     where = f"/tasks/{number}" if number is not None else f"/tasks/{task.id}"
     return web.Response(status=302, headers={"Location": where})

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from snapledger.domain.errors import TaskNotFound
 
 VIEW_CATCH_UP_S = 5.0
+TASK_QUEUED = ":Task.Queued"  # the topic of a task's first event
 
 
 async def resolve(request: web.Request, ref: str) -> str:
@@ -26,7 +28,7 @@ async def resolve(request: web.Request, ref: str) -> str:
         return ref
     runtime = request.app[RUNTIME]
     row = await run(request, runtime.queries.task, ref)
-    if row is None and 0 < int(ref) <= (await run(request, runtime.ledger.recorder.max_notification_id) or 0):
+    if row is None and await run(request, _is_task_start, runtime, int(ref)):
         deadline = asyncio.get_running_loop().time() + VIEW_CATCH_UP_S
         while row is None and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
@@ -34,6 +36,21 @@ async def resolve(request: web.Request, ref: str) -> str:
     if row is None:
         raise TaskNotFound(f"task {ref} not found", field="task_id")
     return str(row["id"])
+
+
+def _is_task_start(runtime: Any, number: int) -> bool:
+    """Whether the store's event at `number` starts a task (only then is the view waited for;
+    any other number is a 404 at once)."""
+    if number <= 0:
+        return False
+    found = runtime.ledger.recorder.select_notifications(start=number, limit=1, stop=number)
+    return bool(found) and found[0].id == number and found[0].topic.endswith(TASK_QUEUED)
+
+
+def log_accepted(task: Any) -> None:
+    """One log line ties the task's id to its number (the worker's lines carry the id)."""
+    structlog.get_logger("snapledger.api").info("task accepted", task_id=str(task.id), task_number=number_of(task),
+                                                kind=task.kind, deployment=task.deployment)
 
 
 def number_of(task: Any) -> int | None:

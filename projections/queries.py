@@ -146,8 +146,11 @@ class Queries:
         from .audit import audit_query
 
         statement, params = audit_query(filters, after, limit)
+        # Each event with its task's number (issue 17): the number the CLIs and logs show.
+        statement = (f"SELECT e.*, t.seq AS task_number FROM ({statement}) AS e "
+                     "LEFT JOIN tasks_view AS t ON t.task_id = e.task_id ORDER BY e.position")
         return [{"position": r["position"], "type": r["type"], "time": r["time"], "actor": r["actor"],
-                 "task_id": r["task_id"], "aggregate_id": r["aggregate_id"], "version": r["version"],
+                 "task_id": r["task_id"], "task_number": r["task_number"], "aggregate_id": r["aggregate_id"], "version": r["version"],
                  "event_id": f"{r['aggregate_id']}/{r['version']}", "caused_by": json.loads(r["data"]).get("caused_by"),
                  "deployment": r["deployment"],
                  "instance": f"{r['job']}/{r['idx'] if r['idx'] is not None else r['instance_id']}" if r["job"] else None,

@@ -240,6 +240,12 @@ def test_task_output_by_byte_ranges(director: Director) -> None:
     assert get(f"/tasks/{number}/output?type=result")[0] == 200
     status, body = get(f"/tasks/{number}/output?type=bogus")
     assert status == 400 and json.loads(body)["description"].startswith("'type' must be")
+    # Bad input gets the Director's error shape, never a 500.
+    for path, expected in (("/tasks/not-a-task", 404), ("/events?before_id=abc", 400), ("/tasks?limit=-1", 400),
+                           ("/events?before_time=yesterday", 400), ("/deployments/%00/snapshots", 404)):
+        status, body = get(path)
+        assert status == expected and "description" in json.loads(body), (path, status, body)
+    assert get(f"/tasks/{number}/output?type=event", Range="bytes=zz-")[0] == 416
 
 
 def test_events(director: Director) -> None:
