@@ -94,6 +94,12 @@ class Config:
     users: list[dict[str, Any]] = field(default_factory=list)
     tls_cert: str | None = None
     tls_key: str | None = None
+    # Issue 17: HTTPS by default with a CA of our own (adapters/tls.py); plain
+    # HTTP only when asked for (behind a TLS proxy). More names for the certificate.
+    tls_plain_http: bool = False
+    tls_names: list[str] = field(default_factory=list)
+    # The BOSH Director dialect's listener (api/director.py, decision 22); None: off.
+    director_port: int | None = None
     ready_max_lag: int = 10_000
     metrics_port: int | None = None  # Prometheus endpoint of processes without the API  # /ready fails when a view is this many events behind
     # Job updates (the local agent): `<jobs_dir>/<job>/bin/drain`, default `<data_dir>/jobs`.
@@ -226,6 +232,8 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "auth.failure_rate": ("auth_failure_rate_per_s", float),
     "tls.cert": ("tls_cert", str),
     "tls.key": ("tls_key", str),
+    "tls.plain_http": ("tls_plain_http", "bool"),
+    "director.port": ("director_port", int),
     "ready.max_lag": ("ready_max_lag", int),
     "metrics.port": ("metrics_port", int),
     "jobs_dir": ("jobs_dir", Path),
@@ -237,7 +245,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "log.level": ("log_level", str),
 }
 # Keys whose value is a structure checked by its own parser (not set from the environment).
-_STRUCTURED = ("cpi", "cpis", "auth.users", "retention.default", "retention.deployments")
+_STRUCTURED = ("cpi", "cpis", "auth.users", "retention.default", "retention.deployments", "tls.names")
 # The settings a runtime command can also change; when the configuration sets
 # one, it is managed by the configuration (a runtime change is refused).
 MANAGEABLE = ("enable_snapshots", "snapshot_schedule", "self_snapshot_schedule", "retention_schedule")
@@ -392,6 +400,11 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         if not isinstance(data["cpi"], dict):
             raise ConfigError("cpi", "must be a mapping {type, ...} (see cpis: for several)", source)
         config.cpi = dict(data["cpi"])
+    names = _lookup(data, "tls.names")
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise ConfigError("tls.names", "must be a list of host names or IP addresses")
+        config.tls_names = list(names)
     users = _lookup(data, "auth.users")
     if users is not None:
         config.users = _parse_users(users)
@@ -480,7 +493,9 @@ def _parse_users(raw: Any) -> list[dict[str, Any]]:
         if not isinstance(secret_hash, str) or not secret_hash.startswith("$argon2"):
             raise ConfigError(f"{key}.secret_hash", "an argon2 hash (make one with `snapledger hash-secret`)")
         for scope in scopes:
-            if not re.fullmatch(r"snapledger\.(admin|read|deployments\.[A-Za-z0-9][A-Za-z0-9._-]*\.admin)", str(scope)):
+            # BOSH's scopes too (issue 17): bosh.admin, bosh.read, bosh.teams.<team>.admin (api/auth.py maps them).
+            if not re.fullmatch(r"snapledger\.(admin|read|deployments\.[A-Za-z0-9][A-Za-z0-9._-]*\.admin)"
+                                r"|bosh\.(admin|read|teams\.[A-Za-z0-9][A-Za-z0-9._-]*\.admin)", str(scope)):
                 raise ConfigError(f"{key}.scopes", f"unknown scope {scope!r}")
         users.append({"name": name, "secret_hash": secret_hash, "scopes": list(scopes)})
     return users

@@ -208,7 +208,10 @@ def actor(request: web.Request) -> str:
 
 
 def accepted(task: Any) -> web.Response:
-    return web.json_response({"task_id": str(task.id), "state": task.state}, status=202,
+    from .task_numbers import log_accepted, number_of
+
+    log_accepted(task)
+    return web.json_response({"task_id": str(task.id), "number": number_of(task), "state": task.state}, status=202,
                              headers={"Location": f"/tasks/{task.id}"})
 
 
@@ -220,7 +223,8 @@ def task_from_aggregate(task: Any) -> dict[str, Any]:
     that sees `done` also sees the snapshots in the listing."""
     state = "processing" if task.is_finished else task.state
     return {
-        "id": str(task.id), "state": state, "kind": task.kind, "description": task.description,
+        "id": str(task.id), "number": getattr(task, "number", None), "state": state, "kind": task.kind,
+        "description": task.description,
         "deployment": task.deployment, "user": task.actor, "trigger": task.trigger, "result": None,
         "operations": len(task.operations), "finished_operations": len(task.outcomes),
         "queued_at": iso(task.created_on), "started_at": iso(task.started_at),
@@ -473,7 +477,9 @@ async def get_task(request: web.Request) -> web.Response:
     """One task. `?wait=S` long-polls (capped at 60 s) until the task ends or its log
     moves past `after` (the CLI follows any task so). Without `after`, a job update
     answers at its next change, any other task at its end."""
-    task_id = task_id_of(request)
+    from .task_numbers import resolve
+
+    task_id = await resolve(request, task_id_of(request))
     params = query(request, schemas.TaskWaitQuerySchema())
     row = await _read_task(request, task_id)
     wait = min(params.get("wait", 0.0), MAX_TASK_WAIT_S)
@@ -483,7 +489,7 @@ async def get_task(request: web.Request) -> web.Response:
         deadline = loop.time() + wait
 
         def settled(r: dict[str, Any]) -> bool:
-            return r["state"] in ("done", "error") or (after is not None and r["last_event"] > after)
+            return r["state"] in ("done", "error", "cancelled") or (after is not None and r["last_event"] > after)
 
         while not settled(row) and loop.time() < deadline:
             await asyncio.sleep(TASK_WAIT_POLL_S)
@@ -493,8 +499,10 @@ async def get_task(request: web.Request) -> web.Response:
 
 @routes.get("/tasks/{task_id}/events")
 async def get_task_events(request: web.Request) -> web.Response:
+    from .task_numbers import resolve
+
     runtime = request.app[RUNTIME]
-    task_id = task_id_of(request)
+    task_id = await resolve(request, task_id_of(request))
     params = query(request, schemas.TaskEventsQuerySchema())
     events = await run(request, runtime.queries.task_events, task_id, params["after"])
     if not events and params["after"] == 0:
@@ -505,8 +513,10 @@ async def get_task_events(request: web.Request) -> web.Response:
 @routes.get("/tasks/{task_id}/cpi-log")
 async def get_task_cpi_log(request: web.Request) -> web.Response:
     """Each CPI call of the task with its log and stderr (BOSH `task --cpi`)."""
+    from .task_numbers import resolve
+
     runtime = request.app[RUNTIME]
-    task_id = task_id_of(request)
+    task_id = await resolve(request, task_id_of(request))
     await run(request, runtime.ledger.get_task, task_id)  # 404 for an unknown task
     return web.json_response(await run(request, runtime.queries.cpi_log, task_id))
 

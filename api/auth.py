@@ -214,8 +214,18 @@ def load_credentials(configured: list[dict[str, Any]], data_dir: Path) -> list[C
     users = data_dir / USERS_FILE
     if users.exists():
         entries += json.loads(users.read_text())
-    return [Credential(name=e["name"], secret_hash=e["secret_hash"], scopes=frozenset(e.get("scopes", [])))
+    return [Credential(name=e["name"], secret_hash=e["secret_hash"], scopes=bosh_scopes(e.get("scopes", [])))
             for e in entries]
+
+
+# BOSH's scopes (issue 17) mean what they mean to the Director: bosh.admin is
+# admin, bosh.read reads; bosh.teams.<team>.admin is kept as it is and grants
+# admin of deployments tagged `team: <team>` (api/director.py).
+BOSH_SCOPES = {"bosh.admin": ADMIN, "bosh.read": READ}
+
+
+def bosh_scopes(scopes: Iterable[str]) -> frozenset[str]:
+    return frozenset(BOSH_SCOPES.get(s, s) for s in scopes)
 
 
 # Route declarations -------------------------------------------------------------------------

@@ -14,10 +14,10 @@ import yaml
 
 from .cli_args import GlobalOptionsGroup, split_instance
 from .cli_progress import EVENT_TEXTS, Progress, local_time, shorten
-from .client import find_credentials, ApiError, Client, FollowLost
+from .client import find_ca_cert, find_credentials, ApiError, Client, FollowLost
 from .version import VERSION
 
-DEFAULT_URL = "http://127.0.0.1:25555"
+DEFAULT_URL = "https://127.0.0.1:25555"  # HTTPS by default (issue 17)
 
 # Exit codes (README "Exit codes"): a script tells "the task failed" from "we lost sight of it".
 EXIT_FAILED = 1  # the request was refused, or the task ended in `error`
@@ -86,6 +86,7 @@ def start_task(ctx: click.Context, client: Client, accepted: dict[str, Any], no_
 def wait_for(ctx: click.Context, client: Client, accepted: dict[str, Any]) -> None:
     """Follow a task to its end, one line per disk or step; exit non-zero unless it is `done`."""
     task_id = accepted["task_id"]
+    label = accepted.get("number") or task_id  # the task's number, as in `bosh task N` (issue 17)
     as_json = ctx.obj["json"]
     progress = Progress()
     reattach = f"the task goes on in snapledger; re-attach with `snapledger task {task_id}`"
@@ -109,7 +110,7 @@ def wait_for(ctx: click.Context, client: Client, accepted: dict[str, Any]) -> No
         told = False
 
     if not as_json:
-        click.echo(f"Task {accepted.get('number') or task_id}")  # a task's number where the service has them
+        click.echo(f"Task {label}")  # a task's number where the service has them
     try:
         task = client.follow_task(task_id, show, unavailable, back, reconnect_for=ctx.obj["reconnect_for"])
     except FollowLost as lost:
@@ -124,7 +125,7 @@ def wait_for(ctx: click.Context, client: Client, accepted: dict[str, Any]) -> No
         client.close()
     click.echo(json.dumps(task) if as_json else progress.summary(task))
     if not as_json and len(str(task.get("result") or "").splitlines()) > 1:
-        click.echo(f"The full text of each CPI error: snapledger task {accepted.get('number') or task_id} --cpi")
+        click.echo(f"The full text of each CPI error: snapledger task {label} --cpi")
     if task["state"] != "done":
         sys.exit(EXIT_FAILED)
 
@@ -155,7 +156,7 @@ def main(ctx: click.Context, url: str, as_json: bool, user: str | None, secret: 
     task failed, 2 bad usage, 3 lost contact while following (the task goes on),
     130 interrupted while following (the task goes on)."""
     authorization = find_credentials(user, secret, token, credentials_file)
-    ctx.obj = {"client": Client(url, authorization=authorization, cafile=ca_cert), "json": as_json,
+    ctx.obj = {"client": Client(url, authorization=authorization, cafile=find_ca_cert(ca_cert, credentials_file)), "json": as_json,
                "non_interactive": non_interactive, "reconnect_for": reconnect_for}
 
 
@@ -180,6 +181,10 @@ def _server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Serve HTTPS with this certificate (PEM)."),
         click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), envvar="SNAPLEDGER_TLS_KEY",
                      help="The certificate's private key (PEM)."),
+        click.option("--plain-http", "tls_plain_http", is_flag=True, default=None,
+                     help="Serve plain HTTP (only behind a TLS proxy). Default: HTTPS with D/ca.pem."),
+        click.option("--director-port", type=int,
+                     help="Also serve the BOSH Director dialect for the bosh CLI on this port (decision 22)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -187,13 +192,15 @@ def _server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _load(config_path: str | None, data_dir: Path | None, database: str | None, host: str | None,
-          port: int | None, tls_cert: str | None = None, tls_key: str | None = None) -> Any:
+          port: int | None, tls_cert: str | None = None, tls_key: str | None = None,
+          tls_plain_http: bool | None = None, director_port: int | None = None) -> Any:
     from snapledger.adapters.config import ConfigError, load_config
     from snapledger.adapters.logging import configure_logging
 
     try:
+        overrides = {"tls_plain_http": tls_plain_http, "director_port": director_port}
         config = load_config(config_path, data_dir=data_dir, database=database, host=host, port=port,
-                             tls_cert=tls_cert, tls_key=tls_key)
+                             tls_cert=tls_cert, tls_key=tls_key, **{k: v for k, v in overrides.items() if v})
     except ConfigError as error:
         fail(str(error), 2)
     configure_logging(config.log_format, config.log_level)
@@ -222,7 +229,7 @@ def _start_server(roles: set[str], **options: Any) -> None:
 
     config = _load(**options)
     check_data_dir(config.data_dir)
-    ssl_context = tls_context(config.tls_cert, config.tls_key) if "api" in roles else None
+    ssl_context = tls_context(config) if "api" in roles else None
     sock = bind_listener(config.host, config.port) if "api" in roles else None
     if config.metrics_port and "api" not in roles:  # refuse a taken port in one line, before starting
         bind_listener("0.0.0.0", config.metrics_port, "metrics").close()
@@ -232,6 +239,10 @@ def _start_server(roles: set[str], **options: Any) -> None:
                      listen=f"{config.host}:{config.port}" if "api" in roles else None)
     if "api" in roles:
         app = create_app(runtime)
+        if config.director_port is not None:
+            from .director import attach_director
+
+            attach_director(app, runtime, config.host, config.director_port, ssl_context)
         web.run_app(app, sock=sock, print=None, ssl_context=ssl_context)
         return
     if config.metrics_port:
@@ -511,7 +522,7 @@ def set_schedule(ctx: click.Context, name: str, expression: str) -> None:
 
 @main.command()
 @click.option("-d", "--deployment", help="Only this deployment's tasks.")
-@click.option("--state", type=click.Choice(["queued", "processing", "done", "error"]))
+@click.option("--state", type=click.Choice(["queued", "processing", "cancelling", "done", "error", "cancelled"]))
 @click.option("--limit", type=int, default=30, show_default=True)
 @click.option("--in-doubt", "in_doubt", is_flag=True, help="Only tasks with in-doubt CPI calls.")
 @click.pass_context
@@ -530,7 +541,7 @@ def tasks(ctx: click.Context, deployment: str | None, state: str | None, limit: 
                 None if deployment else SCOPED_HINT)
     emit(ctx, rows, lambda rs: table(
         ["ID", "State", "Started At", "Finished At", "User", "Deployment", "Description", "Result"],
-        [[r["id"], r["state"], local_time(r["started_at"], with_date=True),
+        [[r.get("number") or r["id"], r["state"], local_time(r["started_at"], with_date=True),
           local_time(r["finished_at"], with_date=True), r["user"] or "-", r["deployment"] or "-",
           shorten(r["description"], TASKS_TEXT_WIDTH), shorten(r["result"], TASKS_TEXT_WIDTH)] for r in rs],
         f"{len(rs)} tasks (results shortened; `snapledger task ID` shows one in full)"))

@@ -25,7 +25,8 @@ def timeline_line(e: dict[str, Any]) -> str:
         detail += f" {data['error'].get('type')}: {data['error'].get('message')}"
     if data.get("reason"):
         detail += f" ({data['reason']})"
-    task = f" task {e['task_id'][:8]}" if e.get("task_id") else ""
+    task = (f" task {e['task_number']}" if e.get("task_number") else
+            f" task {e['task_id'][:8]}" if e.get("task_id") else "")
     return f"{e['position']:>8} {e['time']} {e['type']:<28} by {e['actor'] or '-'}{task}  {where}{detail}"
 
 

@@ -190,6 +190,18 @@ def basic_authorization(user: str, secret: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
 
 
+def find_ca_cert(ca_cert: str | None, credentials_file: str | None) -> str | None:
+    """The CA to trust: the one given, else the service's own `ca.pem` in the data
+    directory this client shares with it (beside the credentials file)."""
+    if ca_cert:
+        return ca_cert
+    from pathlib import Path
+
+    data_dir = Path(credentials_file).parent if credentials_file else Path(".snapledger")
+    own = data_dir / "ca.pem"
+    return str(own) if own.is_file() else None
+
+
 def find_credentials(user: str | None, secret: str | None, token: str | None,
                      credentials_file: str | None) -> str | None:
     """The Authorization header to send: explicit flags/env first, then the

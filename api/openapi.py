@@ -24,8 +24,9 @@ ARRAY: dict[str, Any] = {"type": "array", "items": {"type": "object"}}
 ACCEPTED = {"type": "object", "required": ["task_id", "state"],
             "properties": {"task_id": {"type": "string", "format": "uuid"}, "state": {"type": "string"}}}
 TASK = {"type": "object", "required": ["id", "state"],
-        "properties": {"id": {"type": "string"}, "state": {"type": "string",
-                                                           "enum": ["queued", "processing", "done", "error"]},
+        "properties": {"id": {"type": "string"}, "number": {"type": ["integer", "null"]},
+                       "state": {"type": "string", "enum": ["queued", "processing", "cancelling", "done", "error",
+                                                            "cancelled"]},
                        "kind": {"type": "string"}, "deployment": {"type": ["string", "null"]}}}
 ERROR = {"type": "object", "required": ["error", "code"],
          "properties": {"error": {"type": "string"}, "code": {"type": "string"},

@@ -34,6 +34,10 @@ async def events(request: web.Request) -> web.Response:
         if bound in params:
             params[bound] = iso(params[bound])
     after, limit = params.pop("after"), params.pop("limit")
+    if params.get("task_id"):  # a task's number or its id
+        from .task_numbers import resolve
+
+        params["task_id"] = await resolve(request, str(params["task_id"]))
     rows = await run(request, request.app[RUNTIME].queries.events, params, after, limit)
     return web.json_response(rows)
 

@@ -168,7 +168,7 @@ class TaskQuerySchema(Schema):
         unknown = RAISE
 
     deployment = fields.String(validate=NAME)
-    state = fields.String(validate=OneOf(["queued", "processing", "done", "error"]))
+    state = fields.String(validate=OneOf(["queued", "processing", "cancelling", "done", "error", "cancelled"]))
     limit = fields.Integer(validate=Range(min=1, max=1000), load_default=100)
     in_doubt = fields.Boolean(load_default=False)  # only tasks with an in-doubt CPI call
 

@@ -25,8 +25,8 @@ from .combining import SharedReads
 from .deployment import Deployment, check_unique, deployment_id
 from .discovery import SelfDiscovery
 from .idempotency import IdempotencyKey, KeyAlreadyUsed, idempotency_key_id
-from .errors import (DeploymentNotFound, ManagedByConfig, SnapshotNotFound, SnapshotsDisabled, TaskNotFound,
-                     UnknownCpi)
+from .errors import (DeploymentNotFound, InvalidState, ManagedByConfig, SnapshotNotFound, SnapshotsDisabled,
+                     TaskNotFound, UnknownCpi)
 from .names import SELF_DEPLOYMENT
 from .ownership import OWNERSHIP_ID, DiskOwnedElsewhere, JobOwnedElsewhere, Ownership
 from .retention import Candidate, Expiry, RetentionPolicy, plan_expiry
@@ -130,6 +130,7 @@ class Ledger(Application):
         processing_event = _Collected()
         processing_event.collect_events(*objs, **kwargs)
         recordings = self._record(processing_event)
+        _number_new_tasks(objs, recordings)
         self._take_snapshots(processing_event)
         self._notify(recordings)
         self.notify(processing_event.events)  # the library's deprecated hook, kept for fidelity
@@ -717,6 +718,41 @@ class Ledger(Application):
             raise TaskNotFound(f"task '{task_id}' not found", field="task_id")
         return task
 
+    # The snapshot tasks `bosh cancel-task` may cancel: their operations are snapshots.
+    CANCELLABLE_KINDS = frozenset({"create_snapshot", "snapshot_deployment", "snapshot_deployments",
+                                   "delete_snapshot", "delete_deployment_snapshots"})
+
+    def cancel_task(self, task_id: str, actor: str) -> Task:
+        """Cancel a queued or running snapshot task: its snapshots whose CPI call
+        has not started are cancelled now; calls already running end with their
+        outcome, and the last one ends the task `cancelled`."""
+        result: list[Task] = []
+
+        def decide() -> list[Any]:
+            task = self.get_task(task_id)
+            if task.is_finished:
+                raise InvalidState(f"task {getattr(task, 'number', None) or task_id} is already {task.state}",
+                                   field="task_id")
+            if task.kind not in self.CANCELLABLE_KINDS:
+                raise InvalidState(f"a {task.kind} task cannot be cancelled", field="task_id")
+            task.request_cancel(actor=actor)
+            changed: list[Any] = []
+            for op in task.operations:
+                if op in task.outcomes:
+                    continue
+                snapshot = self._get(UUID(op))
+                if isinstance(snapshot, Snapshot) and snapshot.pending_method and snapshot.current_task_id == task_id:
+                    snapshot.cancel(reason="task cancelled", actor=actor)
+                    changed.append(snapshot)
+                    task.operation_finished(op, "cancelled", {"instance": snapshot.instance_label,
+                                                              "disk_cid": snapshot.disk_cid,
+                                                              "reason": "task cancelled"}, actor=actor)
+            result[:] = [task]
+            return [task, *changed]
+
+        self.save_with_retry(decide)
+        return result[0]
+
     def get_snapshot(self, snapshot_id: UUID) -> Snapshot:
         return self.repository.get(snapshot_id)
 
@@ -726,3 +762,14 @@ class Ledger(Application):
     @staticmethod
     def new_cid_index(snapshot_cid: str, snapshot_id: UUID) -> SnapshotCid:
         return SnapshotCid(snapshot_cid=snapshot_cid, snapshot_id=str(snapshot_id))
+
+
+def _number_new_tasks(objs: Sequence[Any], recordings: Any) -> None:
+    """A new task's number is the position of its first event in the store:
+    unique across API replicas without a coordinator, and an integer as the
+    bosh CLI wants (issue 17). The tasks view keeps it (`seq`) for later reads."""
+    firsts = {r.domain_event.originator_id: r.notification.id for r in recordings or ()
+              if r.domain_event.originator_version == 1 and getattr(r, "notification", None) is not None}
+    for obj in objs:
+        if isinstance(obj, Task) and obj.id in firsts:
+            obj.number = firsts[obj.id]

@@ -339,8 +339,19 @@ class OperationRunner:
 
     def _call(self, snapshot: Snapshot, method: str) -> tuple[str, dict[str, Any]]:
         cpi = self.cpis[snapshot.cpi]
-        with self.in_flight[snapshot.cpi]:
+        slot = self.in_flight[snapshot.cpi]
+        waited = not slot.acquire(blocking=False)
+        if waited:
+            slot.acquire()
+        try:
+            # A call that waited for a CPI slot may belong to a task cancelled
+            # meanwhile (`bosh cancel-task`): then it is not made. Only after a
+            # wait, so the common path reads nothing more.
+            if waited and getattr(self.ledger.get_task(snapshot.current_task_id), "cancel_requested", False):
+                return "cancelled", {"method": method, "cpi": snapshot.cpi, "reason": "task cancelled"}
             return self._call_cpi(cpi, snapshot, method)
+        finally:
+            slot.release()
 
     def _call_cpi(self, cpi: Cpi, snapshot: Snapshot, method: str) -> tuple[str, dict[str, Any]]:
         calls_made(cpi)  # forget calls this thread made for anything else
@@ -471,6 +482,8 @@ class OperationRunner:
             snapshot.record_skipped(reason=record["reason"], call=call, actor=actor)
         elif outcome == "deleted":
             snapshot.record_deleted(reason=record["reason"], call=call, actor=actor)
+        elif outcome == "cancelled":
+            snapshot.record_cancelled(reason=record["reason"], actor=actor)
         else:
             snapshot.record_failed(error=record["error"], call=call, actor=actor)
         return []

@@ -15,6 +15,7 @@ TAKING = "taking"  # snapshot_disk call started
 TAKEN = "taken"
 FAILED = "failed"
 SKIPPED = "skipped"
+CANCELLED = "cancelled"  # its task was cancelled before the CPI call
 DELETE_REQUESTED = "delete_requested"
 DELETING = "deleting"  # delete_snapshot call started
 DELETED = "deleted"
@@ -130,6 +131,11 @@ class Snapshot(Aggregate):
     def _expired(self, policy: dict[str, Any], reason: str, task_id: str, actor: str) -> None:
         pass  # the retention decision; the deletion follows in the same transaction
 
+    @event("Cancelled")
+    def _cancelled(self, method: str, reason: str, task_id: str, actor: str, caused_by: str | None = None) -> None:
+        # A call never started: a snapshot never taken, or a deletion not done (still taken).
+        self.state = CANCELLED if method == "snapshot_disk" else TAKEN
+
     @event("DeletionRequested")
     def _deletion_requested(self, task_id: str, actor: str) -> None:
         self.state = DELETE_REQUESTED
@@ -223,6 +229,19 @@ class Snapshot(Aggregate):
         self._attempt_failed(method="snapshot_disk" if self.state == TAKING else "delete_snapshot",
                              attempt=self.attempts, error=error, call=call, retry_in_s=round(retry_in_s, 3),
                              task_id=self.current_task_id, actor=actor, caused_by=self.cause)
+
+    def cancel(self, reason: str, actor: str) -> None:
+        """Its task was cancelled before this snapshot's CPI call started (`bosh cancel-task`)."""
+        method = self.pending_method
+        if method is None:
+            raise InvalidState(f"snapshot {self.id} is {self.state}; no CPI call pending")
+        self._cancelled(method=method, reason=reason, task_id=self.current_task_id, actor=actor, caused_by=self.cause)
+
+    def record_cancelled(self, reason: str, actor: str) -> None:
+        """A claimed call its worker did not make: the task was cancelled while it waited for a CPI slot."""
+        self._require(TAKING, DELETING)
+        self._cancelled(method="snapshot_disk" if self.state == TAKING else "delete_snapshot", reason=reason,
+                        task_id=self.current_task_id, actor=actor, caused_by=self.cause)
 
     def record_skipped(self, reason: str, call: dict[str, Any], actor: str) -> None:
         self._require(TAKING)

@@ -8,10 +8,11 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 QUEUED, PROCESSING, DONE, ERROR = "queued", "processing", "done", "error"
-TERMINAL_STATES = frozenset({DONE, ERROR})
+CANCELLING, CANCELLED = "cancelling", "cancelled"  # as the Director's task states
+TERMINAL_STATES = frozenset({DONE, ERROR, CANCELLED})
 
 # Operation outcomes that do not fail a task.
-GOOD_OUTCOMES = frozenset({"taken", "skipped", "deleted", "discovered", "ready", "restored"})
+GOOD_OUTCOMES = frozenset({"taken", "skipped", "deleted", "discovered", "ready", "restored", "cancelled"})
 
 
 def _disk(outcome: dict[str, Any]) -> str:
@@ -59,6 +60,11 @@ class Task(Aggregate):
     def _operation_finished(self, operation_id: str, outcome: str, detail: dict[str, Any], actor: str) -> None:
         self.outcomes[operation_id] = {"outcome": outcome, **detail}
 
+    @event("CancelRequested")
+    def _cancel_requested(self, actor: str) -> None:
+        self.cancel_requested = True
+        self.state = CANCELLING
+
     @event("Finished")
     def _finish(self, state: str, result: str, actor: str) -> None:
         self.state = state
@@ -86,6 +92,12 @@ class Task(Aggregate):
             state, result = self.summarise()
             self._finish(state=state, result=result, actor=actor)
 
+    def request_cancel(self, actor: str) -> None:
+        """Operations not started yet will not run; running ones end with their CPI call.
+        The task ends `cancelled` when the last one has its outcome."""
+        if not self.is_finished and not getattr(self, "cancel_requested", False):
+            self._cancel_requested(actor=actor)
+
     def finish_empty(self, result: str, actor: str) -> None:
         """A task with nothing to do is done at once (e.g. a deployment without disks)."""
         self._finish(state=DONE, result=result, actor=actor)
@@ -108,6 +120,10 @@ class Task(Aggregate):
             parts.append(f"{len(ready)} instance(s) ready for update")
         # Restores: what was restored where, and what the operator does next.
         parts.extend(o.get("reason", "restored") for o in self.outcomes.values() if o["outcome"] == "restored")
+        if getattr(self, "cancel_requested", False):
+            cancelled = sum(1 for o in self.outcomes.values() if o["outcome"] == "cancelled")
+            return CANCELLED, ". ".join(["task cancelled", *parts, f"{cancelled} not started"] +
+                                        ([f"{len(failures)} failed"] if failures else []))
         if failures:
             # Name every failed instance and disk: BOSH hides these (task `done`).
             named = "; ".join(

@@ -77,7 +77,7 @@ class Queries:
     @staticmethod
     def _task_row(row: dict[str, Any]) -> dict[str, Any]:
         return {
-            "id": row["task_id"], "state": row["state"], "kind": row["kind"],
+            "id": row["task_id"], "number": row["seq"], "state": row["state"], "kind": row["kind"],
             "description": row["description"], "deployment": row["deployment"], "user": row["actor"],
             "trigger": row["trigger"], "result": row["result"], "operations": row["operations"],
             "finished_operations": row["finished_operations"], "queued_at": row["queued_at"],
@@ -85,7 +85,11 @@ class Queries:
         }
 
     def task(self, task_id: str) -> dict[str, Any] | None:
-        rows = self.db.query("SELECT * FROM tasks_view WHERE task_id = %s", (task_id,))
+        """A task by its id or by its number (all digits: the position of its first event)."""
+        if task_id.isdigit():
+            rows = self.db.query("SELECT * FROM tasks_view WHERE seq = %s", (int(task_id),))
+        else:
+            rows = self.db.query("SELECT * FROM tasks_view WHERE task_id = %s", (task_id,))
         return self._task_row(rows[0]) if rows else None
 
     def tasks(self, deployment: str | None = None, state: str | None = None,
@@ -153,8 +157,11 @@ class Queries:
         from .audit import audit_query
 
         statement, params = audit_query(filters, after, limit)
+        # Each event with its task's number (issue 17): the number the CLIs and logs show.
+        statement = (f"SELECT e.*, t.seq AS task_number FROM ({statement}) AS e "
+                     "LEFT JOIN tasks_view AS t ON t.task_id = e.task_id ORDER BY e.position")
         return [{"position": r["position"], "type": r["type"], "time": r["time"], "actor": r["actor"],
-                 "task_id": r["task_id"], "aggregate_id": r["aggregate_id"], "version": r["version"],
+                 "task_id": r["task_id"], "task_number": r["task_number"], "aggregate_id": r["aggregate_id"], "version": r["version"],
                  "event_id": f"{r['aggregate_id']}/{r['version']}", "caused_by": json.loads(r["data"]).get("caused_by"),
                  "deployment": r["deployment"],
                  "instance": f"{r['job']}/{r['idx'] if r['idx'] is not None else r['instance_id']}" if r["job"] else None,

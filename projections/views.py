@@ -72,6 +72,7 @@ class SnapshotsView(View):
             "Snapshot.DeletionRequested": self._deletion_requested,
             "Snapshot.Deleted": self._deleted,
             "Snapshot.DeletionFailed": self._deletion_failed,
+            "Snapshot.Cancelled": self._cancelled,
         }
 
     @staticmethod
@@ -117,6 +118,10 @@ class SnapshotsView(View):
 
     def _deletion_requested(self, cur: Any, position: int, e: Any) -> None:
         self._set(cur, e, "state = 'delete_requested', deletion_task_id = %s", e.task_id)
+
+    def _cancelled(self, cur: Any, position: int, e: Any) -> None:
+        # A cancelled deletion leaves the snapshot taken and listed.
+        self._set(cur, e, "state = %s", "cancelled" if e.method == "snapshot_disk" else "taken")
 
     def _deleted(self, cur: Any, position: int, e: Any) -> None:
         self._set(cur, e, "state = 'deleted', deleted_at = %s", iso(e.timestamp))
@@ -164,6 +169,7 @@ class TasksView(View):
             "Task.Queued": self._queued,
             "Task.Started": self._started,
             "Task.OperationFinished": self._operation_finished,
+            "Task.CancelRequested": self._cancel_requested,
             "Task.Finished": self._finished,
         }
 
@@ -194,6 +200,9 @@ class TasksView(View):
     def _operation_finished(self, cur: Any, position: int, e: Any) -> None:
         cur.execute("UPDATE tasks_view SET finished_operations = finished_operations + 1 WHERE task_id = %s",
                     (str(e.originator_id),))
+
+    def _cancel_requested(self, cur: Any, position: int, e: Any) -> None:
+        cur.execute("UPDATE tasks_view SET state = 'cancelling' WHERE task_id = %s", (str(e.originator_id),))
 
     def _finished(self, cur: Any, position: int, e: Any) -> None:
         cur.execute("UPDATE tasks_view SET state = %s, result = %s, finished_at = %s WHERE task_id = %s",
@@ -315,7 +324,7 @@ class InFlightView(View):
             "Snapshot.InDoubtLeft": self._left_for_operator,
             "Snapshot.InDoubtRetried": self._pending_again,
             "Snapshot.Taken": done, "Snapshot.Failed": done, "Snapshot.Skipped": done,
-            "Snapshot.Deleted": done, "Snapshot.DeletionFailed": done,
+            "Snapshot.Deleted": done, "Snapshot.DeletionFailed": done, "Snapshot.Cancelled": done,
             "SelfDiscovery.Requested": self._discovery_requested,
             "SelfDiscovery.CpiCallStarted": self._started,
             "SelfDiscovery.InDoubtRetried": self._pending_again,

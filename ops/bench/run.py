@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE))
 
 from common import ROOT, Context, pg_run_database  # noqa: E402
 
-BENCHMARKS = ["acceptance", "visible", "rebuild", "listing", "fanout"]
+BENCHMARKS = ["acceptance", "visible", "rebuild", "listing", "fanout", "director"]
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 DEFAULT_SIZES: dict[str, Any] = {
@@ -40,6 +40,7 @@ DEFAULT_SIZES: dict[str, Any] = {
     "fanout_take_timeout": 90.0,
     "compare_group_commit": True,
     "audit_events": 200_000, "audit_queries": 200,
+    "director_operations": 10_000, "director_queries": 200, "director_take_timeout": 600.0,
 }
 SMALL_SIZES: dict[str, Any] = {
     "concurrency": [8], "acceptance_seconds": 0.5, "warmup_seconds": 0.2,
@@ -50,6 +51,7 @@ SMALL_SIZES: dict[str, Any] = {
     "fanout_take_timeout": 30.0,
     "compare_group_commit": False,
     "audit_events": 20_000, "audit_queries": 30,
+    "director_operations": 100, "director_queries": 20, "director_take_timeout": 60.0,
 }
 
 

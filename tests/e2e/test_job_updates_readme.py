@@ -29,7 +29,7 @@ def server(tmp_path: Path) -> Server:
     for cid in ("disk-db-0", "disk-db-1"):
         (data_dir / "disks" / cid).mkdir(parents=True)
         (data_dir / "disks" / cid / "data.txt").write_text(cid)
-    server = Server(data_dir).start()
+    server = Server(data_dir, tls=True).start()  # as the README's reader runs it: HTTPS by default, D/ca.pem
     server.api("PUT", "/deployments/prod", {"instances": [
         {"job": "db", "index": 0, "disks": ["disk-db-0"]}, {"job": "db", "index": 1, "disks": ["disk-db-1"]}]})
     server.api("PUT", "/config/snapshots", {"enable_snapshots": True})

@@ -46,3 +46,44 @@ def test_https_with_the_cli(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_https_by_default_with_its_own_ca(tmp_path: Path) -> None:
+    """Issue 17: no flags, HTTPS with a CA made on first start (D/ca.pem for clients);
+    the native CLI sharing the data directory trusts it; a restart keeps the CA."""
+    from cryptography import x509
+
+    from support.process import Server
+
+    data_dir = tmp_path / "data"
+    server = Server(data_dir, tls=True).start()
+    try:
+        ca = (data_dir / "ca.pem").read_bytes()
+        cert = x509.load_pem_x509_certificate((data_dir / "server.pem").read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert "localhost" in san.get_values_for_type(x509.DNSName)
+        assert "127.0.0.1" in [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+        assert (data_dir / "ca-key.pem").stat().st_mode & 0o077 == 0
+        assert (data_dir / "server-key.pem").stat().st_mode & 0o077 == 0
+        env = {**os.environ, "SNAPLEDGER_CREDENTIALS": str(data_dir / "credentials.json")}
+        ok = subprocess.run([SNAPLEDGER, "--url", server.url, "info"], capture_output=True, text=True, env=env,
+                            timeout=30)
+        assert ok.returncode == 0, ok.stderr
+        plain = subprocess.run([SNAPLEDGER, "--url", server.url.replace("https:", "http:"), "info"],
+                               capture_output=True, text=True, env=env, timeout=30)
+        assert plain.returncode == 1  # plain HTTP only when asked for (--plain-http)
+    finally:
+        server.stop()
+    again = Server(data_dir, tls=True, port=server.port).start()
+    try:
+        assert (data_dir / "ca.pem").read_bytes() == ca  # clients keep trusting it
+        assert urllib.request.urlopen(again.url + "/health", context=again.ssl_context, timeout=5).status == 200
+    finally:
+        again.stop()
+
+
+def test_plain_http_and_a_certificate_exclude_each_other(tmp_path: Path) -> None:
+    result = subprocess.run([SNAPLEDGER, "serve", "--data-dir", str(tmp_path / "d"), "--port", str(free_port()),
+                             "--plain-http", "--tls-cert", __file__, "--tls-key", __file__],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "exclude each other" in result.stderr

@@ -30,7 +30,11 @@ class Server:
 
     def __init__(self, data_dir: Path, database: str | None = None, command: str = "serve",
                  port: int | None = None, env: dict[str, str] | None = None,
-                 config: Path | None = None) -> None:
+                 config: Path | None = None, tls: bool = False, extra_args: list[str] | None = None) -> None:
+        # Plain HTTP is asked for explicitly (`--plain-http`, issue 17) unless a
+        # test wants the default, HTTPS with the service's own CA (D/ca.pem).
+        self.tls = tls
+        self.extra_args = list(extra_args or [])
         self.data_dir = data_dir
         self.config = config  # --config FILE
         self.database = database
@@ -43,7 +47,13 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def ssl_context(self) -> Any:
+        import ssl
+
+        return ssl.create_default_context(cafile=str(self.data_dir / "ca.pem")) if self.tls else None
 
     def start(self, wait: bool = True) -> "Server":
         """`wait=False`: do not wait for the API (a run expected to die early)."""
@@ -52,6 +62,9 @@ class Server:
             args += ["--database", self.database]
         if self.config:
             args += ["--config", str(self.config)]
+        if not self.tls and self.command in ("serve", "api"):
+            args.append("--plain-http")
+        args += self.extra_args
         self.proc = subprocess.Popen(args, env=self.env, stdout=subprocess.DEVNULL,
                                      stderr=self.log.open("ab"), start_new_session=True)
         if self.command in ("serve", "api") and wait:
@@ -69,7 +82,7 @@ class Server:
         while time.monotonic() < deadline:
             assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
             try:
-                urllib.request.urlopen(self.url + "/health", timeout=1).read()
+                urllib.request.urlopen(self.url + "/health", timeout=1, context=self.ssl_context).read()
                 return
             except OSError:
                 time.sleep(0.05)
@@ -94,7 +107,7 @@ class Server:
         req = urllib.request.Request(self.url + path, data=data, method=method,
                                      headers={"Content-Type": "application/json",
                                               "Authorization": self.authorization})
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=10, context=self.ssl_context) as resp:
             return json.loads(resp.read())
 
     def wait_task(self, task_id: str, timeout: float = 20.0) -> dict[str, Any]:

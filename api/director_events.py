@@ -1,0 +1,114 @@
+"""snapledger's events as `bosh events` shows them (the Director's event JSON).
+
+BOSH records no snapshot events at all; here every event of the log is one:
+each request, CPI call, outcome and deletion. `id` is the event's position,
+`parent_id` the position of the event that caused it, `task` the task's
+number. Newest first, 200 a page, `before_id` for the next (as the Director).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+from snapledger.domain.errors import LedgerError
+
+PAGE = 200
+_SQL_FILTERS = {"deployment": "a.deployment = %s", "task_id": "a.task_id = %s", "user": "a.actor = %s"}
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _epoch(iso_time: str) -> int:
+    return int(datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp())
+
+
+def _bound(raw: str | None) -> str | None:
+    """`before_time`/`after_time`: epoch seconds or an ISO time, as stored (UTC, fixed width)."""
+    if not raw:
+        return None
+    try:
+        when = (datetime.fromtimestamp(int(raw), timezone.utc) if raw.isdigit()
+                else datetime.fromisoformat(raw.replace("Z", "+00:00")))
+    except ValueError:
+        raise LedgerError(f"not a time: {raw!r} (epoch seconds or YYYY-MM-DD HH:MM:SS, UTC)", field="before_time") from None
+    if when.tzinfo is None:  # the CLI's `--before 2016-05-08 17:26:32` is UTC, as the Director reads it
+        when = when.replace(tzinfo=timezone.utc)
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def events_page(runtime: Any, filters: dict[str, str], before_id: int | None, before_time: str | None,
+                after_time: str | None) -> list[dict[str, Any]]:
+    clauses, params = ["1 = 1"], []
+    for name, clause in _SQL_FILTERS.items():
+        if name in filters:
+            clauses.append(clause)
+            params.append(filters[name])
+    if "instance" in filters:  # job/uuid (or job/index)
+        job, _, which = filters["instance"].partition("/")
+        clauses.append("a.job = %s")
+        params.append(job)
+        if which.isdigit():
+            clauses.append("a.idx = %s")
+            params.append(int(which))
+        elif which:
+            clauses.append("a.instance_id = %s")
+            params.append(which)
+    if before_id is not None:
+        clauses.append("a.position < %s")
+        params.append(before_id)
+    for bound, op in ((_bound(before_time), "<"), (_bound(after_time), ">")):
+        if bound:
+            clauses.append(f"a.time {op} %s")
+            params.append(bound)
+    rows = runtime.db.query(
+        "SELECT a.*, t.seq AS task_number FROM audit_events a LEFT JOIN tasks_view t ON t.task_id = a.task_id "
+        f"WHERE {' AND '.join(clauses)} ORDER BY a.position DESC LIMIT %s", [*params, PAGE])
+    parents = _parents(runtime, rows)
+    events = [_event(r, parents) for r in rows]
+    for name in ("action", "object_type", "object_name"):
+        if name in filters:
+            events = [e for e in events if e.get(name) == filters[name]]
+    return events
+
+
+def _parents(runtime: Any, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Positions of the causing events (`caused_by` is `aggregate/version`)."""
+    wanted = {json.loads(r["data"]).get("caused_by") for r in rows} - {None, ""}
+    if not wanted:
+        return {}
+    aggregates = sorted({w.split("/")[0] for w in wanted})
+    marks = ", ".join(["%s"] * len(aggregates))
+    found = runtime.db.query(f"SELECT aggregate_id, version, position FROM audit_events WHERE aggregate_id IN ({marks})",
+                             aggregates)
+    return {f"{f['aggregate_id']}/{f['version']}": f["position"] for f in found}
+
+
+def _event(row: dict[str, Any], parents: dict[str, int]) -> dict[str, Any]:
+    data = json.loads(row["data"])
+    aggregate, _, verb = row["type"].partition(".")
+    object_type = _snake(aggregate)
+    if object_type == "snapshot":
+        object_name = row["snapshot_cid"] or row["disk_cid"]
+    elif object_type == "task":
+        object_name = str(row["task_number"]) if row["task_number"] is not None else row["aggregate_id"]
+    else:
+        object_name = data.get("name") or row["deployment"] or row["aggregate_id"]
+    error = data.get("error")
+    context = {k: data[k] for k in ("method", "attempt", "trigger", "reason", "state", "result", "outcome", "worker")
+               if data.get(k) not in (None, "")}
+    event = {
+        "id": str(row["position"]), "parent_id": str(parents[data["caused_by"]]) if data.get("caused_by") in parents else None,
+        "timestamp": _epoch(row["time"]), "user": row["actor"] or "snapledger", "action": _snake(verb),
+        "object_type": object_type, "object_name": object_name,
+        "error": f"{error.get('type', '')}: {error.get('message', '')}" if isinstance(error, dict) else None,
+        "task": str(row["task_number"]) if row["task_number"] is not None else None,
+        "deployment": row["deployment"],
+        "instance": f"{row['job']}/{row['instance_id']}" if row["job"] and row["instance_id"] else None,
+        "context": context,
+    }
+    return {k: v for k, v in event.items() if v not in (None, "")}  # as the Director: no nil or '' keys
