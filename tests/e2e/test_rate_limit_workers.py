@@ -14,8 +14,8 @@ import pytest
 
 from support.process import Server
 
-CALLS = 2000
-LIMIT, BURST = 100, 5
+CALLS = 600
+LIMIT, BURST = 50, 5
 
 CPI = """\
 #!/bin/sh
