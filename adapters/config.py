@@ -23,6 +23,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from snapledger.domain.errors import LedgerError
+from snapledger.domain.rate_limit import RateLimit
 from snapledger.domain.retry import RetryPolicy
 
 
@@ -165,6 +167,8 @@ class CpiSpec:
     # cloud snapshot, and a second one would leak. The local CPI needs no
     # retry: its CIDs are deterministic, so it is asked whether the snapshot exists.
     retry_in_doubt: bool = False
+    # Shared by every worker process of the event store (adapters/rate_limit.py).
+    rate_limit: RateLimit | None = None
 
     @classmethod
     def parse(cls, name: str, key: str, spec: dict[str, Any]) -> "CpiSpec":
@@ -174,7 +178,7 @@ class CpiSpec:
         if kind == "external" and not spec.get("executable"):
             raise ConfigError(f"{key}.executable", "an external CPI needs the path of its executable")
         known = {"type", "name", "executable", "properties", "timeout", "max_in_flight", "retry", "disk_root",
-                 "snapshot_root", "self_disks", "retry_in_doubt"}
+                 "snapshot_root", "self_disks", "retry_in_doubt", "rate_limit"}
         unknown = sorted(set(spec) - known)
         if unknown:
             guess = nearest(unknown[0], sorted(known))
@@ -199,11 +203,18 @@ class CpiSpec:
         if not isinstance(properties, dict):
             raise ConfigError(f"{key}.properties", "must be a mapping (merged into the CPI request context)")
         self_disks = spec.get("self_disks")
+        rate_limit = None
+        if spec.get("rate_limit") is not None:
+            try:
+                rate_limit = RateLimit.parse(spec["rate_limit"])
+            except LedgerError as error:
+                suffix = f".{error.field}" if error.field else ""
+                raise ConfigError(f"{key}.rate_limit{suffix}", error.message) from None
         return cls(name=name, type=kind, executable=str(spec.get("executable") or ""), properties=properties,
                    timeout_s=timeout_s, max_in_flight=max_in_flight, retry=policy,
                    disk_root=str(spec.get("disk_root") or ""), snapshot_root=str(spec.get("snapshot_root") or ""),
                    self_disks=tuple(self_disks) if self_disks is not None else None,
-                   retry_in_doubt=bool(spec.get("retry_in_doubt", False)))
+                   retry_in_doubt=bool(spec.get("retry_in_doubt", False)), rate_limit=rate_limit)
 
 
 # YAML path -> (attribute, parser). Environment: SNAPLEDGER_<PATH upper, dots as _>.

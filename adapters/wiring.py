@@ -30,6 +30,7 @@ from .follower import ChangeSignal, LogFollower, PostgresListener, StoreHealth
 from .store import (Database, StoreUrl, ledger_env, open_database, parse_store_url, setup_lock,
                     tune_pool_recovery)
 from .locks import disk_locks
+from .rate_limit import rate_limited
 from .metrics import PROJECTION_LAG_SECONDS, observe_cpi_call
 from .worker import Worker
 
@@ -58,8 +59,9 @@ def _build_cpi(config: Config, spec: CpiSpec) -> Cpi:
                         host_disks={host_disk_cid(Path(p)): Path(p) for p in paths})
     from .cpi.external import ExternalCpi
 
+    throttle_errors = spec.rate_limit.throttle_errors if spec.rate_limit else frozenset()
     return ExternalCpi(spec.name, spec.executable, properties=spec.properties, director_uuid=config.uuid,
-                       timeout_s=spec.timeout_s)
+                       timeout_s=spec.timeout_s, error_types=throttle_errors)
 
 
 SELF_DATA_DISK = "snapledger-data"
@@ -211,6 +213,8 @@ def build_runtime(config: Config, roles: frozenset[str] | set[str] = ROLES) -> R
                         cpi_names=list(config.cpi_specs()))
         tune_pool_recovery(ledger)
         db = open_database(url)
+        cpis = rate_limited(cpis, {name: spec.rate_limit for name, spec in config.cpi_specs().items()}, db,
+                            log=log.bind(component="rate-limit"))
         projector = Projector(db)
         projector.setup()
     queries = Queries(db)

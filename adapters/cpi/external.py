@@ -78,6 +78,7 @@ class ExternalCpi:
         timeout_s: float = 300.0,
         preferred_api_version: int = 2,
         env_passthrough: dict[str, str] | None = None,
+        error_types: frozenset[str] = frozenset(),
     ) -> None:
         if preferred_api_version < MIN_API_VERSION:
             raise ValueError(f"preferred_api_version must be >= {MIN_API_VERSION}")
@@ -91,6 +92,9 @@ class ExternalCpi:
         # Kept private and never logged: CPI properties usually hold cloud credentials.
         self._properties = dict(properties or {})
         self._env_passthrough = dict(env_passthrough or {})
+        # Error types this CPI is known to answer besides BOSH's own (its
+        # throttling answer): kept as answered, not turned into UnknownError.
+        self._error_types = KNOWN_ERROR_TYPES | error_types
         self._info: dict[str, Any] | None = None
         self._info_lock = threading.Lock()
         self._calls = CallLog()
@@ -186,7 +190,7 @@ class ExternalCpi:
         response = _parse_response(call, stdout)
         call.log = response["log"]
         if response["error"] is not None:
-            raise _error_from_response(call, response["error"])
+            raise _error_from_response(call, response["error"], self._error_types)
         result = response["result"]
         if check is not None and (problem := check(result)) is not None:
             raise _invalid(call, stdout, f"'{call.method}' result {problem}")
@@ -373,10 +377,10 @@ def _schema_problem(response: Any) -> str | None:
     return None
 
 
-def _error_from_response(call: _Call, error: dict[str, Any]) -> CpiError:
+def _error_from_response(call: _Call, error: dict[str, Any], known: frozenset[str]) -> CpiError:
     cpi_error = CpiError(error["type"], error["message"], error["ok_to_retry"])
     # Legacy "method not implemented" spellings keep their type: CpiError recognises them.
-    if cpi_error.type in KNOWN_ERROR_TYPES or cpi_error.is_not_implemented:
+    if cpi_error.type in known or cpi_error.is_not_implemented:
         return cpi_error
     return CpiError(
         UNKNOWN_ERROR,

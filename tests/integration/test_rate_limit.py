@@ -1,0 +1,188 @@
+"""CPI rate limits shared through the event store's database (both backends)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from snapledger.adapters.config import ConfigError, CpiSpec
+from snapledger.adapters.rate_limit import RateLimitedCpi, SharedBuckets
+from snapledger.adapters.store import ensure_schema, open_database, parse_store_url
+from snapledger.domain.cpi import CLOUD_ERROR, CpiError
+from snapledger.domain.rate_limit import Rate, RateLimit
+
+THROTTLED = "RequestLimitExceeded"
+
+
+@pytest.fixture
+def buckets(store_url: str) -> Any:
+    url = parse_store_url(store_url)
+    ensure_schema(url)
+    db = open_database(url)
+    yield SharedBuckets(db)
+    db.close()
+
+
+def emission(buckets: SharedBuckets, bucket: str, rate: Rate, recover_after_s: float = 10.0) -> float:
+    """When the reserved call may start (this process's monotonic clock)."""
+    wait = buckets.reserve(bucket, rate, recover_after_s)
+    return time.monotonic() + wait
+
+
+def slots(buckets: SharedBuckets, rate: Rate, count: int, bucket: str = "aws:*",
+          recover_after_s: float = 10.0) -> list[float]:
+    """When each of `count` reserved calls may start, relative to the first (the bucket's clock)."""
+    times = [buckets.reserve_slot(bucket, rate, recover_after_s)[0] for _ in range(count)]
+    return [round(t - times[0], 1) for t in times]
+
+
+# Slow rates (intervals of seconds) make the schedule exact: the few
+# milliseconds between two reservations do not show in it.
+
+def test_a_burst_starts_at_once_then_calls_keep_the_rate(buckets: SharedBuckets) -> None:
+    rate = Rate(calls=1, per_s=10.0, burst=3)
+    assert [buckets.reserve("aws:*", rate, 10.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert slots(buckets, rate, 3) == [0.0, 10.0, 20.0]
+
+
+def test_a_reserved_slot_is_waited_for(buckets: SharedBuckets) -> None:
+    rate = Rate(calls=1, per_s=10.0)
+    assert buckets.reserve("aws:*", rate, 10.0) == 0.0
+    assert 9.0 < buckets.reserve("aws:*", rate, 10.0) <= 10.0
+
+
+def test_buckets_are_independent(buckets: SharedBuckets) -> None:
+    rate = Rate(calls=1, per_s=10.0)
+    assert buckets.reserve("aws:snapshot_disk", rate, 10.0) == 0.0
+    assert buckets.reserve("gcp:snapshot_disk", rate, 10.0) == 0.0
+    assert buckets.reserve("aws:snapshot_disk", rate, 10.0) > 9.0
+
+
+def test_a_throttling_answer_slows_every_caller_down_once_per_period(buckets: SharedBuckets) -> None:
+    rate = Rate(calls=1, per_s=10.0)
+    assert buckets.throttled("aws:*", rate) == 2.0
+    # Calls throttled together double the interval once, not once each.
+    assert buckets.throttled("aws:*", rate) == 2.0
+    assert slots(buckets, rate, 3) == [0.0, 20.0, 40.0]
+
+
+def test_a_slowdown_recovers_after_a_quiet_spell(buckets: SharedBuckets) -> None:
+    rate = Rate(calls=1, per_s=10.0)
+    buckets.throttled("aws:*", rate)
+    time.sleep(0.3)
+    assert slots(buckets, rate, 3, recover_after_s=0.2) == [0.0, 10.0, 20.0]
+
+
+def test_threads_of_two_limiters_never_exceed_the_limit_together(store_url: str) -> None:
+    # Two SharedBuckets on two pools stand for two worker processes.
+    url = parse_store_url(store_url)
+    ensure_schema(url)
+    dbs = [open_database(url), open_database(url)]
+    limiters = [SharedBuckets(db) for db in dbs]
+    rate = Rate(calls=100, per_s=1.0, burst=5)
+    starts: list[float] = []
+    lateness: list[float] = []
+    lock = threading.Lock()
+
+    def caller(limiter: SharedBuckets) -> None:
+        for _ in range(25):
+            due = emission(limiter, "aws:*", rate)
+            time.sleep(max(due - time.monotonic(), 0.0))
+            started = time.monotonic()
+            with lock:
+                starts.append(started)
+                lateness.append(started - due)
+
+    threads = [threading.Thread(target=caller, args=(limiters[i % 2],)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for db in dbs:
+        db.close()
+    starts.sort()
+    assert len(starts) == 400
+    # A limiter decides when a call may start; a thread that wakes late moves
+    # its call closer to the next ones. That, and only that, may add calls to
+    # a window: one per interval of the latest wake-up. (Two limiters that did
+    # not share the bucket would start up to twice the limit.)
+    allowance = int(max(lateness) / rate.interval_s) + 1
+    busiest = max(sum(1 for t in starts[i:] if t < s + 1.0) for i, s in enumerate(starts))
+    assert busiest <= rate.calls + rate.burst + allowance, (busiest, allowance)
+    # Over the whole run the rate is kept, not only within windows.
+    assert starts[-1] - starts[0] >= (len(starts) - rate.burst) * rate.interval_s - 0.01
+
+
+class FlakyCloud:
+    """The IaaS boundary: throttles the first `throttle` calls."""
+
+    name = "aws"
+
+    def __init__(self, throttle: int, error_type: str = THROTTLED) -> None:
+        self.throttle, self.error_type, self.calls = throttle, error_type, 0
+        self.last_call = "the record of the last call"
+
+    def snapshot_disk(self, disk_cid: str, metadata: dict[str, Any]) -> str:
+        self.calls += 1
+        if self.calls <= self.throttle:
+            raise CpiError(self.error_type, "Request limit exceeded.", ok_to_retry=True)
+        return f"snap-{disk_cid}"
+
+
+def test_the_cpi_answer_that_names_throttling_slows_the_shared_rate(buckets: SharedBuckets) -> None:
+    limit = RateLimit(rate=Rate(calls=1, per_s=10.0), throttle_errors=frozenset({THROTTLED}))
+    slept: list[float] = []
+    cpi = RateLimitedCpi(FlakyCloud(throttle=1), limit, buckets, sleep=slept.append)
+    with pytest.raises(CpiError):
+        cpi.snapshot_disk("disk-0", {})
+    assert cpi.snapshot_disk("disk-0", {}) == "snap-disk-0"
+    assert slept and 9.0 < slept[0] <= 10.0  # the second call waited for its slot
+    assert cpi.last_call == "the record of the last call" and cpi.name == "aws"
+    gaps = slots(buckets, limit.rate, 2)  # slowed down for every process: 2 x 10 s
+    assert gaps == [0.0, 20.0]
+
+
+def test_other_errors_do_not_slow_the_rate(buckets: SharedBuckets) -> None:
+    limit = RateLimit(rate=Rate(calls=1, per_s=10.0), throttle_errors=frozenset({THROTTLED}))
+    cpi = RateLimitedCpi(FlakyCloud(throttle=1, error_type=CLOUD_ERROR), limit, buckets, sleep=lambda s: None)
+    with pytest.raises(CpiError):
+        cpi.snapshot_disk("disk-0", {})
+    assert slots(buckets, limit.rate, 2) == [0.0, 10.0]
+
+
+def test_a_method_limit_applies_besides_the_cpi_limit(buckets: SharedBuckets) -> None:
+    limit = RateLimit.parse({"calls": 1000, "per": "1s", "methods": {"snapshot_disk": {"calls": 1, "per": "10s"}}})
+    slept: list[float] = []
+    cpi = RateLimitedCpi(FlakyCloud(throttle=0), limit, buckets, sleep=slept.append)
+    cpi.snapshot_disk("a", {})
+    cpi.snapshot_disk("b", {})
+    assert slept and slept[-1] > 9.0
+
+
+@pytest.mark.parametrize("spec,key", [
+    ({"calls": 0}, "cpis.aws.rate_limit.calls"),
+    ({"calls": "many"}, "cpis.aws.rate_limit.calls"),
+    ({"calls": 5, "per": "soon"}, "cpis.aws.rate_limit.per"),
+    ({"calls": 5, "burts": 2}, "cpis.aws.rate_limit.burts"),
+    ({"methods": {"snapshot_disk": {"calls": 5, "per": "-1s"}}}, "cpis.aws.rate_limit.methods.snapshot_disk.per"),
+    ({"calls": 5, "throttle_errors": "RequestLimitExceeded"}, "cpis.aws.rate_limit.throttle_errors"),
+    ({}, "cpis.aws.rate_limit.calls"),
+])
+def test_a_bad_rate_limit_is_refused_naming_the_key(spec: dict[str, Any], key: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as refused:
+        CpiSpec.parse("aws", "cpis.aws", {"type": "external", "executable": "/bin/true", "rate_limit": spec})
+    assert refused.value.key == key, str(refused.value)
+
+
+def test_a_rate_limit_is_read_from_the_cpi_spec() -> None:
+    spec = CpiSpec.parse("aws", "cpis.aws", {"type": "external", "executable": "/bin/true", "rate_limit": {
+        "calls": 20, "per": "1s", "burst": 5, "throttle_errors": [THROTTLED],
+        "methods": {"snapshot_disk": {"calls": 5, "per": "500ms"}}}})
+    assert spec.rate_limit is not None
+    assert spec.rate_limit.rate == Rate(calls=20, per_s=1.0, burst=5)
+    assert spec.rate_limit.methods["snapshot_disk"] == Rate(calls=5, per_s=0.5)
+    assert spec.rate_limit.throttle_errors == {THROTTLED}
