@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,12 +30,15 @@ _pg_tests_ran = 0
 def _server_dsn() -> tuple[str | None, Any]:
     """A DSN of a server where we may create databases, and what to stop at the end."""
     candidates = [os.environ["SNAPLEDGER_TEST_DSN"]] if os.environ.get("SNAPLEDGER_TEST_DSN") else [LOCAL_DSN]
+    # A loaded machine (or a server still starting) may refuse the first try:
+    # give it a few before falling back, or one test process loses them all.
     for dsn in candidates:
-        try:
-            psycopg.connect(dsn, connect_timeout=3).close()
-            return dsn, None
-        except psycopg.Error:
-            continue
+        for attempt in range(5):
+            try:
+                psycopg.connect(dsn, connect_timeout=5).close()
+                return dsn, None
+            except psycopg.Error:
+                time.sleep(1 + attempt)
     try:
         from testcontainers.postgres import PostgresContainer
 
