@@ -87,7 +87,7 @@ def test_cli_history_and_listing_at_a_moment(tmp_path: Path) -> None:
         [row] = json.loads(cli(server.url, "--json", "snapshots", "-d", "prod").stdout)
         cid = row["snapshot_cid"]
         taken = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        assert cli(server.url, "delete-snapshot", "-d", "prod", cid).returncode == 0
+        assert cli(server.url, "delete-snapshot", "-d", "prod", cid, "-n").returncode == 0
 
         then = cli(server.url, "snapshots", "-d", "prod", "--at", taken)
         assert then.returncode == 0 and cid in then.stdout and then.stdout.splitlines()[-1] == "1 snapshots"
