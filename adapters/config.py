@@ -290,7 +290,9 @@ def nearest(key: str, known: list[str]) -> str | None:
     if close:
         return close[0]
     leaf = key.rsplit(".", 1)[-1]
-    same_leaf = [k for k in known if k.rsplit(".", 1)[-1] == leaf]
+    # A bare `port` or `host` means the API's own (not the Director's or metrics').
+    same_leaf = sorted((k for k in known if k.rsplit(".", 1)[-1] == leaf),
+                       key=lambda k: (not k.startswith("listen."), k))
     return same_leaf[0] if same_leaf else None
 
 

@@ -236,7 +236,9 @@ def _start_server(roles: set[str], **options: Any) -> None:
     label = parse_store_url(config.database_url).label
     runtime = build_or_refuse(lambda: build_runtime(config, roles), label)
     runtime.log.info("starting", store=runtime.url.label, data_dir=str(config.data_dir.resolve()),
-                     listen=f"{config.host}:{config.port}" if "api" in roles else None)
+                     listen=f"{config.host}:{config.port}" if "api" in roles else None,
+                     scheme=None if "api" not in roles else ("https" if ssl_context else "http (--plain-http)"),
+                     ca=str((config.data_dir / "ca.pem").resolve()) if ssl_context and not config.tls_cert else None)
     if "api" in roles:
         app = create_app(runtime)
         if config.director_port is not None:

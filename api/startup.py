@@ -64,23 +64,18 @@ def bind_listener(host: str, port: int, what: str = "the API") -> socket.socket:
 def tls_context(config: Any) -> ssl.SSLContext | None:
     """HTTPS unless plain HTTP was asked for: the given certificate, else our
     own CA's (adapters/tls.py, issue 17). Bad files refuse the start in one line."""
-    import structlog
-
-    log = structlog.get_logger("snapledger")
     cert, key = config.tls_cert, config.tls_key
     if (cert or key) and not (cert and key):
         raise StartupError("TLS needs both tls.cert and tls.key (--tls-cert, --tls-key)", CONFIG_REFUSED)
     if config.tls_plain_http:
         if cert:
             raise StartupError("--plain-http and --tls-cert/--tls-key exclude each other", CONFIG_REFUSED)
-        log.warning("serving plain HTTP, as asked (--plain-http): put a TLS proxy in front")
-        return None
+        return None  # the "starting" line says so
     if not cert:
         from snapledger.adapters.tls import default_names, ensure_certificate
 
         own = ensure_certificate(config.data_dir, default_names(config.host, config.tls_names))
         cert, key = str(own.cert), str(own.key)
-        log.info("serving HTTPS with the service's own CA; clients trust it", ca=str(own.ca.resolve()))
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(cert, key)
