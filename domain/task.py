@@ -12,7 +12,7 @@ CANCELLING, CANCELLED = "cancelling", "cancelled"  # as the Director's task stat
 TERMINAL_STATES = frozenset({DONE, ERROR, CANCELLED})
 
 # Operation outcomes that do not fail a task.
-GOOD_OUTCOMES = frozenset({"taken", "skipped", "deleted", "discovered", "ready", "restored", "cancelled"})
+GOOD_OUTCOMES = frozenset({"taken", "skipped", "deleted", "discovered", "ready", "restored"})
 
 
 def _disk(outcome: dict[str, Any]) -> str:
@@ -103,7 +103,11 @@ class Task(Aggregate):
         self._finish(state=DONE, result=result, actor=actor)
 
     def summarise(self) -> tuple[str, str]:
-        failures = [o for o in self.outcomes.values() if o["outcome"] not in GOOD_OUTCOMES]
+        # An operation the operator cancelled is no failure; one a job update
+        # cancelled after an instance failed is (it names why the update stopped).
+        cancelled_by_request = getattr(self, "cancel_requested", False)
+        failures = [o for o in self.outcomes.values() if o["outcome"] not in GOOD_OUTCOMES
+                    and not (cancelled_by_request and o["outcome"] == "cancelled")]
         taken = [o["snapshot_cid"] for o in self.outcomes.values() if o["outcome"] == "taken"]
         deleted = [o["snapshot_cid"] for o in self.outcomes.values() if o["outcome"] == "deleted"]
         skipped = [o for o in self.outcomes.values() if o["outcome"] == "skipped"]
