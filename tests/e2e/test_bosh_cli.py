@@ -113,7 +113,9 @@ def _config(tmp: Path, database: str | None, secrets: dict[str, str]) -> Path:
     cpi.chmod(0o755)
     users = [{"name": name, "secret_hash": hash_secret(secrets[name]), "scopes": scopes}
              for name, scopes in USERS.items()]
-    config = {"auth": {"users": users}, "enable_snapshots": True, "default_cpi": "local",
+    # enable_snapshots is not in the file: a file-set key is the file's to change
+    # (decision 24), and a test turns snapshots off and on at runtime.
+    config = {"auth": {"users": users}, "default_cpi": "local",
               "cpis": {"local": {"type": "local"},
                        "slow": {"type": "external", "executable": str(cpi), "max_in_flight": 1}}}
     path = tmp / "config.yml"
@@ -134,7 +136,9 @@ def director(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
                     extra_args=["--director-port", str(port), "--config", str(_config(tmp, database, secrets))])
     server.start()
     try:
-        yield Director(server, port, secrets, tmp)
+        director = Director(server, port, secrets, tmp)
+        director.api("PUT", "/config/snapshots", {"enable_snapshots": True})
+        yield director
     finally:
         server.stop()
 
