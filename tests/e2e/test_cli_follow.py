@@ -63,21 +63,21 @@ def follow(stack: Stack, *args: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(stack))
 
 
-def draining(stack: Stack) -> str:
-    """The running job update's task id, once its drain has started."""
+def draining(stack: Stack) -> tuple[str, int]:
+    """The running job update's task id and number, once its drain has started."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         for task in stack.api.api("GET", "/tasks?state=processing"):
             events = stack.api.api("GET", f"/tasks/{task['id']}/events")
             if any(e["type"] == "JobUpdate.DrainStarted" for e in events):
-                return task["id"]
+                return task["id"], task["number"]
         time.sleep(0.05)
     raise AssertionError("no drain started")
 
 
 def test_following_survives_an_api_restart(stack: Stack) -> None:
     proc = follow(stack, "--reconnect-for", "60")
-    task_id = draining(stack)
+    task_id, number = draining(stack)
     stack.api.kill()
     time.sleep(1)  # the CLI finds nobody there: connection refused, then retries
     stack.restart_api()
@@ -86,14 +86,14 @@ def test_following_survives_an_api_restart(stack: Stack) -> None:
     assert "snapledger unavailable" in err and f"re-attach with `snapledger task {task_id}`" in err, err
     assert "reconnected to snapledger" in err
     assert err.count("snapledger unavailable") == 1  # said once per outage, not once per retry
-    assert "db/0: ready for update" in out and f"Task {task_id} done at" in out
-    assert out.count(f"Task {task_id} done") == 1  # the summary once, no event shown twice after the restart
+    assert "db/0: ready for update" in out and f"Task {number} done at" in out
+    assert out.count(f"Task {number} done") == 1  # the summary once, no event shown twice after the restart
     assert out.count("db/0: drain (update) of db") == 1
 
 
 def test_giving_up_exits_3_and_the_task_goes_on(stack: Stack) -> None:
     proc = follow(stack, "--reconnect-for", "1")
-    task_id = draining(stack)
+    task_id, number = draining(stack)
     stack.api.kill()
     out, err = proc.communicate(timeout=30)
     try:
@@ -104,12 +104,12 @@ def test_giving_up_exits_3_and_the_task_goes_on(stack: Stack) -> None:
         stack.restart_api()
     # Re-attached as told: the task went on without the API and ends done.
     result = cli(stack.api.url, "task", task_id)
-    assert result.returncode == 0 and f"Task {task_id} done at" in result.stdout, result.stdout + result.stderr
+    assert result.returncode == 0 and f"Task {number} done at" in result.stdout, result.stdout + result.stderr
 
 
 def test_ctrl_c_says_the_task_goes_on(stack: Stack) -> None:
     proc = follow(stack)
-    task_id = draining(stack)
+    task_id, number = draining(stack)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, out + err

@@ -28,7 +28,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = Server(data_dir).start()
     server.api("PUT", "/config/snapshots", {"enable_snapshots": True})
     server.api("PUT", "/deployments/big", {"instances": [
-        {"job": "db", "index": i, "disks": [f"big-{i}"]} for i in range(INSTANCES)]})
+        {"job": "cell", "index": i, "disks": [f"big-{i}"]} for i in range(INSTANCES)]})
     yield server
     server.stop()
 
@@ -155,7 +155,7 @@ def test_progress_for_50_instances(server: Server) -> None:
     result = run(server, "take-snapshot", "-d", "big", tz="Europe/Berlin")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    disk_lines = [line for line in lines if re.match(r"^\d\d:\d\d:\d\d CET  \d+/50  db/\d+ disk big-\d+: taken ", line)]
+    disk_lines = [line for line in lines if re.match(r"^\d\d:\d\d:\d\d CET  \d+/50  cell/\d+ disk big-\d+: taken ", line)]
     assert len(disk_lines) == INSTANCES, result.stdout  # one line per disk, times with their zone
     assert [int(line.split()[2].split("/")[0]) for line in disk_lines] == list(range(1, INSTANCES + 1))
     assert "None" not in result.stdout

@@ -111,7 +111,7 @@ def test_what_a_drain_script_gets(server: Server) -> None:
     # An in-place restore: job_shutdown, the disk stays (its recorded size, twice).
     listing = server.api("GET", "/deployments/prod/snapshots")
     cid = next(r["snapshot_cid"] for r in listing if r["disk_cid"] == "disk-db-0")
-    calls, out = drain_calls(server, "restore", "-d", "prod", cid)
+    calls, out = drain_calls(server, "restore", "-d", "prod", cid, "-n")
     assert calls == [("job_shutdown hash_unchanged", size, size)]
     assert "db: drain job_shutdown hash_unchanged" in out, out
 
