@@ -103,6 +103,8 @@ class Process:
     def start(self, crash_at: str | None = None) -> None:
         args = [SNAPLEDGER, self.role, "--data-dir", str(self.data_dir), "--database", self.database,
                 "--port", str(self.port)]
+        if self.role in API_ROLES:
+            args.append("--plain-http")  # the load is about crashes, not TLS (tests/e2e/test_tls.py)
         env = {**self.env, "SNAPLEDGER_CRASH_AT": crash_at} if crash_at else self.env
         self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=self.log.open("ab"),
                                      start_new_session=True)

@@ -51,6 +51,7 @@ async def test_backup_failure_and_counter_metrics(tmp_path: Path, store_url: str
         await client.put("/deployments/prod/retention", json={"keep_last": 1})
         await wait_task(client, (await (await client.post("/deployments/prod/retention/runs")).json())["task_id"])
         update = await client.post("/deployments/prod/jobs/db/0/updates", json={})
+        assert update.status == 202, await update.text()
         assert (await wait_task(client, (await update.json())["task_id"]))["state"] == "error"
         resp = await client.get("/metrics")
         assert resp.status == 200
@@ -99,11 +100,13 @@ async def test_backup_failure_and_counter_metrics(tmp_path: Path, store_url: str
 async def test_a_deleted_deployment_has_no_last_snapshot_series(tmp_path: Path, sqlite_url: str) -> None:
     """Else the no-snapshot alert fires forever for a deployment that is gone."""
     config = make_config(tmp_path, sqlite_url)
-    make_disk(config, "disk-a")
+    for name in ("prod", "old"):
+        make_disk(config, f"disk-{name}")
     async with api_client(config) as client:
         await client.put("/config/snapshots", json={"enable_snapshots": True})
-        for name in ("prod", "old"):
-            await client.put(f"/deployments/{name}", json={"instances": [{"job": "db", "index": 0, "disks": ["disk-a"]}]})
+        for name in ("prod", "old"):  # a disk belongs to one deployment
+            await client.put(f"/deployments/{name}", json={"instances": [
+                {"job": "db", "index": 0, "disks": [f"disk-{name}"]}]})
             await wait_task(client, (await (await client.post(f"/deployments/{name}/snapshots")).json())["task_id"])
         await client.delete("/deployments/old")
         await client.put("/config/snapshots", json={"snapshot_schedule": "off", "enable_snapshots": False})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import sysconfig
@@ -68,7 +69,7 @@ def test_wheel_in_a_fresh_venv_serves_snapshots_and_replays(tmp_path: Path) -> N
     assert Path(where.stdout.strip()).is_relative_to(venv) and not Path(where.stdout.strip()).is_relative_to(ROOT)
 
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    url = f"https://127.0.0.1:{port}"  # HTTPS by default, with the service's own CA
     (work / ".snapledger" / "disks" / "disk-db-0").mkdir(parents=True)
     (work / ".snapledger" / "disks" / "disk-db-0" / "data.txt").write_text("orders\n")
     log = (tmp_path / "serve.log").open("wb")
@@ -79,7 +80,8 @@ def test_wheel_in_a_fresh_venv_serves_snapshots_and_replays(tmp_path: Path) -> N
         while True:
             assert server.poll() is None, (tmp_path / "serve.log").read_text()
             try:
-                urllib.request.urlopen(url + "/health", timeout=1).read()
+                ca = ssl.create_default_context(cafile=str(work / ".snapledger" / "ca.pem"))
+                urllib.request.urlopen(url + "/health", timeout=1, context=ca).read()
                 break
             except OSError:
                 assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
