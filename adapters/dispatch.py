@@ -138,18 +138,28 @@ class Dispatcher:
                 delay = min(delay * 2, 5.0)
         else:
             self._release(work, finished=False)
+            self._leave()
             return
         self._release(work, finished=True)
         try:
             self.on_finished()
         except Exception as error:  # recording the position can wait for the next one
             self.log.warning("could not record the worker position", error=repr(error))
+        finally:
+            self._leave()
+
+    def _leave(self) -> None:
+        """This thread is done, its position save included: only now may `stop`
+        return (and the caller close the database under it; on SQLite a save
+        on a closed connection crashed the process)."""
+        with self._cond:
+            self._threads.discard(threading.current_thread())
+            self._cond.notify_all()
 
     def _release(self, work: Work, finished: bool) -> None:
         with self._cond:
             self._running -= 1
             self._running_by_cpi[work.cpi] -= 1
-            self._threads.discard(threading.current_thread())
             if finished:
                 del self._known[(work.operation_id, work.position)]
                 self._finished_positions[work.position] = self._finished_positions.get(work.position, 0) + 1
