@@ -60,9 +60,9 @@ class InstanceSchema(StrictSchema):
     jobs = fields.List(fields.String(validate=NAME), validate=Length(min=1, max=64))
     # The BOSH agent's id on the instance's VM: sent as `agent_id` in snapshot_disk's metadata,
     # as the Director sends it (null when absent, as for a VM-less instance in BOSH).
-    agent_id = fields.String(validate=Length(min=1, max=255), allow_none=True)
+    agent_id = fields.String(validate=[Length(min=1, max=255), NO_NUL], allow_none=True)
     # The persistent disk's size in MB: the drain scripts' BOSH_JOB_STATE (unknown when absent).
-    persistent_disk = fields.Integer(strict=True, validate=Range(min=0, max=2**40), allow_none=True)
+    persistent_disk = JsonInteger(validate=Range(min=0, max=2**40), allow_none=True)
 
 
 class DeploymentSchema(StrictSchema):
