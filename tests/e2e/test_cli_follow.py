@@ -145,6 +145,7 @@ class Unavailable:
 
         self.upstream = upstream
         self.on = threading.Event()
+        self.refused = threading.Event()  # at least one 503 was answered
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         ready = threading.Event()
@@ -159,6 +160,7 @@ class Unavailable:
 
         async def handle(request: web.Request) -> web.StreamResponse:
             if self.on.is_set():
+                self.refused.set()
                 return web.json_response({"error": "the event store is unreachable", "code": "unavailable"},
                                          status=503)
             headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
@@ -186,7 +188,10 @@ def test_503s_while_following_are_retried(stack: Stack) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(stack))
     draining(stack)
     hop.on.set()
-    time.sleep(1.5)
+    # Until the CLI has met a 503 (a long poll in flight answers only when the
+    # task moves), then a while longer: it retries with backoff meanwhile.
+    assert hop.refused.wait(30), "the CLI sent nothing while the hop answered 503"
+    time.sleep(1.0)
     hop.on.clear()
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, out + err
