@@ -26,6 +26,13 @@ def tried_user(request: web.Request) -> str | None:
     return parsed[0][:64] if parsed else None  # attacker-chosen: bounded
 
 
+def route_of(request: web.Request) -> str:
+    """The route's template (`/tasks/{task_id}`), as the access log and the
+    metrics both name it: bounded, unlike the path."""
+    resource = getattr(request.match_info.route, "resource", None)
+    return resource.canonical if resource is not None else "unmatched"
+
+
 @web.middleware
 async def access_log_middleware(request: web.Request,
                                 handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -40,9 +47,8 @@ async def access_log_middleware(request: web.Request,
         status = error.status
         raise
     finally:
-        resource = getattr(request.match_info.route, "resource", None)
         fields = {
-            "method": request.method, "route": resource.canonical if resource is not None else "unmatched",
+            "method": request.method, "route": route_of(request),
             "path": request.path, "status": status,
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
             "user": request.get(auth.USER), "remote": request.remote,

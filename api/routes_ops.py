@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from snapledger.adapters.metrics import HTTP_LATENCY, HTTP_REQUESTS, REGISTRY, LedgerCollector
 
+from .access_log import route_of
 from .app import RUNTIME, run
 from .version import VERSION
 
@@ -54,8 +55,7 @@ async def metrics(request: web.Request) -> web.Response:
 async def metrics_middleware(request: web.Request,
                              handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     started = time.perf_counter()
-    resource = getattr(request.match_info.route, "resource", None)
-    route = resource.canonical if resource is not None else "unmatched"
+    route = route_of(request)
     status = 500
     try:
         response = await handler(request)
