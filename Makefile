@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SERVE_STAMP := $(VENV)/.installed-serve
 
-.PHONY: serve test bench chaos wheel clean
+.PHONY: serve test bench chaos wheel clean lint
 
 $(SERVE_STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -42,3 +42,7 @@ wheel: $(SERVE_STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache dist build
+
+# ruff and mypy as CI runs them (issue 15).
+lint: $(STAMP)
+	$(BIN)/python ops/static_checks.py
