@@ -26,6 +26,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from snapledger.api.version import VERSION
+from snapledger.domain.job_update import FAILED as JOB_UPDATE_FAILED
+from snapledger.projections.in_flight import AWAITING_OPERATOR
 
 prometheus_client.disable_created_metrics()
 
@@ -99,7 +101,7 @@ class LedgerCollector(Collector):
         yield from self._failures(query)
         yield from self._tasks(query)
         yield from self._schedules(query)
-        in_doubt = query("SELECT COUNT(*) AS n FROM in_flight_ops WHERE state = 'in_doubt'")
+        in_doubt = query("SELECT COUNT(*) AS n FROM in_flight_ops WHERE state = %s", (AWAITING_OPERATOR,))
         yield GaugeMetricFamily("snapledger_cpi_calls_in_doubt", "CPI calls in doubt, awaiting the operator",
                                 value=in_doubt[0]["n"] if in_doubt else 0)
 
@@ -141,7 +143,7 @@ class LedgerCollector(Collector):
             "worker lost), by deployment and error type", labels=["deployment", "error_type"])
         counts2: dict[tuple[str, str], int] = {}
         for row in query("SELECT t.deployment, i.error FROM job_update_instances_view AS i "
-                         "JOIN tasks_view AS t ON t.task_id = i.task_id WHERE i.state = 'failed'"):
+                         "JOIN tasks_view AS t ON t.task_id = i.task_id WHERE i.state = %s", (JOB_UPDATE_FAILED,)):
             key2 = (row["deployment"] or "", error_type(row["error"]))
             counts2[key2] = counts2.get(key2, 0) + 1
         for labels2, n in sorted(counts2.items()):

@@ -15,7 +15,7 @@ from snapledger.domain.discovery import SelfDiscovery
 from snapledger.domain.snapshot import Snapshot
 from snapledger.projections.events import iso
 from snapledger.projections.queries import Queries
-from snapledger.projections.views import CALLING, RESOLVING
+from snapledger.projections.in_flight import CALLING, RESOLVING
 from .dispatch import Dispatcher, Work
 from .follower import Batch, ChangeSignal, LogFollower, TrackedPosition
 

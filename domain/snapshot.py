@@ -21,8 +21,10 @@ DELETING = "deleting"  # delete_snapshot call started
 DELETED = "deleted"
 IN_DOUBT = "in_doubt"  # a CPI call whose worker died before recording its outcome
 
-# States in which the snapshot exists in the cloud and is listed.
-LISTED_STATES = frozenset({TAKEN, DELETE_REQUESTED, DELETING})
+# States in which the snapshot exists in the cloud (what a deployment's snapshot count counts).
+EXISTING_STATES = frozenset({TAKEN, DELETE_REQUESTED, DELETING})
+# States the listing shows: existing, or in doubt (it may exist: the operator must see it).
+LISTED_STATES = EXISTING_STATES | {IN_DOUBT}
 IN_PROGRESS_STATES = frozenset({TAKING, DELETING})
 
 

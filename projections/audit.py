@@ -10,8 +10,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from snapledger.domain.deployment import Deployment
+from snapledger.domain.discovery import SelfDiscovery
+from snapledger.domain.job_update import JobUpdate
+from snapledger.domain.names import SELF_DEPLOYMENT
+from snapledger.domain.restore import Restore
+from snapledger.domain.snapshot import (DELETE_REQUESTED, DELETED, FAILED, IN_DOUBT, REQUESTED, SKIPPED, TAKEN,
+                                        Snapshot)
+from snapledger.domain.task import Task
+
 from .events import dumps, event_record, event_type
-from .views import View
+from .in_flight import CALLING
+from .view import Cursor, View, event_class, event_name
+
+# The first event of an aggregate whose references its later events are stamped with.
+_FIRST_EVENTS = frozenset({event_class(Snapshot, "Requested"), event_class(Task, "Queued"),
+                           event_class(Deployment, "Registered")})
+_DISCOVERY_REQUESTED = event_class(SelfDiscovery, "Requested")
+_RESTORE_REQUESTED = event_class(Restore, "Requested")
+_JOB_UPDATE_ANNOUNCED = event_class(JobUpdate, "Announced")
+_SNAPSHOT_TAKEN = event_class(Snapshot, "Taken")
 
 # The event filters of GET /events, and the columns behind them.
 FILTER_COLUMNS = {
@@ -23,6 +41,7 @@ FILTER_COLUMNS = {
 class AuditView(View):
     name = "audit"
     tables = ("audit_events", "audit_refs")
+    every_event = True
     ddl = (
         """CREATE TABLE IF NOT EXISTS audit_events (
             position BIGINT PRIMARY KEY,
@@ -60,23 +79,23 @@ class AuditView(View):
         )""",
     )
 
-    def apply(self, cur: Any, position: int, event: Any) -> None:
+    def apply(self, cur: Cursor, position: int, event: Any) -> None:
         # Write-only SQL (no SELECT read back into Python): the projector sends
         # a batch's statements in one PostgreSQL pipeline, and a read here
         # would cost a round trip per event. The references come from
         # audit_refs through the INSERT's own join.
         record = event_record(position, event)
-        kind = event_type(event)
+        kind, cls = event_type(event), type(event)
         aggregate = record["aggregate_id"]
         data = record["data"]
-        if kind in ("Snapshot.Requested", "Task.Queued", "Deployment.Registered", "SelfDiscovery.Requested"):
+        if cls in _FIRST_EVENTS or cls is _DISCOVERY_REQUESTED:
             deployment = data.get("deployment") or data.get("name") or (
-                "_self" if kind.startswith("SelfDiscovery") else None)
+                SELF_DEPLOYMENT if cls is _DISCOVERY_REQUESTED else None)
             cur.execute("INSERT INTO audit_refs (aggregate_id, deployment, job, idx, instance_id, disk_cid, "
                         "snapshot_cid) VALUES (%s, %s, %s, %s, %s, %s, %s)",
                         (aggregate, deployment, data.get("job"), data.get("index"), data.get("instance_id"),
                          data.get("disk_cid"), None))
-        elif kind == "Restore.Requested":
+        elif cls is _RESTORE_REQUESTED:
             # A restore's events carry the disk it writes and the CID it restores:
             # `audit --snapshot CID` and `--disk` show restores too.
             inst = data.get("instance") or {}
@@ -84,7 +103,7 @@ class AuditView(View):
                         "snapshot_cid) VALUES (%s, %s, %s, %s, %s, %s, %s)",
                         (aggregate, data.get("deployment"), inst.get("job"), inst.get("index"), inst.get("id"),
                          data.get("target_disk"), data.get("snapshot_cid")))
-        elif kind == "JobUpdate.Announced":
+        elif cls is _JOB_UPDATE_ANNOUNCED:
             # The update's references, and each instance's: what its events are
             # stamped with when they do not carry them (version-1 events).
             rows = [(aggregate, data.get("deployment"), data.get("job"), None, None, None)]
@@ -93,13 +112,13 @@ class AuditView(View):
             for row in rows:
                 cur.execute("INSERT INTO audit_refs (aggregate_id, deployment, job, idx, instance_id, disk_cid, "
                             "snapshot_cid) VALUES (%s, %s, %s, %s, %s, %s, NULL)", row)
-        elif kind == "Snapshot.Taken":
+        elif cls is _SNAPSHOT_TAKEN:
             cur.execute("UPDATE audit_refs SET snapshot_cid = %s WHERE aggregate_id = %s",
                         (data["snapshot_cid"], aggregate))
             # Stamp the CID on the snapshot's earlier events: its history starts at the request.
             cur.execute("UPDATE audit_events SET snapshot_cid = %s WHERE aggregate_id = %s",
                         (data["snapshot_cid"], aggregate))
-        own, refs = _own_references(kind, aggregate, data)
+        own, refs = _own_references(cls, aggregate, data)
         cur.execute(
             "INSERT INTO audit_events (position, type, time, actor, task_id, aggregate_id, version, deployment, "
             "job, idx, instance_id, disk_cid, snapshot_cid, data) "
@@ -110,11 +129,11 @@ class AuditView(View):
              data.get("deployment"), *own, dumps(data), refs))
 
 
-def _own_references(kind: str, aggregate: str, data: dict[str, Any]) -> tuple[tuple[Any, ...], str]:
+def _own_references(cls: type, aggregate: str, data: dict[str, Any]) -> tuple[tuple[Any, ...], str]:
     """The (job, index, instance id, disk) a job-update event carries itself, and
     the audit_refs row that fills what it does not: its instance's, recorded
     from the announcement. Other events take theirs from their aggregate's row."""
-    if not kind.startswith("JobUpdate.") or kind == "JobUpdate.Announced":
+    if not issubclass(cls, JobUpdate.Event) or cls is _JOB_UPDATE_ANNOUNCED:
         return (None, None, None, None), aggregate
     disks = data.get("disks") or [None]
     instance_id = data.get("instance_id")
@@ -148,8 +167,14 @@ def audit_query(filters: dict[str, Any], after: int, limit: int) -> tuple[str, l
 
 # One snapshot's life ------------------------------------------------------------
 
-OUTCOMES = ("Snapshot.Taken", "Snapshot.Failed", "Snapshot.Skipped", "Snapshot.AttemptFailed",
-            "Snapshot.Deleted", "Snapshot.DeletionFailed", "Snapshot.CpiCallInDoubt")
+def _snapshot_event(name: str) -> str:
+    return event_name(Snapshot, name)
+
+
+# History works on audit rows (types as recorded), named through the aggregate's events.
+_REQUESTED, _CALL_STARTED = _snapshot_event("Requested"), _snapshot_event("CpiCallStarted")
+OUTCOMES = frozenset(_snapshot_event(name) for name in ("Taken", "Failed", "Skipped", "AttemptFailed", "Deleted",
+                                                         "DeletionFailed", "CpiCallInDoubt"))
 
 
 def snapshot_history(cid: str, events: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -159,14 +184,14 @@ def snapshot_history(cid: str, events: list[dict[str, Any]]) -> dict[str, Any] |
     where it stands now. None when the log holds no such snapshot."""
     if not events:
         return None
-    requested = next((e for e in events if e["type"] == "Snapshot.Requested"), events[0])
+    requested = next((e for e in events if e["type"] == _REQUESTED), events[0])
     request = requested["data"]
     calls: list[dict[str, Any]] = []
     by_start: dict[str, dict[str, Any]] = {}
-    state = "requested"
+    state = REQUESTED
     for e in events:
         data = e["data"]
-        if e["type"] == "Snapshot.CpiCallStarted":
+        if e["type"] == _CALL_STARTED:
             entry = {"method": data.get("method"), "attempt": data.get("attempt"), "worker": data.get("worker"),
                      "task_id": data.get("task_id"), "actor": e["actor"], "started_at": e["time"],
                      "started_position": e["position"], "outcome": None, "finished_at": None,
@@ -192,9 +217,7 @@ def snapshot_history(cid: str, events: list[dict[str, Any]]) -> dict[str, Any] |
     }
 
 
-_STATE_AFTER = {
-    "Snapshot.Requested": "requested", "Snapshot.CpiCallStarted": "calling", "Snapshot.Taken": "taken",
-    "Snapshot.Failed": "failed", "Snapshot.Skipped": "skipped", "Snapshot.AttemptFailed": "retrying",
-    "Snapshot.CpiCallInDoubt": "in_doubt", "Snapshot.DeletionRequested": "delete_requested",
-    "Snapshot.Deleted": "deleted", "Snapshot.DeletionFailed": "taken",
-}
+_STATE_AFTER = {_snapshot_event(name): state for name, state in (
+    ("Requested", REQUESTED), ("CpiCallStarted", CALLING), ("Taken", TAKEN), ("Failed", FAILED),
+    ("Skipped", SKIPPED), ("AttemptFailed", "retrying"), ("CpiCallInDoubt", IN_DOUBT),
+    ("DeletionRequested", DELETE_REQUESTED), ("Deleted", DELETED), ("DeletionFailed", TAKEN))}

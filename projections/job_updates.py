@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from snapledger.domain.job_update import (CANCELLED, DRAINING, FAILED, READY, SNAPSHOTTING, STOPPING, WAITING,
+                                          JobUpdate)
+
 from .events import dumps, iso
-from .views import View
+from .view import Cursor, Handler, Handlers, View, error_text, on
 
 
 class JobUpdatesView(View):
@@ -29,52 +32,45 @@ class JobUpdatesView(View):
         )""",
     )
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.handlers = {
-            "JobUpdate.Announced": self._announced,
-            "JobUpdate.DrainStarted": self._state("draining"),
-            "JobUpdate.DrainCompleted": self._state("stopping"),
-            "JobUpdate.JobStopped": self._state("snapshotting"),
-            "JobUpdate.DrainFailed": self._failed,
-            "JobUpdate.StopFailed": self._failed,
-            "JobUpdate.WorkerLost": self._failed,
-            "JobUpdate.SnapshotFailed": self._snapshot_failed,
-            "JobUpdate.ReadyForUpdate": self._ready,
-            "JobUpdate.InstancesCancelled": self._cancelled,
-        }
+    def bind(self) -> Handlers:
+        return on(JobUpdate, Announced=self._announced, DrainStarted=self._state(DRAINING),
+                  DrainCompleted=self._state(STOPPING), JobStopped=self._state(SNAPSHOTTING),
+                  DrainFailed=self._failed, StopFailed=self._failed, WorkerLost=self._failed,
+                  SnapshotFailed=self._snapshot_failed, ReadyForUpdate=self._ready,
+                  InstancesCancelled=self._cancelled)
 
-    def _announced(self, cur: Any, position: int, e: Any) -> None:
+    def _announced(self, cur: Cursor, position: int, e: Any) -> None:
         for ord_, inst in enumerate(e.instances):
             cur.execute(
                 "INSERT INTO job_update_instances_view (task_id, instance_id, ord, job, idx, state, drain_type, "
-                "snapshots, updated_at) VALUES (%s, %s, %s, %s, %s, 'waiting', %s, '[]', %s)",
-                (e.task_id, inst["id"], ord_, inst["job"], inst["index"], e.drain_type, iso(e.timestamp)))
+                "snapshots, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, '[]', %s)",
+                (e.task_id, inst["id"], ord_, inst["job"], inst["index"], WAITING, e.drain_type,
+                 iso(e.timestamp)))
 
     @staticmethod
-    def _set(cur: Any, e: Any, instance_id: str, assignments: str, *params: Any) -> None:
+    def _set(cur: Cursor, e: Any, instance_id: str, assignments: str, *params: Any) -> None:
         cur.execute(f"UPDATE job_update_instances_view SET {assignments}, updated_at = %s "
                     "WHERE task_id = %s AND instance_id = %s", (*params, iso(e.timestamp), e.task_id, instance_id))
 
-    def _state(self, state: str) -> Any:
-        def handler(cur: Any, position: int, e: Any) -> None:
+    def _state(self, state: str) -> Handler:
+        def handler(cur: Cursor, position: int, e: Any) -> None:
             self._set(cur, e, e.instance_id, "state = %s", state)
         return handler
 
-    def _failed(self, cur: Any, position: int, e: Any) -> None:
-        self._set(cur, e, e.instance_id, "state = 'failed', error = %s", f"{e.error['type']}: {e.error['message']}")
+    def _failed(self, cur: Cursor, position: int, e: Any) -> None:
+        self._set(cur, e, e.instance_id, "state = %s, error = %s", FAILED, error_text(e.error))
 
-    def _snapshot_failed(self, cur: Any, position: int, e: Any) -> None:
+    def _snapshot_failed(self, cur: Cursor, position: int, e: Any) -> None:
         message = "; ".join(f"disk {f.get('disk_cid')}: {f.get('error_type', f.get('outcome'))}: {f.get('message', '')}"
                             for f in e.failures)
-        self._set(cur, e, e.instance_id, "state = 'failed', error = %s", f"SnapshotFailed: {message}")
+        self._set(cur, e, e.instance_id, "state = %s, error = %s", FAILED, f"SnapshotFailed: {message}")
 
-    def _ready(self, cur: Any, position: int, e: Any) -> None:
-        self._set(cur, e, e.instance_id, "state = 'ready', snapshots = %s", dumps(e.snapshots))
+    def _ready(self, cur: Cursor, position: int, e: Any) -> None:
+        self._set(cur, e, e.instance_id, "state = %s, snapshots = %s", READY, dumps(e.snapshots))
 
-    def _cancelled(self, cur: Any, position: int, e: Any) -> None:
+    def _cancelled(self, cur: Cursor, position: int, e: Any) -> None:
         for instance_id in e.instance_ids:
-            self._set(cur, e, instance_id, "state = 'cancelled', error = %s", e.reason)
+            self._set(cur, e, instance_id, "state = %s, error = %s", CANCELLED, e.reason)
 
 
 class JobUpdateClaimsView(View):
@@ -100,25 +96,22 @@ class JobUpdateClaimsView(View):
         "CREATE INDEX IF NOT EXISTS job_update_claims_at ON job_update_claims (updated_at)",
     )
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.handlers = {
-            "JobUpdate.DrainStarted": self._claimed,
-            "JobUpdate.DrainCompleted": self._stopping,
-            **{kind: self._released for kind in ("JobUpdate.JobStopped", "JobUpdate.DrainFailed",
-                                                 "JobUpdate.StopFailed", "JobUpdate.WorkerLost")},
-        }
+    def bind(self) -> Handlers:
+        released = self._released
+        return on(JobUpdate, DrainStarted=self._claimed, DrainCompleted=self._stopping, JobStopped=released,
+                  DrainFailed=released, StopFailed=released, WorkerLost=released)
 
-    def _claimed(self, cur: Any, position: int, e: Any) -> None:
+    def _claimed(self, cur: Cursor, position: int, e: Any) -> None:
         cur.execute("INSERT INTO job_update_claims (task_id, instance_id, update_id, instance, state, worker, "
-                    "updated_at) VALUES (%s, %s, %s, %s, 'draining', %s, %s)",
-                    (e.task_id, e.instance_id, str(e.originator_id), e.instance, e.worker, iso(e.timestamp)))
+                    "updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    (e.task_id, e.instance_id, str(e.originator_id), e.instance, DRAINING, e.worker,
+                     iso(e.timestamp)))
 
-    def _stopping(self, cur: Any, position: int, e: Any) -> None:
-        cur.execute("UPDATE job_update_claims SET state = 'stopping', updated_at = %s "
-                    "WHERE task_id = %s AND instance_id = %s", (iso(e.timestamp), e.task_id, e.instance_id))
+    def _stopping(self, cur: Cursor, position: int, e: Any) -> None:
+        cur.execute("UPDATE job_update_claims SET state = %s, updated_at = %s "
+                    "WHERE task_id = %s AND instance_id = %s", (STOPPING, iso(e.timestamp), e.task_id, e.instance_id))
 
-    def _released(self, cur: Any, position: int, e: Any) -> None:
+    def _released(self, cur: Cursor, position: int, e: Any) -> None:
         cur.execute("DELETE FROM job_update_claims WHERE task_id = %s AND instance_id = %s",
                     (e.task_id, e.instance_id))
 
@@ -134,7 +127,7 @@ def instance_updates(db: Any, task_id: str) -> list[dict[str, Any]]:
     rows = db.query("SELECT * FROM job_update_instances_view WHERE task_id = %s ORDER BY ord", (task_id,))
     return [{"instance": f"{r['job']}/{r['idx'] if r['idx'] is not None else r['instance_id']}",
              "id": r["instance_id"], "job": r["job"], "index": r["idx"], "state": r["state"],
-             "ready": r["state"] == "ready", "drain_type": r["drain_type"], "snapshots": json.loads(r["snapshots"]),
+             "ready": r["state"] == READY, "drain_type": r["drain_type"], "snapshots": json.loads(r["snapshots"]),
              "error": r["error"], "updated_at": r["updated_at"]} for r in rows]
 
 

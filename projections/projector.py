@@ -11,7 +11,8 @@ from __future__ import annotations
 from contextlib import ExitStack
 from typing import Any, Iterable, Sequence
 
-from .views import View, all_views
+from .view import View
+from .views import all_views
 
 PROJECTOR_LOCK = 0x736E61706C6570  # shared with projections.replay
 

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
-from .views import AWAITING_OPERATOR, UNRESOLVED_STATES
+from snapledger.domain.retention import Candidate
+from snapledger.domain.snapshot import EXISTING_STATES, LISTED_STATES, TAKEN
 
-LISTED_STATES = ("taken", "delete_requested", "deleting", "in_doubt")
-LISTED_CLAUSE = f"state IN ({', '.join(repr(s) for s in LISTED_STATES)})"
-UNRESOLVED_CLAUSE = f"state IN ({', '.join(repr(s) for s in UNRESOLVED_STATES)})"
+from .audit import audit_query
+from .in_flight import AWAITING_OPERATOR, UNRESOLVED_STATES
+from .sql import state_in
+
+LISTED_CLAUSE = state_in(LISTED_STATES)
+EXISTING_CLAUSE = state_in(EXISTING_STATES)
+UNRESOLVED_CLAUSE = state_in(UNRESOLVED_STATES)
 
 
 # The listing's columns under the names the API returns: rows come back as the
@@ -63,13 +69,13 @@ class Queries:
             for row in rows:
                 row["clean"] = bool(row["clean"])  # SQLite has no booleans
                 if at is not None:
-                    row["state"] = "taken"  # as it was then
+                    row["state"] = TAKEN  # as it was then
         return rows
 
     def deletable_cids(self, deployment: str) -> list[str]:
         rows = self.db.query(
-            "SELECT snapshot_cid FROM snapshots_view WHERE deployment = %s AND state = 'taken' "
-            "ORDER BY listed_seq", (deployment,))
+            "SELECT snapshot_cid FROM snapshots_view WHERE deployment = %s AND state = %s "
+            "ORDER BY listed_seq", (deployment, TAKEN))
         return [r["snapshot_cid"] for r in rows]
 
     # Tasks -----------------------------------------------------------------------
@@ -141,12 +147,8 @@ class Queries:
         return entries
 
     def retention_candidates(self, deployment: str) -> list[Any]:
-        from datetime import datetime
-
-        from snapledger.domain.retention import Candidate
-
         rows = self.db.query("SELECT snapshot_id, snapshot_cid, disk_cid, created_at, clean, state "
-                             "FROM snapshots_view WHERE deployment = %s AND state = 'taken'", (deployment,))
+                             "FROM snapshots_view WHERE deployment = %s AND state = %s", (deployment, TAKEN))
         return [Candidate(r["snapshot_id"], r["snapshot_cid"], r["disk_cid"],
                           datetime.fromisoformat(r["created_at"].replace("Z", "+00:00")), bool(r["clean"]),
                           r["state"]) for r in rows]
@@ -154,8 +156,6 @@ class Queries:
     # Audit ---------------------------------------------------------------------------
 
     def events(self, filters: dict[str, Any], after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
-        from .audit import audit_query
-
         statement, params = audit_query(filters, after, limit)
         # Each event with its task's number (issue 17): the number the CLIs and logs show.
         statement = (f"SELECT e.*, t.seq AS task_number FROM ({statement}) AS e "
@@ -210,8 +210,7 @@ class Queries:
 
     def snapshot_counts(self) -> dict[str, int]:
         rows = self.db.query(
-            "SELECT deployment, COUNT(*) AS n FROM snapshots_view "
-            "WHERE state IN ('taken', 'delete_requested', 'deleting') GROUP BY deployment")
+            f"SELECT deployment, COUNT(*) AS n FROM snapshots_view WHERE {EXISTING_CLAUSE} GROUP BY deployment")
         return {r["deployment"]: int(r["n"]) for r in rows}
 
     # Schedules -----------------------------------------------------------------------

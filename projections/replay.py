@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from .projector import PROJECTOR_LOCK, Projector
-from .views import View, all_views
+from .view import View
+from .views import all_views
 
 BATCH = 5000
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .events import iso
-from .views import View
+from snapledger.domain.restore import (CLAIMED_STATES, DRAINING, FAILED, REQUESTED, RESTORE_PENDING, RESTORED,
+                                       RESTORING, SNAPSHOTTING, STOPPING, Restore)
 
-FAILURES = ("Restore.DrainFailed", "Restore.StopFailed", "Restore.SafetySnapshotFailed", "Restore.Failed")
+from .events import iso
+from .view import Cursor, Handler, Handlers, View, error_text, on
+
+STOPPED = "stopped"  # the view's own: the job is stopped, the safety snapshot not requested yet
 
 
 class RestoresView(View):
@@ -36,54 +39,48 @@ class RestoresView(View):
         "CREATE INDEX IF NOT EXISTS restores_view_state ON restores_view (state, updated_at)",
     )
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.handlers = {
-            "Restore.Requested": self._requested,
-            "Restore.DrainStarted": self._claimed("draining"),
-            "Restore.DrainCompleted": self._state("stopping"),
-            "Restore.JobStopped": self._state("stopped"),
-            "Restore.SafetySnapshotRequested": self._state("snapshotting"),
-            "Restore.SafetySnapshotTaken": self._safety_taken,
-            "Restore.CpiCallStarted": self._call_started,
-            "Restore.CpiCallInDoubt": self._state("restore_pending"),
-            "Restore.Restored": self._state("restored"),
-            **{kind: self._failed for kind in FAILURES},
-        }
+    def bind(self) -> Handlers:
+        failed = self._failed
+        return on(Restore, Requested=self._requested, DrainStarted=self._claimed(DRAINING),
+                  DrainCompleted=self._state(STOPPING), JobStopped=self._state(STOPPED),
+                  SafetySnapshotRequested=self._state(SNAPSHOTTING), SafetySnapshotTaken=self._safety_taken,
+                  CpiCallStarted=self._call_started, CpiCallInDoubt=self._state(RESTORE_PENDING),
+                  Restored=self._state(RESTORED), DrainFailed=failed, StopFailed=failed,
+                  SafetySnapshotFailed=failed, Failed=failed)
 
-    def _requested(self, cur: Any, position: int, e: Any) -> None:
+    def _requested(self, cur: Cursor, position: int, e: Any) -> None:
         inst = e.instance
         label = f"{inst['job']}/{inst['index'] if inst.get('index') is not None else inst['id']}"
         cur.execute(
             "INSERT INTO restores_view (task_id, restore_id, deployment, snapshot_cid, source_disk, target_disk, "
             "new_disk, instance, cpi, state, attempts, requested_at, updated_at) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'requested', 0, %s, %s)",
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 0, %s, %s)",
             (e.task_id, str(e.originator_id), e.deployment, e.snapshot_cid, e.source_disk, e.target_disk,
-             bool(e.new_disk), label, e.cpi, iso(e.timestamp), iso(e.timestamp)))
+             bool(e.new_disk), label, e.cpi, REQUESTED, iso(e.timestamp), iso(e.timestamp)))
 
     @staticmethod
-    def _set(cur: Any, e: Any, assignments: str, *params: Any) -> None:
+    def _set(cur: Cursor, e: Any, assignments: str, *params: Any) -> None:
         cur.execute(f"UPDATE restores_view SET {assignments}, updated_at = %s WHERE task_id = %s",
                     (*params, iso(e.timestamp), e.task_id))
 
-    def _state(self, state: str) -> Any:
-        def handler(cur: Any, position: int, e: Any) -> None:
+    def _state(self, state: str) -> Handler:
+        def handler(cur: Cursor, position: int, e: Any) -> None:
             self._set(cur, e, "state = %s", state)
         return handler
 
-    def _claimed(self, state: str) -> Any:
-        def handler(cur: Any, position: int, e: Any) -> None:
+    def _claimed(self, state: str) -> Handler:
+        def handler(cur: Cursor, position: int, e: Any) -> None:
             self._set(cur, e, "state = %s, worker = %s", state, e.worker)
         return handler
 
-    def _safety_taken(self, cur: Any, position: int, e: Any) -> None:
-        self._set(cur, e, "state = 'restore_pending', safety_snapshot_cid = %s", e.snapshot_cid)
+    def _safety_taken(self, cur: Cursor, position: int, e: Any) -> None:
+        self._set(cur, e, "state = %s, safety_snapshot_cid = %s", RESTORE_PENDING, e.snapshot_cid)
 
-    def _call_started(self, cur: Any, position: int, e: Any) -> None:
-        self._set(cur, e, "state = 'restoring', worker = %s, attempts = %s", e.worker, e.attempt)
+    def _call_started(self, cur: Cursor, position: int, e: Any) -> None:
+        self._set(cur, e, "state = %s, worker = %s, attempts = %s", RESTORING, e.worker, e.attempt)
 
-    def _failed(self, cur: Any, position: int, e: Any) -> None:
-        self._set(cur, e, "state = 'failed', error = %s", f"{e.error['type']}: {e.error['message']}")
+    def _failed(self, cur: Cursor, position: int, e: Any) -> None:
+        self._set(cur, e, "state = %s, error = %s", FAILED, error_text(e.error))
 
 
 def _row(r: dict[str, Any]) -> dict[str, Any]:
@@ -102,6 +99,7 @@ def restore_of_task(db: Any, task_id: str) -> dict[str, Any] | None:
 
 def claimed_restores(db: Any, older_than: str) -> list[dict[str, Any]]:
     """Restores a worker holds (draining, stopping, restoring), unchanged since `older_than`."""
-    rows = db.query("SELECT * FROM restores_view WHERE state IN ('draining', 'stopping', 'restoring') "
-                    "AND updated_at < %s ORDER BY updated_at", (older_than,))
+    claimed = sorted(CLAIMED_STATES)
+    rows = db.query(f"SELECT * FROM restores_view WHERE state IN ({', '.join(['%s'] * len(claimed))}) "
+                    "AND updated_at < %s ORDER BY updated_at", (*claimed, older_than))
     return [_row(r) for r in rows]

@@ -1,0 +1,20 @@
+"""What the read side needs of a database (adapters.store.Database on PostgreSQL or SQLite)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+Row = dict[str, Any]  # a row by column name, as the query returns it
+
+
+class Database(Protocol):
+    dialect: str  # "postgres" or "sqlite"
+
+    # The cursor is the driver's (psycopg or sqlite3): no common type to name.
+    def transaction(self) -> AbstractContextManager[Any]: ...
+
+    def snapshot(self) -> AbstractContextManager[Any]: ...
+
+    def query(self, statement: str, params: Sequence[Any] = ...) -> list[Row]: ...
