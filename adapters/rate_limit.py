@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from snapledger.domain.cpi import Cpi, CpiError
+from snapledger.domain.cpi import Cpi, CpiError, capability_members
 from snapledger.domain.rate_limit import Rate, RateLimit
 
 from .store import Database
@@ -162,10 +162,33 @@ class RateLimitedCpi:
         return limited
 
 
+class _Forwarded:
+    """A capability member of the wrapped CPI declared on the wrapper's class, so
+    that `isinstance(wrapper, FindsSnapshots)` holds exactly when it holds for the
+    wrapped CPI (from Python 3.12 on, a protocol's members are looked up on the
+    class, past `__getattr__`)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, wrapper: RateLimitedCpi | None, owner: type | None = None) -> Any:
+        return self if wrapper is None else wrapper.__getattr__(self.name)
+
+
+_WRAPPERS: dict[tuple[str, ...], type[RateLimitedCpi]] = {}
+
+
+def _wrapper_class(cpi: Cpi) -> type[RateLimitedCpi]:
+    members = capability_members(cpi)
+    if members not in _WRAPPERS:
+        _WRAPPERS[members] = type("RateLimitedCpi", (RateLimitedCpi,), {name: _Forwarded() for name in members})
+    return _WRAPPERS[members]
+
+
 def rate_limited(cpis: dict[str, Cpi], limits: dict[str, RateLimit | None], db: Database, log: Any = None) -> dict[str, Any]:
-    """The CPIs with a configured limit wrapped; the others as they are."""
+    """The CPIs with a configured limit wrapped (with the same capabilities); the others as they are."""
     if not any(limits.get(name) for name in cpis):
         return dict(cpis)
     buckets = SharedBuckets(db)
-    return {name: RateLimitedCpi(cpi, limits[name], buckets, log=log) if limits.get(name) else cpi
+    return {name: _wrapper_class(cpi)(cpi, limit, buckets, log=log) if (limit := limits.get(name)) else cpi
             for name, cpi in cpis.items()}

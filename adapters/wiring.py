@@ -29,6 +29,7 @@ from .group_commit import GroupCommitter
 from .follower import ChangeSignal, LogFollower, PostgresListener, StoreHealth
 from .store import (Database, StoreUrl, ledger_env, open_database, parse_store_url, setup_lock,
                     tune_pool_recovery)
+from .cpi.kinds import restoring_cpis
 from .locks import disk_locks
 from .rate_limit import rate_limited
 from .metrics import PROJECTION_LAG_SECONDS, observe_cpi_call
@@ -219,7 +220,7 @@ def build_runtime(config: Config, roles: frozenset[str] | set[str] = ROLES) -> R
         projector.setup()
     queries = Queries(db)
     ledger.retention_candidates = queries.retention_candidates
-    ledger.cpi_types = {name: spec.type for name, spec in config.cpi_specs().items()}
+    ledger.restoring_cpis = restoring_cpis(config.cpi_specs())
     ledger.disk_exists = local_disk_exists(config)
     signal = ChangeSignal()
     ledger.on_saved.append(signal.fire)

@@ -410,10 +410,10 @@ class Ledger(Application):
             clean=clean, metadata=metadata, cpi=self.cpi_of(dep), actor=actor,
         )
 
-    # Set by the composition root: each configured CPI's type ("local" or
-    # "external"), and whether a disk exists in a CPI (None: not known here).
-    # Restores need both (domain/restore.py).
-    cpi_types: dict[str, str] = {}
+    # Set by the composition root: the configured CPIs that can restore (their
+    # adapter has the RestoresSnapshots capability), and whether a disk exists
+    # in a CPI (None: not known here). Restores need both (domain/restore.py).
+    restoring_cpis: frozenset[str] = frozenset()
     disk_exists: Callable[[str, str], bool] | None = None
 
     def cpi_of(self, dep: Deployment) -> str:

@@ -9,11 +9,12 @@ because operators search their logs for exactly those names.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import deque
-import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 # BOSH error type names (src/bosh-director/lib/clouds/errors.rb).
 CPI_ERROR = "Bosh::Clouds::CpiError"
@@ -126,14 +127,10 @@ class CallLog:
         return calls
 
 
-def calls_made(cpi: Any) -> list[CallRecord]:
-    """Take the calls this thread made through `cpi` since it last asked (a CPI
-    without a call log: its last call, if any)."""
-    take = getattr(cpi, "take_calls", None)
-    if take is not None:
-        return list(take())
-    last = getattr(cpi, "last_call", None)
-    return [last] if last is not None else []
+def calls_made(cpi: object) -> list[CallRecord]:
+    """Take the calls this thread made through `cpi` since it last asked (none
+    from a CPI that keeps no record of its calls)."""
+    return cpi.take_calls() if isinstance(cpi, RecordsCalls) else []
 
 
 MAX_ANSWER_CHARS = 1024  # an answer is copied onto events: a CID, a disk list, not megabytes
@@ -148,7 +145,7 @@ def bounded_answer(answer: Any) -> Any:
     return text[:MAX_ANSWER_CHARS] + f"... [{len(text) - MAX_ANSWER_CHARS} chars clipped]"
 
 
-def call_entry(record: CallRecord, clip: Any = lambda text: text) -> dict[str, Any]:
+def call_entry(record: CallRecord, clip: Callable[[str], str] = lambda text: text) -> dict[str, Any]:
     """A call as the task's CPI log stores it (`clip` bounds the CPI's texts)."""
     entry: dict[str, Any] = {"method": record.method, "request_id": record.request_id,
                              "duration_s": round(record.duration_s, 6), "log": clip(record.log),
@@ -165,8 +162,10 @@ def call_entry(record: CallRecord, clip: Any = lambda text: text) -> dict[str, A
 class Cpi(Protocol):
     """The subset of the BOSH CPI API that snapshots need.
 
-    Implementations raise :class:`CpiError` for every failure. ``last_call``
-    may be consulted right after a call (same thread) for its log.
+    Implementations raise :class:`CpiError` for every failure. What a CPI can
+    do beyond this (the capabilities below) is found with `isinstance`, never
+    from its type name: a wrapper (rate limit) or a new adapter says what it
+    can do by having the methods.
     """
 
     name: str
@@ -180,3 +179,52 @@ class Cpi(Protocol):
     def current_vm_id(self) -> str: ...
 
     def get_disks(self, vm_cid: str) -> list[str]: ...
+
+
+# Optional capabilities ---------------------------------------------------------
+
+
+@runtime_checkable
+class RecordsCalls(Protocol):
+    """Keeps what each call left behind (log, stderr, request id), per thread:
+    what the task's CPI log shows (BOSH's `task --cpi`)."""
+
+    @property
+    def last_call(self) -> CallRecord | None:
+        """The current thread's latest call."""
+
+    def take_calls(self) -> list[CallRecord]:
+        """The current thread's calls since it last took them."""
+
+
+@runtime_checkable
+class FindsSnapshots(Protocol):
+    """Can tell whether a snapshot an in-doubt `snapshot_disk` may have taken
+    exists (by the metadata it was asked with): the call is then resolved
+    instead of left to the operator."""
+
+    def find_snapshot(self, disk_cid: str, metadata: dict[str, Any]) -> str | None: ...
+
+
+@runtime_checkable
+class RestoresSnapshots(Protocol):
+    """Can write a snapshot back onto a disk (BOSH's CPI protocol cannot)."""
+
+    def has_disk(self, disk_cid: str) -> bool: ...
+
+    def restore_snapshot(self, snapshot_cid: str, disk_cid: str) -> None: ...
+
+
+# Each capability with its members: what a wrapper must forward to keep it
+# (`isinstance` looks the members up on the wrapper's class from Python 3.12 on).
+CAPABILITIES: dict[type, tuple[str, ...]] = {
+    RecordsCalls: ("last_call", "take_calls"),
+    FindsSnapshots: ("find_snapshot",),
+    RestoresSnapshots: ("has_disk", "restore_snapshot"),
+}
+
+
+def capability_members(cpi: object) -> tuple[str, ...]:
+    """The members of every optional capability `cpi` has."""
+    return tuple(name for capability, members in CAPABILITIES.items() if isinstance(cpi, capability)
+                 for name in members)

@@ -20,7 +20,7 @@ from eventsourcing.persistence import IntegrityError, InterfaceError, Operationa
 from .application import Ledger
 from . import cpi_answers as answers
 from .combining import Combiner
-from .cpi import DISK_NOT_FOUND, Cpi, CpiError, call_entry, calls_made
+from .cpi import DISK_NOT_FOUND, Cpi, CpiError, FindsSnapshots, call_entry, calls_made
 from .discovery import SelfDiscovery
 from .retry import NO_RETRY, RetryPolicy
 from .snapshot import DELETING, IN_DOUBT, TAKING, Snapshot
@@ -178,10 +178,9 @@ class OperationRunner:
         if snapshot.in_doubt_method == "delete_snapshot":
             # Deleting twice is harmless: the second answers DiskNotFound, which is `deleted`.
             return self._retry_in_doubt(snapshot_id, "a repeated delete_snapshot is safe")
-        find = getattr(cpi, "find_snapshot", None)
-        if find is not None:
+        if isinstance(cpi, FindsSnapshots):
             try:
-                found = find(snapshot.disk_cid, snapshot.metadata)
+                found = cpi.find_snapshot(snapshot.disk_cid, snapshot.metadata)
             except CpiError as error:
                 found, lookup_error = None, error
             else:

@@ -275,9 +275,8 @@ def request_restore(ledger: Ledger, deployment: str, snapshot_cid: str, actor: s
         raise refuse(NotRestorable(f"snapshot '{snapshot_cid}' {why}; only a taken snapshot can be restored",
                                    field="cid"), state=snapshot.state)
     cpi = snapshot.cpi
-    kind = ledger.cpi_types.get(cpi)
-    if kind != "local":
-        what = "is not configured" if kind is None else "is an external CPI"
+    if cpi not in ledger.restoring_cpis:
+        what = "is not configured" if cpi not in ledger.cpi_names else "has no restore capability"
         raise refuse(CpiCannotRestore(
             f"CPI '{cpi}' cannot restore: it {what}, and BOSH's CPI protocol has no restore method (snapledger "
             f"does not know a create_disk property that creates a disk from a snapshot for it); restore "

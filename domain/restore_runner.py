@@ -14,7 +14,7 @@ from eventsourcing.persistence import InterfaceError, OperationalError
 
 from .agent import AGENT_ERROR, SHUTDOWN, Agent, AgentInstance, AgentResult, restore_states
 from .application import Ledger
-from .cpi import CLOUD_ERROR, NOT_IMPLEMENTED, CpiError
+from .cpi import CLOUD_ERROR, NOT_IMPLEMENTED, CpiError, RecordsCalls, RestoresSnapshots
 from .deployment import deployment_id
 from .operations import DiskLocks
 from .restore import (CLAIMED_STATES, DRAINING, FAILED, RESTORE_METHOD, RESTORED, RESTORING, SAFETY_TRIGGER,
@@ -183,15 +183,14 @@ class RestoreRunner:
                                   "disk_cid": restore.target_disk, "attempts": restore.attempts}
         started = time.monotonic()
         try:
-            method = getattr(cpi, RESTORE_METHOD, None)
-            if method is None:
+            if not isinstance(cpi, RestoresSnapshots):
                 raise CpiError(NOT_IMPLEMENTED, f"CPI '{restore.cpi}' cannot restore (no {RESTORE_METHOD})")
             # Never alongside a snapshot of the same disk (the per-disk lock of the CPI calls).
             with self.disk_locks.for_disk(restore.target_disk):
                 if restore.new_disk and restore.attempts == 1 and cpi.has_disk(restore.target_disk):
                     raise CpiError(CLOUD_ERROR, f"disk {restore.target_disk} was created after the restore was "
                                                 "accepted; it is not overwritten")
-                method(restore.snapshot_cid, restore.target_disk)
+                cpi.restore_snapshot(restore.snapshot_cid, restore.target_disk)
             outcome = RESTORED
         except CpiError as error:
             record["error"] = error.as_dict()
@@ -200,8 +199,8 @@ class RestoreRunner:
             record["error"] = {"type": type(error).__name__, "message": str(error), "ok_to_retry": False}
             outcome = FAILED
         record["duration_s"] = round(time.monotonic() - started, 6)
-        last = getattr(cpi, "last_call", None)
-        if last is not None and getattr(last, "method", None) == RESTORE_METHOD:
+        last = cpi.last_call if isinstance(cpi, RecordsCalls) else None
+        if last is not None and last.method == RESTORE_METHOD:
             record.update(request_id=last.request_id, log=last.log[:16_384])
         self.on_call(restore.cpi, RESTORE_METHOD, outcome, record["duration_s"])
         self._log("restore cpi call", restore, outcome=outcome, duration_s=record["duration_s"],

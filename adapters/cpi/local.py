@@ -321,7 +321,8 @@ class LocalCpi:
 
     # -- helpers for tests, the tour and restore -------------------------------
 
-    def create_disk(self, disk_cid: str) -> Path:
+    def ensure_disk(self, disk_cid: str) -> Path:
+        """The disk's directory, made if missing (not BOSH's `create_disk`: the CID is the caller's)."""
         (self.disk_root / _check_cid(disk_cid, "disk")).mkdir(exist_ok=True)
         return self._disk_path(disk_cid)
 
@@ -355,7 +356,7 @@ class LocalCpi:
         manifest = self._manifest(snapshot_cid)
         if manifest is None:
             raise CpiError(DISK_NOT_FOUND, f"snapshot {snapshot_cid} not found")
-        disk = self.create_disk(disk_cid)
+        disk = self.ensure_disk(disk_cid)
         data = self.snapshot_path(snapshot_cid)
         # Staged inside the disk itself: same filesystem even when the disk is a
         # mount point, and a failed copy (ENOSPC) leaves the live content intact.

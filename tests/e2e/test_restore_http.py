@@ -314,7 +314,7 @@ async def test_an_external_cpi_is_refused_naming_the_cpi(tmp_path: Path, sqlite_
             assert resp.status == 409
             error = await resp.json()
             assert error["code"] == "cpi_cannot_restore" and error["field"] == "cpi"
-            assert error["error"].startswith("CPI 'aws' cannot restore: it is an external CPI, and BOSH's CPI "
+            assert error["error"].startswith("CPI 'aws' cannot restore: it has no restore capability, and BOSH's CPI "
                                              "protocol has no restore method")
 
 

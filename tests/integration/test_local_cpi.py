@@ -76,7 +76,7 @@ def snapshot_dirs(cpi: LocalCpi) -> list[str]:
 
 @pytest.fixture
 def disk(cpi: LocalCpi) -> Path:
-    d = cpi.create_disk("disk-a")
+    d = cpi.ensure_disk("disk-a")
     write(d / "db.bin", os.urandom(100_000))
     write(d / "conf" / "app.yml", "a: 1\n")
     write(d / "conf" / "deep" / "run.sh", "#!/bin/sh\n", mode=0o755)
@@ -134,7 +134,7 @@ def test_unchanged_file_is_hard_linked_to_previous_snapshot_never_to_live(cpi: L
 
 def test_racily_fresh_file_is_not_reused_even_if_size_and_mtime_match(cpi: LocalCpi, tmp_path: Path) -> None:
     # A rewrite within one timestamp tick keeps size and mtime: only the content changes.
-    d = cpi.create_disk("disk-a")
+    d = cpi.ensure_disk("disk-a")
     f = write(d / "page.db", b"A" * 512, aged=False)
     mtime = f.stat().st_mtime_ns
     snap1 = cpi.snapshot_disk("disk-a", {})
@@ -178,7 +178,7 @@ def test_invalid_disk_cid_is_refused(cpi: LocalCpi, bad: str) -> None:
 
 
 def test_longest_valid_cid_is_accepted(cpi: LocalCpi) -> None:
-    cpi.create_disk("x" * 128)
+    cpi.ensure_disk("x" * 128)
     assert cpi.has_snapshot(cpi.snapshot_disk("x" * 128, {}))
 
 
@@ -215,7 +215,7 @@ def test_retry_with_same_operation_id_returns_same_snapshot_once(cpi: LocalCpi, 
     assert cpi.snapshot_disk("disk-a", meta) == "snap-op-42"
     assert snapshot_dirs(cpi) == ["snap-op-42"]
     assert (cpi.snapshot_path("snap-op-42") / "conf" / "app.yml").read_text() == "a: 1\n"
-    cpi.create_disk("disk-b")
+    cpi.ensure_disk("disk-b")
     with pytest.raises(CpiError) as e:  # the same operation id cannot name another disk's snapshot
         cpi.snapshot_disk("disk-b", meta)
     assert e.value.type == CLOUD_ERROR
@@ -326,7 +326,7 @@ def test_current_vm_id_and_get_disks(cpi: LocalCpi, tmp_path: Path) -> None:
 def test_concurrent_snapshots_of_different_disks(cpi: LocalCpi) -> None:
     disks = [f"disk-{i}" for i in range(8)]
     for i, name in enumerate(disks):
-        write(cpi.create_disk(name) / "f", f"content {i}")
+        write(cpi.ensure_disk(name) / "f", f"content {i}")
     results: dict[str, list[str]] = {}
     errors: list[BaseException] = []
 

@@ -62,13 +62,13 @@ class Stack:
     def __init__(self, store_url: str, tmp_path: Path) -> None:
         url = parse_store_url(store_url)
         self.ledger = Ledger(env=ledger_env(url))
-        self.ledger.cpi_types = {"local": "local"}
+        self.ledger.restoring_cpis = frozenset({"local"})
         self.db = open_database(url)
         self.projector = Projector(self.db)
         self.projector.setup()
         self.cpi = SnapshotFailures(tmp_path / "disks", tmp_path / "snapshots")
         self.cpi.failing = set()
-        self.disk = self.cpi.create_disk("disk-0")
+        self.disk = self.cpi.ensure_disk("disk-0")
         (self.disk / "data.txt").write_text("v1")
         (self.disk / "dir").mkdir()
         (self.disk / "dir" / "blob").write_bytes(bytes(range(256)) * 10)
