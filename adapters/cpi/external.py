@@ -13,6 +13,7 @@ can store it next to the snapshot it was working on.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -23,24 +24,22 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from snapledger.domain.cpi import (
-    INVALID_RESPONSE,
     KNOWN_ERROR_TYPES,
     NOT_EXECUTABLE,
-    NOT_SUPPORTED,
     TIMED_OUT,
-    UNKNOWN_ERROR,
     CallLog,
     CallRecord,
     CpiError,
 )
 
+from .external_protocol import (MIN_API_VERSION, Call, ResultCheck, error_from_response, invalid_response,
+                                json_object, list_of_strings, non_empty_string, parse_response, require_supported)
 from .reaper import EXEC_FAILED, EXEC_FAILED_MARKER
 
 log = structlog.get_logger(__name__)
@@ -50,17 +49,12 @@ REAPER = Path(__file__).with_name("reaper.py")
 # The Director runs CPIs with this PATH and nothing else it inherited
 # (``unsetenv_others: true``): a CPI must not depend on the caller's environment.
 CPI_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-MIN_API_VERSION = 2
-STDOUT_EXCERPT_CHARS = 500
 # Raw stdout is kept in the record only when it was invalid; bounded so a CPI
 # spewing megabytes cannot bloat what the caller stores.
 STDOUT_KEEP_CHARS = 10_000
 # After SIGKILL the pipes close as soon as the group is gone; this only guards
 # against a descendant that escaped the process group and still holds them.
 POST_KILL_DRAIN_S = 5.0
-
-# A result validator returns a description of what is wrong, or None.
-ResultCheck = Callable[[Any], str | None]
 
 _rng = random.SystemRandom()  # independent of any seeding done by the host program
 
@@ -113,23 +107,23 @@ class ExternalCpi:
     def info(self) -> dict[str, Any]:
         """The CPI's ``info`` answer, fetched once per instance."""
         info = self._cached_info()
-        _require_supported(info)
+        require_supported(info)
         return copy.deepcopy(info)
 
     def snapshot_disk(self, disk_cid: str, metadata: dict[str, Any]) -> str:
-        return self._call("snapshot_disk", [disk_cid, metadata], _non_empty_string)
+        return self._call("snapshot_disk", [disk_cid, metadata], non_empty_string)
 
     def delete_snapshot(self, snapshot_cid: str) -> None:
         self._call("delete_snapshot", [snapshot_cid])
 
     def current_vm_id(self) -> str:
-        return self._call("current_vm_id", [], _non_empty_string)
+        return self._call("current_vm_id", [], non_empty_string)
 
     def get_disks(self, vm_cid: str) -> list[str]:
-        return self._call("get_disks", [vm_cid], _list_of_strings)
+        return self._call("get_disks", [vm_cid], list_of_strings)
 
     def create_disk(self, size_mb: int, cloud_properties: dict[str, Any], vm_cid: str | None) -> str:
-        return self._call("create_disk", [size_mb, cloud_properties, vm_cid], _non_empty_string)
+        return self._call("create_disk", [size_mb, cloud_properties, vm_cid], non_empty_string)
 
     def call(self, method: str, arguments: list[Any]) -> Any:
         """Call any CPI method; the result is returned unvalidated."""
@@ -144,7 +138,7 @@ class ExternalCpi:
 
     def _api_version(self) -> int:
         info = self._cached_info()
-        return min(_require_supported(info), self.preferred_api_version)
+        return min(require_supported(info), self.preferred_api_version)
 
     def _cached_info(self) -> dict[str, Any]:
         # Double-checked so concurrent first calls spawn a single `info` process.
@@ -157,7 +151,7 @@ class ExternalCpi:
     def _fetch_info(self) -> dict[str, Any]:
         try:
             # `info` is the one call made without api_version: it is how we learn it.
-            return self._invoke("info", [], None, _json_object)
+            return self._invoke("info", [], None, json_object)
         except CpiError as e:
             if e.is_not_implemented:
                 # The Director treats a CPI without `info` as API version 1.
@@ -171,7 +165,7 @@ class ExternalCpi:
     ) -> Any:
         request_id = f"cpi-{_rng.randint(100000, 999999)}"
         started = time.monotonic()
-        call = _Call(method, request_id)
+        call = Call(method, request_id)
         try:
             result = self._run(call, arguments, api_version, check)
         except CpiError as e:
@@ -182,18 +176,18 @@ class ExternalCpi:
         return result
 
     def _run(
-        self, call: _Call, arguments: list[Any], api_version: int | None, check: ResultCheck | None
+        self, call: Call, arguments: list[Any], api_version: int | None, check: ResultCheck | None
     ) -> Any:
         self._check_executable()
         request = self._request_json(call, arguments, api_version)
         stdout, call.stderr, call.exit_code = self._execute(call, request)
-        response = _parse_response(call, stdout)
+        response = parse_response(call, stdout)
         call.log = response["log"]
         if response["error"] is not None:
-            raise _error_from_response(call, response["error"], self._error_types)
+            raise error_from_response(call, response["error"], self._error_types)
         result = response["result"]
         if check is not None and (problem := check(result)) is not None:
-            raise _invalid(call, stdout, f"'{call.method}' result {problem}")
+            raise invalid_response(call, stdout, f"'{call.method}' result {problem}")
         return result
 
     def _check_executable(self) -> None:
@@ -203,7 +197,7 @@ class ExternalCpi:
         if not (os.path.isfile(path) and os.access(path, os.X_OK)):
             raise CpiError(NOT_EXECUTABLE, f"Failed to run cpi: '{path}' is not executable")
 
-    def _request_json(self, call: _Call, arguments: list[Any], api_version: int | None) -> bytes:
+    def _request_json(self, call: Call, arguments: list[Any], api_version: int | None) -> bytes:
         context = {"director_uuid": self._director_uuid, "request_id": call.request_id, **self._properties}
         request: dict[str, Any] = {"method": call.method, "arguments": arguments, "context": context}
         if api_version is not None:
@@ -222,7 +216,7 @@ class ExternalCpi:
         env.update(self._env_passthrough)
         return env
 
-    def _execute(self, call: _Call, request: bytes) -> tuple[str, str, int | None]:
+    def _execute(self, call: Call, request: bytes) -> tuple[str, str, int | None]:
         try:
             proc = subprocess.Popen(
                 # Through the reaper: the answer is taken when the CPI exits, and
@@ -255,7 +249,7 @@ class ExternalCpi:
             raise CpiError(NOT_EXECUTABLE, f"Failed to run cpi: '{self.executable}' is not executable")
         return _text(out), _text(err), proc.returncode
 
-    def _finish(self, call: _Call, started: float, error: CpiError | None) -> None:
+    def _finish(self, call: Call, started: float, error: CpiError | None) -> None:
         duration = time.monotonic() - started
         extra: dict[str, Any] = {"exit_code": call.exit_code}
         if call.invalid_stdout is not None:
@@ -285,19 +279,6 @@ class ExternalCpi:
         )
 
 
-class _Call:
-    """What is known about one call so far, filled in as it progresses."""
-
-    def __init__(self, method: str, request_id: str) -> None:
-        self.method = method
-        self.request_id = request_id
-        self.log = ""
-        self.stderr = ""
-        self.exit_code: int | None = None
-        self.invalid_stdout: str | None = None
-        self.answer: Any = None
-
-
 # --- process handling --------------------------------------------------------------
 
 
@@ -311,10 +292,8 @@ def _stop_call(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
 
 
 def _kill_group_and_drain(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # the whole group already exited
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass  # the whole group already exited
     try:
         return proc.communicate(timeout=POST_KILL_DRAIN_S)
     except subprocess.TimeoutExpired:
@@ -332,92 +311,3 @@ def _text(data: bytes | None) -> str:
 
 def _join_logs(*parts: str) -> str:
     return "\n".join(p.rstrip("\n") for p in parts if p)
-
-
-# --- response parsing ----------------------------------------------------------------
-
-
-def _invalid(call: _Call, stdout: str, problem: str) -> CpiError:
-    call.invalid_stdout = stdout
-    return CpiError(
-        INVALID_RESPONSE, f"Invalid CPI response - {problem}; stdout: {stdout[:STDOUT_EXCERPT_CHARS]}"
-    )
-
-
-def _parse_response(call: _Call, stdout: str) -> dict[str, Any]:
-    try:
-        response = json.loads(stdout)
-    except ValueError as e:
-        raise _invalid(call, stdout, f"ParserError - {e}") from None
-    problem = _schema_problem(response)
-    if problem is not None:
-        raise _invalid(call, stdout, f"SchemaValidationError: {problem}")
-    return response
-
-
-def _schema_problem(response: Any) -> str | None:
-    # The Director's RESPONSE_SCHEMA: all three keys required, extra keys allowed.
-    if not isinstance(response, dict):
-        return f"expected an object, got {type(response).__name__}"
-    for key in ("result", "error", "log"):
-        if key not in response:
-            return f"missing key '{key}'"
-    if not isinstance(response["log"], str):
-        return "'log' must be a string"
-    error = response["error"]
-    if error is None:
-        return None
-    if not isinstance(error, dict):
-        return "'error' must be null or an object"
-    for key, kind in (("type", str), ("message", str), ("ok_to_retry", bool)):
-        if key not in error:
-            return f"missing key 'error.{key}'"
-        if not isinstance(error[key], kind):
-            return f"'error.{key}' must be a {'boolean' if kind is bool else 'string'}"
-    return None
-
-
-def _error_from_response(call: _Call, error: dict[str, Any], known: frozenset[str]) -> CpiError:
-    cpi_error = CpiError(error["type"], error["message"], error["ok_to_retry"])
-    # Legacy "method not implemented" spellings keep their type: CpiError recognises them.
-    if cpi_error.type in known or cpi_error.is_not_implemented:
-        return cpi_error
-    return CpiError(
-        UNKNOWN_ERROR,
-        f"Unknown CPI error '{cpi_error.type}' with message '{cpi_error.message}' "
-        f"in '{call.method}' CPI method (CPI request ID: '{call.request_id}')",
-    )
-
-
-# --- result checks -----------------------------------------------------------------
-
-
-def _require_supported(info: dict[str, Any]) -> int:
-    """The CPI's API version, if snapledger can speak it."""
-    version = info.get("api_version", 1)  # no api_version means the original protocol, v1
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise CpiError(
-            INVALID_RESPONSE, f"Invalid CPI response - 'info' api_version must be an integer, got {version!r}"
-        )
-    if version < MIN_API_VERSION:
-        raise CpiError(
-            NOT_SUPPORTED,
-            f"CPI API version {version} is not supported. Minimum required version is {MIN_API_VERSION}.",
-        )
-    return version
-
-
-def _json_object(result: Any) -> str | None:
-    return None if isinstance(result, dict) else f"must be an object, got {json.dumps(result)[:100]}"
-
-
-def _non_empty_string(result: Any) -> str | None:
-    if isinstance(result, str) and result:
-        return None
-    return f"must be a non-empty string, got {json.dumps(result)[:100]}"
-
-
-def _list_of_strings(result: Any) -> str | None:
-    if isinstance(result, list) and all(isinstance(item, str) for item in result):
-        return None
-    return f"must be a list of strings, got {json.dumps(result)[:100]}"

@@ -16,29 +16,29 @@ appear together in a single atomic rename.
 from __future__ import annotations
 
 import errno
-import fcntl
 import functools
 import json
 import os
 import re
-import shutil
 import socket
 import stat
-import sys
 import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
-from snapledger.domain.cpi import CLOUD_ERROR, DISK_NOT_FOUND, NO_DISK_SPACE, VM_NOT_FOUND, CallLog, CallRecord, CpiError
+from snapledger.domain.cpi import (CLOUD_ERROR, DISK_NOT_FOUND, NO_DISK_SPACE, VM_NOT_FOUND, CallLog, CallRecord,
+                                   CpiError)
 
-FICLONE = 0x40049409  # ioctl: share the source's extents (copy-on-write)
+from .local_files import (CID_RE, SQLITE_SIDE_FILES, TMP_PREFIX, backup_sqlite, check_cid, copy_file, hold, is_sqlite,
+                          replace_content, rmtree, scan, write_atomic)
+
 OPERATION_ID_KEY = "snapledger_operation_id"
-_CID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_DATA, _MANIFEST, _LATEST, _TMP = "data", "manifest.json", ".latest", ".tmp-"
+_DATA, _MANIFEST, _LATEST, _TMP = "data", "manifest.json", ".latest", TMP_PREFIX
 _STALE_TMP_S = 3600
 # A file whose mtime is this close to its copy may be rewritten within the same
 # timestamp tick without its mtime changing ("racily clean" in git's words);
@@ -50,136 +50,6 @@ _RESTORE_STAGE = ".snapledger-restore-"  # inside a disk, while a restore runs
 F = TypeVar("F", bound=Callable[..., Any])
 # The previous snapshot of a disk: (its data dir, its manifest entries by path).
 _Prev = tuple[Path, dict[str, dict[str, Any]]] | None
-
-
-def _check_cid(cid: object, kind: str) -> str:
-    # fullmatch, not `$`: `$` would accept a trailing newline.
-    if not isinstance(cid, str) or cid in (".", "..") or not _CID_RE.fullmatch(cid):
-        raise CpiError(CLOUD_ERROR, f"invalid {kind} cid {cid!r:.80}")
-    return cid
-
-
-def _scan(root: Path, rel: str = "", exclude: frozenset[Path] = frozenset()) -> Iterator[tuple[str, os.DirEntry[str]]]:
-    """Pre-order walk (parents before children) that never follows symlinks
-    and leaves out the `exclude`d directories entirely."""
-    with os.scandir(root / rel if rel else root) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for entry in entries:
-        path = os.path.join(rel, entry.name)
-        if exclude and root / path in exclude:
-            continue
-        yield path, entry
-        if entry.is_dir(follow_symlinks=False):
-            yield from _scan(root, path, exclude)
-
-
-def _clone(src_fd: int, dst_fd: int) -> str:
-    try:
-        fcntl.ioctl(dst_fd, FICLONE, src_fd)
-        return "reflink"
-    except OSError:
-        pass  # ext4, tmpfs, another device...: make a real copy
-    with os.fdopen(src_fd, "rb", closefd=False) as src, os.fdopen(dst_fd, "wb", closefd=False) as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
-    return "copy"
-
-
-def _copy_file(src: Path, dst: Path, mode: int) -> tuple[str, os.stat_result, bool]:
-    """Copy a regular file to a new ``dst``: (how, source stat, source unchanged during copy)."""
-    # O_NOFOLLOW: a file swapped for a symlink after the scan is refused, not followed.
-    src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        before = os.fstat(src_fd)
-        if not stat.S_ISREG(before.st_mode):
-            raise OSError(errno.EINVAL, f"{src} is no longer a regular file")
-        dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            how = _clone(src_fd, dst_fd)
-            os.fchmod(dst_fd, mode)
-            os.utime(dst_fd, ns=(before.st_atime_ns, before.st_mtime_ns))
-        finally:
-            os.close(dst_fd)
-        after = os.fstat(src_fd)
-    finally:
-        os.close(src_fd)
-    key = lambda s: (s.st_size, s.st_mtime_ns, s.st_ctime_ns)  # noqa: E731
-    return how, before, key(before) == key(after)
-
-
-def _hold(directory: Path, wait: bool = True) -> int:
-    """An flock on `directory` (its fd: close it to release): marks it in use
-    by this process; the kernel releases it when the process dies."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _rmtree(path: Path) -> None:
-    def retry(func: Callable[[str], Any], p: str, _exc: Any) -> None:
-        # Unlinking needs write permission on the parent directory only. Files
-        # are never chmod-ed: they may share an inode with another snapshot.
-        for target in (os.path.dirname(p), p):
-            if os.path.isdir(target) and not os.path.islink(target):
-                os.chmod(target, stat.S_IMODE(os.lstat(target).st_mode) | 0o700)
-        func(p)
-
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=retry)
-    else:
-        shutil.rmtree(path, onerror=retry)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=_TMP, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-_SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
-
-
-def _is_sqlite(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(16) == b"SQLite format 3\x00"
-    except OSError:
-        return False
-
-
-def _backup_sqlite(src: Path, dst: Path) -> dict[str, Any]:
-    """A live SQLite database copied file by file can be torn (pages and WAL
-    copied at different moments); the online backup API gives a consistent
-    copy, as of one transaction. The snapledger ledger itself is one of these."""
-    import sqlite3
-
-    source = sqlite3.connect(f"file:{src}?mode=ro", uri=True, timeout=30)
-    target = sqlite3.connect(dst)
-    try:
-        source.backup(target)
-    finally:
-        target.close()
-        source.close()
-    os.chmod(dst, 0o444)
-    st = os.stat(dst)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "stored": "sqlite-backup"}
-
-
-def _safe_rel(rel: str) -> str:
-    # Manifests are ours, but a tampered one must not make restore write outside the disk.
-    if not rel or os.path.isabs(rel) or ".." in Path(rel).parts:
-        raise CpiError(CLOUD_ERROR, f"manifest has an unsafe path {rel!r:.80}")
-    return rel
 
 
 def _recorded(method: F) -> F:
@@ -225,8 +95,8 @@ class LocalCpi:
         # the root is the service user's only, wherever it is configured.
         os.chmod(self.snapshot_root, 0o700)
         self._vm_id = vm_id
-        self._host_disks = {_check_cid(cid, "disk"): Path(path).resolve() for cid, path in (host_disks or {}).items()}
-        self._self_disks = [_check_cid(d, "disk") for d in self_disks or []] + list(self._host_disks)
+        self._host_disks = {check_cid(cid, "disk"): Path(path).resolve() for cid, path in (host_disks or {}).items()}
+        self._self_disks = [check_cid(d, "disk") for d in self_disks or []] + list(self._host_disks)
         # Never copy our own disks and snapshots into a snapshot of a directory holding them.
         self._excluded = frozenset({self.disk_root.resolve(), self.snapshot_root.resolve()})
         self._locks: dict[str, threading.Lock] = {}
@@ -271,18 +141,18 @@ class LocalCpi:
         self._remove_leftovers(cid)  # a killed earlier attempt's half copy
         started_ns = time.time_ns()
         tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP}{cid}-", dir=self.snapshot_root))
-        held = _hold(tmp)  # in use: _remove_leftovers leaves it alone until this process is gone
+        held = hold(tmp)  # in use: _remove_leftovers leaves it alone until this process is gone
         try:
             files = self._copy_tree(disk, tmp / _DATA, self._previous(disk_cid))
             manifest = {
                 "snapshot_cid": cid,
                 "disk_cid": disk_cid,
                 "metadata": metadata,
-                "created_at": datetime.now(timezone.utc).isoformat(),
+                "created_at": datetime.now(UTC).isoformat(),
                 "created_at_ns": started_ns,
                 "files": files,
             }
-            _write_atomic(tmp / _MANIFEST, json.dumps(manifest, indent=1, default=str))
+            write_atomic(tmp / _MANIFEST, json.dumps(manifest, indent=1, default=str))
             try:
                 os.rename(tmp, self._snap_dir(cid))
             except OSError as e:
@@ -291,7 +161,7 @@ class LocalCpi:
                 return self._existing(cid, disk_cid)  # a concurrent retry won the race
         finally:
             if tmp.exists():
-                _rmtree(tmp)
+                rmtree(tmp)
             os.close(held)
         self._tls.record.extra = {"snapshot_cid": cid, "files": len(files)}
         self._set_latest(disk_cid, cid, started_ns)
@@ -299,10 +169,10 @@ class LocalCpi:
 
     @_recorded
     def delete_snapshot(self, snapshot_cid: str) -> None:
-        snap = self._snap_dir(_check_cid(snapshot_cid, "snapshot"))
+        snap = self._snap_dir(check_cid(snapshot_cid, "snapshot"))
         trash = self.snapshot_root / f"{_TMP}{snapshot_cid}-deleted-{uuid.uuid4().hex[:8]}"
         try:
-            held = _hold(snap)  # the lock moves with the directory into the trash
+            held = hold(snap)  # the lock moves with the directory into the trash
         except FileNotFoundError:
             self._remove_leftovers(snapshot_cid)  # a killed earlier deletion's trash
             raise CpiError(DISK_NOT_FOUND, f"snapshot {snapshot_cid} not found") from None
@@ -315,7 +185,7 @@ class LocalCpi:
                 with self._lock(disk_cid):
                     if self._read_latest(disk_cid) == snapshot_cid:
                         self._recompute_latest(disk_cid)
-            _rmtree(trash)
+            rmtree(trash)
         finally:
             os.close(held)
 
@@ -323,13 +193,13 @@ class LocalCpi:
 
     def ensure_disk(self, disk_cid: str) -> Path:
         """The disk's directory, made if missing (not BOSH's `create_disk`: the CID is the caller's)."""
-        (self.disk_root / _check_cid(disk_cid, "disk")).mkdir(exist_ok=True)
+        (self.disk_root / check_cid(disk_cid, "disk")).mkdir(exist_ok=True)
         return self._disk_path(disk_cid)
 
     def has_disk(self, disk_cid: str) -> bool:
         """BOSH's `has_disk`: whether the disk exists (anything at its path counts:
         a restore into a new disk must never write into something that is there)."""
-        return disk_cid in self._host_disks or os.path.lexists(self.disk_root / _check_cid(disk_cid, "disk"))
+        return disk_cid in self._host_disks or os.path.lexists(self.disk_root / check_cid(disk_cid, "disk"))
 
     def find_snapshot(self, disk_cid: str, metadata: dict[str, Any]) -> str | None:
         """The snapshot an earlier `snapshot_disk` call with this metadata made,
@@ -344,11 +214,11 @@ class LocalCpi:
         return self._existing(cid, disk_cid)
 
     def has_snapshot(self, snapshot_cid: str) -> bool:
-        return self._snap_dir(_check_cid(snapshot_cid, "snapshot")).is_dir()
+        return self._snap_dir(check_cid(snapshot_cid, "snapshot")).is_dir()
 
     def snapshot_path(self, snapshot_cid: str) -> Path:
         """The snapshot's content (a copy of the disk directory)."""
-        return self._snap_dir(_check_cid(snapshot_cid, "snapshot")) / _DATA
+        return self._snap_dir(check_cid(snapshot_cid, "snapshot")) / _DATA
 
     @_recorded
     def restore_snapshot(self, snapshot_cid: str, disk_cid: str) -> None:
@@ -356,36 +226,8 @@ class LocalCpi:
         manifest = self._manifest(snapshot_cid)
         if manifest is None:
             raise CpiError(DISK_NOT_FOUND, f"snapshot {snapshot_cid} not found")
-        disk = self.ensure_disk(disk_cid)
-        data = self.snapshot_path(snapshot_cid)
-        # Staged inside the disk itself: same filesystem even when the disk is a
-        # mount point, and a failed copy (ENOSPC) leaves the live content intact.
-        stage = Path(tempfile.mkdtemp(prefix=_RESTORE_STAGE, dir=disk))
-        try:
-            dir_modes: list[tuple[str, int]] = []
-            for entry in manifest["files"]:
-                rel = _safe_rel(entry["path"])
-                dst = stage / rel
-                if entry["type"] == "dir":
-                    os.mkdir(dst, 0o700)
-                    dir_modes.append((rel, entry["mode"]))
-                elif entry["type"] == "symlink":
-                    os.symlink(entry["target"], dst)
-                else:
-                    _copy_file(data / rel, dst, entry["mode"])
-                    os.utime(dst, ns=(entry["mtime_ns"], entry["mtime_ns"]))
-            for child in os.listdir(disk):
-                if child != stage.name:
-                    p = disk / child
-                    _rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-            for child in os.listdir(stage):
-                os.rename(stage / child, disk / child)
-            # Modes last: a read-only directory could not receive its children.
-            for rel, mode in reversed(dir_modes):
-                os.chmod(disk / rel, mode)
-        finally:
-            if stage.exists():
-                _rmtree(stage)
+        replace_content(self.ensure_disk(disk_cid), manifest["files"], self.snapshot_path(snapshot_cid),
+                        stage_prefix=_RESTORE_STAGE)
 
     # -- internals -------------------------------------------------------------
 
@@ -395,7 +237,7 @@ class LocalCpi:
             if not host.is_dir():
                 raise CpiError(DISK_NOT_FOUND, f"disk {disk_cid} ({host}) not found")
             return host
-        path = self.disk_root / _check_cid(disk_cid, "disk")
+        path = self.disk_root / check_cid(disk_cid, "disk")
         resolved, root = path.resolve(), self.disk_root.resolve()
         # A disk directory that is a symlink must not lead outside the root.
         if resolved == root or not resolved.is_relative_to(root):
@@ -411,11 +253,11 @@ class LocalCpi:
         op = metadata.get(OPERATION_ID_KEY)
         # The operation id makes the CID deterministic, so a retry finds its snapshot.
         cid = f"snap-{op}" if op is not None else f"snap-{uuid.uuid4().hex}"
-        return _check_cid(cid, "snapshot")
+        return check_cid(cid, "snapshot")
 
     def _manifest(self, cid: str) -> dict[str, Any] | None:
         try:
-            with open(self._snap_dir(_check_cid(cid, "snapshot")) / _MANIFEST) as f:
+            with open(self._snap_dir(check_cid(cid, "snapshot")) / _MANIFEST) as f:
                 return json.load(f)
         except (OSError, ValueError):
             return None
@@ -439,11 +281,11 @@ class LocalCpi:
     def _copy_tree(self, src_root: Path, dst_root: Path, prev: _Prev) -> list[dict[str, Any]]:
         os.mkdir(dst_root, 0o700)
         entries: list[dict[str, Any]] = []
-        for rel, entry in _scan(src_root, exclude=self._excluded):
+        for rel, entry in scan(src_root, exclude=self._excluded):
             if rel.startswith(_RESTORE_STAGE):
                 continue  # the leftover of a crashed restore is not disk content
             src, dst = src_root / rel, dst_root / rel
-            if rel.endswith(_SQLITE_SIDE_FILES) and _is_sqlite(src_root / rel.rsplit("-", 1)[0]):
+            if rel.endswith(SQLITE_SIDE_FILES) and is_sqlite(src_root / rel.rsplit("-", 1)[0]):
                 continue  # SQLite journals: the database's backup holds their content
             st = entry.stat(follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):  # kept as a link, never followed
@@ -469,9 +311,9 @@ class LocalCpi:
             except OSError:
                 pass  # EMLINK, or that snapshot is being deleted: copy instead
         copy_start = time.time_ns()
-        if _is_sqlite(src):
-            return {**entry, **_backup_sqlite(src, dst), "linkable": False}
-        how, before, stable = _copy_file(src, dst, 0o444)
+        if is_sqlite(src):
+            return {**entry, **backup_sqlite(src, dst), "linkable": False}
+        how, before, stable = copy_file(src, dst, 0o444)
         racy = before.st_mtime_ns > copy_start - _RACY_NS
         return {**entry, "size": before.st_size, "mtime_ns": before.st_mtime_ns,
                 "mode": stat.S_IMODE(before.st_mode), "stored": how, "linkable": stable and not racy}
@@ -505,14 +347,14 @@ class LocalCpi:
             cid = (self.snapshot_root / _LATEST / disk_cid).read_text().strip()
         except OSError:
             return None
-        return cid if _CID_RE.fullmatch(cid) else None
+        return cid if CID_RE.fullmatch(cid) else None
 
     def _write_latest(self, disk_cid: str, cid: str | None) -> None:
         path = self.snapshot_root / _LATEST / disk_cid
         if cid is None:
             path.unlink(missing_ok=True)
         else:
-            _write_atomic(path, cid + "\n")
+            write_atomic(path, cid + "\n")
 
     def _set_latest(self, disk_cid: str, cid: str, created_at_ns: int) -> None:
         with self._lock(disk_cid):
@@ -525,7 +367,7 @@ class LocalCpi:
     def _recompute_latest(self, disk_cid: str) -> None:
         newest: tuple[int, str] | None = None
         for name in os.listdir(self.snapshot_root):
-            if not _CID_RE.fullmatch(name):  # .latest, .tmp-*, lost+found...
+            if not CID_RE.fullmatch(name):  # .latest, .tmp-*, lost+found...
                 continue
             m = self._manifest(name)
             if m and m.get("disk_cid") == disk_cid:
@@ -547,11 +389,11 @@ class LocalCpi:
             if not (ours.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)):
                 continue
             try:
-                fd = _hold(Path(entry.path), wait=False)
+                fd = hold(Path(entry.path), wait=False)
             except (BlockingIOError, FileNotFoundError):
                 continue  # a live call's (a concurrent retry), or already gone
             try:
-                _rmtree(Path(entry.path))
+                rmtree(Path(entry.path))
             finally:
                 os.close(fd)
 
@@ -561,4 +403,4 @@ class LocalCpi:
         for parent in (self.snapshot_root, self.snapshot_root / _LATEST):
             for entry in os.scandir(parent):
                 if entry.name.startswith(_TMP) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                    _rmtree(Path(entry.path)) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)
+                    rmtree(Path(entry.path)) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)

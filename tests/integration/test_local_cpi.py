@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from snapledger.adapters.cpi import local
+from snapledger.adapters.cpi import local_files
 from snapledger.adapters.cpi.local import LocalCpi
 from snapledger.domain.cpi import CLOUD_ERROR, DISK_NOT_FOUND, NO_DISK_SPACE, VM_NOT_FOUND, CpiError
 
@@ -244,7 +244,7 @@ def test_failed_copy_leaves_nothing_and_maps_enospc(cpi: LocalCpi, disk: Path, m
     def full(src_fd: int, dst_fd: int) -> str:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(local, "_clone", full)
+    monkeypatch.setattr(local_files, "clone", full)
     with pytest.raises(CpiError) as e:
         cpi.snapshot_disk("disk-a", {"snapledger_operation_id": "op-full"})
     assert e.value.type == NO_DISK_SPACE
@@ -269,7 +269,7 @@ def test_reflink_is_attempted_on_the_destination_then_falls_back(cpi: LocalCpi, 
         calls.append((os.readlink(f"/proc/self/fd/{fd}"), request, os.readlink(f"/proc/self/fd/{arg}")))
         raise OSError(errno.EOPNOTSUPP, "not supported")
 
-    monkeypatch.setattr(local.fcntl, "ioctl", fake_ioctl)
+    monkeypatch.setattr(local_files.fcntl, "ioctl", fake_ioctl)
     cid = cpi.snapshot_disk("disk-a", {})
     dst, request, src = calls[0]
     assert request == 0x40049409
@@ -402,7 +402,7 @@ def test_failed_restore_leaves_live_disk_untouched(cpi: LocalCpi, disk: Path, mo
     def full(src_fd: int, dst_fd: int) -> str:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(local, "_clone", full)
+    monkeypatch.setattr(local_files, "clone", full)
     with pytest.raises(CpiError) as e:
         cpi.restore_snapshot(snap, "disk-a")
     assert e.value.type == NO_DISK_SPACE
