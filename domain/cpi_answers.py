@@ -65,13 +65,18 @@ def checked(method: str, what: str, value: Any, problem: str | None) -> Any:
     return value
 
 
+# A CPI's answer is JSON (Any); each of these returns it typed once checked.
+
 def snapshot_cid(value: Any) -> str:
-    return checked("snapshot_disk", "snapshot CID", value, cid_problem(value))
+    cid: str = checked("snapshot_disk", "snapshot CID", value, cid_problem(value))
+    return cid
 
 
 def vm_cid(value: Any) -> str:
-    return checked("current_vm_id", "VM CID", value, cid_problem(value))
+    cid: str = checked("current_vm_id", "VM CID", value, cid_problem(value))
+    return cid
 
 
 def disk_cids(value: Any) -> list[str]:
-    return checked("get_disks", "disk list", value, disks_problem(value))
+    cids: list[str] = checked("get_disks", "disk list", value, disks_problem(value))
+    return cids

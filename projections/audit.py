@@ -143,7 +143,8 @@ def _own_references(cls: type, aggregate: str, data: dict[str, Any]) -> tuple[tu
 
 def audit_query(filters: dict[str, Any], after: int, limit: int) -> tuple[str, list[Any]]:
     """SQL for GET /events: every given filter must hold; ordered by position."""
-    clauses, params = ["position > %s"], [after]
+    clauses = ["position > %s"]
+    params: list[Any] = [after]
     for name, column in FILTER_COLUMNS.items():
         if filters.get(name) is not None:
             clauses.append(f"{column} = %s")
@@ -190,24 +191,11 @@ def snapshot_history(cid: str, events: list[dict[str, Any]]) -> dict[str, Any] |
     by_start: dict[str, dict[str, Any]] = {}
     state = REQUESTED
     for e in events:
-        data = e["data"]
         if e["type"] == _CALL_STARTED:
-            entry = {"method": data.get("method"), "attempt": data.get("attempt"), "worker": data.get("worker"),
-                     "task_id": data.get("task_id"), "actor": e["actor"], "started_at": e["time"],
-                     "started_position": e["position"], "outcome": None, "finished_at": None,
-                     "duration_s": None, "request_id": None, "answer": None, "log": "", "stderr": ""}
-            calls.append(entry)
-            by_start[e["event_id"]] = entry
+            calls.append(_started_call(e))
+            by_start[e["event_id"]] = calls[-1]
         elif e["type"] in OUTCOMES:
-            entry = by_start.get(data.get("caused_by") or "")
-            if entry is None:  # an outcome recorded before causation existed: the latest open call
-                entry = next((c for c in reversed(calls) if c["outcome"] is None), None)
-            if entry is not None:
-                call = data.get("call") if isinstance(data.get("call"), dict) else {}
-                entry.update(outcome=e["type"].split(".", 1)[1], finished_at=e["time"],
-                             duration_s=call.get("duration_s"), request_id=call.get("request_id"),
-                             answer=data.get("snapshot_cid") or data.get("error") or data.get("reason"),
-                             log=call.get("log", ""), stderr=call.get("stderr", ""))
+            _record_outcome(e, by_start.get(e["data"].get("caused_by") or ""), calls)
         state = _STATE_AFTER.get(e["type"], state)
     return {
         "snapshot_cid": cid, "snapshot_id": requested["aggregate_id"], "deployment": requested["deployment"],
@@ -215,6 +203,28 @@ def snapshot_history(cid: str, events: list[dict[str, Any]]) -> dict[str, Any] |
         "clean": request.get("clean"), "requested_by": requested["actor"], "requested_at": requested["time"],
         "task_id": requested["task_id"], "state": state, "events": events, "cpi_calls": calls,
     }
+
+
+def _started_call(e: dict[str, Any]) -> dict[str, Any]:
+    data = e["data"]
+    return {"method": data.get("method"), "attempt": data.get("attempt"), "worker": data.get("worker"),
+            "task_id": data.get("task_id"), "actor": e["actor"], "started_at": e["time"],
+            "started_position": e["position"], "outcome": None, "finished_at": None,
+            "duration_s": None, "request_id": None, "answer": None, "log": "", "stderr": ""}
+
+
+def _record_outcome(e: dict[str, Any], started: dict[str, Any] | None, calls: list[dict[str, Any]]) -> None:
+    """Fill the call an outcome answers: the one it names as its cause, else (an
+    outcome recorded before causation existed) the latest open call."""
+    entry = started or next((c for c in reversed(calls) if c["outcome"] is None), None)
+    if entry is None:
+        return
+    data = e["data"]
+    call: dict[str, Any] = data["call"] if isinstance(data.get("call"), dict) else {}
+    entry.update(outcome=e["type"].split(".", 1)[1], finished_at=e["time"],
+                 duration_s=call.get("duration_s"), request_id=call.get("request_id"),
+                 answer=data.get("snapshot_cid") or data.get("error") or data.get("reason"),
+                 log=call.get("log", ""), stderr=call.get("stderr", ""))
 
 
 _STATE_AFTER = {_snapshot_event(name): state for name, state in (

@@ -9,6 +9,7 @@ from typing import Any
 from snapledger.domain.job_update import (CANCELLED, DRAINING, FAILED, READY, SNAPSHOTTING, STOPPING, WAITING,
                                           JobUpdate)
 
+from .database import Database, Row
 from .events import dumps, iso
 from .view import Cursor, Handler, Handlers, View, error_text, on
 
@@ -116,13 +117,13 @@ class JobUpdateClaimsView(View):
                     (e.task_id, e.instance_id))
 
 
-def claimed_instances(db: Any, older_than: str) -> list[dict[str, Any]]:
+def claimed_instances(db: Database, older_than: str) -> list[Row]:
     """Instances a worker holds (draining, stopping), unchanged since `older_than`, oldest first."""
     return db.query("SELECT task_id, instance_id, update_id, instance, state, worker, updated_at "
                     "FROM job_update_claims WHERE updated_at < %s ORDER BY updated_at", (older_than,))
 
 
-def instance_updates(db: Any, task_id: str) -> list[dict[str, Any]]:
+def instance_updates(db: Database, task_id: str) -> list[dict[str, Any]]:
     """Each instance of a job-update task, in update order, with its state (`ready` = go ahead)."""
     rows = db.query("SELECT * FROM job_update_instances_view WHERE task_id = %s ORDER BY ord", (task_id,))
     return [{"instance": f"{r['job']}/{r['idx'] if r['idx'] is not None else r['instance_id']}",
@@ -131,7 +132,7 @@ def instance_updates(db: Any, task_id: str) -> list[dict[str, Any]]:
              "error": r["error"], "updated_at": r["updated_at"]} for r in rows]
 
 
-def last_event_position(db: Any, task_id: str) -> int:
+def last_event_position(db: Database, task_id: str) -> int:
     """The position of the task's latest event: a change counter for long polls."""
     rows = db.query("SELECT MAX(position) AS p FROM task_events_view WHERE task_id = %s", (task_id,))
     return int(rows[0]["p"] or 0) if rows else 0

@@ -9,8 +9,10 @@ is above the view's tracked position, and both commit together.
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import Any, Iterable, Sequence
+from typing import Any
+from collections.abc import Iterable, Sequence
 
+from .database import Database
 from .view import View
 from .views import all_views
 
@@ -23,7 +25,7 @@ TRACKING_DDL = """CREATE TABLE IF NOT EXISTS projection_tracking (
 
 
 class Projector:
-    def __init__(self, db: Any, views: Sequence[View] | None = None, prefix: str = "") -> None:
+    def __init__(self, db: Database, views: Sequence[View] | None = None) -> None:
         self.db = db
         self.views = list(views) if views is not None else all_views()
 

@@ -10,6 +10,7 @@ from snapledger.domain.retention import Candidate
 from snapledger.domain.snapshot import EXISTING_STATES, LISTED_STATES, TAKEN
 
 from .audit import audit_query
+from .database import Database, Row
 from .in_flight import AWAITING_OPERATOR, UNRESOLVED_STATES
 from .sql import state_in
 
@@ -26,7 +27,7 @@ LISTING_COLUMNS = ('job, idx AS "index", instance_id, disk_cid, snapshot_cid, cr
 
 
 class Queries:
-    def __init__(self, db: Any) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     # Snapshots -----------------------------------------------------------------
@@ -124,26 +125,16 @@ class Queries:
         the answer, the CPI's `log`, its stderr, the request id and duration."""
         entries = []
         for event in self.task_events(task_id):
-            call = event["data"].get("call")
+            call, data = event["data"].get("call"), event["data"]
             if not isinstance(call, dict):
                 continue
             where = {"position": event["position"], "time": event["time"], "event": event["type"],
                      "cpi": call.get("cpi")}
             # The calls made before the operation's own (`info`, `current_vm_id`): each its own entry.
-            for before in call.get("calls_before") or []:
-                entries.append({**where, "method": before.get("method"), "request_id": before.get("request_id"),
-                                "duration_s": before.get("duration_s"), "attempt": None, "snapshot_cid": None,
-                                "error": before.get("error"), "answer": before.get("answer"),
-                                "log": before.get("log", ""), "stderr": before.get("stderr", ""),
-                                **({"stdout": before["stdout"]} if before.get("stdout") else {})})
-            entries.append({
-                **where, "method": call.get("method"), "request_id": call.get("request_id"),
-                "duration_s": call.get("duration_s"), "attempt": event["data"].get("attempt") or call.get("attempts"),
-                "snapshot_cid": event["data"].get("snapshot_cid"),
-                "error": event["data"].get("error") or call.get("error"), "answer": call.get("answer"),
-                "log": call.get("log", ""), "stderr": call.get("stderr", ""),
-                **({"stdout": call["stdout"]} if call.get("stdout") else {}),
-            })
+            entries += [_cpi_log_entry(where, before, None, None, before.get("error"))
+                        for before in call.get("calls_before") or []]
+            entries.append(_cpi_log_entry(where, call, data.get("attempt") or call.get("attempts"),
+                                          data.get("snapshot_cid"), data.get("error") or call.get("error")))
         return entries
 
     def retention_candidates(self, deployment: str) -> list[Any]:
@@ -160,13 +151,7 @@ class Queries:
         # Each event with its task's number (issue 17): the number the CLIs and logs show.
         statement = (f"SELECT e.*, t.seq AS task_number FROM ({statement}) AS e "
                      "LEFT JOIN tasks_view AS t ON t.task_id = e.task_id ORDER BY e.position")
-        return [{"position": r["position"], "type": r["type"], "time": r["time"], "actor": r["actor"],
-                 "task_id": r["task_id"], "task_number": r["task_number"], "aggregate_id": r["aggregate_id"], "version": r["version"],
-                 "event_id": f"{r['aggregate_id']}/{r['version']}", "caused_by": json.loads(r["data"]).get("caused_by"),
-                 "deployment": r["deployment"],
-                 "instance": f"{r['job']}/{r['idx'] if r['idx'] is not None else r['instance_id']}" if r["job"] else None,
-                 "disk_cid": r["disk_cid"], "snapshot_cid": r["snapshot_cid"], "data": json.loads(r["data"])}
-                for r in self.db.query(statement, params)]
+        return [_audit_row(r) for r in self.db.query(statement, params)]
 
     # Recovery ------------------------------------------------------------------------
 
@@ -231,3 +216,21 @@ class Queries:
                              (schedule, limit))
         return [{"fire_time": r["fire_time"], "outcome": r["outcome"], "tasks": json.loads(r["tasks"])}
                 for r in rows]
+
+
+def _cpi_log_entry(where: dict[str, Any], call: dict[str, Any], attempt: int | None, snapshot_cid: str | None,
+                   error: Any) -> dict[str, Any]:
+    return {**where, "method": call.get("method"), "request_id": call.get("request_id"),
+            "duration_s": call.get("duration_s"), "attempt": attempt, "snapshot_cid": snapshot_cid,
+            "error": error, "answer": call.get("answer"), "log": call.get("log", ""), "stderr": call.get("stderr", ""),
+            **({"stdout": call["stdout"]} if call.get("stdout") else {})}
+
+
+def _audit_row(r: Row) -> dict[str, Any]:
+    data = json.loads(r["data"])
+    instance = f"{r['job']}/{r['idx'] if r['idx'] is not None else r['instance_id']}" if r["job"] else None
+    return {"position": r["position"], "type": r["type"], "time": r["time"], "actor": r["actor"],
+            "task_id": r["task_id"], "task_number": r["task_number"], "aggregate_id": r["aggregate_id"],
+            "version": r["version"], "event_id": f"{r['aggregate_id']}/{r['version']}",
+            "caused_by": data.get("caused_by"), "deployment": r["deployment"], "instance": instance,
+            "disk_cid": r["disk_cid"], "snapshot_cid": r["snapshot_cid"], "data": data}

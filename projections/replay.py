@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Protocol
+from collections.abc import Callable, Iterable
 
+from eventsourcing.persistence import ApplicationRecorder, Mapper
+
+from .database import Database
 from .projector import PROJECTOR_LOCK, Projector
 from .view import View
 from .views import all_views
@@ -21,15 +25,25 @@ from .views import all_views
 BATCH = 5000
 
 
+class EventLog(Protocol):
+    """The ledger as a rebuild reads it: its notifications, and the events they hold."""
+
+    @property
+    def recorder(self) -> ApplicationRecorder: ...
+
+    @property
+    def mapper(self) -> Mapper[Any]: ...
+
+
 @dataclass
 class Rebuild:
-    db: Any  # the scratch database
+    db: Database  # the scratch database
     position: int
     events: int
     views: list[View] = field(default_factory=list)
 
 
-def rebuild(ledger: Any, scratch_db: Any, names: Iterable[str] | None = None,
+def rebuild(ledger: EventLog, scratch_db: Database, names: Iterable[str] | None = None,
             progress: Callable[[int, int], None] | None = None) -> Rebuild:
     """Replay the whole log into `scratch_db` for the named views (all by default)."""
     chosen = [v for v in all_views() if names is None or v.name in set(names)]
@@ -39,7 +53,7 @@ def rebuild(ledger: Any, scratch_db: Any, names: Iterable[str] | None = None,
     return rebuilt
 
 
-def catch_up(ledger: Any, rebuilt: Rebuild, head: int, progress: Callable[[int, int], None] | None = None) -> None:
+def catch_up(ledger: EventLog, rebuilt: Rebuild, head: int, progress: Callable[[int, int], None] | None = None) -> None:
     """Apply the log after the rebuild's position up to `head` (inclusive)."""
     projector = Projector(rebuilt.db, views=rebuilt.views)
     while rebuilt.position < head:
@@ -59,7 +73,7 @@ def _rows(cur: Any, table: str) -> list[tuple[Any, ...]]:
     return sorted(tuple(str(v) for v in row.values()) for row in cur.execute(f"SELECT * FROM {table}").fetchall())
 
 
-def differences(live_db: Any, rebuilt: Rebuild, ledger: Any) -> list[str]:
+def differences(live_db: Database, rebuilt: Rebuild, ledger: EventLog) -> list[str]:
     """Where the live views differ from a rebuild from the log.
 
     The live tables and their positions are read in one consistent snapshot
@@ -93,7 +107,7 @@ def differences(live_db: Any, rebuilt: Rebuild, ledger: Any) -> list[str]:
     return found
 
 
-def swap(live_db: Any, rebuilt: Rebuild, name: str, scratch_ref: str) -> None:
+def swap(live_db: Database, rebuilt: Rebuild, name: str, scratch_ref: str) -> None:
     """Replace the live view `name` with the rebuilt one, atomically.
 
     `scratch_ref`: how the live connection reaches the scratch tables, a

@@ -8,6 +8,7 @@ from typing import Any
 from snapledger.domain.restore import (CLAIMED_STATES, DRAINING, FAILED, REQUESTED, RESTORE_PENDING, RESTORED,
                                        RESTORING, SNAPSHOTTING, STOPPING, Restore)
 
+from .database import Database, Row
 from .events import iso
 from .view import Cursor, Handler, Handlers, View, error_text, on
 
@@ -83,7 +84,7 @@ class RestoresView(View):
         self._set(cur, e, "state = %s, error = %s", FAILED, error_text(e.error))
 
 
-def _row(r: dict[str, Any]) -> dict[str, Any]:
+def _row(r: Row) -> dict[str, Any]:
     return {"restore_id": r["restore_id"], "deployment": r["deployment"], "snapshot_cid": r["snapshot_cid"],
             "source_disk": r["source_disk"], "disk_cid": r["target_disk"], "new_disk": bool(r["new_disk"]),
             "instance": r["instance"], "cpi": r["cpi"], "state": r["state"], "worker": r["worker"],
@@ -91,13 +92,13 @@ def _row(r: dict[str, Any]) -> dict[str, Any]:
             "requested_at": r["requested_at"], "updated_at": r["updated_at"]}
 
 
-def restore_of_task(db: Any, task_id: str) -> dict[str, Any] | None:
+def restore_of_task(db: Database, task_id: str) -> dict[str, Any] | None:
     """A restore task's progress: state, target disk (new or not), safety snapshot, error."""
     rows = db.query("SELECT * FROM restores_view WHERE task_id = %s", (task_id,))
     return _row(rows[0]) if rows else None
 
 
-def claimed_restores(db: Any, older_than: str) -> list[dict[str, Any]]:
+def claimed_restores(db: Database, older_than: str) -> list[dict[str, Any]]:
     """Restores a worker holds (draining, stopping, restoring), unchanged since `older_than`."""
     claimed = sorted(CLAIMED_STATES)
     rows = db.query(f"SELECT * FROM restores_view WHERE state IN ({', '.join(['%s'] * len(claimed))}) "

@@ -110,20 +110,26 @@ class ExternalCpi:
         require_supported(info)
         return copy.deepcopy(info)
 
+    # Each result is JSON (Any) checked by its ResultCheck: typed once checked.
+
     def snapshot_disk(self, disk_cid: str, metadata: dict[str, Any]) -> str:
-        return self._call("snapshot_disk", [disk_cid, metadata], non_empty_string)
+        cid: str = self._call("snapshot_disk", [disk_cid, metadata], non_empty_string)
+        return cid
 
     def delete_snapshot(self, snapshot_cid: str) -> None:
         self._call("delete_snapshot", [snapshot_cid])
 
     def current_vm_id(self) -> str:
-        return self._call("current_vm_id", [], non_empty_string)
+        cid: str = self._call("current_vm_id", [], non_empty_string)
+        return cid
 
     def get_disks(self, vm_cid: str) -> list[str]:
-        return self._call("get_disks", [vm_cid], list_of_strings)
+        cids: list[str] = self._call("get_disks", [vm_cid], list_of_strings)
+        return cids
 
     def create_disk(self, size_mb: int, cloud_properties: dict[str, Any], vm_cid: str | None) -> str:
-        return self._call("create_disk", [size_mb, cloud_properties, vm_cid], non_empty_string)
+        cid: str = self._call("create_disk", [size_mb, cloud_properties, vm_cid], non_empty_string)
+        return cid
 
     def call(self, method: str, arguments: list[Any]) -> Any:
         """Call any CPI method; the result is returned unvalidated."""
@@ -151,7 +157,8 @@ class ExternalCpi:
     def _fetch_info(self) -> dict[str, Any]:
         try:
             # `info` is the one call made without api_version: it is how we learn it.
-            return self._invoke("info", [], None, json_object)
+            info: dict[str, Any] = self._invoke("info", [], None, json_object)
+            return info
         except CpiError as e:
             if e.is_not_implemented:
                 # The Director treats a CPI without `info` as API version 1.

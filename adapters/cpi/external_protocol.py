@@ -42,7 +42,7 @@ def invalid_response(call: Call, stdout: str, problem: str) -> CpiError:
 
 def parse_response(call: Call, stdout: str) -> dict[str, Any]:
     try:
-        response = json.loads(stdout)
+        response: dict[str, Any] = json.loads(stdout)  # an object once schema_problem says so
     except ValueError as e:
         raise invalid_response(call, stdout, f"ParserError - {e}") from None
     problem = schema_problem(response)

@@ -258,7 +258,8 @@ class LocalCpi:
     def _manifest(self, cid: str) -> dict[str, Any] | None:
         try:
             with open(self._snap_dir(check_cid(cid, "snapshot")) / _MANIFEST) as f:
-                return json.load(f)
+                manifest: dict[str, Any] = json.load(f)  # ours, written by snapshot_disk
+                return manifest
         except (OSError, ValueError):
             return None
 

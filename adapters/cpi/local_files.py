@@ -73,8 +73,12 @@ def copy_file(src: Path, dst: Path, mode: int) -> tuple[str, os.stat_result, boo
         after = os.fstat(src_fd)
     finally:
         os.close(src_fd)
-    key = lambda s: (s.st_size, s.st_mtime_ns, s.st_ctime_ns)  # noqa: E731
-    return how, before, key(before) == key(after)
+    return how, before, _unchanged(before, after)
+
+
+def _unchanged(before: os.stat_result, after: os.stat_result) -> bool:
+    return (before.st_size, before.st_mtime_ns, before.st_ctime_ns) == (after.st_size, after.st_mtime_ns,
+                                                                       after.st_ctime_ns)
 
 
 def hold(directory: Path, wait: bool = True) -> int:

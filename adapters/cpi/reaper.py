@@ -23,6 +23,7 @@ the environment this process was started with, read from /proc/self/environ
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -43,7 +44,8 @@ def _stop(_signum: int, _frame: object) -> None:
 
 def environment_at_exec() -> dict[bytes, bytes]:
     try:
-        raw = open("/proc/self/environ", "rb").read()
+        with open("/proc/self/environ", "rb") as environ:
+            raw = environ.read()
     except OSError:
         return {k.encode(): v.encode() for k, v in os.environ.items()}
     pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
@@ -84,20 +86,16 @@ def reap_all() -> None:
 
 def kill_everything(cpi: int) -> None:
     """The CPI's group at once, then whatever is left below this process, until nothing is."""
-    try:
+    with contextlib.suppress(OSError):  # the group is empty
         os.killpg(cpi, signal.SIGKILL)
-    except OSError:
-        pass  # the group is empty
     for _ in range(1000):  # each round kills the children; their orphans become ours
         reap_all()
         left = children()
         if not left:
             return
         for pid in left:
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
 
 
 def spawn(executable: str, env: dict[bytes, bytes]) -> int:
@@ -109,7 +107,7 @@ def spawn(executable: str, env: dict[bytes, bytes]) -> int:
             os.setpgid(0, 0)  # its own group: killed at once, without this process
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.execve(executable, [executable], env)
-        except BaseException as error:  # noqa: BLE001 - report to the parent, always exit
+        except BaseException as error:  # report to the parent, always exit
             try:
                 os.write(write_end, f"{type(error).__name__}: {error}".encode())
             finally:
@@ -132,10 +130,8 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGTERM, _stop)
     cpi = spawn(argv[1], environment_at_exec())
     status = None
-    try:
+    with contextlib.suppress(Stop):
         _, status = os.waitpid(cpi, 0)
-    except Stop:
-        pass
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # nothing interrupts the clean-up
     kill_everything(cpi)
     if status is None:  # timed out: reaped by kill_everything
