@@ -11,11 +11,16 @@ from .cron import CronSchedule
 
 SETTINGS_ID = uuid5(NAMESPACE_URL, "snapledger:/settings")
 
+# The schedules by their BOSH manifest names (configuration keys, API and CLI names alike).
+SNAPSHOT_SCHEDULE = "snapshot_schedule"  # every deployment's disks
+SELF_SNAPSHOT_SCHEDULE = "self_snapshot_schedule"  # the service host's own disks
+RETENTION_SCHEDULE = "retention_schedule"  # ours, not BOSH's: expire by policy
+
 # BOSH's defaults (jobs/director/spec): both schedules exist unless turned off.
 DEFAULT_SCHEDULES = {
-    "snapshot_schedule": "0 0 7 * * * UTC",
-    "self_snapshot_schedule": "0 0 6 * * * UTC",
-    "retention_schedule": None,  # ours, not BOSH's: off until set
+    SNAPSHOT_SCHEDULE: "0 0 7 * * * UTC",
+    SELF_SNAPSHOT_SCHEDULE: "0 0 6 * * * UTC",
+    RETENTION_SCHEDULE: None,  # off until set
 }
 SCHEDULE_NAMES = tuple(DEFAULT_SCHEDULES)
 
