@@ -45,7 +45,7 @@ class _Pending:
 
 
 class GroupCommitter:
-    """Install with `ledger.record_events = committer.record` (see wiring)."""
+    """Install with `ledger.record_events = committer.record` (adapters/bootstrap.py `build_ledger`)."""
 
     def __init__(self, put: Callable[[list[Any]], list[Any]], log: Any = None, max_batch: int = 500,
                  max_wait_s: float = 0.002, start: bool = True) -> None:

@@ -36,9 +36,11 @@ import json
 from typing import Any, Sequence
 
 from eventsourcing.persistence import InterfaceError, OperationalError, ProgrammingError, StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
+from eventsourcing.postgres import ConnectionPool, PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
 from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier
+
+from .store import RECONNECT_TIMEOUT_S, QuietPing
 
 # Measured on PostgreSQL 15 / psycopg 3.3.9: 3.5 MB committed in the pipeline,
 # 5 MB hung. A tenth of the smallest hanging size leaves a wide margin.
@@ -110,10 +112,23 @@ class LedgerFactory(PostgresFactory):
     of the event store's pool. The library builds its pool from dbname, host,
     port, user and password only, so `?sslmode=verify-full` reached the views'
     connections but not the event store's. The pool is not open yet when the
-    factory is built, so no connection is made without them."""
+    factory is built, so it is replaced before any connection is made."""
 
     def __init__(self, env: Any) -> None:
         super().__init__(env)
-        options = json.loads(self.env.get(LIBPQ_OPTIONS_ENV) or "{}")
-        if options:
-            self.datastore.pool.kwargs.update(options)
+        self.datastore.pool = ledger_pool(self.datastore, json.loads(self.env.get(LIBPQ_OPTIONS_ENV) or "{}"))
+
+
+def ledger_pool(datastore: PostgresDatastore, options: dict[str, str]) -> ConnectionPool[Any]:
+    """The pool the library's datastore built (not opened yet), built again with
+    what the datastore has no setting for: the URL's libpq options, a short
+    reconnect time-out (RECONNECT_TIMEOUT_S) and the lazy pre-ping (QuietPing).
+    Everything else is taken from the library's pool as it made it."""
+    built = datastore.pool
+    return ConnectionPool(
+        get_password_func=built.get_password_func, connection_class=built.connection_class,
+        kwargs={**(built.kwargs or {}), **options}, min_size=built.min_size, max_size=built.max_size,
+        open=False, configure=datastore.after_connect_func(), timeout=built.timeout,
+        max_waiting=built.max_waiting, max_lifetime=built.max_lifetime,
+        check=QuietPing() if datastore.pre_ping else None, reconnect_timeout=RECONNECT_TIMEOUT_S,
+    )

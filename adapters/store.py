@@ -16,8 +16,9 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import parse_qsl, unquote, urlsplit
+from weakref import WeakKeyDictionary
 
 import psycopg
 from psycopg import sql
@@ -119,15 +120,6 @@ def ledger_env(url: StoreUrl, pool_size: int = 4, max_overflow: int = 8) -> dict
 RECONNECT_TIMEOUT_S = 5.0
 
 
-def tune_pool_recovery(ledger: Any) -> None:
-    """Apply RECONNECT_TIMEOUT_S and the lazy pre-ping to the event store's own pool (not env options)."""
-    pool = getattr(getattr(ledger.recorder, "datastore", None), "pool", None)
-    if pool is not None and hasattr(pool, "reconnect_timeout"):
-        pool.reconnect_timeout = RECONNECT_TIMEOUT_S
-        if getattr(pool, "_check", None) is not None:
-            pool._check = ping_if_quiet
-
-
 # Pre-ping costs a round trip per borrowed connection: a command borrowed
 # three and paid six round trips (docs/performance.md). A connection that
 # passed a ping within this window is handed out as is; if the server went
@@ -136,12 +128,25 @@ def tune_pool_recovery(ledger: Any) -> None:
 PING_QUIET_S = 1.0
 
 
-def ping_if_quiet(conn: Any) -> None:
-    now = time.monotonic()
-    if now - getattr(conn, "_snapledger_pinged", -PING_QUIET_S) < PING_QUIET_S:
-        return
-    ConnectionPool.check_connection(conn)
-    conn._snapledger_pinged = now
+class QuietPing:
+    """A pool's `check`: ping a connection only if it was not pinged within PING_QUIET_S.
+
+    When each connection was last pinged is kept here (weakly), not on the
+    library's connection objects."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._pinged: WeakKeyDictionary[Any, float] = WeakKeyDictionary()
+        self._guard = threading.Lock()
+
+    def __call__(self, conn: Any) -> None:
+        now = self.clock()
+        with self._guard:
+            if now - self._pinged.get(conn, -PING_QUIET_S) < PING_QUIET_S:
+                return
+        ConnectionPool.check_connection(conn)
+        with self._guard:
+            self._pinged[conn] = now
 
 
 SQLITE_EVENTS_TABLE = "stored_events"  # the library's table names, by store
@@ -228,7 +233,7 @@ class PostgresDatabase(Database):
         # `transaction()` and `snapshot()` still open a real transaction.
         self.pool = ConnectionPool(
             url.conninfo(), min_size=min_size, max_size=max_size, timeout=3,
-            kwargs={"row_factory": dict_row, "autocommit": True}, check=ping_if_quiet,
+            kwargs={"row_factory": dict_row, "autocommit": True}, check=QuietPing(),
             open=True, name="views", reconnect_timeout=RECONNECT_TIMEOUT_S,
         )
 

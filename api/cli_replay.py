@@ -21,7 +21,7 @@ from .cli import _load, _server_options, fail, main
 def replay(verify: bool, rebuild_name: str | None, **options: Any) -> None:
     """Rebuild views from the event log alone: verify them or replace one."""
     from snapledger.adapters.store import ensure_schema, open_database, parse_store_url
-    from snapledger.adapters.wiring import build_runtime
+    from snapledger.adapters.bootstrap import bootstrap
     from snapledger.projections import replay as replaying
     from snapledger.projections.views import all_views
 
@@ -33,7 +33,7 @@ def replay(verify: bool, rebuild_name: str | None, **options: Any) -> None:
     config = _load(**options)
     checked = _existing_store(config.database_url)
     click.echo(f"store: {checked}", err=True)
-    runtime = build_runtime(config, roles=frozenset())
+    runtime = bootstrap(config, frozenset())
     scratch = replaying.scratch_name()
     url = runtime.url
     if url.kind == "postgres":

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from .projector import PROJECTOR_LOCK, Projector
+from .tracking import save_position, tracked_positions
 from .views import View, all_views
 
 BATCH = 5000
@@ -66,8 +67,7 @@ def differences(live_db: Any, rebuilt: Rebuild, ledger: Any) -> list[str]:
     exactly that position, so events arriving during a verify are no
     difference."""
     with live_db.snapshot() as cur:
-        tracked = {r["name"]: int(r["position"])
-                   for r in cur.execute("SELECT name, position FROM projection_tracking").fetchall()}
+        tracked = tracked_positions(cur.execute("SELECT name, position FROM projection_tracking").fetchall())
         live_positions = {v.name: tracked.get(v.name, 0) for v in rebuilt.views}
         target = max(live_positions.values(), default=0)
         live = {t: _rows(cur, t) for v in rebuilt.views if live_positions[v.name] == target for t in v.tables}
@@ -104,8 +104,7 @@ def swap(live_db: Any, rebuilt: Rebuild, name: str, scratch_ref: str) -> None:
         for table in view.tables:
             cur.execute(f"DELETE FROM {table}")
             cur.execute(f"INSERT INTO {table} SELECT * FROM {scratch_ref}.{table}")
-        cur.execute("INSERT INTO projection_tracking (name, position) VALUES (%s, %s) "
-                    "ON CONFLICT (name) DO UPDATE SET position = excluded.position", (name, rebuilt.position))
+        save_position(cur, name, rebuilt.position)
 
 
 def scratch_name() -> str:

@@ -20,9 +20,9 @@ import structlog
 
 from snapledger.adapters.agent_local import LocalAgent
 from snapledger.adapters.follower import ChangeSignal
-from snapledger.adapters.job_worker import JobUpdateWorker
+from snapledger.adapters.job_update_worker import JobUpdateWorker
 from snapledger.adapters.store import ledger_env, open_database, parse_store_url
-from snapledger.adapters.worker import HEARTBEAT_DDL
+from snapledger.adapters.log_worker import HEARTBEAT_DDL
 from snapledger.domain.application import Ledger
 from snapledger.domain.cpi import CpiError
 from snapledger.domain.job_update import JobUpdate, JobUpdateRunner, announce_job_update, job_update_id

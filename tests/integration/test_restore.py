@@ -23,7 +23,7 @@ from snapledger.adapters.cpi.local import LocalCpi
 from snapledger.adapters.follower import ChangeSignal
 from snapledger.adapters.restore_worker import RestoreWorker
 from snapledger.adapters.store import ledger_env, open_database, parse_store_url
-from snapledger.adapters.worker import HEARTBEAT_DDL
+from snapledger.adapters.log_worker import HEARTBEAT_DDL
 from snapledger.domain.application import Ledger
 from snapledger.domain.cpi import CLOUD_ERROR, CpiError
 from snapledger.domain.operations import OperationRunner
