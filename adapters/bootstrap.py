@@ -17,12 +17,15 @@ import re
 import socket
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
+from collections.abc import Mapping
 
+import psycopg
 import structlog
+from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from snapledger.domain.application import Director, Ledger
@@ -45,7 +48,8 @@ from .rate_limit import DDL as RATE_LIMIT_DDL
 from .rate_limit import rate_limited
 from .restore_worker import RestoreWorker
 from .snapshot_worker import SnapshotWorker
-from .store import RECONNECT_TIMEOUT_S, Database, StoreUrl, ledger_env, open_database, parse_store_url, setup_lock
+from .store import (RECONNECT_TIMEOUT_S, Database, StoreUrl, ensure_schema, ledger_env, open_database,
+                    parse_store_url, setup_lock)
 
 def build_cpis(config: Config) -> dict[str, Cpi]:
     """Every configured CPI by name (only worker processes call CPIs)."""
@@ -201,6 +205,40 @@ def bootstrap(config: Config, roles: frozenset[str] | set[str] = ROLES, *,
     return runtime
 
 
+@dataclass
+class ScratchStore:
+    """A throw-away view database beside a live store, for rebuilding views from
+    the log (`replay`, the chaos run's check): a schema of the same PostgreSQL
+    database, or a SQLite file next to the live one. `ref` is how the live
+    database's connections name it (a schema, or the name it is attached as)."""
+
+    url: StoreUrl
+    db: Database
+    ref: str
+    file: Path | None = None
+
+    def close(self) -> None:
+        self.db.close()
+        if self.file is not None:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.file}{suffix}").unlink(missing_ok=True)
+            return
+        with psycopg.connect(self.url.conninfo(), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.ref)))
+
+
+def open_scratch(live: StoreUrl, name: str) -> ScratchStore:
+    """A fresh scratch store named `name` beside the store at `live` (views made by the rebuild)."""
+    if live.kind == "postgres":
+        url = replace(live, schema=name)
+        ensure_schema(url)
+        return ScratchStore(url, open_database(url), name)
+    assert live.sqlite_path is not None
+    file = live.sqlite_path.with_name(f"{live.sqlite_path.stem}.{name}.sqlite")
+    url = parse_store_url(f"sqlite:///{file}")
+    return ScratchStore(url, open_database(url), name, file)
+
+
 def create_schema(db: Database, projector: Projector) -> None:
     """Every table of the views and the workers (the event store's own tables
     are the library's, made when the Ledger opens the store). Idempotent; the
@@ -266,11 +304,11 @@ def build_workers(runtime: Runtime, locks: DiskLocks, agent: Any) -> list[Stoppa
     job_updates = JobUpdateRunner(ledger, agent, worker=worker, log=log.bind(component="job-updates"))
     restores = RestoreRunner(ledger, agent, runtime.cpis, worker=worker, disk_locks=locks,
                              log=log.bind(component="restores"), on_call=observe_cpi_call)
-    timing = {"poll_interval": config.poll_interval_s, "lease_s": config.worker_lease_s}
+    poll, lease = config.poll_interval_s, config.worker_lease_s
     return [SnapshotWorker(ledger, operations, runtime.db, runtime.queries, runtime.signal, log,
-                           max_in_flight=config.worker_max_in_flight, **timing),
-            JobUpdateWorker(ledger, job_updates, runtime.db, runtime.signal, log, **timing),
-            RestoreWorker(ledger, restores, runtime.db, runtime.signal, log, **timing)]
+                           max_in_flight=config.worker_max_in_flight, poll_interval=poll, lease_s=lease),
+            JobUpdateWorker(ledger, job_updates, runtime.db, runtime.signal, log, poll_interval=poll, lease_s=lease),
+            RestoreWorker(ledger, restores, runtime.db, runtime.signal, log, poll_interval=poll, lease_s=lease)]
 
 
 def projection_follower(runtime: Runtime) -> LogFollower:
@@ -281,7 +319,7 @@ def projection_follower(runtime: Runtime) -> LogFollower:
         projector.apply(batch)
         if batch:
             newest = batch[-1][1].timestamp
-            PROJECTION_LAG_SECONDS.set(max((datetime.now(timezone.utc) - newest).total_seconds(), 0.0))
+            PROJECTION_LAG_SECONDS.set(max((datetime.now(UTC) - newest).total_seconds(), 0.0))
 
     return LogFollower("projector", runtime.ledger, runtime.signal, project, projector.position, runtime.log,
                        batch_size=1000, poll_interval=runtime.config.poll_interval_s)

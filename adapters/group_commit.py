@@ -28,13 +28,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from eventsourcing.persistence import IntegrityError
 
 
 class _Pending:
-    __slots__ = ("events", "done", "recordings", "error", "ids")
+    __slots__ = ("done", "error", "events", "ids", "recordings")
 
     def __init__(self, events: list[Any]) -> None:
         self.events = events
@@ -159,11 +160,11 @@ class GroupCommitter:
                 try:
                     item.recordings = self.put(item.events)
                     self._count([item])
-                except BaseException as error:  # noqa: BLE001 - handed to that caller
+                except BaseException as error:
                     item.error = error
                 item.done.set()
             return
-        except BaseException as error:  # noqa: BLE001 - the whole batch failed: tell every caller
+        except BaseException as error:
             if self.log is not None:
                 self.log.warning("group commit failed", callers=len(batch), error=repr(error))
             for item in batch:

@@ -34,7 +34,7 @@ from .store import Database
 class JobUpdateWorker(ClaimingLogWorker):
     component = "job-updates"
     position_name = "job_update_worker"  # not "job_updates": that is the view's tracking row
-    topics = (get_topic(JobUpdate.Announced), get_topic(Task.OperationFinished))
+    topics = (get_topic(JobUpdate.Announced), get_topic(Task.OperationFinished))  # type: ignore[attr-defined]
     thread_prefix = "drain"
 
     def __init__(self, ledger: Any, runner: JobUpdateRunner, db: Database, signal: ChangeSignal, log: Any,
@@ -44,7 +44,7 @@ class JobUpdateWorker(ClaimingLogWorker):
         self.runner = runner
 
     def subject_of(self, event: Any) -> UUID | None:
-        if isinstance(event, JobUpdate.Announced):
+        if isinstance(event, JobUpdate.Announced):  # type: ignore[attr-defined]
             return UUID(str(event.originator_id))
         if self.runner.is_job_update_task(str(event.originator_id)):
             return job_update_id(event.originator_id)

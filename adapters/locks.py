@@ -14,7 +14,8 @@ import hashlib
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from psycopg_pool import ConnectionPool
 
@@ -37,13 +38,12 @@ class PostgresDiskLocks(DiskLocks):
 
     @contextmanager
     def hold(self, disk_cid: str) -> Iterator[None]:
-        with super().for_disk(disk_cid):
-            with self.pool.connection() as conn:
-                conn.execute("SELECT pg_advisory_lock(%s)", (_key(disk_cid),))
-                try:
-                    yield
-                finally:
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (_key(disk_cid),))
+        with super().for_disk(disk_cid), self.pool.connection() as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (_key(disk_cid),))
+            try:
+                yield
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (_key(disk_cid),))
 
     def for_disk(self, disk_cid: str) -> Any:
         return self.hold(disk_cid)

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Hashable, Iterator, Sequence
+from datetime import datetime, timedelta, UTC
+from typing import Any
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from uuid import UUID
 
 from snapledger.projections.events import iso
@@ -40,7 +41,9 @@ HEARTBEAT_DDL = """CREATE TABLE IF NOT EXISTS worker_heartbeats (
 
 def stale_before(lease_s: float, now: datetime | None = None) -> str:
     """The moment before which a claim or a beat is older than a lease."""
-    return iso((now or datetime.now(timezone.utc)) - timedelta(seconds=lease_s))
+    moment = iso((now or datetime.now(UTC)) - timedelta(seconds=lease_s))
+    assert moment is not None  # iso() of a datetime
+    return moment
 
 
 class LogWorker:
@@ -168,19 +171,19 @@ class ClaimingLogWorker(LogWorker):
         # Claims are durable: a replay after a crash finds them taken, never runs them twice.
         self.tracked.save(batch[-1][0])
 
-    def run_claimed(self, key: Hashable, step: Callable[[], Any], **context: Any) -> None:
+    def run_claimed(self, key: Hashable, run: Callable[[], Any], **context: Any) -> None:
         """Run a claimed step on a pool thread; it counts as running from the claim
         on, so one queued behind busy threads is not taken for abandoned."""
         self.running.add(key)
         try:
-            self.pool.submit(self._run, step, context)
+            self.pool.submit(self._run, run, context)
         except RuntimeError:  # the pool is shut down: no thread will run it, the sweep recovers it
             self.running.discard(key)
             raise
 
-    def _run(self, step: Callable[[], Any], context: dict[str, Any]) -> None:
+    def _run(self, run: Callable[[], Any], context: dict[str, Any]) -> None:
         try:
-            step()
+            run()
         except Exception:  # logged; the sweep finds the claim abandoned (its thread is gone)
             self.log.exception("step failed", **context)
 

@@ -33,7 +33,8 @@ Selected through the library's own `APPLICATION_RECORDER_TOPIC` setting
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from eventsourcing.persistence import InterfaceError, OperationalError, ProgrammingError, StoredEvent
 from eventsourcing.postgres import ConnectionPool, PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
@@ -74,8 +75,10 @@ class LedgerRecorder(PostgresApplicationRecorder):
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         if self.datastore.enable_db_functions or not _by_copy(stored_events):
-            return super().insert_events(stored_events, **kwargs)
-        return self._insert_by_copy(stored_events)
+            pipelined: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
+            return pipelined
+        copied: Sequence[int] = self._insert_by_copy(stored_events)  # `retry` hides its type
+        return copied
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def _insert_by_copy(self, stored_events: Sequence[StoredEvent]) -> Sequence[int]:
@@ -83,7 +86,9 @@ class LedgerRecorder(PostgresApplicationRecorder):
             curs.execute(self.copy_prelude)
             while curs.nextset():
                 pass  # to the last statement's result: the log's end under the lock
-            before = curs.fetchone()["last"]
+            end = curs.fetchone()
+            assert end is not None  # an aggregate always returns its row
+            before = end["last"]
             with curs.copy(self.copy_statement) as copy:
                 copy.set_types([self.datastore.originator_id_type, "int8", "text", "bytea"])
                 for event in stored_events:
@@ -125,9 +130,10 @@ def ledger_pool(datastore: PostgresDatastore, options: dict[str, str]) -> Connec
     reconnect time-out (RECONNECT_TIMEOUT_S) and the lazy pre-ping (QuietPing).
     Everything else is taken from the library's pool as it made it."""
     built = datastore.pool
+    assert isinstance(built.kwargs, dict)  # the datastore passes its connection arguments as a dict
     return ConnectionPool(
         get_password_func=built.get_password_func, connection_class=built.connection_class,
-        kwargs={**(built.kwargs or {}), **options}, min_size=built.min_size, max_size=built.max_size,
+        kwargs={**built.kwargs, **options}, min_size=built.min_size, max_size=built.max_size,
         open=False, configure=datastore.after_connect_func(), timeout=built.timeout,
         max_waiting=built.max_waiting, max_lifetime=built.max_lifetime,
         check=QuietPing() if datastore.pre_ping else None, reconnect_timeout=RECONNECT_TIMEOUT_S,

@@ -33,7 +33,7 @@ from .store import Database
 class RestoreWorker(ClaimingLogWorker):
     component = "restores"
     position_name = "restore_worker"  # not "restores": that is the view's tracking row
-    topics = (get_topic(Restore.Requested), get_topic(Task.OperationFinished))
+    topics = (get_topic(Restore.Requested), get_topic(Task.OperationFinished))  # type: ignore[attr-defined]
     thread_prefix = "restore"
 
     def __init__(self, ledger: Any, runner: RestoreRunner, db: Database, signal: ChangeSignal, log: Any,
@@ -43,7 +43,7 @@ class RestoreWorker(ClaimingLogWorker):
         self.runner = runner
 
     def subject_of(self, event: Any) -> UUID | None:
-        if isinstance(event, Restore.Requested):
+        if isinstance(event, Restore.Requested):  # type: ignore[attr-defined]
             return UUID(str(event.originator_id))
         if self.runner.is_restore_task(str(event.originator_id)):
             return restore_id(event.originator_id)

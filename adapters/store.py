@@ -13,10 +13,11 @@ import os
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
+from collections.abc import Callable, Iterator, Sequence
 from urllib.parse import parse_qsl, unquote, urlsplit
 from weakref import WeakKeyDictionary
 
@@ -81,10 +82,8 @@ def private_sqlite_files(path: Path) -> None:
     take the database's mode), and an existing database made so."""
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
     for side in ("", "-wal", "-shm", "-journal"):
-        try:
+        with suppress(FileNotFoundError):
             os.chmod(f"{path}{side}", 0o600)
-        except FileNotFoundError:
-            pass
 
 
 def ledger_env(url: StoreUrl, pool_size: int = 4, max_overflow: int = 8) -> dict[str, str]:
@@ -160,12 +159,12 @@ def store_exists(url: StoreUrl) -> bool:
         assert url.sqlite_path is not None
         if not url.sqlite_path.is_file():
             return False
-        conn = sqlite3.connect(f"file:{url.sqlite_path.resolve()}?mode=ro", uri=True)
+        lite = sqlite3.connect(f"file:{url.sqlite_path.resolve()}?mode=ro", uri=True)
         try:
-            return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+            return lite.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                                 (SQLITE_EVENTS_TABLE,)).fetchone() is not None
         finally:
-            conn.close()
+            lite.close()
     with psycopg.connect(url.conninfo(), connect_timeout=5) as conn:
         row = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
                            (f'"{url.schema}".{POSTGRES_EVENTS_TABLE}',)).fetchone()
@@ -239,22 +238,20 @@ class PostgresDatabase(Database):
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:
-        with self.pool.connection() as conn:
-            with conn.transaction():
-                with conn.cursor() as cur:
-                    yield cur
+        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            yield cur
 
     @contextmanager
     def snapshot(self) -> Iterator[Any]:
-        with self.pool.connection() as conn:
-            with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                with conn.cursor() as cur:
-                    yield cur
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            with conn.cursor() as cur:
+                yield cur
 
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self.pool.connection() as conn:
-            return conn.execute(statement, params).fetchall()
+            rows: list[dict[str, Any]] = conn.execute(statement, params).fetchall()
+            return rows
 
     def close(self) -> None:
         self.pool.close()
@@ -266,7 +263,7 @@ class SqliteCursor:
     def __init__(self, cursor: sqlite3.Cursor) -> None:
         self._cursor = cursor
 
-    def execute(self, statement: str, params: Sequence[Any] = ()) -> "SqliteCursor":
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> SqliteCursor:
         self._cursor.execute(statement.replace("%s", "?"), tuple(params))
         return self
 
@@ -275,7 +272,7 @@ class SqliteCursor:
 
     def fetchall(self) -> list[dict[str, Any]]:
         names = [d[0] for d in self._cursor.description or ()]
-        return [dict(zip(names, row)) for row in self._cursor.fetchall()]
+        return [dict(zip(names, row, strict=True)) for row in self._cursor.fetchall()]
 
     def fetchone(self) -> dict[str, Any] | None:
         rows = self.fetchall()

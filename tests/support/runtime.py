@@ -7,7 +7,8 @@ import functools
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import encode_basic_auth
 from aiohttp.test_utils import TestClient, TestServer
@@ -53,7 +54,7 @@ def make_disk(config: Config, cid: str, files: dict[str, bytes] | None = None) -
 
 
 @asynccontextmanager
-async def api_client(config: Config, roles: set[str] = set(ROLES),
+async def api_client(config: Config, roles: frozenset[str] | set[str] = ROLES,
                      customise: Callable[[Runtime], None] | None = None,
                      user: str | None = "admin", **parts: Any) -> AsyncIterator[TestClient]:
     """A real aiohttp server on a loopback port over a freshly built runtime,
