@@ -16,18 +16,17 @@ import os
 import re
 import socket
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, UTC
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
-from collections.abc import Mapping
 
 import psycopg
 import structlog
 from psycopg import sql
 from psycopg_pool import ConnectionPool
-
 from snapledger.domain.application import Director, Ledger
 from snapledger.domain.cpi import Cpi
 from snapledger.domain.job_update import JobUpdateRunner
@@ -48,8 +47,17 @@ from .rate_limit import DDL as RATE_LIMIT_DDL
 from .rate_limit import rate_limited
 from .restore_worker import RestoreWorker
 from .snapshot_worker import SnapshotWorker
-from .store import (RECONNECT_TIMEOUT_S, Database, StoreUrl, ensure_schema, ledger_env, open_database,
-                    parse_store_url, setup_lock)
+from .store import (
+    RECONNECT_TIMEOUT_S,
+    Database,
+    StoreUrl,
+    ensure_schema,
+    ledger_env,
+    open_database,
+    parse_store_url,
+    setup_lock,
+)
+
 
 def build_cpis(config: Config) -> dict[str, Cpi]:
     """Every configured CPI by name (only worker processes call CPIs)."""

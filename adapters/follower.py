@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import psycopg
-
 from snapledger.projections.tracking import save_position
 
 from .store import EVENTS_CHANNEL, StoreUrl

@@ -28,8 +28,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 from eventsourcing.persistence import IntegrityError
 

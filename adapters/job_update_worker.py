@@ -21,14 +21,11 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.utils import get_topic
-
 from snapledger.domain.job_update import JobUpdate, JobUpdateRunner, job_update_id
 from snapledger.domain.task import Task
 from snapledger.projections.job_updates import claimed_instances
 
-from .follower import ChangeSignal
 from .log_worker import ClaimingLogWorker
-from .store import Database
 
 
 class JobUpdateWorker(ClaimingLogWorker):
@@ -36,12 +33,8 @@ class JobUpdateWorker(ClaimingLogWorker):
     position_name = "job_update_worker"  # not "job_updates": that is the view's tracking row
     topics = (get_topic(JobUpdate.Announced), get_topic(Task.OperationFinished))  # type: ignore[attr-defined]
     thread_prefix = "drain"
-
-    def __init__(self, ledger: Any, runner: JobUpdateRunner, db: Database, signal: ChangeSignal, log: Any,
-                 max_instances: int = 16, poll_interval: float = 1.0, lease_s: float = 30.0) -> None:
-        super().__init__(ledger, db, signal, log, runner.worker, agent=runner.agent, running=runner.running,
-                         pool_size=max_instances, lease_s=lease_s, poll_interval=poll_interval)
-        self.runner = runner
+    pool_size = 16
+    runner: JobUpdateRunner
 
     def subject_of(self, event: Any) -> UUID | None:
         if isinstance(event, JobUpdate.Announced):  # type: ignore[attr-defined]

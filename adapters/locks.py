@@ -12,13 +12,12 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterator
 
 from psycopg_pool import ConnectionPool
-
 from snapledger.domain.operations import DiskLocks
 
 

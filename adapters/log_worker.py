@@ -22,10 +22,10 @@ moves on once the claims are durable, and stopping cancels the agent's drains.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, UTC
-from typing import Any
 from collections.abc import Callable, Hashable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 from uuid import UUID
 
 from snapledger.projections.events import iso
@@ -125,6 +125,15 @@ class LogWorker:
         self.join_recovery()
 
 
+class StepRunner(Protocol):
+    """What a claiming worker needs of its runner (domain/): who claims, the agent
+    that drains, and the set of what this process executes now."""
+
+    worker: str
+    agent: Any
+    running: set[Any]
+
+
 class ClaimingLogWorker(LogWorker):
     """Claims the steps of its aggregates as events arrive and runs them in a pool.
 
@@ -133,14 +142,15 @@ class ClaimingLogWorker(LogWorker):
     than a lease (`claims`) and recovers an abandoned one (`recover`)."""
 
     thread_prefix: str
+    pool_size: int  # threads for claimed steps (each may be a drain of minutes)
 
-    def __init__(self, ledger: Any, db: Database, signal: ChangeSignal, log: Any, worker: str,
-                 agent: Any, running: set[Any], pool_size: int, lease_s: float = 30.0,
-                 poll_interval: float = 1.0) -> None:
-        super().__init__(ledger, db, signal, log, worker, lease_s=lease_s, poll_interval=poll_interval)
-        self.agent = agent
-        self.running = running  # the runner's set of what this process executes now
-        self.pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix=self.thread_prefix)
+    def __init__(self, ledger: Any, runner: StepRunner, db: Database, signal: ChangeSignal, log: Any,
+                 lease_s: float = 30.0, poll_interval: float = 1.0) -> None:
+        super().__init__(ledger, db, signal, log, runner.worker, lease_s=lease_s, poll_interval=poll_interval)
+        self.runner = runner
+        self.agent = runner.agent
+        self.running = runner.running
+        self.pool = ThreadPoolExecutor(max_workers=self.pool_size, thread_name_prefix=self.thread_prefix)
 
     def subject_of(self, event: Any) -> UUID | None:
         raise NotImplementedError

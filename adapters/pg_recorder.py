@@ -33,8 +33,8 @@ Selected through the library's own `APPLICATION_RECORDER_TOPIC` setting
 from __future__ import annotations
 
 import json
-from typing import Any
 from collections.abc import Sequence
+from typing import Any
 
 from eventsourcing.persistence import InterfaceError, OperationalError, ProgrammingError, StoredEvent
 from eventsourcing.postgres import ConnectionPool, PostgresApplicationRecorder, PostgresDatastore, PostgresFactory

@@ -19,15 +19,12 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.utils import get_topic
-
 from snapledger.domain.restore import Restore, restore_id
 from snapledger.domain.restore_runner import RestoreRunner
 from snapledger.domain.task import Task
 from snapledger.projections.restores import claimed_restores
 
-from .follower import ChangeSignal
 from .log_worker import ClaimingLogWorker
-from .store import Database
 
 
 class RestoreWorker(ClaimingLogWorker):
@@ -35,12 +32,8 @@ class RestoreWorker(ClaimingLogWorker):
     position_name = "restore_worker"  # not "restores": that is the view's tracking row
     topics = (get_topic(Restore.Requested), get_topic(Task.OperationFinished))  # type: ignore[attr-defined]
     thread_prefix = "restore"
-
-    def __init__(self, ledger: Any, runner: RestoreRunner, db: Database, signal: ChangeSignal, log: Any,
-                 lease_s: float = 30.0, max_restores: int = 8, poll_interval: float = 1.0) -> None:
-        super().__init__(ledger, db, signal, log, runner.worker, agent=runner.agent, running=runner.running,
-                         pool_size=max_restores, lease_s=lease_s, poll_interval=poll_interval)
-        self.runner = runner
+    pool_size = 8
+    runner: RestoreRunner
 
     def subject_of(self, event: Any) -> UUID | None:
         if isinstance(event, Restore.Requested):  # type: ignore[attr-defined]

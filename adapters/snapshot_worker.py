@@ -9,12 +9,11 @@ workers of the process are alive while it beats.
 from __future__ import annotations
 
 import threading
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.utils import get_topic
-
 from snapledger.domain.discovery import SelfDiscovery
 from snapledger.domain.operations import OperationRunner
 from snapledger.domain.snapshot import Snapshot

@@ -9,10 +9,10 @@ once and the others get a conflict and move on. No leader election.
 from __future__ import annotations
 
 import threading
-from contextlib import suppress
-from datetime import datetime, timedelta, UTC
-from typing import Any
 from collections.abc import Callable
+from contextlib import suppress
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from snapledger.domain.application import Ledger
 from snapledger.domain.cron import CronError, CronSchedule
