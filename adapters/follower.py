@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import psycopg
+from snapledger.projections.tracking import save_position
 
 from .store import EVENTS_CHANNEL, StoreUrl
 
@@ -54,11 +56,7 @@ class TrackedPosition:
 
     def save(self, position: int) -> None:
         with self.db.transaction() as cur:
-            cur.execute(
-                "INSERT INTO projection_tracking (name, position) VALUES (%s, %s) "
-                "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-                (self.name, position),
-            )
+            save_position(cur, self.name, position)
 
 
 class StoreHealth:

@@ -28,13 +28,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from eventsourcing.persistence import IntegrityError
 
 
 class _Pending:
-    __slots__ = ("events", "done", "recordings", "error", "ids")
+    __slots__ = ("done", "error", "events", "ids", "recordings")
 
     def __init__(self, events: list[Any]) -> None:
         self.events = events
@@ -45,7 +46,7 @@ class _Pending:
 
 
 class GroupCommitter:
-    """Install with `ledger.record_events = committer.record` (see wiring)."""
+    """Install with `ledger.record_events = committer.record` (adapters/bootstrap.py `build_ledger`)."""
 
     def __init__(self, put: Callable[[list[Any]], list[Any]], log: Any = None, max_batch: int = 500,
                  max_wait_s: float = 0.002, start: bool = True) -> None:
@@ -159,11 +160,11 @@ class GroupCommitter:
                 try:
                     item.recordings = self.put(item.events)
                     self._count([item])
-                except BaseException as error:  # noqa: BLE001 - handed to that caller
+                except BaseException as error:
                     item.error = error
                 item.done.set()
             return
-        except BaseException as error:  # noqa: BLE001 - the whole batch failed: tell every caller
+        except BaseException as error:
             if self.log is not None:
                 self.log.warning("group commit failed", callers=len(batch), error=repr(error))
             for item in batch:

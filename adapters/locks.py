@@ -12,15 +12,13 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from psycopg_pool import ConnectionPool
-
 from snapledger.domain.operations import DiskLocks
-
-from .store import RECONNECT_TIMEOUT_S, StoreUrl
 
 
 def _key(disk_cid: str) -> int:
@@ -29,21 +27,22 @@ def _key(disk_cid: str) -> int:
 
 
 class PostgresDiskLocks(DiskLocks):
-    def __init__(self, url: StoreUrl, max_size: int) -> None:
+    """On an autocommit pool of its own (adapters/bootstrap.py opens it): a lock
+    is held for a whole CPI call, so it must not take a connection the event
+    store or the views need meanwhile."""
+
+    def __init__(self, pool: ConnectionPool[Any]) -> None:
         super().__init__()
-        self.pool = ConnectionPool(url.conninfo(), min_size=0, max_size=max_size, timeout=30,
-                                   kwargs={"autocommit": True}, open=True, name="disk-locks",
-                                   reconnect_timeout=RECONNECT_TIMEOUT_S)
+        self.pool = pool
 
     @contextmanager
     def hold(self, disk_cid: str) -> Iterator[None]:
-        with super().for_disk(disk_cid):
-            with self.pool.connection() as conn:
-                conn.execute("SELECT pg_advisory_lock(%s)", (_key(disk_cid),))
-                try:
-                    yield
-                finally:
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (_key(disk_cid),))
+        with super().for_disk(disk_cid), self.pool.connection() as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (_key(disk_cid),))
+            try:
+                yield
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (_key(disk_cid),))
 
     def for_disk(self, disk_cid: str) -> Any:
         return self.hold(disk_cid)
@@ -74,9 +73,3 @@ class FileDiskLocks(DiskLocks):
 
     def close(self) -> None:
         pass
-
-
-def disk_locks(url: StoreUrl, config: Any) -> PostgresDiskLocks | FileDiskLocks:
-    if url.kind == "postgres":
-        return PostgresDiskLocks(url, max_size=config.worker_max_in_flight + 1)
-    return FileDiskLocks(config.data_dir / "locks")

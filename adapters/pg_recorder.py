@@ -33,12 +33,15 @@ Selected through the library's own `APPLICATION_RECORDER_TOPIC` setting
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from eventsourcing.persistence import InterfaceError, OperationalError, ProgrammingError, StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
+from eventsourcing.postgres import ConnectionPool, PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
 from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier
+
+from .store import RECONNECT_TIMEOUT_S, QuietPing
 
 # Measured on PostgreSQL 15 / psycopg 3.3.9: 3.5 MB committed in the pipeline,
 # 5 MB hung. A tenth of the smallest hanging size leaves a wide margin.
@@ -72,8 +75,10 @@ class LedgerRecorder(PostgresApplicationRecorder):
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         if self.datastore.enable_db_functions or not _by_copy(stored_events):
-            return super().insert_events(stored_events, **kwargs)
-        return self._insert_by_copy(stored_events)
+            pipelined: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
+            return pipelined
+        copied: Sequence[int] = self._insert_by_copy(stored_events)  # `retry` hides its type
+        return copied
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def _insert_by_copy(self, stored_events: Sequence[StoredEvent]) -> Sequence[int]:
@@ -81,7 +86,9 @@ class LedgerRecorder(PostgresApplicationRecorder):
             curs.execute(self.copy_prelude)
             while curs.nextset():
                 pass  # to the last statement's result: the log's end under the lock
-            before = curs.fetchone()["last"]
+            end = curs.fetchone()
+            assert end is not None  # an aggregate always returns its row
+            before = end["last"]
             with curs.copy(self.copy_statement) as copy:
                 copy.set_types([self.datastore.originator_id_type, "int8", "text", "bytea"])
                 for event in stored_events:
@@ -110,10 +117,24 @@ class LedgerFactory(PostgresFactory):
     of the event store's pool. The library builds its pool from dbname, host,
     port, user and password only, so `?sslmode=verify-full` reached the views'
     connections but not the event store's. The pool is not open yet when the
-    factory is built, so no connection is made without them."""
+    factory is built, so it is replaced before any connection is made."""
 
     def __init__(self, env: Any) -> None:
         super().__init__(env)
-        options = json.loads(self.env.get(LIBPQ_OPTIONS_ENV) or "{}")
-        if options:
-            self.datastore.pool.kwargs.update(options)
+        self.datastore.pool = ledger_pool(self.datastore, json.loads(self.env.get(LIBPQ_OPTIONS_ENV) or "{}"))
+
+
+def ledger_pool(datastore: PostgresDatastore, options: dict[str, str]) -> ConnectionPool[Any]:
+    """The pool the library's datastore built (not opened yet), built again with
+    what the datastore has no setting for: the URL's libpq options, a short
+    reconnect time-out (RECONNECT_TIMEOUT_S) and the lazy pre-ping (QuietPing).
+    Everything else is taken from the library's pool as it made it."""
+    built = datastore.pool
+    assert isinstance(built.kwargs, dict)  # the datastore passes its connection arguments as a dict
+    return ConnectionPool(
+        get_password_func=built.get_password_func, connection_class=built.connection_class,
+        kwargs={**built.kwargs, **options}, min_size=built.min_size, max_size=built.max_size,
+        open=False, configure=datastore.after_connect_func(), timeout=built.timeout,
+        max_waiting=built.max_waiting, max_lifetime=built.max_lifetime,
+        check=QuietPing() if datastore.pre_ping else None, reconnect_timeout=RECONNECT_TIMEOUT_S,
+    )

@@ -13,11 +13,13 @@ import os
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
+from weakref import WeakKeyDictionary
 
 import psycopg
 from psycopg import sql
@@ -80,10 +82,8 @@ def private_sqlite_files(path: Path) -> None:
     take the database's mode), and an existing database made so."""
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
     for side in ("", "-wal", "-shm", "-journal"):
-        try:
+        with suppress(FileNotFoundError):
             os.chmod(f"{path}{side}", 0o600)
-        except FileNotFoundError:
-            pass
 
 
 def ledger_env(url: StoreUrl, pool_size: int = 4, max_overflow: int = 8) -> dict[str, str]:
@@ -119,15 +119,6 @@ def ledger_env(url: StoreUrl, pool_size: int = 4, max_overflow: int = 8) -> dict
 RECONNECT_TIMEOUT_S = 5.0
 
 
-def tune_pool_recovery(ledger: Any) -> None:
-    """Apply RECONNECT_TIMEOUT_S and the lazy pre-ping to the event store's own pool (not env options)."""
-    pool = getattr(getattr(ledger.recorder, "datastore", None), "pool", None)
-    if pool is not None and hasattr(pool, "reconnect_timeout"):
-        pool.reconnect_timeout = RECONNECT_TIMEOUT_S
-        if getattr(pool, "_check", None) is not None:
-            pool._check = ping_if_quiet
-
-
 # Pre-ping costs a round trip per borrowed connection: a command borrowed
 # three and paid six round trips (docs/performance.md). A connection that
 # passed a ping within this window is handed out as is; if the server went
@@ -136,12 +127,25 @@ def tune_pool_recovery(ledger: Any) -> None:
 PING_QUIET_S = 1.0
 
 
-def ping_if_quiet(conn: Any) -> None:
-    now = time.monotonic()
-    if now - getattr(conn, "_snapledger_pinged", -PING_QUIET_S) < PING_QUIET_S:
-        return
-    ConnectionPool.check_connection(conn)
-    conn._snapledger_pinged = now
+class QuietPing:
+    """A pool's `check`: ping a connection only if it was not pinged within PING_QUIET_S.
+
+    When each connection was last pinged is kept here (weakly), not on the
+    library's connection objects."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._pinged: WeakKeyDictionary[Any, float] = WeakKeyDictionary()
+        self._guard = threading.Lock()
+
+    def __call__(self, conn: Any) -> None:
+        now = self.clock()
+        with self._guard:
+            if now - self._pinged.get(conn, -PING_QUIET_S) < PING_QUIET_S:
+                return
+        ConnectionPool.check_connection(conn)
+        with self._guard:
+            self._pinged[conn] = now
 
 
 SQLITE_EVENTS_TABLE = "stored_events"  # the library's table names, by store
@@ -155,12 +159,12 @@ def store_exists(url: StoreUrl) -> bool:
         assert url.sqlite_path is not None
         if not url.sqlite_path.is_file():
             return False
-        conn = sqlite3.connect(f"file:{url.sqlite_path.resolve()}?mode=ro", uri=True)
+        lite = sqlite3.connect(f"file:{url.sqlite_path.resolve()}?mode=ro", uri=True)
         try:
-            return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+            return lite.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                                 (SQLITE_EVENTS_TABLE,)).fetchone() is not None
         finally:
-            conn.close()
+            lite.close()
     with psycopg.connect(url.conninfo(), connect_timeout=5) as conn:
         row = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
                            (f'"{url.schema}".{POSTGRES_EVENTS_TABLE}',)).fetchone()
@@ -228,28 +232,26 @@ class PostgresDatabase(Database):
         # `transaction()` and `snapshot()` still open a real transaction.
         self.pool = ConnectionPool(
             url.conninfo(), min_size=min_size, max_size=max_size, timeout=3,
-            kwargs={"row_factory": dict_row, "autocommit": True}, check=ping_if_quiet,
+            kwargs={"row_factory": dict_row, "autocommit": True}, check=QuietPing(),
             open=True, name="views", reconnect_timeout=RECONNECT_TIMEOUT_S,
         )
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:
-        with self.pool.connection() as conn:
-            with conn.transaction():
-                with conn.cursor() as cur:
-                    yield cur
+        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            yield cur
 
     @contextmanager
     def snapshot(self) -> Iterator[Any]:
-        with self.pool.connection() as conn:
-            with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                with conn.cursor() as cur:
-                    yield cur
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            with conn.cursor() as cur:
+                yield cur
 
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self.pool.connection() as conn:
-            return conn.execute(statement, params).fetchall()
+            rows: list[dict[str, Any]] = conn.execute(statement, params).fetchall()
+            return rows
 
     def close(self) -> None:
         self.pool.close()
@@ -261,7 +263,7 @@ class SqliteCursor:
     def __init__(self, cursor: sqlite3.Cursor) -> None:
         self._cursor = cursor
 
-    def execute(self, statement: str, params: Sequence[Any] = ()) -> "SqliteCursor":
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> SqliteCursor:
         self._cursor.execute(statement.replace("%s", "?"), tuple(params))
         return self
 
@@ -270,7 +272,7 @@ class SqliteCursor:
 
     def fetchall(self) -> list[dict[str, Any]]:
         names = [d[0] for d in self._cursor.description or ()]
-        return [dict(zip(names, row)) for row in self._cursor.fetchall()]
+        return [dict(zip(names, row, strict=True)) for row in self._cursor.fetchall()]
 
     def fetchone(self) -> dict[str, Any] | None:
         rows = self.fetchall()

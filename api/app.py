@@ -22,7 +22,7 @@ from aiohttp import web
 from eventsourcing import persistence as es_persistence
 from marshmallow import ValidationError
 
-from snapledger.adapters.wiring import Runtime
+from snapledger.adapters.bootstrap import Runtime
 from snapledger.domain.errors import LedgerError
 from snapledger.domain.ownership import OwnedElsewhere
 from snapledger.domain.names import CID_PATTERN, NAME_PATTERN, SELF_DEPLOYMENT, TASK_ID_RE

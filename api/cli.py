@@ -222,7 +222,7 @@ def _start_server(roles: set[str], **options: Any) -> None:
     from aiohttp import web
 
     from snapledger.adapters.store import parse_store_url
-    from snapledger.adapters.wiring import build_runtime
+    from snapledger.adapters.bootstrap import bootstrap
 
     from .app import create_app
     from .startup import bind_listener, build_or_refuse, check_data_dir, tls_context
@@ -234,7 +234,7 @@ def _start_server(roles: set[str], **options: Any) -> None:
     if config.metrics_port and "api" not in roles:  # refuse a taken port in one line, before starting
         bind_listener("0.0.0.0", config.metrics_port, "metrics").close()
     label = parse_store_url(config.database_url).label
-    runtime = build_or_refuse(lambda: build_runtime(config, roles), label)
+    runtime = build_or_refuse(lambda: bootstrap(config, roles), label)
     runtime.log.info("starting", store=runtime.url.label, data_dir=str(config.data_dir.resolve()),
                      listen=f"{config.host}:{config.port}" if "api" in roles else None,
                      scheme=None if "api" not in roles else ("https" if ssl_context else "http (--plain-http)"),

@@ -6,7 +6,6 @@ Runs beside the service against its database (same configuration flags as
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
@@ -20,8 +19,7 @@ from .cli import _load, _server_options, fail, main
 @click.option("--rebuild", "rebuild_name", metavar="NAME", help="Rebuild one view and swap it in (no downtime).")
 def replay(verify: bool, rebuild_name: str | None, **options: Any) -> None:
     """Rebuild views from the event log alone: verify them or replace one."""
-    from snapledger.adapters.store import ensure_schema, open_database, parse_store_url
-    from snapledger.adapters.wiring import build_runtime
+    from snapledger.adapters.bootstrap import bootstrap, open_scratch
     from snapledger.projections import replay as replaying
     from snapledger.projections.views import all_views
 
@@ -33,31 +31,20 @@ def replay(verify: bool, rebuild_name: str | None, **options: Any) -> None:
     config = _load(**options)
     checked = _existing_store(config.database_url)
     click.echo(f"store: {checked}", err=True)
-    runtime = build_runtime(config, roles=frozenset())
-    scratch = replaying.scratch_name()
-    url = runtime.url
-    if url.kind == "postgres":
-        scratch_url = parse_store_url(f"{config.database_url.partition('?')[0]}?schema={scratch}")
-        ensure_schema(scratch_url)
-        scratch_file = None
-    else:
-        assert url.sqlite_path is not None
-        scratch_file = url.sqlite_path.with_name(f"{url.sqlite_path.stem}.{scratch}.sqlite")
-        scratch_url = parse_store_url(f"sqlite:///{scratch_file}")
-    scratch_db = open_database(scratch_url)
+    runtime = bootstrap(config, frozenset())
+    scratch = open_scratch(runtime.url, replaying.scratch_name())
 
     def progress(position: int, head: int) -> None:
         click.echo(f"\r  replayed to position {position}/{head}", nl=False, err=True)
 
     try:
         positions_before = runtime.projector.positions()
-        rebuilt = replaying.rebuild(runtime.ledger, scratch_db, [rebuild_name] if rebuild_name else None, progress)
+        rebuilt = replaying.rebuild(runtime.ledger, scratch.db, [rebuild_name] if rebuild_name else None, progress)
         click.echo(f"\n  {rebuilt.events} events replayed into {len(rebuilt.views)} view(s)", err=True)
         if rebuild_name:
-            ref = scratch
-            if url.kind == "sqlite":
-                runtime.db.query(f"ATTACH DATABASE '{scratch_file}' AS {scratch}")
-            replaying.swap(runtime.db, rebuilt, rebuild_name, ref)
+            if scratch.file is not None:
+                runtime.db.query(f"ATTACH DATABASE '{scratch.file}' AS {scratch.ref}")
+            replaying.swap(runtime.db, rebuilt, rebuild_name, scratch.ref)
             click.echo(f"view {rebuild_name} of {checked} rebuilt from the log and swapped in at position "
                        f"{rebuilt.position}")
             return
@@ -70,15 +57,7 @@ def replay(verify: bool, rebuild_name: str | None, **options: Any) -> None:
         click.echo(f"all {len(rebuilt.views)} views equal a rebuild from the log ({rebuilt.events} events) "
                    f"in {checked}")
     finally:
-        scratch_db.close()
-        if url.kind == "postgres":
-            import psycopg
-
-            with psycopg.connect(url.conninfo(), autocommit=True) as conn:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{scratch}" CASCADE')
-        elif scratch_file is not None:
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{scratch_file}{suffix}").unlink(missing_ok=True)
+        scratch.close()
         runtime.close()
 
 

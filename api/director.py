@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from snapledger.adapters.wiring import Runtime
+from snapledger.adapters.bootstrap import Runtime
 from snapledger.domain.errors import (DeploymentNotFound, InstanceNotFound, InvalidState, LedgerError,
                                       SnapshotNotFound, SnapshotsDisabled, TaskNotFound)
 

@@ -556,20 +556,17 @@ def check_job_updates(sql: Sql) -> dict[str, Any]:
 def verify_views(database: str, workdir: Path) -> list[str]:
     """Replay the whole log into a scratch database (a schema, or a SQLite file)
     and compare every view table."""
-    from snapledger.adapters.store import ensure_schema, ledger_env, open_database, parse_store_url
-    from snapledger.domain.application import Ledger
+    from snapledger.adapters.bootstrap import bootstrap, open_scratch
+    from snapledger.adapters.config import Config
     from snapledger.projections.projector import Projector
 
-    url = parse_store_url(database)
     scratch_name = f"verify_{uuid.uuid4().hex[:10]}"
-    base = database.partition("?")[0]
-    if url.kind == "sqlite":
-        scratch_url = f"sqlite:///{workdir / (scratch_name + '.sqlite')}"
-    else:
-        scratch_url = f"{base}?schema={scratch_name}"
-        ensure_schema(parse_store_url(scratch_url))
-    ledger = Ledger(env=ledger_env(url))
-    db = open_database(parse_store_url(scratch_url))
+    runtime = bootstrap(Config(data_dir=workdir / "verify", database=database), frozenset())
+    ledger = runtime.ledger
+    scratch = open_scratch(runtime.url, scratch_name)
+    db = scratch.db
+    scratch_url = (f"sqlite:///{scratch.file}" if scratch.file is not None
+                   else f"{database.partition('?')[0]}?schema={scratch_name}")
     differences: list[str] = []
     try:
         projector = Projector(db)
@@ -595,11 +592,8 @@ def verify_views(database: str, workdir: Path) -> list[str]:
             live.close()
             rebuilt.close()
     finally:
-        db.close()
-        ledger.close()
-        if url.kind != "sqlite":
-            with psycopg.connect(base, autocommit=True) as conn:
-                conn.execute(f'DROP SCHEMA "{scratch_name}" CASCADE')
+        scratch.close()
+        runtime.close()
     return differences
 
 

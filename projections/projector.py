@@ -15,13 +15,9 @@ from collections.abc import Iterable, Sequence
 from .database import Database
 from .view import View
 from .views import all_views
+from .tracking import TRACKING_DDL, save_position, tracked_positions
 
 PROJECTOR_LOCK = 0x736E61706C6570  # shared with projections.replay
-
-TRACKING_DDL = """CREATE TABLE IF NOT EXISTS projection_tracking (
-    name TEXT PRIMARY KEY,
-    position BIGINT NOT NULL
-)"""
 
 
 class Projector:
@@ -39,7 +35,7 @@ class Projector:
     def positions(self, cur: Any = None) -> dict[str, int]:
         query = "SELECT name, position FROM projection_tracking"
         rows = cur.execute(query).fetchall() if cur is not None else self.db.query(query)
-        known = {row["name"]: int(row["position"]) for row in rows}
+        known = tracked_positions(rows)
         return {view.name: known.get(view.name, 0) for view in self.views}
 
     def position(self) -> int:
@@ -77,11 +73,7 @@ class Projector:
             for position, event in batch:
                 if position > start:
                     view.apply(cur, position, event)
-            cur.execute(
-                "INSERT INTO projection_tracking (name, position) VALUES (%s, %s) "
-                "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-                (view.name, last),
-            )
+            save_position(cur, view.name, last)
 
     def reset(self, names: Iterable[str] | None = None) -> None:
         """Empty the named views (all by default) and their tracking: they replay from 0."""

@@ -21,6 +21,7 @@ from .database import Database
 from .projector import PROJECTOR_LOCK, Projector
 from .view import View
 from .views import all_views
+from .tracking import save_position, tracked_positions
 
 BATCH = 5000
 
@@ -81,8 +82,7 @@ def differences(live_db: Database, rebuilt: Rebuild, ledger: EventLog) -> list[s
     exactly that position, so events arriving during a verify are no
     difference."""
     with live_db.snapshot() as cur:
-        tracked = {r["name"]: int(r["position"])
-                   for r in cur.execute("SELECT name, position FROM projection_tracking").fetchall()}
+        tracked = tracked_positions(cur.execute("SELECT name, position FROM projection_tracking").fetchall())
         live_positions = {v.name: tracked.get(v.name, 0) for v in rebuilt.views}
         target = max(live_positions.values(), default=0)
         live = {t: _rows(cur, t) for v in rebuilt.views if live_positions[v.name] == target for t in v.tables}
@@ -119,8 +119,7 @@ def swap(live_db: Database, rebuilt: Rebuild, name: str, scratch_ref: str) -> No
         for table in view.tables:
             cur.execute(f"DELETE FROM {table}")
             cur.execute(f"INSERT INTO {table} SELECT * FROM {scratch_ref}.{table}")
-        cur.execute("INSERT INTO projection_tracking (name, position) VALUES (%s, %s) "
-                    "ON CONFLICT (name) DO UPDATE SET position = excluded.position", (name, rebuilt.position))
+        save_position(cur, name, rebuilt.position)
 
 
 def scratch_name() -> str:

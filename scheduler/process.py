@@ -9,14 +9,16 @@ once and the others get a conflict and move on. No leader election.
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from contextlib import suppress
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from snapledger.domain.application import Ledger
 from snapledger.domain.cron import CronError, CronSchedule
 from snapledger.domain.settings import SCHEDULE_NAMES
 
-UTC = timezone.utc
+UTC = UTC
 TICK_S = 1.0  # runtime schedule changes take effect within a tick
 
 
@@ -110,19 +112,19 @@ class Scheduler:
                 still.append(fire)
                 continue
             for task in tasks:
+                if task.deployment is None:
+                    continue  # a task of no deployment (self snapshots) has no retention to run
                 if self.ledger.retention_policy(task.deployment)[0].is_empty:
                     continue  # no policy: nothing ever expires, no task needed
                 task_id = uuid5(NAMESPACE_URL, f"snapledger:/retention-after/{fire.id}/{task.deployment}")
-                try:
+                with suppress(IntegrityError):  # another replica ran it
                     self.ledger.run_retention(task.deployment, actor="scheduler", now=now,
                                               trigger="after_scheduled_snapshot", task_id=task_id)
-                except IntegrityError:
-                    pass  # another replica ran it
         self.follow_ups = still
 
     def seconds_to_next(self, now: datetime) -> float:
         waits = [TICK_S]
-        for name, (expression, _) in self.cursors.items():
+        for expression, _ in self.cursors.values():
             try:
                 waits.append((CronSchedule.parse(expression).next_fire(now) - now).total_seconds())
             except CronError:

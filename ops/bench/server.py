@@ -1,4 +1,4 @@
-"""A snapledger process for the benchmarks: the real runtime (build_runtime,
+"""A snapledger process for the benchmarks: the real runtime (bootstrap,
 create_app) with the roles the benchmark chooses, e.g. `api,projector` in one
 process for SQLite's embedded mode. `--cpi instant` swaps the configured CPIs
 for one that answers at once, so a benchmark measures the ledger, not an IaaS.
@@ -26,17 +26,18 @@ def main() -> None:
 
     from snapledger.adapters.config import load_config
     from snapledger.adapters.logging import configure_logging
-    from snapledger.adapters.wiring import build_runtime
+    from snapledger.adapters.bootstrap import bootstrap
     from snapledger.api.app import create_app
 
     config = load_config(args.config)
     configure_logging(config.log_format, config.log_level)
     roles = set(args.roles.split(","))
-    runtime = build_runtime(config, roles)
+    cpis = None
     if args.cpi == "instant":
         from instant_cpi import InstantCpi
 
-        runtime.cpis = {name: InstantCpi() for name in config.cpi_specs()}
+        cpis = {name: InstantCpi() for name in config.cpi_specs()}
+    runtime = bootstrap(config, roles, cpis=cpis)
     if "api" in roles:
         web.run_app(create_app(runtime), host=config.host, port=config.port, print=None,
                     access_log=None)

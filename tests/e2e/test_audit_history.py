@@ -17,10 +17,7 @@ async def test_history_pairs_every_cpi_call_with_its_answer(tmp_path: Path, stor
     config = make_config(tmp_path, store_url)
     cpi = FakeCpi({"disk-a", "disk-b"})
 
-    def use_fake(runtime) -> None:
-        runtime.cpis["local"] = cpi
-
-    async with api_client(config, customise=use_fake) as client:
+    async with api_client(config, cpis={"local": cpi}) as client:
         await client.put("/config/snapshots", json={"enable_snapshots": True})
         resp = await client.put("/deployments/prod", json={"instances": [
             {"job": "db", "index": 0, "id": "db-zero", "disks": ["disk-a"]},

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from snapledger.adapters.config import Config
-from snapledger.adapters.locks import disk_locks
+from snapledger.adapters.bootstrap import build_disk_locks
 from snapledger.adapters.store import ensure_schema, parse_store_url
 
 
@@ -19,7 +19,7 @@ def two_holders(store_url: str, tmp_path: Path):
     if url.kind == "postgres":
         ensure_schema(url)
     config = Config(data_dir=tmp_path / "data")
-    a, b = disk_locks(url, config), disk_locks(url, config)
+    a, b = build_disk_locks(url, config), build_disk_locks(url, config)
     yield a, b
     a.close()
     b.close()

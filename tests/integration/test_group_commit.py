@@ -163,7 +163,7 @@ async def test_database_error_over_http_is_503_for_every_caller(tmp_path: Path, 
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Concurrent commands over real HTTP while every write fails: each is 503, none
     is acknowledged, and nothing of them is stored."""
-    from snapledger.adapters import wiring
+    from snapledger.adapters import bootstrap
 
     def short_lock_env(url: Any) -> dict[str, str]:
         env = ledger_env(url)
@@ -171,7 +171,7 @@ async def test_database_error_over_http_is_503_for_every_caller(tmp_path: Path, 
             env["SQLITE_LOCK_TIMEOUT"] = "1"  # fail in 1 s, not 10, while the test holds the lock
         return env
 
-    monkeypatch.setattr(wiring, "ledger_env", short_lock_env)
+    monkeypatch.setattr(bootstrap, "ledger_env", short_lock_env)
     config = make_config(tmp_path, store_url, enable_snapshots=True)
     url = parse_store_url(store_url)
     async with api_client(config, roles={"api"}) as client:

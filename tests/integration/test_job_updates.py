@@ -19,10 +19,10 @@ import pytest
 import structlog
 
 from snapledger.adapters.agent_local import LocalAgent
+from snapledger.adapters.bootstrap import create_schema
 from snapledger.adapters.follower import ChangeSignal
-from snapledger.adapters.job_worker import JobUpdateWorker
+from snapledger.adapters.job_update_worker import JobUpdateWorker
 from snapledger.adapters.store import ledger_env, open_database, parse_store_url
-from snapledger.adapters.worker import HEARTBEAT_DDL
 from snapledger.domain.application import Ledger
 from snapledger.domain.cpi import CpiError
 from snapledger.domain.job_update import JobUpdate, JobUpdateRunner, announce_job_update, job_update_id
@@ -47,7 +47,7 @@ class Stack:
         self.ledger = Ledger(env=ledger_env(url))
         self.db = open_database(url)
         self.projector = Projector(self.db)
-        self.projector.setup()
+        create_schema(self.db, self.projector)  # the root's one schema step: views, heartbeats, ...
         self.jobs_dir = tmp_path / "jobs"
         self.cpi = FakeCpi({f"disk-{i}" for i in range(4)})
         self.agent = LocalAgent(self.jobs_dir, wait_scale=0.001)
@@ -336,8 +336,6 @@ def test_a_stop_abandoned_by_a_dead_worker_fails_the_instance(stack: Stack) -> N
 
 
 def test_the_sweep_fails_instances_of_silent_workers_and_of_ours_without_a_thread(stack: Stack) -> None:
-    with stack.db.transaction() as cur:
-        cur.execute(HEARTBEAT_DDL)
     tasks = [announce_job_update(stack.ledger, "prod", "db", str(i % 3), "update", actor="deployer")
              for i in range(4)]
     ours = JobUpdateRunner(stack.ledger, stack.agent, worker="w1")

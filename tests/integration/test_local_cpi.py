@@ -413,7 +413,7 @@ def test_self_disk_defaults_to_the_data_directory_with_a_consistent_ledger_copy(
     import sqlite3
 
     from snapledger.adapters.config import Config
-    from snapledger.adapters.wiring import SELF_DATA_DISK, build_cpis
+    from snapledger.adapters.bootstrap import SELF_DATA_DISK, build_cpis
 
     data = tmp_path / "data"
     config = Config(data_dir=data)

@@ -19,11 +19,11 @@ import pytest
 import structlog
 
 from snapledger.adapters.agent_local import LocalAgent
+from snapledger.adapters.bootstrap import create_schema
 from snapledger.adapters.cpi.local import LocalCpi
 from snapledger.adapters.follower import ChangeSignal
 from snapledger.adapters.restore_worker import RestoreWorker
 from snapledger.adapters.store import ledger_env, open_database, parse_store_url
-from snapledger.adapters.worker import HEARTBEAT_DDL
 from snapledger.domain.application import Ledger
 from snapledger.domain.cpi import CLOUD_ERROR, CpiError
 from snapledger.domain.operations import OperationRunner
@@ -65,7 +65,7 @@ class Stack:
         self.ledger.restoring_cpis = frozenset({"local"})
         self.db = open_database(url)
         self.projector = Projector(self.db)
-        self.projector.setup()
+        create_schema(self.db, self.projector)  # the root's one schema step: views, heartbeats, ...
         self.cpi = SnapshotFailures(tmp_path / "disks", tmp_path / "snapshots")
         self.cpi.failing = set()
         self.disk = self.cpi.ensure_disk("disk-0")
@@ -189,8 +189,6 @@ def test_an_abandoned_drain_fails_the_restore_and_the_disk_is_untouched(stack: S
 
 
 def test_the_sweep_recovers_restores_of_silent_workers_only(stack: Stack) -> None:
-    with stack.db.transaction() as cur:
-        cur.execute(HEARTBEAT_DDL)
     tasks = [request_restore(stack.ledger, "prod", stack.cid, actor="alice", to_new_disk=name)
              for name in ("disk-a", "disk-b")]
     stack.runner("silent").advance(restore_id(tasks[0].id))

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import encode_basic_auth
 from aiohttp.test_utils import TestClient, TestServer
 
 from snapledger.adapters.config import Config
-from snapledger.adapters.wiring import ROLES, Runtime, build_runtime
+from snapledger.adapters.bootstrap import ROLES, Runtime, bootstrap
 from snapledger.api.app import create_app
 
 
@@ -52,12 +54,14 @@ def make_disk(config: Config, cid: str, files: dict[str, bytes] | None = None) -
 
 
 @asynccontextmanager
-async def api_client(config: Config, roles: set[str] = set(ROLES),
+async def api_client(config: Config, roles: frozenset[str] | set[str] = ROLES,
                      customise: Callable[[Runtime], None] | None = None,
-                     user: str | None = "admin") -> AsyncIterator[TestClient]:
+                     user: str | None = "admin", **parts: Any) -> AsyncIterator[TestClient]:
     """A real aiohttp server on a loopback port over a freshly built runtime,
-    with a client authenticated as `user` (None: no credentials)."""
-    runtime = await asyncio.get_running_loop().run_in_executor(None, build_runtime, config, roles)
+    with a client authenticated as `user` (None: no credentials). `parts`
+    replace parts of the process (`cpis=`, `agent=`: adapters/bootstrap.py)."""
+    runtime = await asyncio.get_running_loop().run_in_executor(
+        None, functools.partial(bootstrap, config, roles, **parts))
     if customise is not None:
         customise(runtime)
     client = TestClient(TestServer(create_app(runtime)), headers=auth_as(user) if user else None)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from snapledger.adapters.config import ConfigError, load_config
-from snapledger.adapters.job_worker import build_agent
+from snapledger.adapters.bootstrap import build_agent
 
 
 def test_agent_keys_from_file_and_environment(tmp_path: Path) -> None:

@@ -1,0 +1,136 @@
+"""The snapshot worker: follows snapshot, deletion and self-discovery requests and executes them.
+
+Starts each requested operation as soon as its disk and CPI allow
+(adapters/dispatch.py), so a slow CPI call holds up only its own disk. It
+also beats for its process (`worker_heartbeats`): the job-update and restore
+workers of the process are alive while it beats.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.utils import get_topic
+from snapledger.domain.discovery import SelfDiscovery
+from snapledger.domain.operations import OperationRunner
+from snapledger.domain.snapshot import Snapshot
+from snapledger.projections.events import iso
+from snapledger.projections.queries import Queries
+from snapledger.projections.in_flight import CALLING, RESOLVING
+
+from .dispatch import Dispatcher, Work
+from .follower import Batch, ChangeSignal
+from .log_worker import LogWorker, stale_before
+from .store import Database
+
+
+class SnapshotWorker(LogWorker):
+    """The position only moves past an operation once it reached an outcome (or
+    was found handled), and then only up to the first one still running: a
+    crash replays unfinished work only, and replayed operations are skipped
+    because their state is no longer pending.
+    """
+
+    component = "worker"
+    position_name = "worker"
+    # The aggregates' event classes are made by eventsourcing's @event: invisible to mypy.
+    topics = (get_topic(Snapshot.Requested), get_topic(Snapshot.DeletionRequested),  # type: ignore[attr-defined]
+              get_topic(SelfDiscovery.Requested))  # type: ignore[attr-defined]
+    recover_at_start = True  # beat at once: the other workers of this process count as alive from the start
+
+    def __init__(self, ledger: Any, runner: OperationRunner, db: Database, queries: Queries, signal: ChangeSignal,
+                 log: Any, max_in_flight: int = 4, poll_interval: float = 1.0, lease_s: float = 30.0) -> None:
+        super().__init__(ledger, db, signal, log, runner.worker, lease_s=lease_s, poll_interval=poll_interval)
+        self.runner = runner
+        self.queries = queries
+        self.dispatcher = Dispatcher(runner.execute, self.log, total=max_in_flight, per_cpi=runner.max_in_flight,
+                                     on_finished=self._advance)
+        self._saved: int | None = None
+        self._saving = threading.Lock()
+
+    def load_position(self) -> int:
+        self._saved = self.tracked.load()
+        return self._saved
+
+    def handle(self, batch: Batch) -> None:
+        for position, event in batch:
+            self.dispatcher.submit(self._work(position, event))
+        self._advance()
+
+    def _work(self, position: int, event: Any) -> Work:
+        if isinstance(event, Snapshot.Requested):  # type: ignore[attr-defined]
+            return Work(position, event.originator_id, event.cpi, event.disk_cid)
+        if isinstance(event, SelfDiscovery.Requested):  # type: ignore[attr-defined]
+            return Work(position, event.originator_id, event.cpi, None)
+        snapshot = self.ledger.get_aggregate(event.originator_id)  # a deletion names neither
+        return Work(position, event.originator_id, snapshot.cpi, snapshot.disk_cid)
+
+    def _advance(self) -> None:
+        """Record the low-water mark if it moved (skipped when a save is under way:
+        the next finished operation, or the recovery loop, records it)."""
+        if not self._saving.acquire(blocking=False):
+            return
+        try:
+            position = self.dispatcher.low_water()
+            if self._saved is None or position > self._saved:
+                self.tracked.save(position)
+                self._saved = position
+        finally:
+            self._saving.release()
+
+    # Liveness and recovery ------------------------------------------------------------
+    #
+    # Each worker beats every lease/3 s. A claimed call whose worker has not beaten
+    # for a whole lease is abandoned: it is recorded in doubt and resolved as far
+    # as is safe (OperationRunner.recover). A pending operation nobody is working
+    # on (its worker died while waiting to retry) is executed again: claims are
+    # optimistic-concurrency checked, so two workers never both run it.
+
+    def recovery_pass(self) -> None:
+        self.beat()
+        self.sweep()
+        self._advance()
+
+    def beat(self) -> None:
+        with self.db.transaction() as cur:
+            cur.execute(
+                "INSERT INTO worker_heartbeats (worker, beat_at) VALUES (%s, %s) "
+                "ON CONFLICT (worker) DO UPDATE SET beat_at = excluded.beat_at",
+                (self.worker, iso(datetime.now(UTC))))
+
+    def sweep(self) -> list[tuple[str, str | None]]:
+        """One recovery pass; returns (operation id, what was done) for the log and tests."""
+        now = datetime.now(UTC)
+        stale = stale_before(self.lease_s, now)
+        alive = self.live_workers(stale)
+        done = []
+        for row in self.queries.in_flight(older_than=stale):
+            op = UUID(row["operation_id"])
+            if not self.abandoned(row["worker"], self.runner.is_running(op), alive):
+                continue  # ours, in progress (a long CPI call, a retry wait), or another live worker's
+            if (row["state"] not in (CALLING, RESOLVING) and row["worker"] is None
+                    and row["updated_at"] >= stale_before(5 * self.lease_s, now)):
+                continue  # never claimed and recent: the workers following the log will get to it
+            done.append((str(op), self._recover(op, row)))
+        return done
+
+    def _recover(self, op: UUID, row: dict[str, Any]) -> str | None:
+        worker = row["worker"]
+        if row["state"] == CALLING:
+            result = self.runner.recover(op, dead_worker=worker)
+        elif row["state"] == RESOLVING:
+            result = self.runner.resume_in_doubt(op, dead_resolver=worker)
+        else:  # pending, its worker gone (or never claimed for long): execute it again
+            result = self.runner.execute(op)
+        if result is not None:
+            self.log.warning("recovered abandoned operation", operation_id=str(op), dead_worker=worker,
+                             state=row["state"], result=result)
+        return result
+
+    def stop(self) -> None:
+        super().stop()
+        self.dispatcher.stop()
+        self._advance()
