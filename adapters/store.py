@@ -121,7 +121,7 @@ RECONNECT_TIMEOUT_S = 5.0
 
 def tune_pool_recovery(ledger: Any) -> None:
     """Apply RECONNECT_TIMEOUT_S and the lazy pre-ping to the event store's own pool (not env options)."""
-    pool = getattr(getattr(ledger.recorder, "datastore", None), "pool", None)
+    pool = getattr(getattr(ledger.store.recorder, "datastore", None), "pool", None)
     if pool is not None and hasattr(pool, "reconnect_timeout"):
         pool.reconnect_timeout = RECONNECT_TIMEOUT_S
         if getattr(pool, "_check", None) is not None:

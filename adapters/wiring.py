@@ -208,27 +208,27 @@ def build_runtime(config: Config, roles: frozenset[str] | set[str] = ROLES) -> R
     url = parse_store_url(config.database_url)
     cpis = build_cpis(config) if "worker" in roles else {}
     with setup_lock(url):
+        db = open_database(url)
+        queries = Queries(db)
+        signal = ChangeSignal()
+        committer = None
+        if config.group_commit:
+            # Writes through the ledger's own event store, built just below (nothing is saved before).
+            committer = GroupCommitter(lambda events: ledger.store.events.put(events),
+                                       log=log.bind(component="group-commit"), max_batch=config.group_commit_max_batch,
+                                       max_wait_s=config.group_commit_max_wait_s)
         ledger = Ledger(env=ledger_env(url), director=Director(config.director_name, config.uuid),
                         default_cpi=config.default_cpi_name(), self_cpi=config.self_cpi_name(),
-                        cpi_names=list(config.cpi_specs()))
+                        cpi_names=list(config.cpi_specs()),
+                        cpi_types={name: spec.type for name, spec in config.cpi_specs().items()},
+                        disk_exists=local_disk_exists(config), retention_candidates=queries.retention_candidates,
+                        record_events=committer.record if committer is not None else None, on_saved=[signal.fire],
+                        managed=config.managed, declared_retention=config.retention_deployments)
         tune_pool_recovery(ledger)
-        db = open_database(url)
         cpis = rate_limited(cpis, {name: spec.rate_limit for name, spec in config.cpi_specs().items()}, db,
                             log=log.bind(component="rate-limit"))
         projector = Projector(db)
         projector.setup()
-    queries = Queries(db)
-    ledger.retention_candidates = queries.retention_candidates
-    ledger.cpi_types = {name: spec.type for name, spec in config.cpi_specs().items()}
-    ledger.disk_exists = local_disk_exists(config)
-    signal = ChangeSignal()
-    ledger.on_saved.append(signal.fire)
-    committer = None
-    if config.group_commit:
-        committer = GroupCommitter(ledger.events.put, log=log.bind(component="group-commit"),
-                                   max_batch=config.group_commit_max_batch,
-                                   max_wait_s=config.group_commit_max_wait_s)
-        ledger.record_events = committer.record
     apply_declared_settings(ledger, config)
     # Without group commit, size the executor within the event store's pool
     # (its timeouts retry 10x). With it, a thread waiting for its batch holds
@@ -263,21 +263,19 @@ def apply_declared_settings(ledger: Ledger, config: Config) -> None:
     from snapledger.domain.retention import RetentionPolicy
     from snapledger.domain.settings import SCHEDULE_NAMES
 
-    ledger.managed = dict(config.managed)
-    ledger.declared_retention = dict(config.retention_deployments)
     if config.enable_snapshots is not None:
-        ledger.set_snapshots_enabled(config.enable_snapshots, actor="config", declared=True)
+        ledger.settings.set_snapshots_enabled(config.enable_snapshots, actor="config", declared=True)
     for name in SCHEDULE_NAMES:
         value = getattr(config, name)
         if value is not None:
-            ledger.set_schedule(name, None if value.strip().lower() in ("", "off") else value, actor="config",
+            ledger.settings.set_schedule(name, None if value.strip().lower() in ("", "off") else value, actor="config",
                                 declared=True)
     if "retention.default" in config.managed:
-        ledger.set_retention(None, RetentionPolicy.from_dict(config.retention_default), actor="config",
+        ledger.retention.set_policy(None, RetentionPolicy.from_dict(config.retention_default), actor="config",
                              declared=True)
     for name, policy in config.retention_deployments.items():
         try:  # a deployment not recorded yet gets its policy when it is (Ledger.record_deployment)
-            ledger.set_retention(name, RetentionPolicy.from_dict(policy) if policy is not None else None,
+            ledger.retention.set_policy(name, RetentionPolicy.from_dict(policy) if policy is not None else None,
                                  actor="config", declared=True)
         except DeploymentNotFound:
             continue

@@ -74,7 +74,7 @@ class Worker:
             return Work(position, event.originator_id, event.cpi, event.disk_cid)
         if isinstance(event, SelfDiscovery.Requested):
             return Work(position, event.originator_id, event.cpi, None)
-        snapshot = self.ledger.get_aggregate(event.originator_id)  # a deletion names neither
+        snapshot = self.ledger.store.get_aggregate(event.originator_id)  # a deletion names neither
         return Work(position, event.originator_id, snapshot.cpi, snapshot.disk_cid)
 
     def _advance(self) -> None:

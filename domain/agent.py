@@ -7,7 +7,7 @@ and run (locally, over NATS, ...) is an adapter's business.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 UPDATE, SHUTDOWN = "update", "shutdown"
 DRAIN_TYPES = (UPDATE, SHUTDOWN)
@@ -134,3 +134,28 @@ def restore_states(inst: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
     a disk whose next size is 0 must not here)."""
     state = recorded_state(inst)
     return state, dict(state)
+
+
+# Drain, then stop: the one order every runner drives an instance in ----------------------
+
+def agent_call(step: Callable[[], AgentResult], target: AgentInstance) -> AgentResult:
+    """Run one agent step; an adapter that broke is a failed step, recorded, never lost."""
+    try:
+        return step()
+    except Exception as error:
+        return AgentResult.failure(target.jobs, AGENT_ERROR, f"{type(error).__name__}: {error}")
+
+
+def drain_then_stop(agent: Agent, target: AgentInstance, drain_type: str, current_state: dict[str, Any] | None,
+                    next_state: dict[str, Any] | None, record: Callable[[str, AgentResult], bool],
+                    log_step: Callable[[str, AgentResult], None]) -> bool:
+    """Drain the instance's jobs, record the outcome; only when it succeeded and was
+    recorded, stop them and record that. `record(step, result)` ("drain", "stop")
+    answers whether the step succeeded and is recorded. True: both were."""
+    drained = agent_call(lambda: agent.drain(target, drain_type, current_state, next_state), target)
+    log_step("drain", drained)
+    if not record("drain", drained):
+        return False
+    stopped = agent_call(lambda: agent.stop(target), target)
+    log_step("stop", stopped)
+    return record("stop", stopped)
