@@ -7,7 +7,8 @@ and run (locally, over NATS, ...) is an adapter's business.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
+from collections.abc import Callable
 
 UPDATE, SHUTDOWN = "update", "shutdown"
 DRAIN_TYPES = (UPDATE, SHUTDOWN)
@@ -88,7 +89,7 @@ class AgentResult:
         return {"ok": self.ok, "duration_s": round(self.duration_s, 6), "jobs": [asdict(j) for j in self.jobs]}
 
     @classmethod
-    def failure(cls, jobs: tuple[str, ...], error_type: str, message: str) -> "AgentResult":
+    def failure(cls, jobs: tuple[str, ...], error_type: str, message: str) -> AgentResult:
         return cls(ok=False, jobs=[JobResult(job=j, ok=False, error={"type": error_type, "message": message})
                                    for j in (jobs or ("?",))])
 

@@ -11,7 +11,8 @@ constructor (docs/decisions.md #29).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
+from collections.abc import Callable, Iterable, Mapping
 
 from .director import Director
 from .services.base import AGGREGATE_CACHE_SIZE, LedgerStore, RecordEvents

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from .cpi import CallRecord, call_entry
 
@@ -11,7 +12,9 @@ MAX_LOG_CHARS = 16_384
 
 
 def clip(text: str) -> str:
-    return text if len(text) <= MAX_LOG_CHARS else text[:MAX_LOG_CHARS] + f"... [{len(text) - MAX_LOG_CHARS} chars clipped]"
+    if len(text) <= MAX_LOG_CHARS:
+        return text
+    return text[:MAX_LOG_CHARS] + f"... [{len(text) - MAX_LOG_CHARS} chars clipped]"
 
 
 def record_calls(record: dict[str, Any], calls: Iterable[CallRecord]) -> None:

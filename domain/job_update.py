@@ -228,7 +228,7 @@ class JobUpdate(Aggregate):
         """A drain's or stop's outcome (`step`: "drain" or "stop"); returns the
         error that failed the instance, or None when the step succeeded."""
         inst = self._expect(instance_id, DRAINING if step == "drain" else STOPPING)
-        refs = {"task_id": self.task_id, "instance_id": instance_id, "instance": label_of(inst),
+        refs: dict[str, Any] = {"task_id": self.task_id, "instance_id": instance_id, "instance": label_of(inst),
                 "result": result.as_dict(), "actor": actor, "caused_by": self.cause_of(instance_id)}
         if not result.ok:
             error = result.error or {"type": AGENT_ERROR, "message": "failed"}

@@ -6,7 +6,8 @@ See domain/job_update.py for what a job update is and the order of its steps.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
@@ -54,21 +55,22 @@ class JobUpdateRunner:
         ids of the instances this worker claimed (to `execute`)."""
         self.ledger.store.save_with_retry(lambda: self._settle(update_id))
         claimed: list[str] = []
+        picked: list[str] = []
+
+        def claim() -> list[Aggregate]:
+            picked.clear()
+            update = self.ledger.job_updates.get(update_id)
+            inst = update.next_startable() if update is not None else None
+            if update is None or inst is None:
+                return []
+            task = self.ledger.tasks.get(update.task_id)
+            update.start_drain(inst["id"], worker=self.worker, actor=task.actor)
+            task.start(worker=self.worker, actor=task.actor)
+            picked.append(inst["id"])
+            return [update, task]
+
         while True:
-            picked: list[str] = []
-
-            def claim() -> list[Aggregate]:
-                picked.clear()
-                update = self.ledger.job_updates.get(update_id)
-                inst = update.next_startable() if update is not None else None
-                if update is None or inst is None:
-                    return []
-                task = self.ledger.tasks.get(update.task_id)
-                update.start_drain(inst["id"], worker=self.worker, actor=task.actor)
-                task.start(worker=self.worker, actor=task.actor)
-                picked.append(inst["id"])
-                return [update, task]
-
+            picked.clear()
             self.ledger.store.save_with_retry(claim)
             if not picked:
                 return claimed
@@ -83,8 +85,8 @@ class JobUpdateRunner:
         for inst in update.instances:
             if inst["state"] != SNAPSHOTTING or not inst["snapshots"]:
                 continue
-            outcomes = [task.outcomes.get(s) for s in inst["snapshots"]]
-            if not all(outcomes):
+            outcomes: list[dict[str, Any]] = [task.outcomes[s] for s in inst["snapshots"] if task.outcomes.get(s)]
+            if len(outcomes) < len(inst["snapshots"]):
                 continue
             changed = True
             failures = [o for o in outcomes if o["outcome"] not in SNAPSHOT_OK]

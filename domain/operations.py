@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Mapping
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
 from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError
@@ -42,7 +44,7 @@ class DiskLocks:
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
 
-    def for_disk(self, disk_cid: str) -> ContextManager[Any]:
+    def for_disk(self, disk_cid: str) -> AbstractContextManager[Any]:
         with self._guard:
             return self._locks.setdefault(disk_cid, threading.Lock())
 
@@ -73,7 +75,7 @@ class OperationRunner:
         # in here was abandoned (its thread failed), and recovery may take it.
         self.running: set[UUID] = set()
         self._running_lock = threading.Lock()
-        self._outcomes: Combiner[tuple[UUID, str, dict[str, Any]]] = Combiner()
+        self._outcomes: Combiner[tuple[Snapshot, str, dict[str, Any]]] = Combiner()
         self.max_in_flight = {name: (max_in_flight or {}).get(name, 4) for name in cpis}
         self.in_flight = {name: threading.BoundedSemaphore(limit) for name, limit in self.max_in_flight.items()}
 
@@ -178,12 +180,11 @@ class OperationRunner:
             return self._retry_in_doubt(snapshot_id, "a repeated delete_snapshot is safe")
         find = getattr(cpi, "find_snapshot", None)
         if find is not None:
+            lookup_error: CpiError | None = None
             try:
                 found = find(snapshot.disk_cid, snapshot.metadata)
             except CpiError as error:
                 found, lookup_error = None, error
-            else:
-                lookup_error = None
             if found is not None:
                 record = {"method": "find_snapshot", "cpi": snapshot.cpi, "snapshot_cid": found,
                           "reason": "in-doubt call resolved: the CPI holds the snapshot"}
@@ -382,12 +383,13 @@ class OperationRunner:
             # A failed call is an error line an operator can grep and alert on:
             # which deployment, instance, disk and snapshot, and what the CPI said.
             emit = self.log.error if outcome == "failed" else self.log.info
-            error = record.get("error") or {}
+            failure = record.get("error") or {}
             emit("cpi call", method=method, snapshot_id=str(snapshot.id), outcome=outcome,
                  duration_s=record["duration_s"], deployment=snapshot.deployment, instance=snapshot.instance_label,
                  disk_cid=snapshot.disk_cid, snapshot_cid=record.get("snapshot_cid") or snapshot.snapshot_cid,
                  cpi=snapshot.cpi, task_id=snapshot.current_task_id, request_id=record.get("request_id"),
-                 **({"error_type": error.get("type"), "message": error.get("message")} if outcome == "failed" else {}))
+                 **({"error_type": failure.get("type"), "message": failure.get("message")}
+                    if outcome == "failed" else {}))
         return outcome, record
 
     def _persist(self, decide: Callable[[], list[Any]]) -> Any:
@@ -448,7 +450,7 @@ class OperationRunner:
         return detail
 
     def _apply(self, snapshot: Snapshot, outcome: str, record: dict[str, Any], actor: str,
-               saving: list[Any] = (), check_cid: bool = True) -> list[Any]:
+               saving: Sequence[Any] = (), check_cid: bool = True) -> list[Any]:
         """Apply an outcome to its snapshot; returns what else must be saved with it.
         `saving`: what the same save already holds (a CID claimed earlier in it).
         `check_cid=False`: leave a CID the ledger already holds to the index's conflict."""

@@ -227,8 +227,8 @@ class Restore(Aggregate):
         """A drain's or stop's outcome (`step`: "drain" or "stop"); returns the
         error that failed the restore, or None when the step succeeded."""
         self._expect(DRAINING if step == "drain" else STOPPING)
-        refs = {"task_id": self.task_id, "instance": self.label, "result": result.as_dict(), "actor": actor,
-                "caused_by": self.cause}
+        refs: dict[str, Any] = {"task_id": self.task_id, "instance": self.label, "result": result.as_dict(),
+                                "actor": actor, "caused_by": self.cause}
         if not result.ok:
             error = result.error or {"type": AGENT_ERROR, "message": "failed"}
             error = {**error, "message": f"{error['message']}; the disk was not touched"}

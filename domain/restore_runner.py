@@ -6,7 +6,8 @@ See domain/restore.py for what a restore is and the order of its steps.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
@@ -197,7 +198,7 @@ class RestoreRunner:
         started = time.monotonic()
         try:
             method = getattr(cpi, RESTORE_METHOD, None)
-            if method is None:
+            if cpi is None or method is None:
                 raise CpiError(NOT_IMPLEMENTED, f"CPI '{restore.cpi}' cannot restore (no {RESTORE_METHOD})")
             # Never alongside a snapshot of the same disk (the per-disk lock of the CPI calls).
             with self.disk_locks.for_disk(restore.target_disk):

@@ -3,6 +3,10 @@
 Every command loads the aggregates it needs, decides, and saves everything it
 changed in ONE `save()` (one transaction): a task and all its snapshot
 requests are durable together before the caller is answered.
+
+The services create aggregates with ids they choose (`Task(id=...)`): the
+library accepts the `id` an aggregate class declares (`id: UUID`), which
+mypy cannot see, hence the `type: ignore[call-arg]` there.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, ClassVar
+from collections.abc import Callable, Iterable, Sequence
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
@@ -60,7 +65,8 @@ class LedgerStore(Application):  # type: ignore[type-arg]  # aggregate ids are U
     # as its new events only, not replayed. Bounded because the library reads
     # "0" as *unbounded*: every aggregate a process ever read stayed in memory
     # (a worker held every snapshot it took). docs/performance.md.
-    env = {"AGGREGATE_CACHE_MAXSIZE": str(AGGREGATE_CACHE_SIZE), "AGGREGATE_CACHE_FASTFORWARD": "y"}
+    env: ClassVar[dict[str, str]] = {"AGGREGATE_CACHE_MAXSIZE": str(AGGREGATE_CACHE_SIZE),
+                                     "AGGREGATE_CACHE_FASTFORWARD": "y"}
 
     def __init__(self, env: dict[str, str] | None = None, *, record_events: RecordEvents | None = None,
                  on_saved: Iterable[Callable[[], None]] = ()) -> None:

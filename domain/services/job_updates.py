@@ -47,7 +47,7 @@ class JobUpdateService:
             raise JobOwnedElsewhere(foreign, field="jobs")
         single = index_or_id is not None
         description = f"update instance {label_of(planned[0])}" if single else f"update job {job}"
-        task = Task(id=task_id, kind=KIND, description=description, deployment=deployment,
+        task = Task(id=task_id, kind=KIND, description=description, deployment=deployment,  # type: ignore[call-arg]
                     operations=[p["operation_id"] for p in planned], actor=actor, trigger=TRIGGER,
                     context={"job": job, "index_or_id": index_or_id, "drain_type": drain_type,
                              "max_in_flight": max_in_flight})

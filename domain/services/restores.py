@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 from uuid import UUID, uuid4
 
 from eventsourcing.persistence import IntegrityError
@@ -135,7 +136,7 @@ class RestoreService:
         task_id = uuid4()
         op = restore_operation_id(task_id)
         where = f"new disk {target}" if new_disk else f"disk {target}"
-        task = Task(id=task_id, kind=KIND, description=f"restore snapshot {snapshot_cid} into {where}",
+        task = Task(id=task_id, kind=KIND, description=f"restore snapshot {snapshot_cid} into {where}",  # type: ignore[call-arg]
                     deployment=deployment, operations=[op], actor=actor,
                     context={"snapshot_cid": snapshot_cid, "to_new_disk": target if new_disk else None,
                              "disk_cid": target})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Callable
+from collections.abc import Callable
 from uuid import UUID, uuid4
 
 from eventsourcing.domain import Aggregate
@@ -87,7 +87,7 @@ class RetentionService:
         dep = self.deployments.get_or_history(deployment)
         planned = self.plan_run(dep, now, actor, trigger, task_id)
         if planned is None:
-            task = Task(id=task_id or uuid4(), kind="retention", description="retention", deployment=dep.name,
+            task = Task(id=task_id or uuid4(), kind="retention", description="retention", deployment=dep.name,  # type: ignore[call-arg]
                         operations=[], actor=actor, trigger=trigger)
             task.finish_empty("nothing to expire", actor=actor)
             self.store.save(task, idempotency=idempotency)
@@ -107,7 +107,7 @@ class RetentionService:
         for expiry, snapshot in checked:
             snapshot.expire(policy={**policy.as_dict(), "source": source}, reason=expiry.reason,
                             task_id=str(task_id), actor=actor)
-        task = Task(id=task_id, kind="retention", description=f"retention: {policy.describe()}",
+        task = Task(id=task_id, kind="retention", description=f"retention: {policy.describe()}",  # type: ignore[call-arg]
                     deployment=dep.name, operations=[str(s.id) for _, s in checked], actor=actor, trigger=trigger,
                     context={"policy": policy.as_dict(), "cids": [e.snapshot_cid for e, _ in checked]})
         return task, [s for _, s in checked]

@@ -37,7 +37,7 @@ class SelfSnapshotService:
         """The task and its discovery (unsaved)."""
         task_id = uuid4()
         discovery = SelfDiscovery(task_id=str(task_id), cpi=self.cpi, trigger=trigger, actor=actor)
-        task = Task(id=task_id, kind="snapshot_self", description="snapshot self", deployment=SELF_DEPLOYMENT,
+        task = Task(id=task_id, kind="snapshot_self", description="snapshot self", deployment=SELF_DEPLOYMENT,  # type: ignore[call-arg]
                     operations=[str(discovery.id)], actor=actor, trigger=trigger)
         return task, discovery
 
@@ -52,7 +52,7 @@ class SelfSnapshotService:
                 "director_uuid": self.director.uuid, "agent_id": "self", "instance_id": vm_cid,
                 "snapledger_operation_id": str(snapshot_id),
             }
-            snapshots.append(Snapshot(
+            snapshots.append(Snapshot(  # type: ignore[call-arg]
                 id=snapshot_id, task_id=str(task.id), deployment=SELF_DEPLOYMENT, job=SELF_JOB, index=0,
                 instance_id=vm_cid, disk_cid=disk, trigger=discovery.trigger, clean=False, metadata=metadata,
                 cpi=discovery.cpi, actor=task.actor,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 from uuid import UUID, uuid4
 
 from eventsourcing.domain import Aggregate
@@ -54,7 +55,7 @@ class SnapshotService:
             for inst in instances
             for disk in inst["disks"]
         ]
-        task = Task(
+        task = Task(  # type: ignore[call-arg]
             id=task_id, kind=kind, description=description, deployment=dep.name,
             operations=[str(s.id) for s in snapshots], actor=actor, trigger=trigger, context=context or {},
         )
@@ -79,7 +80,7 @@ class SnapshotService:
         }
         metadata.update(dep.tags)
         metadata["snapledger_operation_id"] = str(snapshot_id)
-        return Snapshot(
+        return Snapshot(  # type: ignore[call-arg]
             id=snapshot_id, task_id=str(task_id), deployment=dep.name, job=inst["job"],
             index=inst["index"], instance_id=inst["id"], disk_cid=disk_cid, trigger=trigger,
             clean=clean, metadata=metadata, cpi=self.deployments.cpi_of(dep), actor=actor,
@@ -149,7 +150,7 @@ class SnapshotService:
                     continue  # delete-all leaves pinned snapshots and those already going
                 snapshot.request_deletion(task_id=str(task_id), actor=actor)
                 snapshots.append(snapshot)
-            task = Task(
+            task = Task(  # type: ignore[call-arg]
                 id=task_id, kind=kind, description=description, deployment=deployment,
                 operations=[str(s.id) for s in snapshots], actor=actor, context={"cids": cids},
             )
