@@ -13,25 +13,23 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import AbstractContextManager
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
-from collections.abc import Callable, Mapping, Sequence
 from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError
 
 from . import cpi_answers as answers
-from .combining import Combiner
 from .cpi import DISK_NOT_FOUND, Cpi, CpiError, calls_made
-from .cpi_calls import MAX_LOG_CHARS, record_calls
+from .cpi_calls import record_calls
 from .discovery import SelfDiscovery
+from .operation_outcomes import OutcomeRecorder
 from .retry import NO_RETRY, RetryPolicy
 from .snapshot import DELETING, IN_DOUBT, TAKING, Snapshot
-from .task import GOOD_OUTCOMES, Task
+from .task import Task
 
 if TYPE_CHECKING:
     from .application import Ledger
-
-__all__ = ["MAX_LOG_CHARS", "DiskLocks", "OperationRunner", "snapshot_outcome"]  # MAX_LOG_CHARS: cpi_answers.py
 
 
 class DiskLocks:
@@ -75,7 +73,7 @@ class OperationRunner:
         # in here was abandoned (its thread failed), and recovery may take it.
         self.running: set[UUID] = set()
         self._running_lock = threading.Lock()
-        self._outcomes: Combiner[tuple[Snapshot, str, dict[str, Any]]] = Combiner()
+        self._outcome_recorder = OutcomeRecorder(ledger, self._persist)
         self.max_in_flight = {name: (max_in_flight or {}).get(name, 4) for name in cpis}
         self.in_flight = {name: threading.BoundedSemaphore(limit) for name, limit in self.max_in_flight.items()}
 
@@ -397,95 +395,8 @@ class OperationRunner:
         return self.ledger.store.save_through_outage(decide, "a CPI call's outcome", self.log, self.sleep)
 
     def _record(self, snapshot: Snapshot, outcome: str, record: dict[str, Any]) -> None:
-        """Record a CPI call's outcome and the task's progress in one transaction.
-
-        Outcomes of one task that arrive together are saved together
-        (domain/combining.py): its snapshots all append to the task, and
-        separate saves would conflict on it and retry."""
-        self._outcomes.submit(snapshot.current_task_id, (snapshot, outcome, record), self._save_outcomes)
-
-    def _save_outcomes(self, outcomes: list[tuple[Snapshot, str, dict[str, Any]]]) -> None:
-        # First round: the snapshots as this worker last saved them (its claim),
-        # without reading them again, and the CIDs taken for new (a CID the
-        # ledger already holds conflicts on its SnapshotCid index). A conflict,
-        # or any failed round, and every later round reads everything afresh.
-        rounds = 0
-
-        def decide() -> list[Any]:
-            nonlocal rounds
-            rounds += 1
-            fresh = rounds > 1
-            changed: list[Any] = []
-            tasks: dict[str, Task] = {}
-            for claimed, outcome, record in outcomes:
-                snapshot = self.ledger.snapshots.get(claimed.id) if fresh else claimed
-                if snapshot.state not in (TAKING, DELETING, IN_DOUBT):
-                    continue  # recorded already (a retried save that did commit)
-                task_id = snapshot.current_task_id
-                if task_id not in tasks:
-                    tasks[task_id] = self.ledger.tasks.get(task_id)
-                task = tasks[task_id]
-                changed += [snapshot, *self._apply(snapshot, outcome, record, task.actor, changed, check_cid=fresh)]
-                task.operation_finished(snapshot.id, snapshot_outcome(outcome, snapshot),
-                                        self._outcome_detail(snapshot, outcome, record), actor=task.actor)
-            return [*changed, *tasks.values()] if changed else []
-
-        self._persist(decide)
-
-    @staticmethod
-    def _outcome_detail(snapshot: Snapshot, outcome: str, record: dict[str, Any]) -> dict[str, Any]:
-        task_outcome = snapshot_outcome(outcome, snapshot)
-        detail: dict[str, Any] = {
-            "instance": snapshot.instance_label,
-            "disk_cid": snapshot.disk_cid,
-            "snapshot_cid": snapshot.snapshot_cid or record.get("snapshot_cid"),
-        }
-        if "reason" in record:
-            detail["reason"] = record["reason"]
-        if "error" in record and task_outcome not in GOOD_OUTCOMES:
-            detail.update(error_type=record["error"]["type"], message=record["error"]["message"])
-        if record.get("attempts", 1) > 1:
-            detail["attempts"] = record["attempts"]
-        detail["caused_by"] = snapshot.cause  # the outcome event just recorded
-        return detail
-
-    def _apply(self, snapshot: Snapshot, outcome: str, record: dict[str, Any], actor: str,
-               saving: Sequence[Any] = (), check_cid: bool = True) -> list[Any]:
-        """Apply an outcome to its snapshot; returns what else must be saved with it.
-        `saving`: what the same save already holds (a CID claimed earlier in it).
-        `check_cid=False`: leave a CID the ledger already holds to the index's conflict."""
-        call = {k: v for k, v in record.items() if k not in ("snapshot_cid", "reason")}
-        if outcome == "taken":
-            cid = record["snapshot_cid"]
-            index = self.ledger.snapshots.new_cid_index(cid, snapshot.id)
-            if ((check_cid and self.ledger.snapshots.cid_taken(cid))
-                    or any(getattr(o, "id", None) == index.id for o in saving)):
-                error = {"type": "Snapledger::DuplicateSnapshotCid", "ok_to_retry": False,
-                         "message": f"the CPI returned snapshot CID '{cid}', which the ledger already holds"}
-                record["error"] = error
-                snapshot.record_failed(error=error, call=call, actor=actor)
-                return []
-            snapshot.record_taken(snapshot_cid=cid, call=call, actor=actor)
-            return [index]
-        if outcome == "skipped":
-            snapshot.record_skipped(reason=record["reason"], call=call, actor=actor)
-        elif outcome == "deleted":
-            snapshot.record_deleted(reason=record["reason"], call=call, actor=actor)
-        elif outcome == "cancelled":
-            snapshot.record_cancelled(reason=record["reason"], actor=actor)
-        else:
-            snapshot.record_failed(error=record["error"], call=call, actor=actor)
-        return []
+        self._outcome_recorder.record(snapshot, outcome, record)
 
 
 def _task_id(operation: Any) -> str:
     return operation.current_task_id if isinstance(operation, Snapshot) else operation.task_id
-
-
-def snapshot_outcome(outcome: str, snapshot: Snapshot) -> str:
-    """The task-level outcome: a failed deletion is `deletion_failed`, a duplicate CID `failed`."""
-    if outcome == "taken" and snapshot.state == "failed":
-        return "failed"
-    if outcome == "failed" and snapshot.deletion_task_id and snapshot.state == "taken":
-        return "deletion_failed"
-    return outcome
