@@ -409,3 +409,35 @@ def test_version_1_events_read_and_audit_the_same(stack: Stack, tmp_path: Path) 
     finally:
         old_ledger.close()
         old_db.close()
+
+
+def test_a_drain_outcome_is_recorded_through_a_database_outage(stack: Stack, store_url: str) -> None:
+    """Only this process knows a drain's outcome: while the database refuses
+    writes, recording it keeps trying (as a restore's does), instead of failing
+    the worker's thread with the outcome lost and the instance left draining."""
+    url = parse_store_url(store_url)
+    if url.kind != "postgres":
+        pytest.skip("SQLite cannot refuse a write with an outage error (a trigger's RAISE is a constraint)")
+    import psycopg
+
+    task = stack.ledger.job_updates.announce("prod", "db", "0", "update", actor="deployer")
+    update_id = job_update_id(task.id)
+    (instance_id,) = stack.runner.advance(update_id)
+    conn = psycopg.connect(url.conninfo(), autocommit=True)
+    conn.execute("""CREATE OR REPLACE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'disk full (test)' USING ERRCODE = '53100'; END $$""")
+    conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON ledger_events FOR EACH ROW EXECUTE FUNCTION test_refuse()")
+    waits: list[float] = []
+
+    def outage_ends(delay: float) -> None:  # the runner's back-off: the database comes back
+        waits.append(delay)
+        conn.execute("DROP TRIGGER IF EXISTS refuse ON ledger_events")
+
+    try:
+        runner = JobUpdateRunner(stack.ledger, stack.agent, worker="w1", sleep=outage_ends)
+        assert runner.execute(update_id, instance_id) == "snapshotting"
+    finally:
+        conn.execute("DROP TRIGGER IF EXISTS refuse ON ledger_events")
+        conn.close()
+    assert waits  # the outage was met, and waited out
+    assert stack.update(task.id).instance(instance_id)["state"] == "snapshotting"
