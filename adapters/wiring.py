@@ -274,7 +274,7 @@ def apply_declared_settings(ledger: Ledger, config: Config) -> None:
         ledger.retention.set_policy(None, RetentionPolicy.from_dict(config.retention_default), actor="config",
                              declared=True)
     for name, policy in config.retention_deployments.items():
-        try:  # a deployment not recorded yet gets its policy when it is (Ledger.record_deployment)
+        try:  # a deployment not recorded yet gets its policy when it is (DeploymentService.record)
             ledger.retention.set_policy(name, RetentionPolicy.from_dict(policy) if policy is not None else None,
                                  actor="config", declared=True)
         except DeploymentNotFound:

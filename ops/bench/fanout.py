@@ -3,7 +3,7 @@
 Set-up: D deployments sharing N instances (one persistent disk each), snapshots
 enabled. A worker process (CPI answering at once, `server.py --cpi instant`)
 and a projector process are running (SQLite: one process with both roles).
-Measured: the fire itself (`Ledger.fire_schedule`, the scheduler's code path, in
+Measured: the fire itself (`ledger.schedules.fire`, the scheduler's code path, in
 a child process: its peak RSS is the scheduler's) until every request is
 durable; then until every snapshot is taken; peak RSS of each process.
 Baseline for the durable part: one raw transaction inserting as many rows of
