@@ -29,7 +29,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 from snapledger.domain.application import Director, Ledger
 from snapledger.domain.cpi import Cpi
-from snapledger.domain.job_update import JobUpdateRunner
+from snapledger.domain.job_update_runner import JobUpdateRunner
 from snapledger.domain.operations import DiskLocks, OperationRunner
 from snapledger.domain.restore_runner import RestoreRunner
 from snapledger.projections.projector import Projector
@@ -262,19 +262,18 @@ def build_ledger(config: Config, env: dict[str, str], queries: Queries, signal: 
                  log: Any) -> tuple[Ledger, GroupCommitter | None]:
     """The service layer and what it depends on: the one place a process's Ledger
     is made (with its group committer, which writes through the Ledger's store)."""
-    ledger = Ledger(env=env, director=Director(config.director_name, config.uuid),
-                    default_cpi=config.default_cpi_name(), self_cpi=config.self_cpi_name(),
-                    cpi_names=list(config.cpi_specs()))
-    ledger.retention_candidates = queries.retention_candidates
-    ledger.restoring_cpis = restoring_cpis(config.cpi_specs())
-    ledger.disk_exists = local_disk_exists(config)
-    ledger.on_saved.append(signal.fire)
     committer = None
     if config.group_commit:
-        committer = GroupCommitter(ledger.events.put, log=log.bind(component="group-commit"),
-                                   max_batch=config.group_commit_max_batch,
+        # Writes through the ledger's own event store, built just below (nothing is saved before).
+        committer = GroupCommitter(lambda events: ledger.store.events.put(events),
+                                   log=log.bind(component="group-commit"), max_batch=config.group_commit_max_batch,
                                    max_wait_s=config.group_commit_max_wait_s)
-        ledger.record_events = committer.record
+    ledger = Ledger(env=env, director=Director(config.director_name, config.uuid),
+                    default_cpi=config.default_cpi_name(), self_cpi=config.self_cpi_name(),
+                    cpi_names=list(config.cpi_specs()), restoring_cpis=restoring_cpis(config.cpi_specs()),
+                    disk_exists=local_disk_exists(config), retention_candidates=queries.retention_candidates,
+                    record_events=committer.record if committer is not None else None, on_saved=[signal.fire],
+                    managed=config.managed, declared_retention=config.retention_deployments)
     return ledger, committer
 
 
@@ -366,21 +365,19 @@ def apply_declared_settings(ledger: Ledger, config: Config) -> None:
     from snapledger.domain.retention import RetentionPolicy
     from snapledger.domain.settings import SCHEDULE_NAMES
 
-    ledger.managed = dict(config.managed)
-    ledger.declared_retention = dict(config.retention_deployments)
     if config.enable_snapshots is not None:
-        ledger.set_snapshots_enabled(config.enable_snapshots, actor="config", declared=True)
+        ledger.settings.set_snapshots_enabled(config.enable_snapshots, actor="config", declared=True)
     for name in SCHEDULE_NAMES:
         value = getattr(config, name)
         if value is not None:
-            ledger.set_schedule(name, None if value.strip().lower() in ("", "off") else value, actor="config",
+            ledger.settings.set_schedule(name, None if value.strip().lower() in ("", "off") else value, actor="config",
                                 declared=True)
     if "retention.default" in config.managed:
-        ledger.set_retention(None, RetentionPolicy.from_dict(config.retention_default), actor="config",
+        ledger.retention.set_policy(None, RetentionPolicy.from_dict(config.retention_default), actor="config",
                              declared=True)
     for name, policy in config.retention_deployments.items():
-        try:  # a deployment not recorded yet gets its policy when it is (Ledger.record_deployment)
-            ledger.set_retention(name, RetentionPolicy.from_dict(policy) if policy is not None else None,
+        try:  # a deployment not recorded yet gets its policy when it is (DeploymentService.record)
+            ledger.retention.set_policy(name, RetentionPolicy.from_dict(policy) if policy is not None else None,
                                  actor="config", declared=True)
         except DeploymentNotFound:
             continue

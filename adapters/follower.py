@@ -153,12 +153,12 @@ class LogFollower:
         """Process one batch; returns how many events it held."""
         if self.position is None:
             self.position = self.start_position()
-        notifications = self.ledger.recorder.select_notifications(
+        notifications = self.ledger.store.recorder.select_notifications(
             start=self.position, limit=self.batch_size, topics=self.topics, inclusive_of_start=False
         )
         if not notifications:
             return 0
-        batch = [(n.id, self.ledger.mapper.to_domain_event(n)) for n in notifications]
+        batch = [(n.id, self.ledger.store.mapper.to_domain_event(n)) for n in notifications]
         self.handle(batch)
         self.position = notifications[-1].id
         return len(batch)

@@ -21,7 +21,8 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.utils import get_topic
-from snapledger.domain.job_update import JobUpdate, JobUpdateRunner, job_update_id
+from snapledger.domain.job_update import JobUpdate, job_update_id
+from snapledger.domain.job_update_runner import JobUpdateRunner
 from snapledger.domain.task import Task
 from snapledger.projections.job_updates import claimed_instances
 

@@ -90,7 +90,7 @@ class LedgerCollector(Collector):
     def _families(self) -> Iterable[Metric]:
         runtime = self.runtime
         query = runtime.db.query
-        head = runtime.ledger.recorder.max_notification_id() or 0
+        head = runtime.ledger.store.recorder.max_notification_id() or 0
         lag = GaugeMetricFamily("snapledger_projection_lag_events", "Events the view has not applied yet",
                                 labels=["view"])
         for view, position in runtime.projector.positions().items():
@@ -176,7 +176,7 @@ class LedgerCollector(Collector):
                          "GROUP BY schedule, outcome"):
             fired.add_metric([row["schedule"], row["outcome"]], row["n"])
         yield fired
-        settings = self.runtime.ledger.settings()
+        settings = self.runtime.ledger.settings.current()
         yield GaugeMetricFamily("snapledger_snapshots_enabled", "1 when snapshots are enabled",
                                 value=1 if settings.enable_snapshots else 0)
         interval = GaugeMetricFamily(

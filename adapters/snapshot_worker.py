@@ -65,7 +65,7 @@ class SnapshotWorker(LogWorker):
             return Work(position, event.originator_id, event.cpi, event.disk_cid)
         if isinstance(event, SelfDiscovery.Requested):  # type: ignore[attr-defined]
             return Work(position, event.originator_id, event.cpi, None)
-        snapshot = self.ledger.get_aggregate(event.originator_id)  # a deletion names neither
+        snapshot = self.ledger.store.get_aggregate(event.originator_id)  # a deletion names neither
         return Work(position, event.originator_id, snapshot.cpi, snapshot.disk_cid)
 
     def _advance(self) -> None:

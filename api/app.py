@@ -24,6 +24,7 @@ from marshmallow import ValidationError
 
 from snapledger.adapters.bootstrap import Runtime
 from snapledger.domain.errors import LedgerError
+from snapledger.domain.idempotency import Idempotency
 from snapledger.domain.ownership import OwnedElsewhere
 from snapledger.domain.names import CID_PATTERN, NAME_PATTERN, SELF_DEPLOYMENT, TASK_ID_RE
 from snapledger.domain.settings import SCHEDULE_NAMES
@@ -207,6 +208,15 @@ def actor(request: web.Request) -> str:
     return request.get(auth.USER, "anonymous")
 
 
+# The request's Idempotency-Key, as the middleware (api/idempotency.py) accepted it.
+IDEMPOTENCY = web.RequestKey("idempotency", Idempotency)
+
+
+def idempotency_of(request: web.Request) -> Idempotency | None:
+    """What a task-creating command is given: the key is saved with its task, in one transaction."""
+    return request.get(IDEMPOTENCY)
+
+
 def accepted(task: Any) -> web.Response:
     from .task_numbers import log_accepted, number_of
 
@@ -255,7 +265,7 @@ routes = web.RouteTableDef()
 @routes.get("/info")
 async def info(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    enabled = await run(request, runtime.ledger.snapshots_enabled)
+    enabled = await run(request, runtime.ledger.settings.snapshots_enabled)
     return web.json_response({
         "name": runtime.config.director_name, "uuid": runtime.config.uuid, "version": VERSION,
         "user": actor(request), "cpi": runtime.ledger.default_cpi, "cpis": sorted(runtime.ledger.cpi_names),
@@ -273,8 +283,8 @@ def _snapshot_config(settings: Any, managed: dict[str, str]) -> dict[str, Any]:
 @routes.get("/config/snapshots")
 async def get_snapshot_config(request: web.Request) -> web.Response:
     ledger = request.app[RUNTIME].ledger
-    settings = await run(request, ledger.settings)
-    return web.json_response(_snapshot_config(settings, ledger.managed))
+    settings = await run(request, ledger.settings.current)
+    return web.json_response(_snapshot_config(settings, ledger.settings.managed))
 
 
 @routes.put("/config/snapshots")
@@ -285,16 +295,16 @@ async def put_snapshot_config(request: web.Request) -> web.Response:
 
     def apply() -> Any:
         # All or nothing: a managed key anywhere in the request refuses it before any change.
-        ledger.refuse_managed_changes({k: _schedule_value(v) if k in SCHEDULE_NAMES else v
+        ledger.settings.refuse_managed_changes({k: _schedule_value(v) if k in SCHEDULE_NAMES else v
                                        for k, v in data.items()}, actor=who)
         if "enable_snapshots" in data:
-            ledger.set_snapshots_enabled(data["enable_snapshots"], actor=who)
+            ledger.settings.set_snapshots_enabled(data["enable_snapshots"], actor=who)
         for name in SCHEDULE_NAMES:
             if name in data:
-                ledger.set_schedule(name, _schedule_value(data[name]), actor=who)
-        return ledger.settings()
+                ledger.settings.set_schedule(name, _schedule_value(data[name]), actor=who)
+        return ledger.settings.current()
 
-    return web.json_response(_snapshot_config(await run(request, apply), ledger.managed))
+    return web.json_response(_snapshot_config(await run(request, apply), ledger.settings.managed))
 
 
 def _schedule_value(value: str | None) -> str | None:
@@ -309,7 +319,7 @@ async def list_schedules(request: web.Request) -> web.Response:
     from snapledger.domain.cron import CronSchedule
 
     runtime = request.app[RUNTIME]
-    settings = await run(request, runtime.ledger.settings)
+    settings = await run(request, runtime.ledger.settings.current)
     now = datetime.now(timezone.utc)
     result = []
     for name, expression in settings.schedules.items():
@@ -320,14 +330,15 @@ async def list_schedules(request: web.Request) -> web.Response:
             "next_fires": next_fires if settings.enable_snapshots else [],
             "last_fire": await run(request, runtime.queries.last_fire, name),
             "last_missed": await run(request, runtime.queries.last_fire, name, "missed"),
-            "managed_by": runtime.ledger.managed.get(name),  # the file or variable that sets it, if any
+            "managed_by": runtime.ledger.settings.managed.get(name),  # the file or variable that sets it, if any
         })
     return web.json_response(result)
 
 
 @routes.post("/self/snapshots")
 async def take_self_snapshots(request: web.Request) -> web.Response:
-    task = await run(request, request.app[RUNTIME].ledger.take_self_snapshots, actor=actor(request))
+    task = await run(request, request.app[RUNTIME].ledger.self_snapshots.take, actor=actor(request),
+                     idempotency=idempotency_of(request))
     return accepted(task)
 
 
@@ -355,7 +366,7 @@ async def put_deployment(request: web.Request) -> web.Response:
     def may_move_from(owner: str) -> bool:  # a move takes a disk away from `owner`: be its admin too
         return auth.may(request, auth.Access.DEPLOYMENT, "PUT", owner)
 
-    dep = await run(request, request.app[RUNTIME].ledger.record_deployment, name, data["tags"],
+    dep = await run(request, request.app[RUNTIME].ledger.deployments.record, name, data["tags"],
                     data["instances"], actor=actor(request), cpi=data.get("cpi"),
                     move_disks=data["move_disks"], move_jobs=data["move_jobs"], may_move_from=may_move_from)
     return web.json_response(_deployment_json(dep))
@@ -377,13 +388,13 @@ def owned_elsewhere(request: web.Request, error: OwnedElsewhere) -> web.Response
 
 @routes.get("/deployments/{name}")
 async def get_deployment(request: web.Request) -> web.Response:
-    dep = await run(request, request.app[RUNTIME].ledger.get_deployment, path(request, "name"))
+    dep = await run(request, request.app[RUNTIME].ledger.deployments.get, path(request, "name"))
     return web.json_response(_deployment_json(dep))
 
 
 @routes.delete("/deployments/{name}")
 async def delete_deployment(request: web.Request) -> web.Response:
-    await run(request, request.app[RUNTIME].ledger.delete_deployment, path(request, "name"), actor=actor(request))
+    await run(request, request.app[RUNTIME].ledger.deployments.delete, path(request, "name"), actor=actor(request))
     return web.json_response({"deleted": True})
 
 
@@ -392,7 +403,7 @@ async def _list_snapshots(request: web.Request, job: str | None, index_or_id: st
     deployment = path(request, "deployment")
     params = query(request, schemas.ListQuerySchema())
     if deployment != SELF_DEPLOYMENT:
-        await run(request, runtime.ledger.get_deployment_or_history, deployment)
+        await run(request, runtime.ledger.deployments.get_or_history, deployment)
     rows = await run(request, runtime.queries.snapshots, deployment, job, index_or_id,
                      params.get("limit"), params.get("after"), iso(params["at"]) if "at" in params else None)
     return web.json_response(rows)
@@ -410,22 +421,23 @@ async def list_instance_snapshots(request: web.Request) -> web.Response:
 
 @routes.post("/deployments/{deployment}/snapshots")
 async def take_deployment_snapshots(request: web.Request) -> web.Response:
-    task = await run(request, request.app[RUNTIME].ledger.take_snapshots, path(request, "deployment"),
-                     actor=actor(request))
+    task = await run(request, request.app[RUNTIME].ledger.snapshots.take, path(request, "deployment"),
+                     actor=actor(request), idempotency=idempotency_of(request))
     return accepted(task)
 
 
 @routes.post("/deployments/{deployment}/jobs/{job}/{index_or_id}/snapshots")
 async def take_instance_snapshots(request: web.Request) -> web.Response:
-    task = await run(request, request.app[RUNTIME].ledger.take_snapshots, path(request, "deployment"),
-                     actor=actor(request), job=path(request, "job"), index_or_id=path(request, "index_or_id"))
+    task = await run(request, request.app[RUNTIME].ledger.snapshots.take, path(request, "deployment"),
+                     actor=actor(request), job=path(request, "job"), index_or_id=path(request, "index_or_id"),
+                     idempotency=idempotency_of(request))
     return accepted(task)
 
 
 @routes.delete("/deployments/{deployment}/snapshots/{cid}")
 async def delete_snapshot(request: web.Request) -> web.Response:
-    task = await run(request, request.app[RUNTIME].ledger.delete_snapshot, path(request, "deployment"),
-                     path(request, "cid"), actor=actor(request))
+    task = await run(request, request.app[RUNTIME].ledger.snapshots.delete, path(request, "deployment"),
+                     path(request, "cid"), actor=actor(request), idempotency=idempotency_of(request))
     return accepted(task)
 
 
@@ -434,7 +446,8 @@ async def delete_snapshots(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     deployment = path(request, "deployment")
     cids = await run(request, runtime.queries.deletable_cids, deployment)
-    task = await run(request, runtime.ledger.delete_snapshots, deployment, cids, actor=actor(request))
+    task = await run(request, runtime.ledger.snapshots.delete_many, deployment, cids, actor=actor(request),
+                     idempotency=idempotency_of(request))
     return accepted(task)
 
 
@@ -461,7 +474,7 @@ async def _read_task(request: web.Request, task_id: str) -> dict[str, Any]:
     last_event = await run(request, last_event_position, runtime.db, task_id)
     row = await run(request, runtime.queries.task, task_id)
     if row is None:
-        row = task_from_aggregate(await run(request, runtime.ledger.get_task, task_id))
+        row = task_from_aggregate(await run(request, runtime.ledger.tasks.get, task_id))
     row["last_event"] = last_event
     if row["kind"] == "update_job":  # per-instance readiness, for a deploy tool going instance by instance
         row["instances"] = await run(request, instance_updates, runtime.db, task_id)
@@ -506,7 +519,7 @@ async def get_task_events(request: web.Request) -> web.Response:
     params = query(request, schemas.TaskEventsQuerySchema())
     events = await run(request, runtime.queries.task_events, task_id, params["after"])
     if not events and params["after"] == 0:
-        await run(request, runtime.ledger.get_task, task_id)  # 404 for an unknown task
+        await run(request, runtime.ledger.tasks.get, task_id)  # 404 for an unknown task
     return web.json_response(events)
 
 
@@ -517,7 +530,7 @@ async def get_task_cpi_log(request: web.Request) -> web.Response:
 
     runtime = request.app[RUNTIME]
     task_id = await resolve(request, task_id_of(request))
-    await run(request, runtime.ledger.get_task, task_id)  # 404 for an unknown task
+    await run(request, runtime.ledger.tasks.get, task_id)  # 404 for an unknown task
     return web.json_response(await run(request, runtime.queries.cpi_log, task_id))
 
 
@@ -544,7 +557,7 @@ async def _task_deployment(request: web.Request, task_id: str) -> str | None:
     if row is not None:
         return row["deployment"]
     try:
-        return (await run(request, runtime.ledger.get_task, task_id)).deployment
+        return (await run(request, runtime.ledger.tasks.get, task_id)).deployment
     except LedgerError:
         return None
 

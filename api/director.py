@@ -20,7 +20,7 @@ from snapledger.domain.errors import (DeploymentNotFound, InstanceNotFound, Inva
                                       SnapshotNotFound, SnapshotsDisabled, TaskNotFound)
 
 from . import auth
-from .app import RUNTIME, STORE_UNAVAILABLE, VERSION, StoreDown, run
+from .app import RUNTIME, STORE_UNAVAILABLE, VERSION, StoreDown, idempotency_of, run
 from .director_output import task_output
 from .director_events import events_page
 from .task_numbers import resolve
@@ -170,7 +170,7 @@ async def _redirect_to_task(request: web.Request, task: Any) -> web.Response:
 
 async def _known_deployment(request: web.Request, name: str) -> None:
     try:
-        await run(request, request.app[RUNTIME].ledger.get_deployment_or_history, name)
+        await run(request, request.app[RUNTIME].ledger.deployments.get_or_history, name)
     except DeploymentNotFound:
         raise DeploymentNotFound(f"Deployment '{name}' doesn't exist") from None
 
@@ -189,7 +189,7 @@ def route(method: str, path: str, need: int) -> Callable[[Any], Any]:
 @route("GET", "/info", Need.PUBLIC)
 async def info(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    enabled = await run(request, runtime.ledger.snapshots_enabled)
+    enabled = await run(request, runtime.ledger.settings.snapshots_enabled)
     return web.json_response({
         "name": runtime.config.director_name, "uuid": runtime.config.uuid, "version": f"{VERSION} (snapledger)",
         "user": None, "cpi": runtime.ledger.default_cpi, "stemcell_os": "", "stemcell_version": "",
@@ -228,8 +228,8 @@ async def _take(request: web.Request, job: str | None, index_or_id: str | None) 
     deployment = request.match_info["deployment"]
     await _known_deployment(request, deployment)
     # Disabled snapshots are refused (409, with how to enable), not the Director's silent "Succeeded".
-    task = await run(request, request.app[RUNTIME].ledger.take_snapshots, deployment, actor=actor(request),
-                     job=job, index_or_id=index_or_id)
+    task = await run(request, request.app[RUNTIME].ledger.snapshots.take, deployment, actor=actor(request),
+                     job=job, index_or_id=index_or_id, idempotency=idempotency_of(request))
     return await _redirect_to_task(request, task)
 
 
@@ -248,7 +248,8 @@ async def delete_snapshot(request: web.Request) -> web.Response:
     deployment, cid = request.match_info["deployment"], request.match_info["cid"]
     await _known_deployment(request, deployment)
     try:
-        task = await run(request, request.app[RUNTIME].ledger.delete_snapshot, deployment, cid, actor=actor(request))
+        task = await run(request, request.app[RUNTIME].ledger.snapshots.delete, deployment, cid, actor=actor(request),
+                         idempotency=idempotency_of(request))
     except SnapshotNotFound as error:  # the Director's words: "snapshot X not found[ in deployment D]"
         raise SnapshotNotFound(error.message.replace("'", "")) from None
     return await _redirect_to_task(request, task)
@@ -260,7 +261,8 @@ async def delete_snapshots(request: web.Request) -> web.Response:
     deployment = request.match_info["deployment"]
     await _known_deployment(request, deployment)
     cids = await run(request, runtime.queries.deletable_cids, deployment)
-    task = await run(request, runtime.ledger.delete_snapshots, deployment, cids, actor=actor(request))
+    task = await run(request, runtime.ledger.snapshots.delete_many, deployment, cids, actor=actor(request),
+                     idempotency=idempotency_of(request))
     return await _redirect_to_task(request, task)
 
 
@@ -332,7 +334,8 @@ def ranged(request: web.Request, body: bytes) -> web.Response:
 async def cancel_task(request: web.Request) -> web.Response:
     row = await _task_row(request)
     try:
-        await run(request, request.app[RUNTIME].ledger.cancel_task, row["id"], actor=actor(request))
+        await run(request, request.app[RUNTIME].ledger.tasks.cancel, row["id"], actor=actor(request),
+                  idempotency=idempotency_of(request))
     except InvalidState as error:
         return director_error(400, 10001, f"Cannot cancel task {row['number']}: {error.message}")
     return web.Response(status=204)

@@ -16,10 +16,9 @@ from typing import Awaitable, Callable
 from aiohttp import web
 from marshmallow import ValidationError
 
-from snapledger.domain.application import IDEMPOTENCY
-from snapledger.domain.idempotency import KeyAlreadyUsed
+from snapledger.domain.idempotency import Idempotency, KeyAlreadyUsed
 
-from .app import RUNTIME, actor, error_response, parse_json, run
+from .app import IDEMPOTENCY, RUNTIME, actor, error_response, parse_json, run
 
 HEADER = "Idempotency-Key"
 KEY_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,255}")
@@ -52,9 +51,10 @@ async def idempotency_middleware(request: web.Request,
     replay = await _replay(request, who, key, print_)
     if replay is not None:
         return replay
-    pending = {"actor": who, "key": key, "fingerprint": print_, "method": request.method, "path": request.path,
-               "saved": None}
-    token = IDEMPOTENCY.set(pending)
+    # Handed explicitly to the command the handler runs (`idempotency_of(request)`):
+    # a command that creates a task saves the key with it, in the same transaction.
+    claim = Idempotency(actor=who, key=key, fingerprint=print_, method=request.method, path=request.path)
+    request[IDEMPOTENCY] = claim
     try:
         response = await handler(request)
     except KeyAlreadyUsed:
@@ -63,12 +63,11 @@ async def idempotency_middleware(request: web.Request,
         if replay is None:
             raise
         return replay
-    finally:
-        IDEMPOTENCY.reset(token)
-    if response.status < 300 and not pending["saved"]:
-        # A command without a task (a PUT): record the key after it; replays re-run it (it is idempotent).
+    if response.status < 300:
+        # A command without a task (a PUT): record the key after it (nothing when its task
+        # recorded it); replays re-run it (it is idempotent).
         try:
-            await run(request, ledger.record_idempotency_key, who, key, print_, request.method, request.path)
+            await run(request, ledger.store.record_idempotency_key, claim)
         except Exception:
             pass  # recorded by a racing request, or the store went away: the PUT is idempotent anyway
     return response
@@ -76,7 +75,7 @@ async def idempotency_middleware(request: web.Request,
 
 async def _replay(request: web.Request, who: str, key: str, print_: str) -> web.StreamResponse | None:
     ledger = request.app[RUNTIME].ledger
-    found = await run(request, ledger.find_idempotency_key, who, key)
+    found = await run(request, ledger.store.find_idempotency_key, who, key)
     if found is None:
         return None
     if found.fingerprint != print_:
@@ -85,6 +84,6 @@ async def _replay(request: web.Request, who: str, key: str, print_: str) -> web.
                               field=HEADER)
     if found.task_id is None:
         return None  # a PUT: run it again (same body, same result)
-    task = await run(request, ledger.get_task, found.task_id)
+    task = await run(request, ledger.tasks.get, found.task_id)
     return web.json_response({"task_id": found.task_id, "state": task.state}, status=202,
                              headers={"Location": f"/tasks/{found.task_id}", "Idempotent-Replayed": "true"})

@@ -16,10 +16,9 @@ from marshmallow import fields
 from marshmallow.validate import OneOf, Range
 
 from snapledger.domain.agent import DRAIN_TYPES
-from snapledger.domain.job_update import announce_job_update
 
 from . import auth, openapi
-from .app import RUNTIME, accepted, actor, body, path, run
+from .app import RUNTIME, accepted, actor, body, idempotency_of, path, run
 from .schemas import JsonInteger, StrictSchema
 
 routes = web.RouteTableDef()
@@ -57,9 +56,10 @@ async def _announce(request: web.Request, index_or_id: str | None) -> web.Respon
     # (the read is cached), and then the body must not be taken for absent.
     data: dict[str, Any] = (await body(request, JobUpdateSchema()) if await request.read()
                             else JobUpdateSchema().load({}))
-    task = await run(request, announce_job_update, request.app[RUNTIME].ledger, deployment, job, index_or_id,
+    task = await run(request, request.app[RUNTIME].ledger.job_updates.announce, deployment, job, index_or_id,
                      data["drain_type"], actor=actor(request), next_state=data.get("next_state"),
-                     current_state=data.get("current_state"), max_in_flight=data["max_in_flight"])
+                     current_state=data.get("current_state"), max_in_flight=data["max_in_flight"],
+                     idempotency=idempotency_of(request))
     return accepted(task)
 
 

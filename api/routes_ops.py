@@ -30,7 +30,7 @@ async def ready(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     checks: dict[str, Any] = {}
     try:
-        head = await run(request, runtime.ledger.recorder.max_notification_id) or 0
+        head = await run(request, runtime.ledger.store.recorder.max_notification_id) or 0
         positions = await run(request, runtime.projector.positions)
     except Exception as error:  # any failure here means: not ready
         return web.json_response({"status": "unavailable", "event_store": f"unreachable: {error}"}, status=503)

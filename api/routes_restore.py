@@ -13,10 +13,9 @@ from typing import Any
 from aiohttp import web
 from marshmallow import fields
 
-from snapledger.domain.restore import request_restore
 
 from . import auth, openapi
-from .app import RUNTIME, accepted, actor, body, path, run
+from .app import RUNTIME, accepted, actor, body, idempotency_of, path, run
 from .schemas import NAME, StrictSchema
 
 routes = web.RouteTableDef()
@@ -41,6 +40,6 @@ async def restore(request: web.Request) -> web.Response:
     # No body (or an empty one): restore in place. Read, not `can_read_body`: the
     # idempotency middleware may have read the body already (the read is cached).
     data: dict[str, Any] = await body(request, RestoreSchema()) if await request.read() else {}
-    task = await run(request, request_restore, request.app[RUNTIME].ledger, deployment, cid, actor(request),
-                     to_new_disk=data.get("to_new_disk"))
+    task = await run(request, request.app[RUNTIME].ledger.restores.request, deployment, cid, actor(request),
+                     to_new_disk=data.get("to_new_disk"), idempotency=idempotency_of(request))
     return accepted(task)

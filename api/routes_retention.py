@@ -10,7 +10,7 @@ from aiohttp import web
 from snapledger.domain.retention import RetentionPolicy
 
 from . import schemas
-from .app import RUNTIME, accepted, actor, body, path, query, run
+from .app import RUNTIME, accepted, actor, body, idempotency_of, path, query, run
 from .auth import Access, declare
 from .openapi import ACCEPTED, ARRAY, OBJECT, document
 
@@ -46,7 +46,7 @@ def _policy_json(policy: RetentionPolicy, source: str, managed_by: str | None) -
 
 
 def _managed_by(request: web.Request, deployment: str | None, source: str) -> str | None:
-    managed = request.app[RUNTIME].ledger.managed
+    managed = request.app[RUNTIME].ledger.settings.managed
     if deployment is not None and f"retention.deployments.{deployment}" in managed:
         return managed[f"retention.deployments.{deployment}"]
     return managed.get("retention.default") if source == "default" else None
@@ -59,7 +59,7 @@ def _policy(data: dict[str, Any]) -> RetentionPolicy:
 
 @routes.get("/config/retention")
 async def get_default_retention(request: web.Request) -> web.Response:
-    policy, source = await run(request, request.app[RUNTIME].ledger.retention_policy, None)
+    policy, source = await run(request, request.app[RUNTIME].ledger.retention.policy, None)
     return web.json_response(_policy_json(policy, source, _managed_by(request, None, source)))
 
 
@@ -67,15 +67,15 @@ async def get_default_retention(request: web.Request) -> web.Response:
 async def put_default_retention(request: web.Request) -> web.Response:
     data = await body(request, schemas.RetentionSchema())
     ledger = request.app[RUNTIME].ledger
-    await run(request, ledger.set_retention, None, _policy(data), actor=actor(request))
-    policy, source = await run(request, ledger.retention_policy, None)
+    await run(request, ledger.retention.set_policy, None, _policy(data), actor=actor(request))
+    policy, source = await run(request, ledger.retention.policy, None)
     return web.json_response(_policy_json(policy, source, _managed_by(request, None, source)))
 
 
 @routes.get("/deployments/{deployment}/retention")
 async def get_retention(request: web.Request) -> web.Response:
     deployment = path(request, "deployment")
-    policy, source = await run(request, request.app[RUNTIME].ledger.retention_policy, deployment)
+    policy, source = await run(request, request.app[RUNTIME].ledger.retention.policy, deployment)
     return web.json_response(_policy_json(policy, source, _managed_by(request, deployment, source)))
 
 
@@ -85,8 +85,8 @@ async def put_retention(request: web.Request) -> web.Response:
     data = await body(request, schemas.RetentionSchema())
     ledger = request.app[RUNTIME].ledger
     policy = None if data.get("inherit") else _policy(data)
-    await run(request, ledger.set_retention, deployment, policy, actor=actor(request))
-    policy, source = await run(request, ledger.retention_policy, deployment)
+    await run(request, ledger.retention.set_policy, deployment, policy, actor=actor(request))
+    policy, source = await run(request, ledger.retention.policy, deployment)
     return web.json_response(_policy_json(policy, source, _managed_by(request, deployment, source)))
 
 
@@ -97,17 +97,18 @@ async def run_retention(request: web.Request) -> web.Response:
     ledger = request.app[RUNTIME].ledger
     now = datetime.now(timezone.utc)
     if params["dry_run"]:
-        plan = await run(request, ledger.retention_plan, deployment, now)
+        plan = await run(request, ledger.retention.plan, deployment, now)
         return web.json_response([{"snapshot_cid": e.snapshot_cid, "disk_cid": e.disk_cid, "reason": e.reason}
                                   for e in plan])
-    task = await run(request, ledger.run_retention, deployment, actor(request), now)
+    task = await run(request, ledger.retention.run, deployment, actor(request), now,
+                     idempotency=idempotency_of(request))
     return accepted(task)
 
 
 async def _pin(request: web.Request, pin: bool) -> web.Response:
     deployment, cid = path(request, "deployment"), path(request, "cid")
     reason = (await body(request, schemas.PinSchema()))["reason"] if pin else "unpinned"
-    snapshot = await run(request, request.app[RUNTIME].ledger.pin_snapshot, deployment, cid, reason,
+    snapshot = await run(request, request.app[RUNTIME].ledger.snapshots.pin, deployment, cid, reason,
                          actor(request), pin)
     return web.json_response({"snapshot_cid": cid, "pinned": snapshot.pinned})
 

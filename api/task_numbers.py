@@ -43,7 +43,7 @@ def _is_task_start(runtime: Any, number: int) -> bool:
     any other number is a 404 at once)."""
     if number <= 0:
         return False
-    found = runtime.ledger.recorder.select_notifications(start=number, limit=1, stop=number)
+    found = runtime.ledger.store.recorder.select_notifications(start=number, limit=1, stop=number)
     return bool(found) and found[0].id == number and found[0].topic.endswith(TASK_QUEUED)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
+from collections.abc import Callable
 
 UPDATE, SHUTDOWN = "update", "shutdown"
 DRAIN_TYPES = (UPDATE, SHUTDOWN)
@@ -88,7 +89,7 @@ class AgentResult:
         return {"ok": self.ok, "duration_s": round(self.duration_s, 6), "jobs": [asdict(j) for j in self.jobs]}
 
     @classmethod
-    def failure(cls, jobs: tuple[str, ...], error_type: str, message: str) -> "AgentResult":
+    def failure(cls, jobs: tuple[str, ...], error_type: str, message: str) -> AgentResult:
         return cls(ok=False, jobs=[JobResult(job=j, ok=False, error={"type": error_type, "message": message})
                                    for j in (jobs or ("?",))])
 
@@ -134,3 +135,28 @@ def restore_states(inst: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
     a disk whose next size is 0 must not here)."""
     state = recorded_state(inst)
     return state, dict(state)
+
+
+# Drain, then stop: the one order every runner drives an instance in ----------------------
+
+def agent_call(step: Callable[[], AgentResult], target: AgentInstance) -> AgentResult:
+    """Run one agent step; an adapter that broke is a failed step, recorded, never lost."""
+    try:
+        return step()
+    except Exception as error:
+        return AgentResult.failure(target.jobs, AGENT_ERROR, f"{type(error).__name__}: {error}")
+
+
+def drain_then_stop(agent: Agent, target: AgentInstance, drain_type: str, current_state: dict[str, Any] | None,
+                    next_state: dict[str, Any] | None, record: Callable[[str, AgentResult], bool],
+                    log_step: Callable[[str, AgentResult], None]) -> bool:
+    """Drain the instance's jobs, record the outcome; only when it succeeded and was
+    recorded, stop them and record that. `record(step, result)` ("drain", "stop")
+    answers whether the step succeeded and is recorded. True: both were."""
+    drained = agent_call(lambda: agent.drain(target, drain_type, current_state, next_state), target)
+    log_step("drain", drained)
+    if not record("drain", drained):
+        return False
+    stopped = agent_call(lambda: agent.stop(target), target)
+    log_step("stop", stopped)
+    return record("stop", stopped)

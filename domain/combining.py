@@ -12,13 +12,14 @@ returns only after its own item was saved (or with the error that failed it).
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Generic, Hashable, TypeVar
+from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Hashable
 
 T = TypeVar("T")
 
 
 class _Queued(Generic[T]):
-    __slots__ = ("item", "done", "error")
+    __slots__ = ("done", "error", "item")
 
     def __init__(self, item: T) -> None:
         self.item = item
@@ -66,7 +67,7 @@ class Combiner(Generic[T]):
 
 
 class _Round:
-    __slots__ = ("started", "done", "value", "error")
+    __slots__ = ("done", "error", "started", "value")
 
     def __init__(self) -> None:
         self.started = False
@@ -110,7 +111,7 @@ class SharedReads:
                 joined.started = True
             try:
                 joined.value = load()
-            except BaseException as error:  # noqa: BLE001 - handed to every caller of the round
+            except BaseException as error:
                 joined.error = error
             finally:
                 with self._guard:
@@ -121,4 +122,5 @@ class SharedReads:
             joined.done.wait()
         if joined.error is not None:
             raise joined.error
-        return joined.value
+        value: T = joined.value
+        return value

@@ -12,7 +12,7 @@ wrong), never a stored value:
   `../../etc/snap\\nX` a CPI may answer is refused, not listed undeletable;
 - `get_disks`: a list of such CIDs, at most MAX_DISKS, without repeats;
 - error messages are clipped to MAX_MESSAGE_CHARS where they are recorded
-  (CpiError.as_dict), logs to operations.MAX_LOG_CHARS.
+  (CpiError.as_dict), logs to cpi_calls.MAX_LOG_CHARS.
 """
 
 from __future__ import annotations

@@ -12,26 +12,24 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, ContextManager, Mapping
+from contextlib import AbstractContextManager
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
+from eventsourcing.persistence import IntegrityError
 
-from .application import Ledger
 from . import cpi_answers as answers
-from .combining import Combiner
-from .cpi import DISK_NOT_FOUND, Cpi, CpiError, FindsSnapshots, call_entry, calls_made
+from .cpi import DISK_NOT_FOUND, Cpi, CpiError, FindsSnapshots, calls_made
+from .cpi_calls import record_calls
 from .discovery import SelfDiscovery
+from .operation_outcomes import OutcomeRecorder
 from .retry import NO_RETRY, RetryPolicy
 from .snapshot import DELETING, IN_DOUBT, TAKING, Snapshot
-from .task import GOOD_OUTCOMES, Task
+from .task import Task
 
-# Keep events small: a CPI's log can be megabytes.
-MAX_LOG_CHARS = 16_384
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= MAX_LOG_CHARS else text[:MAX_LOG_CHARS] + f"... [{len(text) - MAX_LOG_CHARS} chars clipped]"
+if TYPE_CHECKING:
+    from .application import Ledger
 
 
 class DiskLocks:
@@ -44,7 +42,7 @@ class DiskLocks:
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
 
-    def for_disk(self, disk_cid: str) -> ContextManager[Any]:
+    def for_disk(self, disk_cid: str) -> AbstractContextManager[Any]:
         with self._guard:
             return self._locks.setdefault(disk_cid, threading.Lock())
 
@@ -75,7 +73,7 @@ class OperationRunner:
         # in here was abandoned (its thread failed), and recovery may take it.
         self.running: set[UUID] = set()
         self._running_lock = threading.Lock()
-        self._outcomes: Combiner[tuple[UUID, str, dict[str, Any]]] = Combiner()
+        self._outcome_recorder = OutcomeRecorder(ledger, self._persist)
         self.max_in_flight = {name: (max_in_flight or {}).get(name, 4) for name in cpis}
         self.in_flight = {name: threading.BoundedSemaphore(limit) for name, limit in self.max_in_flight.items()}
 
@@ -97,7 +95,7 @@ class OperationRunner:
             return operation_id in self.running
 
     def _execute(self, operation_id: UUID) -> str | None:
-        operation = self.ledger.get_aggregate(operation_id)
+        operation = self.ledger.store.get_aggregate(operation_id)
         if operation.pending_method is None:
             return None
         if isinstance(operation, SelfDiscovery):
@@ -134,7 +132,7 @@ class OperationRunner:
         as far as it is safe: never silently repeated, never silently dropped.
 
         Returns what was done, or None when the call is no longer abandoned."""
-        operation = self.ledger.get_aggregate(operation_id)
+        operation = self.ledger.store.get_aggregate(operation_id)
         if getattr(operation, "worker", None) != dead_worker:
             return None
         if isinstance(operation, SelfDiscovery):
@@ -144,13 +142,13 @@ class OperationRunner:
         reason = f"worker {dead_worker} stopped before recording the outcome of attempt {operation.attempts}"
 
         def mark() -> list[Any]:
-            snapshot = self.ledger.get_snapshot(operation_id)
+            snapshot = self.ledger.snapshots.get(operation_id)
             if snapshot.state not in (TAKING, DELETING) or snapshot.worker != dead_worker:
                 return []
             snapshot.mark_in_doubt(reason, actor=self.worker)
             return [snapshot]
 
-        if not self.ledger.save_with_retry(mark):
+        if not self.ledger.store.save_with_retry(mark):
             return None
         self.on_step("in_doubt_marked")
         return self._resolve_in_doubt(operation_id)
@@ -161,30 +159,29 @@ class OperationRunner:
         Every step of the resolution checks the state it acts on, so resuming
         it (even twice) repeats nothing that happened. Returns what was done,
         or None when the call needs no resolving any more."""
-        snapshot = self.ledger.get_aggregate(operation_id)
+        snapshot = self.ledger.store.get_aggregate(operation_id)
         if not isinstance(snapshot, Snapshot) or not snapshot.needs_resolving:
             return None
         if dead_resolver is not None and snapshot.in_doubt_resolver != dead_resolver:
             return None  # another worker took it over meanwhile
-        if str(snapshot.id) in self.ledger.get_task(snapshot.current_task_id).outcomes:
+        if str(snapshot.id) in self.ledger.tasks.get(snapshot.current_task_id).outcomes:
             # Its task already ended on it (a ledger from before `InDoubtLeft`): say so, repeat nothing.
             self._finish_in_doubt(operation_id)
             return "in_doubt"
         return self._resolve_in_doubt(operation_id)
 
     def _resolve_in_doubt(self, snapshot_id: UUID) -> str:
-        snapshot = self.ledger.get_snapshot(snapshot_id)
+        snapshot = self.ledger.snapshots.get(snapshot_id)
         cpi = self.cpis.get(snapshot.cpi)
         if snapshot.in_doubt_method == "delete_snapshot":
             # Deleting twice is harmless: the second answers DiskNotFound, which is `deleted`.
             return self._retry_in_doubt(snapshot_id, "a repeated delete_snapshot is safe")
         if isinstance(cpi, FindsSnapshots):
+            lookup_error: CpiError | None = None
             try:
                 found = cpi.find_snapshot(snapshot.disk_cid, snapshot.metadata)
             except CpiError as error:
                 found, lookup_error = None, error
-            else:
-                lookup_error = None
             if found is not None:
                 record = {"method": "find_snapshot", "cpi": snapshot.cpi, "snapshot_cid": found,
                           "reason": "in-doubt call resolved: the CPI holds the snapshot"}
@@ -199,13 +196,13 @@ class OperationRunner:
 
     def _retry_in_doubt(self, snapshot_id: UUID, reason: str) -> str:
         def decide() -> list[Any]:
-            snapshot = self.ledger.get_snapshot(snapshot_id)
+            snapshot = self.ledger.snapshots.get(snapshot_id)
             if snapshot.state != IN_DOUBT:
                 return []
             snapshot.retry_in_doubt(reason, actor=self.worker)
             return [snapshot]
 
-        self.ledger.save_with_retry(decide)
+        self.ledger.store.save_with_retry(decide)
         outcome = self.execute(snapshot_id)
         return f"retried:{outcome}"
 
@@ -213,12 +210,12 @@ class OperationRunner:
         """Left for the operator: the snapshot says so (the call leaves the
         sweep's unresolved set) and the task ends, naming the in-doubt call."""
         def decide() -> list[Any]:
-            snapshot = self.ledger.get_snapshot(snapshot_id)
+            snapshot = self.ledger.snapshots.get(snapshot_id)
             if not snapshot.needs_resolving:
                 return []
             snapshot.leave_in_doubt("no safe way to learn whether the call happened; the operator decides",
                                     actor=self.worker)
-            task = self.ledger.get_task(snapshot.current_task_id)
+            task = self.ledger.tasks.get(snapshot.current_task_id)
             if str(snapshot.id) in task.outcomes:
                 return [snapshot]
             task.operation_finished(snapshot.id, "in_doubt", {
@@ -229,18 +226,18 @@ class OperationRunner:
             }, actor=self.worker)
             return [snapshot, task]
 
-        self.ledger.save_with_retry(decide)
+        self.ledger.store.save_with_retry(decide)
 
     def _recover_discovery(self, discovery_id: UUID, dead_worker: str) -> str | None:
         def decide() -> list[Any]:
-            found = self.ledger.get_aggregate(discovery_id)
+            found = self.ledger.store.get_aggregate(discovery_id)
             if found.state != "discovering" or found.worker != dead_worker:
                 return []
             found.retry_abandoned(f"worker {dead_worker} stopped; discovery only reads, so it is repeated",
                                   actor=self.worker)
             return [found]
 
-        if not self.ledger.save_with_retry(decide):
+        if not self.ledger.store.save_with_retry(decide):
             return None
         return f"retried:{self.execute(discovery_id)}"
 
@@ -250,14 +247,14 @@ class OperationRunner:
         """Claim the pending call; `loaded`: the operation as just read (saves a
         read; if it is stale, the save conflicts and the next round reads again)."""
         for _ in range(25):
-            operation, loaded = loaded or self.ledger.get_aggregate(operation_id), None
+            operation, loaded = loaded or self.ledger.store.get_aggregate(operation_id), None
             if operation.pending_method is None:
                 return None
-            task: Task = self.ledger.get_task(_task_id(operation))
+            task: Task = self.ledger.tasks.get(_task_id(operation))
             method = operation.start_cpi_call(worker=self.worker, actor=task.actor)
             task.start(worker=self.worker, actor=task.actor)
             try:
-                self.ledger.save(operation, task)
+                self.ledger.store.save(operation, task)
                 return operation, method
             except IntegrityError:
                 continue  # another worker claimed it, or the task moved on: look again
@@ -289,18 +286,18 @@ class OperationRunner:
             record["error"] = {"type": type(error).__name__, "message": str(error), "ok_to_retry": False}
             outcome = "failed"
         record["duration_s"] = round(self.clock() - started, 6)
-        _record_calls(record, calls_made(cpi))
+        record_calls(record, calls_made(cpi))
 
         def decide() -> list[Any]:
-            found = self.ledger.get_aggregate(discovery_id)
+            found = self.ledger.store.get_aggregate(discovery_id)
             if found.state != "discovering":
                 return []
-            task = self.ledger.get_task(found.task_id)
+            task = self.ledger.tasks.get(found.task_id)
             call = {k: v for k, v in record.items() if k != "reason"}
             detail: dict[str, Any] = {"instance": "self", "disk_cid": None, "snapshot_cid": None}
             snapshots: list[Snapshot] = []
             if outcome == "discovered":
-                snapshots = self.ledger.plan_self_disk_snapshots(task, found, vm_cid, disks)
+                snapshots = self.ledger.self_snapshots.plan_disk_snapshots(task, found, vm_cid, disks)
                 found.record_discovered(vm_cid=vm_cid, disks=disks, snapshots=[str(s.id) for s in snapshots],
                                         call=call, actor=task.actor)
                 task.add_operations([str(s.id) for s in snapshots], actor=task.actor)
@@ -321,10 +318,10 @@ class OperationRunner:
         recorded: list[bool] = []
 
         def decide() -> list[Any]:
-            snapshot = self.ledger.get_snapshot(snapshot_id)
+            snapshot = self.ledger.snapshots.get(snapshot_id)
             if snapshot.state not in (TAKING, DELETING):
                 return []
-            task = self.ledger.get_task(snapshot.current_task_id)
+            task = self.ledger.tasks.get(snapshot.current_task_id)
             call = {k: v for k, v in record.items() if k not in ("snapshot_cid", "reason", "error")}
             snapshot.record_attempt_failed(error=record["error"], call=call, retry_in_s=delay, actor=task.actor)
             recorded[:] = [True]
@@ -346,7 +343,7 @@ class OperationRunner:
             # A call that waited for a CPI slot may belong to a task cancelled
             # meanwhile (`bosh cancel-task`): then it is not made. Only after a
             # wait, so the common path reads nothing more.
-            if waited and getattr(self.ledger.get_task(snapshot.current_task_id), "cancel_requested", False):
+            if waited and getattr(self.ledger.tasks.get(snapshot.current_task_id), "cancel_requested", False):
                 return "cancelled", {"method": method, "cpi": snapshot.cpi, "reason": "task cancelled"}
             return self._call_cpi(cpi, snapshot, method)
         finally:
@@ -377,141 +374,28 @@ class OperationRunner:
             record["error"] = {"type": type(error).__name__, "message": str(error), "ok_to_retry": False}
             outcome = "failed"
         record["duration_s"] = round(self.clock() - started, 6)
-        _record_calls(record, calls_made(cpi))
+        record_calls(record, calls_made(cpi))
         self.on_call(snapshot.cpi, method, outcome, record["duration_s"])
         if self.log is not None:
             # A failed call is an error line an operator can grep and alert on:
             # which deployment, instance, disk and snapshot, and what the CPI said.
             emit = self.log.error if outcome == "failed" else self.log.info
-            error = record.get("error") or {}
+            failure = record.get("error") or {}
             emit("cpi call", method=method, snapshot_id=str(snapshot.id), outcome=outcome,
                  duration_s=record["duration_s"], deployment=snapshot.deployment, instance=snapshot.instance_label,
                  disk_cid=snapshot.disk_cid, snapshot_cid=record.get("snapshot_cid") or snapshot.snapshot_cid,
                  cpi=snapshot.cpi, task_id=snapshot.current_task_id, request_id=record.get("request_id"),
-                 **({"error_type": error.get("type"), "message": error.get("message")} if outcome == "failed" else {}))
+                 **({"error_type": failure.get("type"), "message": failure.get("message")}
+                    if outcome == "failed" else {}))
         return outcome, record
 
     def _persist(self, decide: Callable[[], list[Any]]) -> Any:
-        """Save a CPI call's outcome whatever it takes: the call happened, and
-        only this process knows its answer. While the database is away, keep
-        trying (if the process dies meanwhile, the call is found in doubt)."""
-        delay = 0.2
-        while True:
-            try:
-                return self.ledger.save_with_retry(decide)
-            except (OperationalError, InterfaceError) as error:
-                if self.log is not None:
-                    self.log.warning("cannot record a CPI call's outcome yet; retrying", error=str(error),
-                                     retry_in_s=delay)
-                self.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        """Save a CPI call's outcome whatever it takes: the call happened, and only this process knows its answer."""
+        return self.ledger.store.save_through_outage(decide, "a CPI call's outcome", self.log, self.sleep)
 
     def _record(self, snapshot: Snapshot, outcome: str, record: dict[str, Any]) -> None:
-        """Record a CPI call's outcome and the task's progress in one transaction.
-
-        Outcomes of one task that arrive together are saved together
-        (domain/combining.py): its snapshots all append to the task, and
-        separate saves would conflict on it and retry."""
-        self._outcomes.submit(snapshot.current_task_id, (snapshot, outcome, record), self._save_outcomes)
-
-    def _save_outcomes(self, outcomes: list[tuple[Snapshot, str, dict[str, Any]]]) -> None:
-        # First round: the snapshots as this worker last saved them (its claim),
-        # without reading them again, and the CIDs taken for new (a CID the
-        # ledger already holds conflicts on its SnapshotCid index). A conflict,
-        # or any failed round, and every later round reads everything afresh.
-        rounds = 0
-
-        def decide() -> list[Any]:
-            nonlocal rounds
-            rounds += 1
-            fresh = rounds > 1
-            changed: list[Any] = []
-            tasks: dict[str, Task] = {}
-            for claimed, outcome, record in outcomes:
-                snapshot = self.ledger.get_snapshot(claimed.id) if fresh else claimed
-                if snapshot.state not in (TAKING, DELETING, IN_DOUBT):
-                    continue  # recorded already (a retried save that did commit)
-                task_id = snapshot.current_task_id
-                if task_id not in tasks:
-                    tasks[task_id] = self.ledger.get_task(task_id)
-                task = tasks[task_id]
-                changed += [snapshot, *self._apply(snapshot, outcome, record, task.actor, changed, check_cid=fresh)]
-                task.operation_finished(snapshot.id, snapshot_outcome(outcome, snapshot),
-                                        self._outcome_detail(snapshot, outcome, record), actor=task.actor)
-            return [*changed, *tasks.values()] if changed else []
-
-        self._persist(decide)
-
-    @staticmethod
-    def _outcome_detail(snapshot: Snapshot, outcome: str, record: dict[str, Any]) -> dict[str, Any]:
-        task_outcome = snapshot_outcome(outcome, snapshot)
-        detail: dict[str, Any] = {
-            "instance": snapshot.instance_label,
-            "disk_cid": snapshot.disk_cid,
-            "snapshot_cid": snapshot.snapshot_cid or record.get("snapshot_cid"),
-        }
-        if "reason" in record:
-            detail["reason"] = record["reason"]
-        if "error" in record and task_outcome not in GOOD_OUTCOMES:
-            detail.update(error_type=record["error"]["type"], message=record["error"]["message"])
-        if record.get("attempts", 1) > 1:
-            detail["attempts"] = record["attempts"]
-        detail["caused_by"] = snapshot.cause  # the outcome event just recorded
-        return detail
-
-    def _apply(self, snapshot: Snapshot, outcome: str, record: dict[str, Any], actor: str,
-               saving: list[Any] = (), check_cid: bool = True) -> list[Any]:
-        """Apply an outcome to its snapshot; returns what else must be saved with it.
-        `saving`: what the same save already holds (a CID claimed earlier in it).
-        `check_cid=False`: leave a CID the ledger already holds to the index's conflict."""
-        call = {k: v for k, v in record.items() if k not in ("snapshot_cid", "reason")}
-        if outcome == "taken":
-            cid = record["snapshot_cid"]
-            index = self.ledger.new_cid_index(cid, snapshot.id)
-            if ((check_cid and self.ledger.snapshot_cid_taken(cid))
-                    or any(getattr(o, "id", None) == index.id for o in saving)):
-                error = {"type": "Snapledger::DuplicateSnapshotCid", "ok_to_retry": False,
-                         "message": f"the CPI returned snapshot CID '{cid}', which the ledger already holds"}
-                record["error"] = error
-                snapshot.record_failed(error=error, call=call, actor=actor)
-                return []
-            snapshot.record_taken(snapshot_cid=cid, call=call, actor=actor)
-            return [index]
-        if outcome == "skipped":
-            snapshot.record_skipped(reason=record["reason"], call=call, actor=actor)
-        elif outcome == "deleted":
-            snapshot.record_deleted(reason=record["reason"], call=call, actor=actor)
-        elif outcome == "cancelled":
-            snapshot.record_cancelled(reason=record["reason"], actor=actor)
-        else:
-            snapshot.record_failed(error=record["error"], call=call, actor=actor)
-        return []
-
-
-def _record_calls(record: dict[str, Any], calls: list[Any]) -> None:
-    """Put the CPI calls an operation made into its record: the last one is
-    the record's own (its method, request id, log: when `info` failed before
-    the operation's method ran, that is `info`); earlier ones (`info`,
-    `current_vm_id` before `get_disks`) each its own entry in `calls_before`."""
-    if not calls:
-        return
-    last = call_entry(calls[-1], _clip)
-    record.update(method=last["method"], request_id=last["request_id"], log=last["log"], stderr=last["stderr"])
-    for key in ("stdout", "answer"):
-        if key in last:
-            record[key] = last[key]
-    if len(calls) > 1:
-        record["calls_before"] = [call_entry(c, _clip) for c in calls[:-1]]
+        self._outcome_recorder.record(snapshot, outcome, record)
 
 
 def _task_id(operation: Any) -> str:
     return operation.current_task_id if isinstance(operation, Snapshot) else operation.task_id
-
-
-def snapshot_outcome(outcome: str, snapshot: Snapshot) -> str:
-    """The task-level outcome: a failed deletion is `deletion_failed`, a duplicate CID `failed`."""
-    if outcome == "taken" and snapshot.state == "failed":
-        return "failed"
-    if outcome == "failed" and snapshot.deletion_task_id and snapshot.state == "taken":
-        return "deletion_failed"
-    return outcome

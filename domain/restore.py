@@ -25,19 +25,12 @@ log) and `caused_by` (the event each follows from). The steps are run by
 from __future__ import annotations
 
 from typing import Any
-from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
+from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
-from eventsourcing.persistence import IntegrityError
 
-from .agent import SHUTDOWN, WORKER_LOST  # noqa: F401 (WORKER_LOST: a restore whose worker died in a drain or stop)
-from .application import ENABLE_HINT, Ledger
-from .deployment import deployment_id
-from .errors import Conflict, LedgerError, SnapshotNotFound, SnapshotsDisabled
-from .names import SELF_DEPLOYMENT, is_valid_name
-from .ownership import JobOwnedElsewhere
-from .snapshot import DELETE_REQUESTED, DELETED, DELETING, IN_DOUBT, TAKEN, Refusal, Snapshot, snapshot_cid_id
-from .task import Task
+from .agent import AGENT_ERROR, SHUTDOWN, WORKER_LOST, AgentResult
+from .errors import Conflict, InvalidState
 
 KIND = "restore"
 SAFETY_TRIGGER = "restore_safety"
@@ -51,7 +44,6 @@ RESTORING = "restoring"  # the CPI call is running
 RESTORED, FAILED = "restored", "failed"
 # States in which a worker holds the restore (the recovery sweep looks at these).
 CLAIMED_STATES = frozenset({DRAINING, STOPPING, RESTORING})
-
 
 
 class NotRestorable(Conflict):
@@ -83,7 +75,7 @@ def new_disk_id(cpi: str, disk_cid: str) -> UUID:
     return uuid5(NAMESPACE_URL, f"snapledger:/restored-disks/{cpi}/{disk_cid}")
 
 
-def _label(inst: dict[str, Any]) -> str:
+def label_of(inst: dict[str, Any]) -> str:
     return f"{inst['job']}/{inst['index'] if inst.get('index') is not None else inst['id']}"
 
 
@@ -209,7 +201,7 @@ class Restore(Aggregate):
 
     @property
     def label(self) -> str:
-        return _label(self.instance)
+        return label_of(self.instance)
 
     @property
     def pending_step(self) -> str | None:
@@ -222,14 +214,90 @@ class Restore(Aggregate):
 
     # Commands ------------------------------------------------------------------------
 
+    def _expect(self, *states: str) -> None:
+        if self.state not in states:
+            raise InvalidState(f"restore {self.task_id} is {self.state}, not {' or '.join(states)}")
+
     def start_drain(self, worker: str, actor: str) -> None:
+        self._expect(REQUESTED)
         self._drain_started(task_id=self.task_id, instance=self.label, worker=worker, drain_type=SHUTDOWN,
                             jobs=list(self.instance.get("jobs") or []), actor=actor, caused_by=self.cause)
 
+    def record_step(self, step: str, result: AgentResult, actor: str) -> dict[str, Any] | None:
+        """A drain's or stop's outcome (`step`: "drain" or "stop"); returns the
+        error that failed the restore, or None when the step succeeded."""
+        self._expect(DRAINING if step == "drain" else STOPPING)
+        refs: dict[str, Any] = {"task_id": self.task_id, "instance": self.label, "result": result.as_dict(),
+                                "actor": actor, "caused_by": self.cause}
+        if not result.ok:
+            error = result.error or {"type": AGENT_ERROR, "message": "failed"}
+            error = {**error, "message": f"{error['message']}; the disk was not touched"}
+            (self._drain_failed if step == "drain" else self._stop_failed)(error=error, **refs)
+            return error
+        (self._drain_completed if step == "drain" else self._job_stopped)(**refs)
+        return None
+
+    def request_safety_snapshot(self, snapshot_id: str, actor: str) -> None:
+        self._expect(SNAPSHOTTING)
+        self._safety_requested(task_id=self.task_id, snapshot_id=snapshot_id, disk_cid=self.target_disk,
+                               actor=actor, caused_by=self.cause)
+
+    def settle_safety_snapshot(self, outcome: dict[str, Any], actor: str) -> dict[str, Any] | None:
+        """The safety snapshot's outcome on the task; returns the error that
+        failed the restore, or None when it was taken (the CPI call may start)."""
+        self._expect(SNAPSHOTTING)
+        assert self.safety_snapshot_id is not None
+        if outcome["outcome"] == "taken":
+            self._safety_taken(task_id=self.task_id, snapshot_id=self.safety_snapshot_id,
+                               snapshot_cid=outcome["snapshot_cid"], disk_cid=self.target_disk, actor=actor,
+                               caused_by=outcome.get("caused_by"))
+            return None
+        error = {"type": outcome.get("error_type") or outcome["outcome"],
+                 "message": f"the safety snapshot of disk {self.target_disk} was not taken "
+                            f"({outcome['outcome']}: {outcome.get('message') or outcome.get('reason', '')}); "
+                            "the disk was not touched"}
+        self._safety_failed(task_id=self.task_id, snapshot_id=self.safety_snapshot_id, outcome=outcome["outcome"],
+                            error=error, actor=actor, caused_by=outcome.get("caused_by"))
+        return error
+
     def start_cpi_call(self, worker: str, actor: str) -> None:
+        self._expect(REQUESTED, RESTORE_PENDING)
         self._cpi_call_started(task_id=self.task_id, method=RESTORE_METHOD, cpi=self.cpi,
                                snapshot_cid=self.snapshot_cid, disk_cid=self.target_disk, worker=worker,
                                attempt=self.attempts + 1, actor=actor, caused_by=self.cause)
+
+    def record_restored(self, call: dict[str, Any], actor: str) -> None:
+        self._expect(RESTORING)
+        jobs = [] if self.new_disk else list(self.instance.get("jobs") or [])
+        self._restored(task_id=self.task_id, snapshot_cid=self.snapshot_cid, disk_cid=self.target_disk,
+                       new_disk=self.new_disk, safety_snapshot_cid=self.safety_snapshot_cid, jobs_left_stopped=jobs,
+                       call=call, actor=actor, caused_by=self.cause)
+
+    def fail(self, step: str, error: dict[str, Any], call: dict[str, Any] | None, actor: str) -> None:
+        """A step failed for good (the CPI call, or a worker lost in a drain or stop)."""
+        self._expect(RESTORING, DRAINING, STOPPING)
+        self._failed(task_id=self.task_id, step=step, error=error, call=call, actor=actor, caused_by=self.cause)
+
+    def worker_lost(self, dead_worker: str, actor: str) -> str | None:
+        """The worker holding a step died: a CPI call is repeated (returns "restore":
+        a restore replaces the whole content from an immutable snapshot, so a
+        second run gives the same disk); a drain or stop fails the restore
+        (returns "failed": re-running a drain is not obviously safe). None: the
+        restore is not (or no longer) that worker's."""
+        if self.state not in CLAIMED_STATES or self.worker != dead_worker:
+            return None
+        if self.state == RESTORING:
+            self._cpi_call_in_doubt(task_id=self.task_id, method=RESTORE_METHOD, worker=dead_worker,
+                                    attempt=self.attempts, reason=f"worker {dead_worker} stopped during the restore "
+                                                                  "call; repeating it is safe",
+                                    actor=actor, caused_by=self.cause)
+            self.start_cpi_call(worker=actor, actor=actor)
+            return "restore"
+        step = "drain" if self.state == DRAINING else "stop"
+        error = {"type": WORKER_LOST, "message": f"worker {dead_worker} stopped during the {step} of "
+                 f"{self.label}; the disk was not touched; its jobs may be drained or stopped"}
+        self.fail(step, error, call=None, actor=actor)
+        return FAILED
 
     def describe_done(self) -> str:
         if self.new_disk:
@@ -238,121 +306,3 @@ class Restore(Aggregate):
         return (f"snapshot {self.snapshot_cid} restored into disk {self.target_disk} (safety snapshot "
                 f"{self.safety_snapshot_cid}); the jobs of {self.label} ({jobs}) stay stopped: start them "
                 "with your deploy tool")
-
-
-# The service-layer command ----------------------------------------------------------------
-
-def request_restore(ledger: Ledger, deployment: str, snapshot_cid: str, actor: str,
-                    to_new_disk: str | None = None) -> Task:
-    """Accept a restore: one task, one Restore (and the new disk's claim), durable
-    together before the answer. Every refusal is recorded (`Refusal.Recorded`)."""
-    if to_new_disk is not None and not is_valid_name(to_new_disk):
-        raise LedgerError(f"invalid disk name {to_new_disk!r}: 1-128 letters, digits, '.', '_' or '-', "
-                          "starting with a letter or digit", field="to_new_disk")
-    # Self snapshots (deployment `_self`) have no inventory: they are restored into a new disk only.
-    dep = None if deployment == SELF_DEPLOYMENT else ledger.get_deployment(deployment)
-    details = {"snapshot_cid": snapshot_cid, "to_new_disk": to_new_disk}
-
-    def refuse(error: LedgerError, **more: Any) -> LedgerError:
-        ledger.save(Refusal(command=KIND, reason=error.message, deployment=deployment,
-                            details={**details, **more}, actor=actor))
-        return error
-
-    index = ledger._get(snapshot_cid_id(snapshot_cid))
-    snapshot: Snapshot | None = ledger._get(UUID(index.snapshot_id)) if index is not None else None
-    if snapshot is None:
-        raise refuse(SnapshotNotFound(f"snapshot '{snapshot_cid}' not found", field="cid"))
-    if snapshot.deployment != deployment:
-        # Never restore across deployments. The other deployment is named in the
-        # recorded refusal (for auditors), not to the caller.
-        raise refuse(SnapshotNotFound(
-            f"snapshot '{snapshot_cid}' is not a snapshot of deployment '{deployment}'; a snapshot is only "
-            "restored within its own deployment", field="cid"), owner=snapshot.deployment)
-    if snapshot.state != TAKEN:
-        why = {DELETE_REQUESTED: f"is being deleted (task {snapshot.deletion_task_id})",
-               DELETING: f"is being deleted (task {snapshot.deletion_task_id})",
-               DELETED: "was deleted", IN_DOUBT: "has a deletion in doubt"}.get(snapshot.state, f"is {snapshot.state}")
-        raise refuse(NotRestorable(f"snapshot '{snapshot_cid}' {why}; only a taken snapshot can be restored",
-                                   field="cid"), state=snapshot.state)
-    cpi = snapshot.cpi
-    if cpi not in ledger.restoring_cpis:
-        what = "is not configured" if cpi not in ledger.cpi_names else "has no restore capability"
-        raise refuse(CpiCannotRestore(
-            f"CPI '{cpi}' cannot restore: it {what}, and BOSH's CPI protocol has no restore method (snapledger "
-            f"does not know a create_disk property that creates a disk from a snapshot for it); restore "
-            f"snapshot '{snapshot_cid}' through the IaaS and attach the disk with your deploy tool",
-            field="cpi"), cpi=cpi)
-
-    claim: NewDisk | None = None
-    if to_new_disk is None and dep is None:
-        raise refuse(Conflict("the service host's own disks are restored only into a new disk (to_new_disk)",
-                              field="to_new_disk"))
-    if to_new_disk is None and dep is not None:
-        if not ledger.snapshots_enabled():
-            # An in-place restore overwrites the disk: never without a safety snapshot.
-            raise refuse(SnapshotsDisabled(f"an in-place restore takes a safety snapshot first, and {ENABLE_HINT}; "
-                                           "or restore into a new disk (to_new_disk)", field="enable_snapshots"))
-        owners = [i for i in dep.instances if snapshot.disk_cid in i["disks"]]
-        if not owners:
-            raise refuse(DiskNotInInventory(
-                f"disk '{snapshot.disk_cid}' of snapshot '{snapshot_cid}' is no longer in deployment "
-                f"'{deployment}'; restore into a new disk instead (to_new_disk)", field="cid"))
-        if ledger.cpi_of(dep) != cpi:
-            raise refuse(Conflict(
-                f"snapshot '{snapshot_cid}' was taken through CPI '{cpi}', deployment '{deployment}' now uses "
-                f"'{ledger.cpi_of(dep)}'; restore into a new disk instead (to_new_disk)", field="cpi"))
-        other = _listed_elsewhere(ledger, snapshot.disk_cid, deployment)
-        if other:
-            raise refuse(Conflict(f"disk '{snapshot.disk_cid}' is also listed by another deployment; "
-                                  "refusing to restore onto it", field="cid"), listed_by=other)
-        inst = owners[0]
-        instance = {"id": inst["id"], "job": inst["job"], "index": inst["index"],
-                    "jobs": list(inst.get("jobs") or [inst["job"]]), "agent_id": inst.get("agent_id"),
-                    **({"persistent_disk": inst["persistent_disk"]} if inst.get("persistent_disk") is not None
-                       else {})}
-        foreign = ledger.foreign_jobs(deployment, instance["jobs"])  # their drain/stop are not ours to run
-        if foreign:
-            raise refuse(JobOwnedElsewhere(foreign, field="jobs"), owners=foreign)
-        target = snapshot.disk_cid
-    else:
-        target = to_new_disk
-        exists = (new_disk_id(cpi, target) in ledger.repository
-                  or _listed_elsewhere(ledger, target, None)
-                  or (ledger.disk_exists is not None and ledger.disk_exists(cpi, target)))
-        if exists:
-            raise refuse(DiskExists(f"disk '{target}' already exists; a restore into a new disk never "
-                                    "overwrites one", field="to_new_disk"))
-        instance = {"id": snapshot.instance_id, "job": snapshot.job, "index": snapshot.index, "jobs": []}
-
-    task_id = uuid4()
-    op = restore_operation_id(task_id)
-    where = f"new disk {target}" if to_new_disk else f"disk {target}"
-    task = Task(id=task_id, kind=KIND, description=f"restore snapshot {snapshot_cid} into {where}",
-                deployment=deployment, operations=[op], actor=actor,
-                context={"snapshot_cid": snapshot_cid, "to_new_disk": to_new_disk, "disk_cid": target})
-    restore = Restore(task_id=str(task_id), deployment=deployment, snapshot_cid=snapshot_cid,
-                      snapshot_id=str(snapshot.id), source_disk=snapshot.disk_cid, target_disk=target,
-                      new_disk=to_new_disk is not None, instance=instance, cpi=cpi, operation_id=op, actor=actor)
-    if to_new_disk is not None:
-        claim = NewDisk(cpi=cpi, disk_cid=target, snapshot_cid=snapshot_cid, deployment=deployment,
-                        task_id=str(task_id), actor=actor)
-    try:
-        ledger.save(task, restore, *([claim] if claim is not None else []))
-    except IntegrityError:
-        if claim is not None and claim.id in ledger.repository:  # a racing restore claimed the name first
-            raise refuse(DiskExists(f"disk '{target}' is already the target of another restore",
-                                    field="to_new_disk")) from None
-        raise
-    return task
-
-
-def _listed_elsewhere(ledger: Ledger, disk_cid: str, except_deployment: str | None) -> list[str]:
-    """Deployments (other than `except_deployment`) whose inventory lists the disk."""
-    found = []
-    for name in ledger.deployment_names():
-        if name == except_deployment:
-            continue
-        dep = ledger._get(deployment_id(name))
-        if dep is not None and not dep.deleted and disk_cid in dep.disk_cids():
-            found.append(name)
-    return found

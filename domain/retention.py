@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from .errors import LedgerError
 
@@ -55,7 +56,7 @@ class RetentionPolicy:
         return {"keep_last": self.keep_last, "keep_for": self.keep_for, "keep_clean": self.keep_clean}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "RetentionPolicy":
+    def from_dict(cls, data: dict[str, Any] | None) -> RetentionPolicy:
         data = data or {}
         return cls(keep_last=data.get("keep_last"), keep_for=data.get("keep_for"),
                    keep_clean=bool(data.get("keep_clean", False)))

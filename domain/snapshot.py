@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -58,7 +59,7 @@ class Snapshot(Aggregate):
         self.cpi = cpi
         self.state = REQUESTED
         self.snapshot_cid: str | None = None
-        self.created_at = None
+        self.created_at: datetime | None = None
         self.deletion_task_id: str | None = None
         self.last_error: dict[str, Any] | None = None
         self.attempts = 0
@@ -71,7 +72,8 @@ class Snapshot(Aggregate):
         self.pinned: str | None = None  # the reason (legal hold...), when pinned
 
     @event("CpiCallStarted")
-    def _cpi_call_started(self, method: str, worker: str, attempt: int, task_id: str, actor: str, caused_by: str | None = None) -> None:
+    def _cpi_call_started(self, method: str, worker: str, attempt: int, task_id: str, actor: str,
+                          caused_by: str | None = None) -> None:
         self.state = TAKING if method == "snapshot_disk" else DELETING
         self.attempts = attempt
         self.worker = worker
@@ -99,18 +101,21 @@ class Snapshot(Aggregate):
         self.in_doubt_resolver = None
 
     @event("Taken")
-    def _taken(self, snapshot_cid: str, call: dict[str, Any], task_id: str, actor: str, caused_by: str | None = None) -> None:
+    def _taken(self, snapshot_cid: str, call: dict[str, Any], task_id: str, actor: str,
+               caused_by: str | None = None) -> None:
         self.state = TAKEN
         self.snapshot_cid = snapshot_cid
         self.created_at = self.modified_on
 
     @event("Failed")
-    def _failed(self, error: dict[str, Any], call: dict[str, Any], task_id: str, actor: str, caused_by: str | None = None) -> None:
+    def _failed(self, error: dict[str, Any], call: dict[str, Any], task_id: str, actor: str,
+                caused_by: str | None = None) -> None:
         self.state = FAILED
         self.last_error = dict(error)
 
     @event("Skipped")
-    def _skipped(self, reason: str, call: dict[str, Any], task_id: str, actor: str, caused_by: str | None = None) -> None:
+    def _skipped(self, reason: str, call: dict[str, Any], task_id: str, actor: str,
+                 caused_by: str | None = None) -> None:
         self.state = SKIPPED
 
     @event("AttemptFailed")
@@ -145,11 +150,13 @@ class Snapshot(Aggregate):
         self.attempts = 0  # attempts count per CPI method
 
     @event("Deleted")
-    def _deleted(self, reason: str, call: dict[str, Any], task_id: str, actor: str, caused_by: str | None = None) -> None:
+    def _deleted(self, reason: str, call: dict[str, Any], task_id: str, actor: str,
+                 caused_by: str | None = None) -> None:
         self.state = DELETED
 
     @event("DeletionFailed")
-    def _deletion_failed(self, error: dict[str, Any], call: dict[str, Any], task_id: str, actor: str, caused_by: str | None = None) -> None:
+    def _deletion_failed(self, error: dict[str, Any], call: dict[str, Any], task_id: str, actor: str,
+                         caused_by: str | None = None) -> None:
         # Still in the cloud, still listed: the operator can retry the deletion.
         self.state = TAKEN
         self.last_error = dict(error)
@@ -167,7 +174,9 @@ class Snapshot(Aggregate):
     def current_task_id(self) -> str:
         deleting = self.state in (DELETE_REQUESTED, DELETING) or (
             self.state == IN_DOUBT and self.in_doubt_method == "delete_snapshot")
-        return self.deletion_task_id if deleting else self.task_id
+        task_id = self.deletion_task_id if deleting else self.task_id
+        assert task_id is not None  # a deletion always names its task
+        return task_id
 
     def mark_in_doubt(self, reason: str, actor: str) -> str:
         """The worker running this snapshot's CPI call died; returns the method."""
@@ -208,7 +217,8 @@ class Snapshot(Aggregate):
         if method is None:
             raise InvalidState(f"snapshot {self.id} is {self.state}; no CPI call pending")
         self._cpi_call_started(
-            method=method, worker=worker, attempt=self.attempts + 1, task_id=self.current_task_id, actor=actor, caused_by=self.cause
+            method=method, worker=worker, attempt=self.attempts + 1, task_id=self.current_task_id,
+            actor=actor, caused_by=self.cause
         )
         return method
 
@@ -218,7 +228,8 @@ class Snapshot(Aggregate):
 
     def record_failed(self, error: dict[str, Any], call: dict[str, Any], actor: str) -> None:
         if self.state == DELETING:
-            self._deletion_failed(error=error, call=call, task_id=self.current_task_id, actor=actor, caused_by=self.cause)
+            self._deletion_failed(error=error, call=call, task_id=self.current_task_id,
+                                  actor=actor, caused_by=self.cause)
         else:
             self._require(TAKING)
             self._failed(error=error, call=call, task_id=self.task_id, actor=actor, caused_by=self.cause)

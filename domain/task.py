@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -22,6 +23,7 @@ def _disk(outcome: dict[str, Any]) -> str:
 
 class Task(Aggregate):
     id: UUID  # lets the service layer choose the id (it is needed in the metadata)
+    number: int | None = None  # set when its first event is saved (LedgerStore._save; the view keeps it)
 
     @event("Queued")
     def __init__(
@@ -44,8 +46,8 @@ class Task(Aggregate):
         self.state = QUEUED
         self.outcomes: dict[str, dict[str, Any]] = {}
         self.result: str | None = None
-        self.started_at = None
-        self.finished_at = None
+        self.started_at: datetime | None = None
+        self.finished_at: datetime | None = None
 
     @event("Started")
     def _start(self, worker: str, actor: str) -> None:

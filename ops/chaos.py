@@ -573,11 +573,11 @@ def verify_views(database: str, workdir: Path) -> list[str]:
         projector.setup()
         position = 0
         while True:
-            notifications = ledger.recorder.select_notifications(start=position, limit=2000,
+            notifications = ledger.store.recorder.select_notifications(start=position, limit=2000,
                                                                  inclusive_of_start=False)
             if not notifications:
                 break
-            projector.apply([(n.id, ledger.mapper.to_domain_event(n)) for n in notifications])
+            projector.apply([(n.id, ledger.store.mapper.to_domain_event(n)) for n in notifications])
             position = notifications[-1].id
         live, rebuilt = Sql(database), Sql(scratch_url)
         try:

@@ -41,7 +41,7 @@ class Scheduler:
     def tick(self, now: datetime | None = None) -> None:
         now = now or self.clock()
         self._retention_follow_ups(now)
-        settings = self.ledger.settings()
+        settings = self.ledger.settings.current()
         if not settings.enable_snapshots:
             # Nothing fires while disabled; on re-enable, fires before then were never due.
             self.cursors.clear()
@@ -72,7 +72,7 @@ class Scheduler:
         unrecorded: list[datetime] = []
         fire_time = schedule.previous_fire(now)
         while fire_time > since and len(unrecorded) < self.max_missed:
-            if self.ledger.fire_recorded(name, fire_time):
+            if self.ledger.schedules.fire_recorded(name, fire_time):
                 break
             unrecorded.append(fire_time)
             fire_time = schedule.previous_fire(fire_time - timedelta(microseconds=1))
@@ -81,14 +81,14 @@ class Scheduler:
         if now - unrecorded[0] <= self.missed_window:
             self._fire(name, expression, unrecorded.pop(0))
         if unrecorded:
-            count = self.ledger.record_missed(
+            count = self.ledger.schedules.record_missed(
                 name, expression, sorted(unrecorded),
                 reason=f"no scheduler was running; only the latest fire within {self.missed_window} runs")
             self.log.warning("missed fires recorded", schedule=name, count=count,
                              oldest=unrecorded[-1].isoformat(), newest=unrecorded[0].isoformat())
 
     def _fire(self, name: str, expression: str, fire_time: datetime) -> None:
-        fire = self.ledger.fire_schedule(name, expression, fire_time)
+        fire = self.ledger.schedules.fire(name, expression, fire_time)
         if fire is None:
             self.log.debug("fire already recorded by another replica", schedule=name, fire_time=fire_time.isoformat())
             return
@@ -107,18 +107,18 @@ class Scheduler:
 
         still = []
         for fire in self.follow_ups:
-            tasks = [self.ledger.get_task(t) for t in fire.tasks]
+            tasks = [self.ledger.tasks.get(t) for t in fire.tasks]
             if not all(t.is_finished for t in tasks):
                 still.append(fire)
                 continue
             for task in tasks:
                 if task.deployment is None:
                     continue  # a task of no deployment (self snapshots) has no retention to run
-                if self.ledger.retention_policy(task.deployment)[0].is_empty:
+                if self.ledger.retention.policy(task.deployment)[0].is_empty:
                     continue  # no policy: nothing ever expires, no task needed
                 task_id = uuid5(NAMESPACE_URL, f"snapledger:/retention-after/{fire.id}/{task.deployment}")
                 with suppress(IntegrityError):  # another replica ran it
-                    self.ledger.run_retention(task.deployment, actor="scheduler", now=now,
+                    self.ledger.retention.run(task.deployment, actor="scheduler", now=now,
                                               trigger="after_scheduled_snapshot", task_id=task_id)
         self.follow_ups = still
 

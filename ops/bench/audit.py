@@ -102,7 +102,7 @@ def generate(ledger: Any, events: int, deployments: int, disks: int, keep: int,
         nonlocal pending, pending_events, written
         if pending:
             unique = list({id(a): a for a in pending}.values())
-            ledger.save(*unique)
+            ledger.store.save(*unique)
             written += pending_events
             pending, pending_events = [], 0
 
@@ -119,7 +119,7 @@ def generate(ledger: Any, events: int, deployments: int, disks: int, keep: int,
         deps = {}
         for name in names:
             instances = [{"job": "db", "index": k, "disks": [f"{name}-disk-{k}"]} for k in range(disks)]
-            deps[name] = ledger.record_deployment(name, {"team": "bench"}, instances, actor="bench")
+            deps[name] = ledger.deployments.record(name, {"team": "bench"}, instances, actor="bench")
             alive[name] = []
         written += 2 * len(names) + len(names) + 1  # registered + inventory, registry
         round_no = 0
@@ -129,7 +129,7 @@ def generate(ledger: Any, events: int, deployments: int, disks: int, keep: int,
             dep = deps[name]
             actor = random.choice(("alice", "bob", "scheduler"))
             # A deployment snapshot, as the API plans it, then what the worker records.
-            task, snapshots = ledger._plan_snapshots(dep, dep.instances, "snapshot_deployment",
+            task, snapshots = ledger.snapshots.plan(dep, dep.instances, "snapshot_deployment",
                                                      "snapshot deployment", "manual", False, actor)
             task.start(worker="bench", actor=actor)
             cid_index = []
@@ -140,7 +140,7 @@ def generate(ledger: Any, events: int, deployments: int, disks: int, keep: int,
                         "request_id": f"cpi-{uuid.uuid4().hex[:8]}", "log": "", "stderr": ""}
                 snap.record_taken(snapshot_cid=cid, call=call, actor=actor)
                 taken_at = iso(snap.modified_on)  # the Taken event's time
-                cid_index.append(ledger.new_cid_index(cid, snap.id))
+                cid_index.append(ledger.snapshots.new_cid_index(cid, snap.id))
                 task.operation_finished(snap.id, "taken", {"instance": snap.instance_label,
                                                            "disk_cid": snap.disk_cid, "snapshot_cid": cid,
                                                            "caused_by": snap.cause}, actor=actor)
@@ -193,11 +193,11 @@ def read_decode(ledger: Any, batch: int = 5000) -> tuple[int, float]:
     started = time.perf_counter()
     position = count = 0
     while True:
-        notifications = ledger.recorder.select_notifications(start=position, limit=batch, inclusive_of_start=False)
+        notifications = ledger.store.recorder.select_notifications(start=position, limit=batch, inclusive_of_start=False)
         if not notifications:
             break
         for n in notifications:
-            ledger.mapper.to_domain_event(n)
+            ledger.store.mapper.to_domain_event(n)
         count += len(notifications)
         position = notifications[-1].id
     return count, time.perf_counter() - started
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         print(f"generating {args.events:,} events in {dbname} ...", file=sys.stderr, flush=True)
         generated = generate(ledger, args.events, args.deployments, args.disks, args.keep)
-        head = ledger.recorder.max_notification_id() or 0
+        head = ledger.store.recorder.max_notification_id() or 0
         with psycopg.connect(url.conninfo()) as conn:
             stored = conn.execute("SELECT count(*) FROM ledger_events").fetchone()[0]
         print(f"  {stored:,} events in {generated['seconds']:.1f} s; replaying ...", file=sys.stderr, flush=True)

@@ -21,7 +21,7 @@ CHUNK_EVENTS = 5_000
 def deployments(ledger: Ledger, count: int, instances: int = SNAPSHOTS_PER_TASK) -> list[Any]:
     deps = []
     for d in range(count):
-        dep = ledger.record_deployment(
+        dep = ledger.deployments.record(
             f"dep-{d:04d}", {"team": "bench"},
             [{"job": "db", "index": i, "disks": [f"disk-{d}-{i}"]} for i in range(instances)], actor="bench")
         deps.append(dep)
@@ -30,7 +30,7 @@ def deployments(ledger: Ledger, count: int, instances: int = SNAPSHOTS_PER_TASK)
 
 def one_task(ledger: Ledger, dep: Any, n: int) -> list[Any]:
     """The aggregates of one deployment-wide snapshot task, taken by a worker."""
-    task, snapshots = ledger._plan_snapshots(dep, dep.instances, "snapshot_deployment", "snapshot deployment",
+    task, snapshots = ledger.snapshots.plan(dep, dep.instances, "snapshot_deployment", "snapshot deployment",
                                              "manual", False, "bench")
     extra = []
     for s, snapshot in enumerate(snapshots):
@@ -39,7 +39,7 @@ def one_task(ledger: Ledger, dep: Any, n: int) -> list[Any]:
         cid = f"snap-{n}-{s}-{snapshot.id.hex[:8]}"
         call = {"method": "snapshot_disk", "cpi": "local", "duration_s": 0.001, "request_id": f"r{n}-{s}"}
         snapshot.record_taken(snapshot_cid=cid, call=call, actor="bench")
-        extra.append(ledger.new_cid_index(cid, snapshot.id))
+        extra.append(ledger.snapshots.new_cid_index(cid, snapshot.id))
         task.operation_finished(snapshot.id, "taken", {"instance": snapshot.instance_label,
                                                        "disk_cid": snapshot.disk_cid, "snapshot_cid": cid},
                                 actor="bench")
@@ -58,12 +58,12 @@ def fill(ledger: Ledger, events: int, deployment_count: int = 100,
             pending.extend(aggregate.collect_events())
         n += 1
         if len(pending) >= CHUNK_EVENTS:
-            ledger.events.put(pending)
+            ledger.store.events.put(pending)
             written += len(pending)
             pending = []
             if progress is not None:
                 progress(written)
     if pending:
-        ledger.events.put(pending)
+        ledger.store.events.put(pending)
         written += len(pending)
     return written

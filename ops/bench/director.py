@@ -57,9 +57,9 @@ def _runtime(ctx: Context, url: str) -> Any:
 def _take(runtime: Any, operations: int, timeout: float) -> tuple[Any, float]:
     ledger = runtime.ledger
     instances = [{"job": "db", "index": i, "disks": [f"disk-{i}"]} for i in range(operations)]
-    ledger.record_deployment("bench", {}, instances, actor="bench")
+    ledger.deployments.record("bench", {}, instances, actor="bench")
     started = time.monotonic()
-    task = ledger.take_snapshots("bench", actor="bench")
+    task = ledger.snapshots.take("bench", actor="bench")
     deadline = started + timeout
     while time.monotonic() < deadline:
         row_ = runtime.queries.task(str(task.id))

@@ -3,7 +3,7 @@
 Set-up: D deployments sharing N instances (one persistent disk each), snapshots
 enabled. A worker process (CPI answering at once, `server.py --cpi instant`)
 and a projector process are running (SQLite: one process with both roles).
-Measured: the fire itself (`Ledger.fire_schedule`, the scheduler's code path, in
+Measured: the fire itself (`ledger.schedules.fire`, the scheduler's code path, in
 a child process: its peak RSS is the scheduler's) until every request is
 durable; then until every snapshot is taken; peak RSS of each process.
 Baseline for the durable part: one raw transaction inserting as many rows of
@@ -117,11 +117,11 @@ def do_setup(url: str, instances: int, deployments: int) -> dict[str, Any]:
     db.close()
     per = instances // deployments
     for d in range(deployments):
-        ledger.record_deployment(f"fan-{d:04d}", {"team": "bench"},
+        ledger.deployments.record(f"fan-{d:04d}", {"team": "bench"},
                                  [{"job": "db", "index": i, "disks": [f"fan-disk-{d}-{i}"]} for i in range(per)],
                                  actor="bench")
-    ledger.set_snapshots_enabled(True, actor="bench")
-    ledger.set_schedule("snapshot_schedule", None, actor="bench")  # only this benchmark fires
+    ledger.settings.set_snapshots_enabled(True, actor="bench")
+    ledger.settings.set_schedule("snapshot_schedule", None, actor="bench")  # only this benchmark fires
     ledger.close()
     return {"instances": per * deployments}
 
@@ -131,18 +131,18 @@ def do_fire(url: str) -> dict[str, Any]:
 
     ledger = _ledger(url)
     recorded: list[Any] = []
-    original = ledger.events.put
+    original = ledger.store.events.put
 
     def put(events: Any, **kwargs: Any) -> Any:
         recorded.extend(events)
         return original(events, **kwargs)
 
-    ledger.events.put = put  # type: ignore[method-assign]
+    ledger.store.events.put = put  # type: ignore[method-assign]
     started = time.perf_counter()
-    fire = ledger.fire_schedule("snapshot_schedule", "0 0 7 * * * UTC", datetime.now(timezone.utc))
+    fire = ledger.schedules.fire("snapshot_schedule", "0 0 7 * * * UTC", datetime.now(timezone.utc))
     seconds = time.perf_counter() - started
     assert fire is not None
-    sizes = [len(ledger.mapper.to_stored_event(e).state) for e in recorded[:200]]
+    sizes = [len(ledger.store.mapper.to_stored_event(e).state) for e in recorded[:200]]
     ledger.close()
     return {"seconds": seconds, "events": len(recorded), "bytes_per_event": int(sum(sizes) / len(sizes)),
             "rss_mb": rss_mb()}

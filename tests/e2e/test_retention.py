@@ -78,13 +78,12 @@ async def test_retention_schedule_and_after_scheduled_snapshots(tmp_path: Path, 
         await take(client, 3)
         await client.put("/config/retention", json={"keep_last": 1})
         # Scheduler replicas of their own, driven with a controlled clock.
-        ledger = Ledger(env=ledger_env(parse_store_url(store_url)))
         db = open_database(parse_store_url(store_url))
-        ledger.retention_candidates = Queries(db).retention_candidates
+        ledger = Ledger(env=ledger_env(parse_store_url(store_url)), retention_candidates=Queries(db).retention_candidates)
         try:
-            ledger.set_schedule("retention_schedule", "0 * * * * * UTC", actor="op")
-            ledger.set_schedule("snapshot_schedule", None, actor="op")
-            since = ledger.settings().since("retention_schedule")
+            ledger.settings.set_schedule("retention_schedule", "0 * * * * * UTC", actor="op")
+            ledger.settings.set_schedule("snapshot_schedule", None, actor="op")
+            since = ledger.settings.current().since("retention_schedule")
             fire = since.replace(second=0, microsecond=0) + timedelta(minutes=1)
             replicas = [Scheduler(ledger, structlog.get_logger()) for _ in range(2)]
             for s in replicas:
@@ -136,12 +135,11 @@ async def test_retention_runs_after_every_scheduled_snapshot(tmp_path: Path, sql
         await client.put("/deployments/prod", json={"instances": [{"job": "db", "index": 0, "disks": ["disk-a"]}]})
         await take(client, 2)
         await client.put("/deployments/prod/retention", json={"keep_last": 1})
-        ledger = Ledger(env=ledger_env(parse_store_url(sqlite_url)))
         db = open_database(parse_store_url(sqlite_url))
-        ledger.retention_candidates = Queries(db).retention_candidates
+        ledger = Ledger(env=ledger_env(parse_store_url(sqlite_url)), retention_candidates=Queries(db).retention_candidates)
         try:
             scheduler = Scheduler(ledger, structlog.get_logger())
-            since = ledger.settings().since("snapshot_schedule")
+            since = ledger.settings.current().since("snapshot_schedule")
             fire = since.replace(second=0, microsecond=0) + timedelta(minutes=1)
             scheduler.tick(fire + timedelta(seconds=1))  # the scheduled snapshot
             (task_id,) = scheduler.follow_ups[0].tasks

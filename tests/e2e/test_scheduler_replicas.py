@@ -18,8 +18,8 @@ SECONDS = int(os.environ.get("SNAPLEDGER_REPLICA_TEST_SECONDS", "60"))
 
 def test_three_replicas_fire_each_second_exactly_once(tmp_path: Path, pg_url: str) -> None:
     ledger = Ledger(env=ledger_env(parse_store_url(pg_url)))
-    ledger.record_deployment("alpha", {}, [{"job": "db", "index": 0, "disks": []}], actor="op")
-    ledger.record_deployment("beta", {}, [{"job": "db", "index": 0, "disks": []}], actor="op")
+    ledger.deployments.record("alpha", {}, [{"job": "db", "index": 0, "disks": []}], actor="op")
+    ledger.deployments.record("beta", {}, [{"job": "db", "index": 0, "disks": []}], actor="op")
     env = {"SNAPLEDGER_ENABLE_SNAPSHOTS": "true", "SNAPLEDGER_SNAPSHOT_SCHEDULE": "* * * * * * UTC",
            "SNAPLEDGER_SELF_SNAPSHOT_SCHEDULE": "off"}
     replicas = [Server(tmp_path / f"data{i}", pg_url, command="scheduler", env=env).start() for i in range(3)]
@@ -31,7 +31,7 @@ def test_three_replicas_fire_each_second_exactly_once(tmp_path: Path, pg_url: st
     for replica in replicas:
         assert replica.proc is not None and replica.proc.returncode == 0, replica.log.read_text()[-2000:]
 
-    events = [ledger.mapper.to_domain_event(n) for n in ledger.recorder.select_notifications(start=0, limit=100_000)]
+    events = [ledger.store.mapper.to_domain_event(n) for n in ledger.store.recorder.select_notifications(start=0, limit=100_000)]
     fires = [e for e in events if type(e).__qualname__ == "ScheduleFire.Recorded"]
     queued = {str(e.originator_id): e for e in events if type(e).__qualname__ == "Task.Queued"}
     ledger.close()

@@ -14,23 +14,23 @@ from snapledger.domain.application import AGGREGATE_CACHE_SIZE, Ledger
 
 def test_cache_stays_bounded_and_reads_are_fresh(store_url: str) -> None:
     url = parse_store_url(store_url)
-    api, other = Ledger(env=ledger_env(url)), Ledger(env=ledger_env(url))
+    api_ledger, other_ledger = Ledger(env=ledger_env(url)), Ledger(env=ledger_env(url))
     try:
-        api.set_snapshots_enabled(True, actor="op")
+        api_ledger.settings.set_snapshots_enabled(True, actor="op")
         names = [f"dep-{n}" for n in range(AGGREGATE_CACHE_SIZE + 50)]
         for name in names:
-            api.record_deployment(name, {}, [{"job": "db", "index": 0, "disks": [f"{name}-disk"]}], actor="op")
+            api_ledger.deployments.record(name, {}, [{"job": "db", "index": 0, "disks": [f"{name}-disk"]}], actor="op")
         for name in names:
-            assert api.get_deployment(name).name == name
-        assert len(api.repository.cache.cache) <= AGGREGATE_CACHE_SIZE
+            assert api_ledger.deployments.get(name).name == name
+        assert len(api_ledger.store.repository.cache.cache) <= AGGREGATE_CACHE_SIZE
 
         # Cached in `api`, changed through `other`: `api` sees the change.
-        assert api.snapshots_enabled()
-        assert api.get_deployment("dep-1").tags == {}
-        other.set_snapshots_enabled(False, actor="op")
-        other.record_deployment("dep-1", {"team": "db"}, [{"job": "db", "index": 0, "disks": ["d"]}], actor="op")
-        assert not api.snapshots_enabled()
-        assert api.get_deployment("dep-1").tags == {"team": "db"}
+        assert api_ledger.settings.snapshots_enabled()
+        assert api_ledger.deployments.get("dep-1").tags == {}
+        other_ledger.settings.set_snapshots_enabled(False, actor="op")
+        other_ledger.deployments.record("dep-1", {"team": "db"}, [{"job": "db", "index": 0, "disks": ["d"]}], actor="op")
+        assert not api_ledger.settings.snapshots_enabled()
+        assert api_ledger.deployments.get("dep-1").tags == {"team": "db"}
     finally:
-        api.close()
-        other.close()
+        api_ledger.close()
+        other_ledger.close()

@@ -36,15 +36,15 @@ class CountingCpi(FakeCpi):
 def test_in_flight_calls_are_limited_per_cpi(sqlite_url: str) -> None:
     ledger = Ledger(env=ledger_env(parse_store_url(sqlite_url)))
     disks = [f"d{i}" for i in range(12)]
-    ledger.record_deployment("prod", {}, [{"job": "db", "index": i, "disks": [d]} for i, d in enumerate(disks)],
+    ledger.deployments.record("prod", {}, [{"job": "db", "index": i, "disks": [d]} for i, d in enumerate(disks)],
                              actor="op")
-    ledger.set_snapshots_enabled(True, actor="op")
-    task = ledger.take_snapshots("prod", actor="op")
+    ledger.settings.set_snapshots_enabled(True, actor="op")
+    task = ledger.snapshots.take("prod", actor="op")
     cpi = CountingCpi(set(disks), delay_s=0.05)
     runner = OperationRunner(ledger, {"local": cpi}, worker="w", max_in_flight={"local": 3})
     with ThreadPoolExecutor(max_workers=8) as pool:
         outcomes = list(pool.map(lambda op: runner.execute(op), [UUID(o) for o in task.operations]))
     assert outcomes == ["taken"] * 12
     assert cpi.peak == 3  # 8 threads wanted to call; 3 at once were allowed
-    assert ledger.get_task(str(task.id)).state == "done"
+    assert ledger.tasks.get(str(task.id)).state == "done"
     ledger.close()

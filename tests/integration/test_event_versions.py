@@ -21,20 +21,20 @@ def test_a_version_1_event_still_reads(store_url: str) -> None:
         dep = Deployment(name=name, actor="op")
         dep.record_inventory(tags={"team": "blue"}, instances=[{"job": "db", "index": 0, "disks": ["d1"]}],
                              actor="op", cpi="aws")
-        registered, recorded = (ledger.mapper.to_stored_event(e) for e in dep.collect_events())
+        registered, recorded = (ledger.store.mapper.to_stored_event(e) for e in dep.collect_events())
         # What release 0.1 stored: no `cpi` field and no class_version in the state.
         state = json.loads(recorded.state)
         assert state.pop("cpi") == "aws" and state.pop("class_version") == 2
         v1 = StoredEvent(originator_id=recorded.originator_id, originator_version=recorded.originator_version,
                          topic=get_topic(Deployment.InventoryRecorded), state=json.dumps(state).encode())
-        ledger.recorder.insert_events([registered, v1])
+        ledger.store.recorder.insert_events([registered, v1])
 
-        old = ledger.get_deployment(name)
+        old = ledger.deployments.get(name)
         assert old.id == deployment_id(name)
-        assert old.cpi is None and ledger.cpi_of(old) == "local"  # v1: the default CPI
+        assert old.cpi is None and ledger.deployments.cpi_of(old) == "local"  # v1: the default CPI
         assert old.tags == {"team": "blue"} and old.instances[0]["disks"] == ["d1"]
         # New events of the same aggregate are version 2 and keep their field.
-        ledger.record_deployment(name, {}, [{"job": "db", "index": 0, "disks": ["d1"]}], actor="op", cpi="local")
-        assert ledger.get_deployment(name).cpi == "local"
+        ledger.deployments.record(name, {}, [{"job": "db", "index": 0, "disks": ["d1"]}], actor="op", cpi="local")
+        assert ledger.deployments.get(name).cpi == "local"
     finally:
         ledger.close()

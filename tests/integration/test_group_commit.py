@@ -30,14 +30,29 @@ from support.runtime import api_client, make_config
 N = 24
 
 
+class Recording:
+    """How the fixture's ledger records a save: through its own event store until
+    `install` hands the saves to a group committer (the ledger takes it at construction)."""
+
+    def __init__(self) -> None:
+        self.put: Any = None
+        self.committer: GroupCommitter | None = None
+
+    def __call__(self, events: list[Any]) -> list[Any]:
+        return (self.committer.record if self.committer is not None else self.put)(events)
+
+
 @pytest.fixture
 def ledger(store_url: str) -> Iterator[Ledger]:
     url = parse_store_url(store_url)
     env = ledger_env(url)
     if url.kind == "sqlite":
         env["SQLITE_LOCK_TIMEOUT"] = "1"  # the database-error test holds the lock
-    ledger = Ledger(env=env)
+    recording = Recording()
+    ledger = Ledger(env=env, record_events=recording)
+    recording.put = ledger.store.events.put
     ledger.store_url = url  # type: ignore[attr-defined]
+    ledger.recording = recording  # type: ignore[attr-defined]
     yield ledger
     ledger.close()
 
@@ -55,7 +70,7 @@ def saves_in_one_batch(ledger: Ledger, committer: GroupCommitter, aggregates: li
 
     def save(i: int) -> None:
         try:
-            results[i] = ledger.save(*aggregates[i])
+            results[i] = ledger.store.save(*aggregates[i])
         except BaseException as error:  # noqa: BLE001 - the test inspects it
             results[i] = error
 
@@ -71,8 +86,8 @@ def saves_in_one_batch(ledger: Ledger, committer: GroupCommitter, aggregates: li
 
 
 def install(ledger: Ledger) -> GroupCommitter:
-    committer = GroupCommitter(ledger.events.put, start=False, max_wait_s=0)
-    ledger.record_events = committer.record
+    committer = GroupCommitter(ledger.store.events.put, start=False, max_wait_s=0)
+    ledger.recording.committer = committer  # type: ignore[attr-defined]
     return committer
 
 
@@ -85,18 +100,18 @@ def test_concurrent_saves_share_one_transaction_and_all_are_durable(ledger: Ledg
     for task, recordings in zip(tasks, results):
         # Each caller gets back its own recordings, and its task is stored.
         assert [r.domain_event.originator_id for r in recordings] == [task.id]
-        assert ledger.get_task(str(task.id)).description == task.description
+        assert ledger.tasks.get(str(task.id)).description == task.description
     positions = [r.notification.id for rec in results for r in rec]
     assert len(set(positions)) == N
 
 
 def test_a_conflict_fails_only_the_conflicting_caller(ledger: Ledger) -> None:
     task = new_task(0)
-    ledger.save(task)
+    ledger.store.save(task)
     # Two copies of one task: one appends version 2, the other is now stale.
-    ahead, stale = ledger.get_task(str(task.id)), ledger.get_task(str(task.id))
+    ahead, stale = ledger.tasks.get(str(task.id)), ledger.tasks.get(str(task.id))
     ahead.start(worker="w", actor="tester")
-    ledger.save(ahead)
+    ledger.store.save(ahead)
     stale.start(worker="w", actor="tester")
 
     committer = install(ledger)
@@ -107,14 +122,14 @@ def test_a_conflict_fails_only_the_conflicting_caller(ledger: Ledger) -> None:
     assert committer.fallbacks == 1  # the shared transaction failed, then each alone
     for other, result in zip(others, results[1:]):
         assert not isinstance(result, BaseException), result
-        assert ledger.get_task(str(other.id)).description == other.description
-    assert ledger.get_task(str(task.id)).version == 2
+        assert ledger.tasks.get(str(other.id)).description == other.description
+    assert ledger.tasks.get(str(task.id)).version == 2
 
 
 def test_two_callers_writing_one_aggregate_are_never_in_one_batch(ledger: Ledger) -> None:
     task = new_task(0)
-    ledger.save(task)
-    first, second = ledger.get_task(str(task.id)), ledger.get_task(str(task.id))
+    ledger.store.save(task)
+    first, second = ledger.tasks.get(str(task.id)), ledger.tasks.get(str(task.id))
     first.start(worker="a", actor="tester")
     second.start(worker="b", actor="tester")
     committer = install(ledger)
@@ -130,11 +145,11 @@ def test_two_callers_writing_one_aggregate_are_never_in_one_batch(ledger: Ledger
 
 def test_a_caller_saving_several_aggregates_commits_all_or_nothing(ledger: Ledger) -> None:
     task = new_task(0)
-    ledger.save(task)
-    stale = ledger.get_task(str(task.id))
-    ahead = ledger.get_task(str(task.id))
+    ledger.store.save(task)
+    stale = ledger.tasks.get(str(task.id))
+    ahead = ledger.tasks.get(str(task.id))
     ahead.start(worker="w", actor="tester")
-    ledger.save(ahead)
+    ledger.store.save(ahead)
     stale.start(worker="w", actor="tester")
     committer = install(ledger)
     companion = new_task(1)  # saved with the stale task: must not be stored
@@ -142,8 +157,8 @@ def test_a_caller_saving_several_aggregates_commits_all_or_nothing(ledger: Ledge
     results = saves_in_one_batch(ledger, committer, [[companion, stale], [independent]])
     committer.stop()
     assert isinstance(results[0], IntegrityError)
-    assert companion.id not in ledger.repository
-    assert independent.id in ledger.repository
+    assert companion.id not in ledger.store.repository
+    assert independent.id in ledger.store.repository
 
 
 def test_a_database_error_fails_every_caller_of_the_batch(ledger: Ledger) -> None:
@@ -247,7 +262,7 @@ async def test_many_concurrent_commands_over_http_each_get_their_own_durable_tas
         assert committer is not None and committer.committed >= N
         for task_id in task_ids:
             # Durable when acknowledged: readable from the event store, with its own snapshot.
-            task = runtime.ledger.get_task(task_id)
+            task = runtime.ledger.tasks.get(task_id)
             assert len(task.operations) == 1
-            snapshot = runtime.ledger.get_snapshot(UUID(task.operations[0]))
+            snapshot = runtime.ledger.snapshots.get(UUID(task.operations[0]))
             assert snapshot.task_id == task_id

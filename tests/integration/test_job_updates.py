@@ -25,7 +25,8 @@ from snapledger.adapters.job_update_worker import JobUpdateWorker
 from snapledger.adapters.store import ledger_env, open_database, parse_store_url
 from snapledger.domain.application import Ledger
 from snapledger.domain.cpi import CpiError
-from snapledger.domain.job_update import JobUpdate, JobUpdateRunner, announce_job_update, job_update_id
+from snapledger.domain.job_update import JobUpdate, job_update_id
+from snapledger.domain.job_update_runner import JobUpdateRunner
 from snapledger.domain.operations import OperationRunner
 from snapledger.domain.snapshot import Snapshot
 from snapledger.projections.events import iso
@@ -53,8 +54,8 @@ class Stack:
         self.agent = LocalAgent(self.jobs_dir, wait_scale=0.001)
         self.runner = JobUpdateRunner(self.ledger, self.agent, worker="w1")
         self.ops = OperationRunner(self.ledger, {"local": self.cpi}, worker="w1")
-        self.ledger.set_snapshots_enabled(True, actor="alice")
-        self.ledger.record_deployment("prod", {}, [
+        self.ledger.settings.set_snapshots_enabled(True, actor="alice")
+        self.ledger.deployments.record("prod", {}, [
             {"job": "db", "index": i, "disks": [f"disk-{i}"], **({"jobs": ["db", "flaky"]} if i == 1 else {})}
             for i in range(3)], actor="alice")
         script(self.jobs_dir / "db" / "bin" / "drain", "echo -1 >/dev/null; echo 0\n")
@@ -64,12 +65,12 @@ class Stack:
         self.db.close()
 
     def update(self, task_id: Any) -> JobUpdate:
-        return self.ledger.repository.get(job_update_id(task_id))
+        return self.ledger.store.repository.get(job_update_id(task_id))
 
     def run_snapshots(self, task_id: Any) -> int:
-        task = self.ledger.get_task(str(task_id))
+        task = self.ledger.tasks.get(str(task_id))
         pending = [op for op in task.operations if op not in task.outcomes
-                   and isinstance(self.ledger._get(UUID(op)), Snapshot)]
+                   and isinstance(self.ledger.store.load(UUID(op)), Snapshot)]
         for op in pending:
             self.ops.execute(UUID(op))
         return len(pending)
@@ -87,10 +88,10 @@ class Stack:
     def project(self) -> None:
         position = self.projector.position()
         while True:
-            notes = self.ledger.recorder.select_notifications(start=position, limit=500, inclusive_of_start=False)
+            notes = self.ledger.store.recorder.select_notifications(start=position, limit=500, inclusive_of_start=False)
             if not notes:
                 return
-            self.projector.apply([(n.id, self.ledger.mapper.to_domain_event(n)) for n in notes])
+            self.projector.apply([(n.id, self.ledger.store.mapper.to_domain_event(n)) for n in notes])
             position = notes[-1].id
 
 
@@ -107,7 +108,7 @@ def states(update: JobUpdate) -> list[str]:
 
 def test_instances_go_one_after_another_and_become_ready(stack: Stack) -> None:
     script(stack.jobs_dir / "flaky" / "bin" / "drain", "echo 0\n")
-    task = announce_job_update(stack.ledger, "prod", "db", None, "update", actor="deployer",
+    task = stack.ledger.job_updates.announce("prod", "db", None, "update", actor="deployer",
                                next_state={"persistent_disk": 2048})
     update_id = job_update_id(task.id)
 
@@ -124,7 +125,7 @@ def test_instances_go_one_after_another_and_become_ready(stack: Stack) -> None:
     stack.drive(task.id)
 
     assert states(stack.update(task.id)) == ["ready", "ready", "ready"]
-    done = stack.ledger.get_task(str(task.id))
+    done = stack.ledger.tasks.get(str(task.id))
     assert done.state == "done", done.result
     assert "3 instance(s) ready for update" in done.result
 
@@ -152,25 +153,25 @@ def test_instances_go_one_after_another_and_become_ready(stack: Stack) -> None:
 
 def test_max_in_flight_starts_several_at_once(stack: Stack) -> None:
     script(stack.jobs_dir / "flaky" / "bin" / "drain", "echo 0\n")
-    task = announce_job_update(stack.ledger, "prod", "db", None, "update", actor="deployer", max_in_flight=2)
+    task = stack.ledger.job_updates.announce("prod", "db", None, "update", actor="deployer", max_in_flight=2)
     claimed = stack.runner.advance(job_update_id(task.id))
     assert len(claimed) == 2
     assert states(stack.update(task.id)) == ["draining", "draining", "waiting"]
     for instance_id in claimed:
         stack.runner.execute(job_update_id(task.id), instance_id)
     stack.drive(task.id)
-    assert stack.ledger.get_task(str(task.id)).state == "done"
+    assert stack.ledger.tasks.get(str(task.id)).state == "done"
 
 
 def test_a_failed_drain_fails_the_instance_before_any_snapshot(stack: Stack) -> None:
     script(stack.jobs_dir / "flaky" / "bin" / "drain", "echo 'not today'\n")
-    task = announce_job_update(stack.ledger, "prod", "db", None, "update", actor="deployer")
+    task = stack.ledger.job_updates.announce("prod", "db", None, "update", actor="deployer")
     stack.drive(task.id)
 
     update = stack.update(task.id)
     assert states(update) == ["ready", "failed", "cancelled"]
     assert update.instances[1]["snapshots"] == []
-    finished = stack.ledger.get_task(str(task.id))
+    finished = stack.ledger.tasks.get(str(task.id))
     assert finished.state == "error"
     assert "db/1: DrainInvalidOutput: job flaky: Script did not return a signed integer" in finished.result
     assert "db/2: Cancelled" in finished.result
@@ -187,21 +188,21 @@ def test_a_failed_drain_fails_the_instance_before_any_snapshot(stack: Stack) -> 
 
 def test_a_failed_stop_fails_the_instance_before_any_snapshot(stack: Stack) -> None:
     script(stack.jobs_dir / "db" / "bin" / "stop", "exit 2\n")
-    task = announce_job_update(stack.ledger, "prod", "db", "0", "shutdown", actor="deployer")
+    task = stack.ledger.job_updates.announce("prod", "db", "0", "shutdown", actor="deployer")
     stack.drive(task.id)
     assert states(stack.update(task.id)) == ["failed"]
     assert stack.cpi.count("snapshot_disk") == 0
-    finished = stack.ledger.get_task(str(task.id))
+    finished = stack.ledger.tasks.get(str(task.id))
     assert finished.state == "error" and "StopFailed" in finished.result
     assert finished.description == "update instance db/0"
 
 
 def test_disabled_snapshots_are_skipped_and_the_update_goes_on(stack: Stack) -> None:
-    stack.ledger.set_snapshots_enabled(False, actor="alice")
-    task = announce_job_update(stack.ledger, "prod", "db", "0", "update", actor="deployer")
+    stack.ledger.settings.set_snapshots_enabled(False, actor="alice")
+    task = stack.ledger.job_updates.announce("prod", "db", "0", "update", actor="deployer")
     stack.drive(task.id)
     assert states(stack.update(task.id)) == ["ready"]
-    assert stack.ledger.get_task(str(task.id)).state == "done"
+    assert stack.ledger.tasks.get(str(task.id)).state == "done"
     assert stack.cpi.count("snapshot_disk") == 0
     stack.project()
     types = [e["type"] for e in Queries(stack.db).task_events(str(task.id))]
@@ -213,17 +214,17 @@ def test_disabled_snapshots_are_skipped_and_the_update_goes_on(stack: Stack) -> 
 
 def test_a_failed_clean_snapshot_keeps_the_instance_from_ready(stack: Stack) -> None:
     stack.cpi.failures["disk-0"] = CpiError("Bosh::Clouds::CloudError", "quota exceeded")
-    task = announce_job_update(stack.ledger, "prod", "db", None, "update", actor="deployer")
+    task = stack.ledger.job_updates.announce("prod", "db", None, "update", actor="deployer")
     stack.drive(task.id)
     assert states(stack.update(task.id)) == ["failed", "cancelled", "cancelled"]
-    finished = stack.ledger.get_task(str(task.id))
+    finished = stack.ledger.tasks.get(str(task.id))
     assert finished.state == "error" and "quota exceeded" in finished.result
 
 
 def test_racing_workers_claim_each_instance_once(stack: Stack) -> None:
     script(stack.jobs_dir / "flaky" / "bin" / "drain", "echo 0\n")
     for max_in_flight in (1, 3):
-        task = announce_job_update(stack.ledger, "prod", "db", None, "update", actor="deployer",
+        task = stack.ledger.job_updates.announce("prod", "db", None, "update", actor="deployer",
                                    max_in_flight=max_in_flight)
         runners = [JobUpdateRunner(stack.ledger, stack.agent, worker=f"w{i}") for i in range(4)]
         barrier = threading.Barrier(len(runners))
@@ -245,16 +246,16 @@ def test_racing_workers_claim_each_instance_once(stack: Stack) -> None:
         for instance_id in claims:
             others = [r for r in runners if r.worker != owner[instance_id]]
             assert others[0].execute(update_id, instance_id) is None
-        stack.ledger.get_task(str(task.id))
+        stack.ledger.tasks.get(str(task.id))
 
 
 def test_unknown_instance_and_bad_arguments_are_refused(stack: Stack) -> None:
     from snapledger.domain.errors import InstanceNotFound, LedgerError
 
     with pytest.raises(InstanceNotFound):
-        announce_job_update(stack.ledger, "prod", "db", "7", "update", actor="deployer")
+        stack.ledger.job_updates.announce("prod", "db", "7", "update", actor="deployer")
     with pytest.raises(LedgerError) as error:
-        announce_job_update(stack.ledger, "prod", "db", None, "reboot", actor="deployer")
+        stack.ledger.job_updates.announce("prod", "db", None, "reboot", actor="deployer")
     assert error.value.field == "drain_type"
 
 
@@ -265,7 +266,7 @@ def audit(stack: Stack, task_id: Any) -> list[dict[str, Any]]:
 
 def test_each_step_follows_from_the_one_before(stack: Stack) -> None:
     script(stack.jobs_dir / "flaky" / "bin" / "drain", "echo 0\n")
-    task = announce_job_update(stack.ledger, "prod", "db", "0", "update", actor="deployer")
+    task = stack.ledger.job_updates.announce("prod", "db", "0", "update", actor="deployer")
     stack.drive(task.id)
     events = audit(stack, task.id)
     at = {e["type"]: e for e in events}
@@ -281,7 +282,7 @@ def test_each_step_follows_from_the_one_before(stack: Stack) -> None:
 
 
 def test_a_drain_abandoned_by_a_dead_worker_fails_like_a_failed_step(stack: Stack) -> None:
-    task = announce_job_update(stack.ledger, "prod", "db", None, "update", actor="deployer")
+    task = stack.ledger.job_updates.announce("prod", "db", None, "update", actor="deployer")
     update_id = job_update_id(task.id)
     dead = JobUpdateRunner(stack.ledger, stack.agent, worker="dead-worker")
     (first,) = dead.advance(update_id)  # claimed, then the worker dies during the drain
@@ -294,7 +295,7 @@ def test_a_drain_abandoned_by_a_dead_worker_fails_like_a_failed_step(stack: Stac
     assert live.recover(update_id, first, dead_worker="dead-worker") == "failed"
     assert live.recover(update_id, first, dead_worker="dead-worker") is None  # recorded once
     assert states(stack.update(task.id)) == ["failed", "cancelled", "cancelled"]
-    done = stack.ledger.get_task(str(task.id))
+    done = stack.ledger.tasks.get(str(task.id))
     assert done.state == "error"
     assert ("db/0: Snapledger::WorkerLost: worker dead-worker stopped beating during the drain of db/0; "
             "the drain is not run again") in done.result
@@ -319,24 +320,24 @@ def test_a_drain_abandoned_by_a_dead_worker_fails_like_a_failed_step(stack: Stac
 
 
 def test_a_stop_abandoned_by_a_dead_worker_fails_the_instance(stack: Stack) -> None:
-    task = announce_job_update(stack.ledger, "prod", "db", "0", "update", actor="deployer")
+    task = stack.ledger.job_updates.announce("prod", "db", "0", "update", actor="deployer")
     update_id = job_update_id(task.id)
     (instance_id,) = JobUpdateRunner(stack.ledger, stack.agent, worker="dead-worker").advance(update_id)
     update = stack.update(task.id)  # its drain finished; the worker dies before the stop is recorded
     update._drain_completed(task_id=str(task.id), instance_id=instance_id, instance="db/0", result={},
                             actor="deployer", caused_by=update.cause_of(instance_id))
-    stack.ledger.save(update)
+    stack.ledger.store.save(update)
     stack.project()
     assert [r["state"] for r in claimed_instances(stack.db, older_than="9999")] == ["stopping"]
     live = JobUpdateRunner(stack.ledger, stack.agent, worker="w1")
     assert live.recover(update_id, instance_id, dead_worker="dead-worker") == "failed"
-    done = stack.ledger.get_task(str(task.id))
+    done = stack.ledger.tasks.get(str(task.id))
     assert done.state == "error" and "stopped beating during the stop of db/0" in done.result
     assert stack.cpi.count("snapshot_disk") == 0
 
 
 def test_the_sweep_fails_instances_of_silent_workers_and_of_ours_without_a_thread(stack: Stack) -> None:
-    tasks = [announce_job_update(stack.ledger, "prod", "db", str(i % 3), "update", actor="deployer")
+    tasks = [stack.ledger.job_updates.announce("prod", "db", str(i % 3), "update", actor="deployer")
              for i in range(4)]
     ours = JobUpdateRunner(stack.ledger, stack.agent, worker="w1")
     claimants = [JobUpdateRunner(stack.ledger, stack.agent, worker="silent"),
@@ -353,10 +354,10 @@ def test_the_sweep_fails_instances_of_silent_workers_and_of_ours_without_a_threa
         recovered = worker.sweep()
         assert sorted(recovered) == sorted([(str(tasks[0].id), claims[0], "failed"),
                                             (str(tasks[2].id), claims[2], "failed")])
-        assert [stack.ledger.get_task(str(t.id)).state for t in tasks] == ["error", "processing", "error",
+        assert [stack.ledger.tasks.get(str(t.id)).state for t in tasks] == ["error", "processing", "error",
                                                                            "processing"]
-        assert "worker silent stopped beating" in stack.ledger.get_task(str(tasks[0].id)).result
-        assert "worker w1 stopped beating" in stack.ledger.get_task(str(tasks[2].id)).result
+        assert "worker silent stopped beating" in stack.ledger.tasks.get(str(tasks[0].id)).result
+        assert "worker w1 stopped beating" in stack.ledger.tasks.get(str(tasks[2].id)).result
         stack.project()
         assert worker.sweep() == []  # the live ones are left alone, pass after pass
     finally:
@@ -371,12 +372,12 @@ def test_version_1_events_read_and_audit_the_same(stack: Stack, tmp_path: Path) 
 
     from snapledger.projections.audit import FILTER_COLUMNS
 
-    task = announce_job_update(stack.ledger, "prod", "db", "1", "update", actor="deployer")
+    task = stack.ledger.job_updates.announce("prod", "db", "1", "update", actor="deployer")
     stack.drive(task.id)
     stack.project()
-    transcoder = stack.ledger.mapper.transcoder
+    transcoder = stack.ledger.store.mapper.transcoder
     downgraded = []  # the same log, its job-update events as version 1 wrote them
-    for n in stack.ledger.recorder.select_notifications(start=1, limit=1000):
+    for n in stack.ledger.store.recorder.select_notifications(start=1, limit=1000):
         state = transcoder.decode(n.state)
         if n.topic.startswith("snapledger.domain.job_update:JobUpdate.") and state.get("class_version") == 2:
             for key in ("class_version", "deployment", "job", "index"):
@@ -388,15 +389,15 @@ def test_version_1_events_read_and_audit_the_same(stack: Stack, tmp_path: Path) 
     old_url = parse_store_url(f"sqlite:///{tmp_path / 'old-log.sqlite'}")
     old_ledger, old_db = Ledger(env=ledger_env(old_url)), open_database(old_url)
     try:
-        old_ledger.recorder.insert_events(downgraded)
-        old_notes = old_ledger.recorder.select_notifications(start=1, limit=1000)
-        assert states(old_ledger.repository.get(job_update_id(task.id))) == ["ready"]
-        drained = [old_ledger.mapper.to_domain_event(n) for n in old_notes
+        old_ledger.store.recorder.insert_events(downgraded)
+        old_notes = old_ledger.store.recorder.select_notifications(start=1, limit=1000)
+        assert states(old_ledger.store.repository.get(job_update_id(task.id))) == ["ready"]
+        drained = [old_ledger.store.mapper.to_domain_event(n) for n in old_notes
                    if n.topic.endswith("JobUpdate.DrainCompleted")]
         assert [(e.job, e.index, e.deployment, e.disks) for e in drained] == [("db", 1, None, None)]
         projector = Projector(old_db)
         projector.setup()
-        projector.apply([(n.id, old_ledger.mapper.to_domain_event(n)) for n in old_notes])
+        projector.apply([(n.id, old_ledger.store.mapper.to_domain_event(n)) for n in old_notes])
         columns = ", ".join(["position", "type", *FILTER_COLUMNS.values()])
         query = f"SELECT {columns} FROM audit_events WHERE type LIKE %s ORDER BY position"
         rows = stack.db.query(query, ("JobUpdate.%",))

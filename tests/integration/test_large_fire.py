@@ -28,35 +28,35 @@ INSTANCES = 10000
 def test_fire_over_thousands_of_instances_commits_once(pg_url: str) -> None:
     ledger = Ledger(env=ledger_env(parse_store_url(pg_url)))
     instances = [{"job": "cell", "index": i, "id": f"cell-{i}", "disks": [f"disk-{i}"]} for i in range(INSTANCES)]
-    ledger.record_deployment("big", {}, instances, actor="op")
+    ledger.deployments.record("big", {}, instances, actor="op")
     fire_time = datetime(2026, 11, 25, 7, tzinfo=timezone.utc)
-    before = ledger.recorder.max_notification_id() or 0
+    before = ledger.store.recorder.max_notification_id() or 0
 
-    fire = ledger.fire_schedule("snapshot_schedule", "0 0 7 * * * UTC", fire_time)
+    fire = ledger.schedules.fire("snapshot_schedule", "0 0 7 * * * UTC", fire_time)
 
     assert fire is not None
-    written = (ledger.recorder.max_notification_id() or 0) - before
+    written = (ledger.store.recorder.max_notification_id() or 0) - before
     assert written >= INSTANCES  # every request is in the log
-    task = ledger.get_task(fire.tasks[0])
+    task = ledger.tasks.get(fire.tasks[0])
     assert task.deployment == "big"
     # A second replica firing the same moment records nothing more (the large
     # save's conflict is still the library's IntegrityError).
-    assert ledger.fire_schedule("snapshot_schedule", "0 0 7 * * * UTC", fire_time) is None
-    assert (ledger.recorder.max_notification_id() or 0) - before == written
+    assert ledger.schedules.fire("snapshot_schedule", "0 0 7 * * * UTC", fire_time) is None
+    assert (ledger.store.recorder.max_notification_id() or 0) - before == written
 
 
 def test_a_large_save_returns_each_event_its_log_position(pg_url: str) -> None:
     ledger = Ledger(env=ledger_env(parse_store_url(pg_url)))
     try:
-        ledger.save(Settings(actor="op"))  # something in the log before
+        ledger.store.save(Settings(actor="op"))  # something in the log before
         refusals = [Refusal(command="c", reason=f"r{n}", deployment=None, details={}, actor="op")
                     for n in range(COPY_MIN_EVENTS + 5)]
 
-        recordings = ledger.save(*refusals)
+        recordings = ledger.store.save(*refusals)
 
         positions = [r.notification.id for r in recordings]
         assert positions == sorted(positions) and len(set(positions)) == len(refusals)
-        logged = ledger.recorder.select_notifications(start=positions[0], limit=len(refusals))
+        logged = ledger.store.recorder.select_notifications(start=positions[0], limit=len(refusals))
         assert [n.id for n in logged] == positions
         assert [n.originator_id for n in logged] == [r.id for r in refusals]  # each id names its own event
     finally:
@@ -66,15 +66,15 @@ def test_a_large_save_returns_each_event_its_log_position(pg_url: str) -> None:
 def test_a_large_save_with_one_conflict_writes_nothing(pg_url: str) -> None:
     ledger = Ledger(env=ledger_env(parse_store_url(pg_url)))
     try:
-        ledger.save(Settings(actor="op"))
-        before = ledger.recorder.max_notification_id()
+        ledger.store.save(Settings(actor="op"))
+        before = ledger.store.recorder.max_notification_id()
         others = [Refusal(command="c", reason=f"r{n}", deployment=None, details={}, actor="op")
                   for n in range(COPY_MIN_EVENTS)]
 
         with pytest.raises(IntegrityError):
-            ledger.save(*others, Settings(actor="op"))  # settings created twice: a conflict
+            ledger.store.save(*others, Settings(actor="op"))  # settings created twice: a conflict
 
-        assert ledger.recorder.max_notification_id() == before
-        assert not any(r.id in ledger.repository for r in others)
+        assert ledger.store.recorder.max_notification_id() == before
+        assert not any(r.id in ledger.store.repository for r in others)
     finally:
         ledger.close()

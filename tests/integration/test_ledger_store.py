@@ -32,25 +32,25 @@ def stack(store_url: str) -> Any:
 def project_all(ledger: Ledger, projector: Projector, batch_size: int = 7) -> None:
     position = projector.position()
     while True:
-        notifications = ledger.recorder.select_notifications(start=position, limit=batch_size,
+        notifications = ledger.store.recorder.select_notifications(start=position, limit=batch_size,
                                                              inclusive_of_start=False)
         if not notifications:
             return
-        projector.apply([(n.id, ledger.mapper.to_domain_event(n)) for n in notifications])
+        projector.apply([(n.id, ledger.store.mapper.to_domain_event(n)) for n in notifications])
         position = notifications[-1].id
 
 
 def populate(ledger: Ledger, cpi: FakeCpi) -> None:
-    ledger.set_snapshots_enabled(True, actor="alice")
-    ledger.record_deployment("prod", {"t": "1"}, [
+    ledger.settings.set_snapshots_enabled(True, actor="alice")
+    ledger.deployments.record("prod", {"t": "1"}, [
         {"job": "db", "index": i, "disks": [f"d{i}"]} for i in range(5)], actor="alice")
     runner = OperationRunner(ledger, {"local": cpi}, worker="w")
     for _ in range(3):
-        task = ledger.take_snapshots("prod", actor="alice")
+        task = ledger.snapshots.take("prod", actor="alice")
         for op in task.operations:
             runner.execute(UUID(op))
     cid = next(iter(cpi.snapshots))
-    task = ledger.delete_snapshot("prod", cid, actor="bob")
+    task = ledger.snapshots.delete("prod", cid, actor="bob")
     runner.execute(UUID(task.operations[0]))
 
 
@@ -65,11 +65,11 @@ def dump_views(db: Any) -> dict[str, list[dict[str, Any]]]:
 def test_two_workers_racing_call_the_cpi_once(stack: Any) -> None:
     ledger, _, _ = stack
     cpi = FakeCpi({"d0"}, delay_s=0.05)
-    ledger.set_snapshots_enabled(True, actor="a")
-    ledger.record_deployment("prod", {}, [{"job": "db", "index": 0, "disks": ["d0"]}], actor="a")
+    ledger.settings.set_snapshots_enabled(True, actor="a")
+    ledger.deployments.record("prod", {}, [{"job": "db", "index": 0, "disks": ["d0"]}], actor="a")
     outcomes: list[Any] = []
     for _ in range(5):
-        op = UUID(ledger.take_snapshots("prod", actor="a").operations[0])
+        op = UUID(ledger.snapshots.take("prod", actor="a").operations[0])
         # Separate runners: no shared in-process lock, only the event store decides.
         runners = [OperationRunner(ledger, {"local": cpi}, worker=f"w{i}") for i in range(3)]
         barrier = threading.Barrier(3)
@@ -114,8 +114,8 @@ def test_rebuilt_views_equal_live_views(stack: Any) -> None:
 def test_a_batch_applied_twice_is_applied_once(stack: Any) -> None:
     ledger, db, projector = stack
     populate(ledger, FakeCpi({f"d{i}" for i in range(5)}))
-    notifications = ledger.recorder.select_notifications(start=0, limit=1000, inclusive_of_start=False)
-    batch = [(n.id, ledger.mapper.to_domain_event(n)) for n in notifications]
+    notifications = ledger.store.recorder.select_notifications(start=0, limit=1000, inclusive_of_start=False)
+    batch = [(n.id, ledger.store.mapper.to_domain_event(n)) for n in notifications]
     projector.apply(batch[:10])
     projector.apply(batch)  # overlaps the first ten (a crash between commit and advance)
     once = dump_views(db)

@@ -19,7 +19,7 @@ def test_the_event_store_connects_with_the_url_options(pg_url: str) -> None:
     url = parse_store_url(f"{pg_url}&application_name={name}")
     ledger = Ledger(env=ledger_env(url))
     try:
-        ledger.record_deployment("prod", {}, [], actor="op")
+        ledger.deployments.record("prod", {}, [], actor="op")
         with psycopg.connect(url.conninfo()) as conn:  # itself a connection with that name: subtract it
             rows = conn.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = %s",
                                 (name,)).fetchone()

@@ -24,12 +24,12 @@ def _scratch_url(store_url: str, tmp_path: Path) -> str:
 
 def _project(ledger: Ledger, projector: Projector) -> None:
     position = projector.position()
-    notifications = ledger.recorder.select_notifications(start=position, limit=100_000, inclusive_of_start=False)
-    projector.apply([(n.id, ledger.mapper.to_domain_event(n)) for n in notifications])
+    notifications = ledger.store.recorder.select_notifications(start=position, limit=100_000, inclusive_of_start=False)
+    projector.apply([(n.id, ledger.store.mapper.to_domain_event(n)) for n in notifications])
 
 
 def _snapshot_round(ledger: Ledger, runner: OperationRunner) -> None:
-    task = ledger.take_snapshots("prod", actor="op")
+    task = ledger.snapshots.take("prod", actor="op")
     for operation in task.operations:
         runner.execute(UUID(operation))
 
@@ -46,13 +46,13 @@ def test_verify_while_events_arrive(store_url: str, tmp_path: Path) -> None:
         projector = Projector(live_db)
         projector.setup()
         runner = OperationRunner(ledger, {"local": FakeCpi({"d0", "d1"})}, worker="test")
-        ledger.set_snapshots_enabled(True, actor="op")
-        ledger.record_deployment("prod", {}, [{"job": "db", "index": 0, "disks": ["d0", "d1"]}], actor="op")
+        ledger.settings.set_snapshots_enabled(True, actor="op")
+        ledger.deployments.record("prod", {}, [{"job": "db", "index": 0, "disks": ["d0", "d1"]}], actor="op")
         _snapshot_round(ledger, runner)
         _project(ledger, projector)
 
         rebuilt = replay.rebuild(ledger, scratch_db)
-        assert rebuilt.position == ledger.recorder.max_notification_id()
+        assert rebuilt.position == ledger.store.recorder.max_notification_id()
         # The service goes on: more events, projected live, after the rebuild read the log.
         _snapshot_round(ledger, runner)
         _project(ledger, projector)

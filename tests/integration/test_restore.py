@@ -27,7 +27,7 @@ from snapledger.adapters.store import ledger_env, open_database, parse_store_url
 from snapledger.domain.application import Ledger
 from snapledger.domain.cpi import CLOUD_ERROR, CpiError
 from snapledger.domain.operations import OperationRunner
-from snapledger.domain.restore import Restore, request_restore, restore_id
+from snapledger.domain.restore import Restore, restore_id
 from snapledger.domain.restore_runner import RestoreRunner
 from snapledger.domain.snapshot import Snapshot
 from snapledger.projections.events import iso
@@ -76,11 +76,11 @@ class Stack:
         script(self.jobs_dir / "db" / "bin" / "drain", "echo 0\n")
         self.agent = LocalAgent(self.jobs_dir, wait_scale=0.001)
         self.ops = OperationRunner(self.ledger, {"local": self.cpi}, worker="w1")
-        self.ledger.set_snapshots_enabled(True, actor="alice")
-        self.ledger.record_deployment("prod", {}, [{"job": "db", "index": 0, "disks": ["disk-0"]}], actor="alice")
-        task = self.ledger.take_snapshots("prod", actor="alice")
+        self.ledger.settings.set_snapshots_enabled(True, actor="alice")
+        self.ledger.deployments.record("prod", {}, [{"job": "db", "index": 0, "disks": ["disk-0"]}], actor="alice")
+        task = self.ledger.snapshots.take("prod", actor="alice")
         self.run_snapshots(task.id)
-        self.cid = self.ledger.get_snapshot(UUID(task.operations[0])).snapshot_cid
+        self.cid = self.ledger.snapshots.get(UUID(task.operations[0])).snapshot_cid
         self.v1 = checksums(self.disk)
         (self.disk / "data.txt").write_text("v2")
         self.v2 = checksums(self.disk)
@@ -93,12 +93,12 @@ class Stack:
         self.db.close()
 
     def restore(self, task_id: Any) -> Restore:
-        return self.ledger.repository.get(restore_id(task_id))
+        return self.ledger.store.repository.get(restore_id(task_id))
 
     def run_snapshots(self, task_id: Any) -> int:
-        task = self.ledger.get_task(str(task_id))
+        task = self.ledger.tasks.get(str(task_id))
         pending = [op for op in task.operations if op not in task.outcomes
-                   and isinstance(self.ledger._get(UUID(op)), Snapshot)]
+                   and isinstance(self.ledger.store.load(UUID(op)), Snapshot)]
         for op in pending:
             self.ops.execute(UUID(op))
         return len(pending)
@@ -116,10 +116,10 @@ class Stack:
     def project(self) -> None:
         position = self.projector.position()
         while True:
-            notes = self.ledger.recorder.select_notifications(start=position, limit=500, inclusive_of_start=False)
+            notes = self.ledger.store.recorder.select_notifications(start=position, limit=500, inclusive_of_start=False)
             if not notes:
                 return
-            self.projector.apply([(n.id, self.ledger.mapper.to_domain_event(n)) for n in notes])
+            self.projector.apply([(n.id, self.ledger.store.mapper.to_domain_event(n)) for n in notes])
             position = notes[-1].id
 
     def types(self, task_id: Any) -> list[str]:
@@ -135,7 +135,7 @@ def stack(store_url: str, tmp_path: Path) -> Any:
 
 
 def test_each_step_is_claimed_by_one_worker_only(stack: Stack) -> None:
-    task = request_restore(stack.ledger, "prod", stack.cid, actor="alice")
+    task = stack.ledger.restores.request("prod", stack.cid, actor="alice")
     rid = restore_id(task.id)
     one, two = stack.runner("w1"), stack.runner("w2")
     assert one.advance(rid) == "drain"
@@ -149,7 +149,7 @@ def test_each_step_is_claimed_by_one_worker_only(stack: Stack) -> None:
     assert one.execute(rid, "restore") is None
     assert two.execute(rid, "restore") == "restored"
     assert checksums(stack.disk) == stack.v1
-    done = stack.ledger.get_task(str(task.id))
+    done = stack.ledger.tasks.get(str(task.id))
     assert done.state == "done", done.result
     safety = stack.restore(task.id).safety_snapshot_cid
     assert checksums(stack.cpi.snapshot_path(safety)) == stack.v2
@@ -157,7 +157,7 @@ def test_each_step_is_claimed_by_one_worker_only(stack: Stack) -> None:
 
 
 def test_an_abandoned_restore_call_is_repeated_and_completes(stack: Stack) -> None:
-    task = request_restore(stack.ledger, "prod", stack.cid, actor="alice", to_new_disk="disk-new")
+    task = stack.ledger.restores.request("prod", stack.cid, actor="alice", to_new_disk="disk-new")
     rid = restore_id(task.id)
     dead = stack.runner("dead-worker")
     assert dead.advance(rid) == "restore"  # claimed, then the worker dies before the call
@@ -169,7 +169,7 @@ def test_an_abandoned_restore_call_is_repeated_and_completes(stack: Stack) -> No
     assert live.recover(rid, dead_worker="someone-else") is None  # not that worker's
     assert live.recover(rid, dead_worker="dead-worker") == "retried:restored"
     assert checksums(stack.cpi.disk_root / "disk-new") == stack.v1
-    assert stack.ledger.get_task(str(task.id)).state == "done"
+    assert stack.ledger.tasks.get(str(task.id)).state == "done"
     assert stack.types(task.id) == ["Restore.Requested", "Restore.CpiCallStarted", "Restore.CpiCallInDoubt",
                                      "Restore.CpiCallStarted", "Restore.Restored"]
     assert restore_of_task(stack.db, str(task.id))["attempts"] == 2
@@ -177,11 +177,11 @@ def test_an_abandoned_restore_call_is_repeated_and_completes(stack: Stack) -> No
 
 
 def test_an_abandoned_drain_fails_the_restore_and_the_disk_is_untouched(stack: Stack) -> None:
-    task = request_restore(stack.ledger, "prod", stack.cid, actor="alice")
+    task = stack.ledger.restores.request("prod", stack.cid, actor="alice")
     rid = restore_id(task.id)
     assert stack.runner("dead-worker").advance(rid) == "drain"
     assert stack.runner("w1").recover(rid, dead_worker="dead-worker") == "failed"
-    done = stack.ledger.get_task(str(task.id))
+    done = stack.ledger.tasks.get(str(task.id))
     assert done.state == "error" and "Snapledger::WorkerLost" in done.result
     assert "the disk was not touched" in done.result
     assert checksums(stack.disk) == stack.v2
@@ -189,7 +189,7 @@ def test_an_abandoned_drain_fails_the_restore_and_the_disk_is_untouched(stack: S
 
 
 def test_the_sweep_recovers_restores_of_silent_workers_only(stack: Stack) -> None:
-    tasks = [request_restore(stack.ledger, "prod", stack.cid, actor="alice", to_new_disk=name)
+    tasks = [stack.ledger.restores.request("prod", stack.cid, actor="alice", to_new_disk=name)
              for name in ("disk-a", "disk-b")]
     stack.runner("silent").advance(restore_id(tasks[0].id))
     stack.runner("beating").advance(restore_id(tasks[1].id))
@@ -201,16 +201,16 @@ def test_the_sweep_recovers_restores_of_silent_workers_only(stack: Stack) -> Non
         cur.execute("INSERT INTO worker_heartbeats (worker, beat_at) VALUES (%s, %s)",
                     ("beating", iso(datetime.now(timezone.utc))))
     assert worker.sweep() == [(str(restore_id(tasks[0].id)), "retried:restored")]
-    assert stack.ledger.get_task(str(tasks[0].id)).state == "done"
+    assert stack.ledger.tasks.get(str(tasks[0].id)).state == "done"
     assert stack.restore(tasks[1].id).state == "restoring"  # a live worker's: left alone
     assert checksums(stack.cpi.disk_root / "disk-a") == stack.v1
 
 
 def test_a_failed_safety_snapshot_fails_the_restore_before_the_disk_is_touched(stack: Stack) -> None:
     stack.cpi.failing = {"disk-0"}
-    task = request_restore(stack.ledger, "prod", stack.cid, actor="alice")
+    task = stack.ledger.restores.request("prod", stack.cid, actor="alice")
     stack.drive(stack.runner("w1"), task.id)
-    done = stack.ledger.get_task(str(task.id))
+    done = stack.ledger.tasks.get(str(task.id))
     assert done.state == "error"
     assert "safety snapshot of disk disk-0 was not taken" in done.result and "no space left" in done.result
     assert checksums(stack.disk) == stack.v2
@@ -220,16 +220,16 @@ def test_a_failed_safety_snapshot_fails_the_restore_before_the_disk_is_touched(s
 
 
 def test_a_snapshot_deleted_before_the_restore_call_fails_it_cleanly(stack: Stack) -> None:
-    task = request_restore(stack.ledger, "prod", stack.cid, actor="alice")
+    task = stack.ledger.restores.request("prod", stack.cid, actor="alice")
     rid = restore_id(task.id)
     runner = stack.runner("w1")
     runner.execute(rid, runner.advance(rid))
     stack.run_snapshots(task.id)  # the safety snapshot
-    deletion = stack.ledger.delete_snapshot("prod", stack.cid, actor="bob")
+    deletion = stack.ledger.snapshots.delete("prod", stack.cid, actor="bob")
     stack.run_snapshots(deletion.id)
     assert runner.advance(rid) == "restore"
     assert runner.execute(rid, "restore") == "failed"
-    done = stack.ledger.get_task(str(task.id))
+    done = stack.ledger.tasks.get(str(task.id))
     assert done.state == "error" and "DiskNotFound" in done.result
     safety = stack.restore(task.id).safety_snapshot_cid
     assert f"safety snapshot {safety}" in done.result

@@ -20,16 +20,16 @@ EVERY_MINUTE = "0 * * * * * UTC"
 
 @pytest.fixture
 def ledger(store_url: str) -> Any:
-    app = Ledger(env=ledger_env(parse_store_url(store_url)))
-    app.record_deployment("a", {}, [{"job": "db", "index": 0, "disks": ["da"]}], actor="op")
-    app.record_deployment("b", {}, [{"job": "db", "index": 0, "disks": ["db0", "db1"]}], actor="op")
-    app.set_schedule("self_snapshot_schedule", None, actor="op")
-    yield app
-    app.close()
+    new_ledger = Ledger(env=ledger_env(parse_store_url(store_url)))
+    new_ledger.deployments.record("a", {}, [{"job": "db", "index": 0, "disks": ["da"]}], actor="op")
+    new_ledger.deployments.record("b", {}, [{"job": "db", "index": 0, "disks": ["db0", "db1"]}], actor="op")
+    new_ledger.settings.set_schedule("self_snapshot_schedule", None, actor="op")
+    yield new_ledger
+    new_ledger.close()
 
 
 def fires(ledger: Ledger) -> list[Any]:
-    events = [ledger.mapper.to_domain_event(n) for n in ledger.recorder.select_notifications(start=0, limit=10_000)]
+    events = [ledger.store.mapper.to_domain_event(n) for n in ledger.store.recorder.select_notifications(start=0, limit=10_000)]
     return [e for e in events if type(e).__qualname__ == "ScheduleFire.Recorded"]
 
 
@@ -38,8 +38,8 @@ def start_of_next_minute(after: datetime) -> datetime:
 
 
 def test_each_fire_creates_one_task_per_deployment(ledger: Ledger) -> None:
-    ledger.set_snapshots_enabled(True, actor="op")
-    ledger.set_schedule("snapshot_schedule", EVERY_MINUTE, actor="op")
+    ledger.settings.set_snapshots_enabled(True, actor="op")
+    ledger.settings.set_schedule("snapshot_schedule", EVERY_MINUTE, actor="op")
     t0 = start_of_next_minute(datetime.now(UTC)) + timedelta(seconds=5)
     scheduler = Scheduler(ledger, LOG)
     scheduler.tick(t0)  # first look: the fire 5 s ago was due (within the missed-fire window)
@@ -49,21 +49,21 @@ def test_each_fire_creates_one_task_per_deployment(ledger: Ledger) -> None:
     assert [f.fire_time for f in recorded] == [
         t0.replace(second=0) + timedelta(minutes=i) for i in range(4)]
     for fire in recorded:
-        tasks = [ledger.get_task(t) for t in fire.tasks]
+        tasks = [ledger.tasks.get(t) for t in fire.tasks]
         assert sorted(t.deployment for t in tasks) == ["a", "b"]
         assert all(t.trigger == "scheduled" and t.actor == "scheduler" for t in tasks)
         assert sum(len(t.operations) for t in tasks) == 3
 
 
 def test_nothing_fires_while_disabled_and_no_burst_on_enable(ledger: Ledger) -> None:
-    ledger.set_schedule("snapshot_schedule", EVERY_MINUTE, actor="op")
+    ledger.settings.set_schedule("snapshot_schedule", EVERY_MINUTE, actor="op")
     now = datetime.now(UTC)
     scheduler = Scheduler(ledger, LOG, missed_window=timedelta(hours=1))
     for minute in range(0, 30, 5):
         scheduler.tick(now + timedelta(minutes=minute))
     assert fires(ledger) == []
-    ledger.set_snapshots_enabled(True, actor="op")
-    enabled_at = ledger.settings().enabled_at
+    ledger.settings.set_snapshots_enabled(True, actor="op")
+    enabled_at = ledger.settings.current().enabled_at
     scheduler.tick(enabled_at + timedelta(seconds=1))
     assert fires(ledger) == []  # the fires while disabled were never due: not missed, not fired
     scheduler.tick(start_of_next_minute(enabled_at) + timedelta(seconds=1))
@@ -71,9 +71,9 @@ def test_nothing_fires_while_disabled_and_no_burst_on_enable(ledger: Ledger) -> 
 
 
 def test_missed_fires_run_the_latest_once_and_record_the_rest(ledger: Ledger) -> None:
-    ledger.set_snapshots_enabled(True, actor="op")
-    ledger.set_schedule("snapshot_schedule", EVERY_MINUTE, actor="op")
-    since = ledger.settings().since("snapshot_schedule")
+    ledger.settings.set_snapshots_enabled(True, actor="op")
+    ledger.settings.set_schedule("snapshot_schedule", EVERY_MINUTE, actor="op")
+    since = ledger.settings.current().since("snapshot_schedule")
     first = start_of_next_minute(since)
     # One scheduler ran for the first fire, then all were down for ten minutes.
     Scheduler(ledger, LOG).tick(first + timedelta(seconds=1))
@@ -93,24 +93,24 @@ def test_missed_fires_run_the_latest_once_and_record_the_rest(ledger: Ledger) ->
 
 
 def test_schedule_changes_take_effect_without_restart(ledger: Ledger) -> None:
-    ledger.set_snapshots_enabled(True, actor="op")
-    ledger.set_schedule("snapshot_schedule", "0 0 7 * * * UTC", actor="op")
+    ledger.settings.set_snapshots_enabled(True, actor="op")
+    ledger.settings.set_schedule("snapshot_schedule", "0 0 7 * * * UTC", actor="op")
     now = datetime.now(UTC)
     scheduler = Scheduler(ledger, LOG)
     scheduler.tick(now)
-    ledger.set_schedule("snapshot_schedule", EVERY_MINUTE, actor="op")
+    ledger.settings.set_schedule("snapshot_schedule", EVERY_MINUTE, actor="op")
     scheduler.tick(now + timedelta(seconds=1))  # picks the new expression up, from now on
     scheduler.tick(start_of_next_minute(now + timedelta(seconds=1)) + timedelta(seconds=1))
     recorded = fires(ledger)
     assert len(recorded) == 1 and recorded[0].expression == EVERY_MINUTE
-    ledger.set_schedule("snapshot_schedule", None, actor="op")  # off
+    ledger.settings.set_schedule("snapshot_schedule", None, actor="op")  # off
     scheduler.tick(start_of_next_minute(now) + timedelta(minutes=3))
     assert len(fires(ledger)) == 1
 
 
 def test_two_schedulers_record_each_fire_once(ledger: Ledger) -> None:
-    ledger.set_snapshots_enabled(True, actor="op")
-    ledger.set_schedule("snapshot_schedule", EVERY_MINUTE, actor="op")
+    ledger.settings.set_snapshots_enabled(True, actor="op")
+    ledger.settings.set_schedule("snapshot_schedule", EVERY_MINUTE, actor="op")
     t0 = start_of_next_minute(datetime.now(UTC))
     replicas = [Scheduler(ledger, LOG) for _ in range(3)]
     for minute in range(4):
@@ -122,24 +122,24 @@ def test_two_schedulers_record_each_fire_once(ledger: Ledger) -> None:
 
 
 def test_self_schedule_creates_a_self_snapshot_task(ledger: Ledger) -> None:
-    ledger.set_snapshots_enabled(True, actor="op")
-    ledger.set_schedule("snapshot_schedule", None, actor="op")
-    ledger.set_schedule("self_snapshot_schedule", EVERY_MINUTE, actor="op")
+    ledger.settings.set_snapshots_enabled(True, actor="op")
+    ledger.settings.set_schedule("snapshot_schedule", None, actor="op")
+    ledger.settings.set_schedule("self_snapshot_schedule", EVERY_MINUTE, actor="op")
     t0 = start_of_next_minute(datetime.now(UTC))
     scheduler = Scheduler(ledger, LOG)
     scheduler.tick(t0 - timedelta(seconds=1))
     scheduler.tick(t0 + timedelta(seconds=1))
     (fire,) = fires(ledger)
     (task_id,) = fire.tasks
-    task = ledger.get_task(task_id)
+    task = ledger.tasks.get(task_id)
     assert task.kind == "snapshot_self" and task.deployment == "_self" and task.trigger == "self"
 
 
 def test_invalid_schedules_are_refused_where_they_enter(ledger: Ledger) -> None:
     with pytest.raises(CronError) as error:
-        ledger.set_schedule("snapshot_schedule", "0 0 7 ? * * UTC", actor="op")
+        ledger.settings.set_schedule("snapshot_schedule", "0 0 7 ? * * UTC", actor="op")
     assert error.value.token == "?" and error.value.field == "day of month"
-    assert ledger.settings().schedules["snapshot_schedule"] == "0 0 7 * * * UTC"  # BOSH default kept
+    assert ledger.settings.current().schedules["snapshot_schedule"] == "0 0 7 * * * UTC"  # BOSH default kept
 
 
 def _daily_at(moment: datetime) -> str:
@@ -158,20 +158,20 @@ def test_a_changed_schedule_never_fires_for_instants_before_the_change(ledger: L
     # (eventsourcing applies an event before it moves `modified_on`), so a schedule
     # set now "caught up" a fire between the previous change and this one, and
     # snapshotted at once (as a restart that re-applied the file did).
-    ledger.set_snapshots_enabled(True, actor="op")
-    ledger.set_schedule("snapshot_schedule", None, actor="op")
+    ledger.settings.set_snapshots_enabled(True, actor="op")
+    ledger.settings.set_schedule("snapshot_schedule", None, actor="op")
     passed = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
     _sleep_until(passed)  # `passed` is now in the past, after the last change
-    ledger.set_schedule("snapshot_schedule", _daily_at(passed), actor="config")
+    ledger.settings.set_schedule("snapshot_schedule", _daily_at(passed), actor="config")
     Scheduler(ledger, LOG).tick(datetime.now(UTC))
     assert fires(ledger) == []
 
 
 def test_re_enabling_never_fires_for_instants_while_disabled(ledger: Ledger) -> None:
-    ledger.set_schedule("snapshot_schedule", None, actor="op")
+    ledger.settings.set_schedule("snapshot_schedule", None, actor="op")
     passed = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
-    ledger.set_schedule("snapshot_schedule", _daily_at(passed), actor="op")
+    ledger.settings.set_schedule("snapshot_schedule", _daily_at(passed), actor="op")
     _sleep_until(passed)  # the fire passes while snapshots are disabled
-    ledger.set_snapshots_enabled(True, actor="op")
+    ledger.settings.set_snapshots_enabled(True, actor="op")
     Scheduler(ledger, LOG).tick(datetime.now(UTC))
     assert fires(ledger) == []

@@ -27,9 +27,9 @@ def test_a_connection_pinged_lately_is_handed_out_unpinged(pg_url: str) -> None:
 def test_the_event_store_pool_gives_up_reconnecting_within_seconds(pg_url: str) -> None:
     ledger = Ledger(env=ledger_env(parse_store_url(pg_url)))
     try:
-        pool = ledger.recorder.datastore.pool
+        pool = ledger.store.recorder.datastore.pool
         assert pool.reconnect_timeout == RECONNECT_TIMEOUT_S  # not psycopg_pool's 5 minutes (decision 13)
         assert isinstance(pool._check, QuietPing)
-        ledger.record_deployment("prod", {}, [], actor="op")  # and it works
+        ledger.deployments.record("prod", {}, [], actor="op")  # and it works
     finally:
         ledger.close()

@@ -22,9 +22,9 @@ INSTANCES = [
 
 @pytest.fixture
 def ledger() -> Ledger:
-    app = Ledger(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, director=Director("dir", "uuid-1"))
-    app.record_deployment("prod", {"env": "production"}, INSTANCES, actor="alice")
-    return app
+    new_ledger = Ledger(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, director=Director("dir", "uuid-1"))
+    new_ledger.deployments.record("prod", {"env": "production"}, INSTANCES, actor="alice")
+    return new_ledger
 
 
 @pytest.fixture
@@ -33,26 +33,26 @@ def cpi() -> FakeCpi:
 
 
 def run_all(ledger: Ledger, runner: OperationRunner, task) -> None:
-    for op in ledger.get_task(str(task.id)).operations:
+    for op in ledger.tasks.get(str(task.id)).operations:
         runner.execute(UUID(op))
 
 
 def test_snapshots_are_off_by_default_and_refusal_is_recorded(ledger: Ledger) -> None:
-    assert ledger.snapshots_enabled() is False
+    assert ledger.settings.snapshots_enabled() is False
     with pytest.raises(SnapshotsDisabled, match="enable-snapshots"):
-        ledger.take_snapshots("prod", actor="alice")
-    refusals = [n for n in ledger.recorder.select_notifications(start=1, limit=100)
+        ledger.snapshots.take("prod", actor="alice")
+    refusals = [n for n in ledger.store.recorder.select_notifications(start=1, limit=100)
                 if n.topic.endswith("Refusal.Recorded")]
     assert len(refusals) == 1
-    event = ledger.mapper.to_domain_event(refusals[0])
+    event = ledger.store.mapper.to_domain_event(refusals[0])
     assert isinstance(event, Refusal.Recorded) and event.actor == "alice" and event.deployment == "prod"
 
 
 def test_take_requests_every_disk_with_bosh_metadata(ledger: Ledger) -> None:
-    ledger.set_snapshots_enabled(True, actor="alice")
-    task = ledger.take_snapshots("prod", actor="alice")
+    ledger.settings.set_snapshots_enabled(True, actor="alice")
+    task = ledger.snapshots.take("prod", actor="alice")
     assert task.kind == "snapshot_deployment" and len(task.operations) == 3
-    snap = ledger.get_snapshot(UUID(task.operations[1]))
+    snap = ledger.snapshots.get(UUID(task.operations[1]))
     assert snap.disk_cid == "d1a" and snap.index == 1 and snap.state == "requested"
     assert snap.metadata == {
         "deployment": "prod", "job": "db", "index": 1, "director_name": "dir", "director_uuid": "uuid-1",
@@ -62,24 +62,24 @@ def test_take_requests_every_disk_with_bosh_metadata(ledger: Ledger) -> None:
 
 
 def test_instance_lookup_by_index_and_id(ledger: Ledger) -> None:
-    ledger.set_snapshots_enabled(True, actor="a")
-    by_index = ledger.take_snapshots("prod", actor="a", job="db", index_or_id="1")
+    ledger.settings.set_snapshots_enabled(True, actor="a")
+    by_index = ledger.snapshots.take("prod", actor="a", job="db", index_or_id="1")
     assert by_index.kind == "create_snapshot" and len(by_index.operations) == 2
-    inst_id = ledger.get_deployment("prod").instances[0]["id"]
-    by_id = ledger.take_snapshots("prod", actor="a", job="db", index_or_id=inst_id)
-    assert ledger.get_snapshot(UUID(by_id.operations[0])).disk_cid == "d0"
+    inst_id = ledger.deployments.get("prod").instances[0]["id"]
+    by_id = ledger.snapshots.take("prod", actor="a", job="db", index_or_id=inst_id)
+    assert ledger.snapshots.get(UUID(by_id.operations[0])).disk_cid == "d0"
     with pytest.raises(InstanceNotFound):
-        ledger.take_snapshots("prod", actor="a", job="db", index_or_id="7")
+        ledger.snapshots.take("prod", actor="a", job="db", index_or_id="7")
     with pytest.raises(DeploymentNotFound):
-        ledger.take_snapshots("nope", actor="a")
+        ledger.snapshots.take("nope", actor="a")
 
 
 def test_deployment_wide_snapshot_continues_past_a_failure_and_names_it(ledger: Ledger, cpi: FakeCpi) -> None:
-    ledger.set_snapshots_enabled(True, actor="a")
+    ledger.settings.set_snapshots_enabled(True, actor="a")
     cpi.failures["d1a"] = CpiError(CLOUD_ERROR, "quota exceeded")
-    task = ledger.take_snapshots("prod", actor="a")
+    task = ledger.snapshots.take("prod", actor="a")
     run_all(ledger, OperationRunner(ledger, {"local": cpi}, worker="w1"), task)
-    task = ledger.get_task(str(task.id))
+    task = ledger.tasks.get(str(task.id))
     assert task.state == "error"
     assert cpi.count("snapshot_disk") == 3  # went on past the failure
     assert "db/1 disk d1a" in task.result and "quota exceeded" in task.result
@@ -87,56 +87,56 @@ def test_deployment_wide_snapshot_continues_past_a_failure_and_names_it(ledger: 
 
 
 def test_not_implemented_is_skipped_not_failed(ledger: Ledger, cpi: FakeCpi) -> None:
-    ledger.set_snapshots_enabled(True, actor="a")
+    ledger.settings.set_snapshots_enabled(True, actor="a")
     for disk in ("d0", "d1a", "d1b"):
         cpi.failures[disk] = CpiError(NOT_IMPLEMENTED, "no snapshots here")
-    task = ledger.take_snapshots("prod", actor="a")
+    task = ledger.snapshots.take("prod", actor="a")
     run_all(ledger, OperationRunner(ledger, {"local": cpi}, worker="w1"), task)
-    task = ledger.get_task(str(task.id))
+    task = ledger.tasks.get(str(task.id))
     assert task.state == "done" and "3 skipped" in task.result
 
 
 def test_delete_lifecycle_and_disk_not_found_counts_as_deleted(ledger: Ledger, cpi: FakeCpi) -> None:
-    ledger.set_snapshots_enabled(True, actor="a")
+    ledger.settings.set_snapshots_enabled(True, actor="a")
     runner = OperationRunner(ledger, {"local": cpi}, worker="w1")
-    run_all(ledger, runner, ledger.take_snapshots("prod", actor="a", job="db", index_or_id="0"))
+    run_all(ledger, runner, ledger.snapshots.take("prod", actor="a", job="db", index_or_id="0"))
     cid = next(iter(cpi.snapshots))
     with pytest.raises(SnapshotNotFound, match="not found in deployment 'other'"):
-        ledger.record_deployment("other", {}, [], actor="a")
-        ledger.delete_snapshot("other", cid, actor="a")
+        ledger.deployments.record("other", {}, [], actor="a")
+        ledger.snapshots.delete("other", cid, actor="a")
     cpi.snapshots.pop(cid)  # gone in the IaaS behind our back
-    task = ledger.delete_snapshot("prod", cid, actor="bob")
+    task = ledger.snapshots.delete("prod", cid, actor="bob")
     with pytest.raises(InvalidState, match="already being deleted"):
-        ledger.delete_snapshot("prod", cid, actor="bob")
+        ledger.snapshots.delete("prod", cid, actor="bob")
     run_all(ledger, runner, task)
-    task = ledger.get_task(str(task.id))
+    task = ledger.tasks.get(str(task.id))
     assert task.state == "done" and task.actor == "bob"
     with pytest.raises(SnapshotNotFound):
-        ledger.find_snapshot(cid)
+        ledger.snapshots.find(cid)
 
 
 def test_failed_deletion_keeps_the_snapshot_listed(ledger: Ledger, cpi: FakeCpi) -> None:
-    ledger.set_snapshots_enabled(True, actor="a")
+    ledger.settings.set_snapshots_enabled(True, actor="a")
     runner = OperationRunner(ledger, {"local": cpi}, worker="w1")
-    run_all(ledger, runner, ledger.take_snapshots("prod", actor="a", job="db", index_or_id="0"))
+    run_all(ledger, runner, ledger.snapshots.take("prod", actor="a", job="db", index_or_id="0"))
     cid = next(iter(cpi.snapshots))
     cpi.failures[cid] = CpiError(CLOUD_ERROR, "snapshot in use")
-    task = ledger.delete_snapshot("prod", cid, actor="a")
+    task = ledger.snapshots.delete("prod", cid, actor="a")
     run_all(ledger, runner, task)
-    assert ledger.get_task(str(task.id)).state == "error"
-    assert ledger.find_snapshot(cid).state == "taken"  # still there, deletable again
+    assert ledger.tasks.get(str(task.id)).state == "error"
+    assert ledger.snapshots.find(cid).state == "taken"  # still there, deletable again
     del cpi.failures[cid]
-    retry = ledger.delete_snapshot("prod", cid, actor="a")
+    retry = ledger.snapshots.delete("prod", cid, actor="a")
     run_all(ledger, runner, retry)
-    assert ledger.get_task(str(retry.id)).state == "done"
+    assert ledger.tasks.get(str(retry.id)).state == "done"
     with pytest.raises(SnapshotNotFound):
-        ledger.find_snapshot(cid)
+        ledger.snapshots.find(cid)
 
 
 def test_a_second_execution_of_a_handled_operation_does_nothing(ledger: Ledger, cpi: FakeCpi) -> None:
-    ledger.set_snapshots_enabled(True, actor="a")
+    ledger.settings.set_snapshots_enabled(True, actor="a")
     runner = OperationRunner(ledger, {"local": cpi}, worker="w1")
-    task = ledger.take_snapshots("prod", actor="a", job="db", index_or_id="0")
+    task = ledger.snapshots.take("prod", actor="a", job="db", index_or_id="0")
     op = UUID(task.operations[0])
     assert runner.execute(op) == "taken"
     assert runner.execute(op) is None
@@ -149,24 +149,24 @@ def test_duplicate_cid_from_a_cpi_is_a_failure_not_a_second_listing(ledger: Ledg
             super().snapshot_disk(disk_cid, metadata)
             return "snap-always-the-same"
 
-    ledger.set_snapshots_enabled(True, actor="a")
+    ledger.settings.set_snapshots_enabled(True, actor="a")
     runner = OperationRunner(ledger, {"local": SameCid({"d0", "d1a", "d1b"})}, worker="w1")
-    task = ledger.take_snapshots("prod", actor="a", job="db", index_or_id="1")
+    task = ledger.snapshots.take("prod", actor="a", job="db", index_or_id="1")
     run_all(ledger, runner, task)
-    task = ledger.get_task(str(task.id))
+    task = ledger.tasks.get(str(task.id))
     assert task.state == "error" and "Snapledger::DuplicateSnapshotCid" in task.result
-    assert ledger.find_snapshot("snap-always-the-same").disk_cid == "d1a"
+    assert ledger.snapshots.find("snap-always-the-same").disk_cid == "d1a"
 
 
 def test_empty_deployment_task_is_done_at_once(ledger: Ledger) -> None:
-    ledger.set_snapshots_enabled(True, actor="a")
-    ledger.record_deployment("empty", {}, [{"job": "web", "index": 0, "disks": []}], actor="a")
-    task = ledger.take_snapshots("empty", actor="a")
+    ledger.settings.set_snapshots_enabled(True, actor="a")
+    ledger.deployments.record("empty", {}, [{"job": "web", "index": 0, "disks": []}], actor="a")
+    task = ledger.snapshots.take("empty", actor="a")
     assert task.state == "done" and task.result == "no persistent disks to snapshot"
 
 
 def test_inventory_records_attached_and_detached_disks(ledger: Ledger) -> None:
-    dep = ledger.record_deployment("prod", {}, [{"job": "db", "index": 0, "disks": ["d0", "dnew"]}], actor="a")
-    events = list(ledger.repository.event_store.get(dep.id))
+    dep = ledger.deployments.record("prod", {}, [{"job": "db", "index": 0, "disks": ["d0", "dnew"]}], actor="a")
+    events = list(ledger.store.repository.event_store.get(dep.id))
     last = events[-1]
     assert last.attached == ["dnew"] and last.detached == ["d1a", "d1b"]
