@@ -61,8 +61,7 @@ class SnapshotFailures(LocalCpi):
 class Stack:
     def __init__(self, store_url: str, tmp_path: Path) -> None:
         url = parse_store_url(store_url)
-        self.ledger = Ledger(env=ledger_env(url))
-        self.ledger.restoring_cpis = frozenset({"local"})
+        self.ledger = Ledger(env=ledger_env(url), restoring_cpis={"local"})
         self.db = open_database(url)
         self.projector = Projector(self.db)
         create_schema(self.db, self.projector)  # the root's one schema step: views, heartbeats, ...
