@@ -80,7 +80,8 @@ class RestoreService:
                                                                                    f"is {snapshot.state}")
             raise refuse(NotRestorable(f"snapshot '{snapshot_cid}' {why}; only a taken snapshot can be restored",
                                        field="cid"), state=snapshot.state)
-XX
+        if snapshot.cpi not in self.restoring_cpis:
+            what = "is not configured" if snapshot.cpi not in self.deployments.cpi_names else "has no restore capability"
             raise refuse(CpiCannotRestore(
                 f"CPI '{snapshot.cpi}' cannot restore: it {what}, and BOSH's CPI protocol has no restore method "
                 f"(snapledger does not know a create_disk property that creates a disk from a snapshot for it); "
