@@ -20,7 +20,10 @@ from snapledger.domain.errors import (DeploymentNotFound, InstanceNotFound, Inva
                                       SnapshotNotFound, SnapshotsDisabled, TaskNotFound)
 
 from . import auth
-from .app import RUNTIME, STORE_UNAVAILABLE, VERSION, StoreDown, run
+from .errors import STORE_UNAVAILABLE
+from .executor import RUNTIME, StoreDown, run
+from .requests import request_context_middleware
+from .version import VERSION
 from .director_output import task_output
 from .director_events import events_page
 from .task_numbers import resolve
@@ -356,8 +359,6 @@ async def events(request: web.Request) -> web.Response:
 
 def create_director_app(runtime: Runtime, credentials: auth.CredentialStore | None) -> web.Application:
     """The Director dialect over a runtime another app runs (it starts no background roles)."""
-    from .app import request_context_middleware
-
     app = web.Application(middlewares=[request_context_middleware, errors_middleware, auth_middleware(NEEDS)])
     app[RUNTIME] = runtime
     if credentials is not None:

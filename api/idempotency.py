@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from marshmallow import ValidationError
@@ -19,7 +19,9 @@ from marshmallow import ValidationError
 from snapledger.domain.application import IDEMPOTENCY
 from snapledger.domain.idempotency import KeyAlreadyUsed
 
-from .app import RUNTIME, actor, error_response, parse_json, run
+from .errors import error_response
+from .executor import RUNTIME, run
+from .requests import actor, parse_json
 
 HEADER = "Idempotency-Key"
 KEY_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,255}")

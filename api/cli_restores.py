@@ -9,7 +9,7 @@ import click
 from .cli import (EVENT_TEXTS, _deployment_option, _no_wait_option, call, confirm, find_snapshot, main,
                   snapshot_lines, start_task)
 from .client import Client
-from .cli_jobs import _drain_summary, _stop_summary, drain_calls
+from .cli_job_updates import _drain_summary, _stop_summary, drain_calls
 
 
 def _error(d: dict[str, Any]) -> str:
