@@ -20,9 +20,11 @@ async def task_deployment(request: web.Request, task_id: str) -> str | None:
         deployment: str | None = row["deployment"]
         return deployment
     try:
-        return (await run(request, runtime.ledger.get_task, task_id)).deployment
+        task = await run(request, runtime.ledger.get_task, task_id)
     except LedgerError:
         return None
+    owner: str | None = task.deployment
+    return owner
 
 
 async def scoped_deployment(request: web.Request) -> str | None:

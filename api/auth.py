@@ -266,7 +266,7 @@ CREDENTIAL = web.RequestKey("credential", Credential)  # who that is, for checks
 def may(request: web.Request, access: Access, method: str, deployment: str | None) -> bool:
     """Whether the caller may do `method` with `access` on `deployment`
     (with authentication switched off, everyone may do everything)."""
-    credential = request.get(CREDENTIAL)
+    credential: Credential | None = request.get(CREDENTIAL)
     if credential is None:
         return request.app.get(AUTH) is None
     return credential.allows(access, method, deployment)

@@ -44,10 +44,10 @@ async def errors_middleware(request: web.Request, handler: Callable[[web.Request
     except OwnedElsewhere as error:
         return owned_elsewhere(request, error)
     except LedgerError as error:
-        extra = {"field": error.field} if error.field else {}
+        extra: dict[str, Any] = {"field": error.field} if error.field else {}
         return error_response(error.status, error.message, error.code, **extra)
     except ValidationError as error:
-        fields = error.normalized_messages()
+        fields = error.normalized_messages()  # type: ignore[no-untyped-call]  # marshmallow has no annotation
         first = next(iter(fields)) if isinstance(fields, dict) and fields else None
         return error_response(400, f"invalid request: {_describe(fields)}", "invalid", field=first,
                               fields=fields)

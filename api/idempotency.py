@@ -8,6 +8,7 @@ live in the event store, so they hold across restarts and replicas.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -69,10 +70,9 @@ async def idempotency_middleware(request: web.Request,
         IDEMPOTENCY.reset(token)
     if response.status < 300 and not pending["saved"]:
         # A command without a task (a PUT): record the key after it; replays re-run it (it is idempotent).
-        try:
+        # Recorded by a racing request, or the store went away: the PUT is idempotent anyway.
+        with contextlib.suppress(Exception):
             await run(request, ledger.record_idempotency_key, who, key, print_, request.method, request.path)
-        except Exception:
-            pass  # recorded by a racing request, or the store went away: the PUT is idempotent anyway
     return response
 
 

@@ -104,7 +104,8 @@ def query(request: web.Request, schema: Schema) -> dict[str, Any]:
 
 
 def actor(request: web.Request) -> str:
-    return request.get(auth.USER, "anonymous")
+    name: str = request.get(auth.USER, "anonymous")
+    return name
 
 
 def accepted(task: Any) -> web.Response:

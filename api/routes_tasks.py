@@ -58,7 +58,7 @@ async def _read_task(request: web.Request, task_id: str) -> dict[str, Any]:
     # A change counter for long polls: pass it back as `after` to wait for the next change.
     # Read first: the views read after it are at least as new, so a client never skips a change.
     last_event = await run(request, last_event_position, runtime.db, task_id)
-    row = await run(request, runtime.queries.task, task_id)
+    row: dict[str, Any] | None = await run(request, runtime.queries.task, task_id)
     if row is None:
         row = task_from_aggregate(await run(request, runtime.ledger.get_task, task_id))
     row["last_event"] = last_event

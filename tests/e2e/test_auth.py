@@ -6,9 +6,7 @@ import base64
 import json
 import re
 from pathlib import Path
-from typing import Any
 
-import pytest
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
