@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .cli_output import fail
 from .cli_server import load_server_config, server_options
+
+if TYPE_CHECKING:
+    from snapledger.adapters.store import StoreUrl
 
 
 @click.command()
@@ -21,7 +24,7 @@ from .cli_server import load_server_config, server_options
 @click.option("--rebuild", "rebuild_name", metavar="NAME", help="Rebuild one view and swap it in (no downtime).")
 def replay(verify: bool, rebuild_name: str | None, **options: Any) -> None:
     """Rebuild views from the event log alone: verify them or replace one."""
-    from snapledger.adapters.store import ensure_schema, open_database, parse_store_url
+    from snapledger.adapters.store import open_database
     from snapledger.adapters.wiring import build_runtime
     from snapledger.projections import replay as replaying
     from snapledger.projections.views import all_views
@@ -37,14 +40,7 @@ def replay(verify: bool, rebuild_name: str | None, **options: Any) -> None:
     runtime = build_runtime(config, roles=frozenset())
     scratch = replaying.scratch_name()
     url = runtime.url
-    if url.kind == "postgres":
-        scratch_url = parse_store_url(f"{config.database_url.partition('?')[0]}?schema={scratch}")
-        ensure_schema(scratch_url)
-        scratch_file = None
-    else:
-        assert url.sqlite_path is not None
-        scratch_file = url.sqlite_path.with_name(f"{url.sqlite_path.stem}.{scratch}.sqlite")
-        scratch_url = parse_store_url(f"sqlite:///{scratch_file}")
+    scratch_url, scratch_file = _scratch_store(url, config.database_url, scratch)
     scratch_db = open_database(scratch_url)
 
     def progress(position: int, head: int) -> None:
@@ -72,15 +68,32 @@ def replay(verify: bool, rebuild_name: str | None, **options: Any) -> None:
                    f"in {checked}")
     finally:
         scratch_db.close()
-        if url.kind == "postgres":
-            import psycopg
-
-            with psycopg.connect(url.conninfo(), autocommit=True) as conn:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{scratch}" CASCADE')
-        elif scratch_file is not None:
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{scratch_file}{suffix}").unlink(missing_ok=True)
+        _drop_scratch_store(url, scratch, scratch_file)
         runtime.close()
+
+
+def _scratch_store(url: StoreUrl, database_url: str, scratch: str) -> tuple[StoreUrl, Path | None]:
+    """Where the rebuild goes: a schema beside the live one (PostgreSQL) or a file beside it (SQLite)."""
+    from snapledger.adapters.store import ensure_schema, parse_store_url
+
+    if url.kind == "postgres":
+        scratch_url = parse_store_url(f"{database_url.partition('?')[0]}?schema={scratch}")
+        ensure_schema(scratch_url)
+        return scratch_url, None
+    assert url.sqlite_path is not None
+    scratch_file: Path = url.sqlite_path.with_name(f"{url.sqlite_path.stem}.{scratch}.sqlite")
+    return parse_store_url(f"sqlite:///{scratch_file}"), scratch_file
+
+
+def _drop_scratch_store(url: StoreUrl, scratch: str, scratch_file: Path | None) -> None:
+    if url.kind == "postgres":
+        import psycopg
+
+        with psycopg.connect(url.conninfo(), autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{scratch}" CASCADE')
+    elif scratch_file is not None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{scratch_file}{suffix}").unlink(missing_ok=True)
 
 
 def _existing_store(database_url: str) -> str:
