@@ -303,7 +303,7 @@ def auth_middleware(route_access: Mapping[tuple[str, str], Access],
             refused = _over_budget(request, store)
             if refused is not None:
                 return refused
-            credential = await _verify(request, store, *parsed)
+            credential = await verify_in_pool(request, store, *parsed)
         if credential is None:
             store.failures.failed(request.remote or "unknown")
             return _unauthorized("invalid credentials")
@@ -346,7 +346,7 @@ def _over_budget(request: web.Request, store: CredentialStore) -> web.Response |
     return response
 
 
-async def _verify(request: web.Request, store: CredentialStore, name: str, secret: str) -> Credential | None:
+async def verify_in_pool(request: web.Request, store: CredentialStore, name: str, secret: str) -> Credential | None:
     import asyncio
 
     # argon2 takes ~0.1 s of CPU: off the event loop, in the store's own bounded pool.

@@ -107,7 +107,7 @@ def auth_middleware(needs: dict[tuple[str, str], int]) -> Any:
         if need == Need.PUBLIC or store is None:
             return await handler(request)
         parsed = auth.parse_authorization(request.headers.get("Authorization", ""))
-        credential = await auth._verify(request, store, *parsed) if parsed else None
+        credential = await auth.verify_in_pool(request, store, *parsed) if parsed else None
         if credential is None:  # the Director's plain-text 401
             return web.Response(status=401, text=f"Not authorized: '{request.path}'\n",
                                 headers={"WWW-Authenticate": 'Basic realm="BOSH Director"'})
