@@ -49,16 +49,22 @@ def _failure(d: dict[str, Any]) -> str:
     return f"{d['error']['type']}: {d['error']['message']}"
 
 
+def drain_and_stop_texts(aggregate: str) -> dict[str, EventText]:
+    """The steps a job update and a restore share: drain, then stop, the instance's jobs."""
+    return {
+        f"{aggregate}.DrainStarted": lambda d: f"{d['instance']}: drain ({d['drain_type']}) of {', '.join(d['jobs'])}",
+        f"{aggregate}.DrainCompleted": lambda d: (f"{d['instance']}: drained ({drain_summary(d['result'])})"
+                                                  f"{drain_calls(d['result'])}"),
+        f"{aggregate}.DrainFailed": lambda d: f"{d['instance']}: drain failed: {_failure(d)}{drain_calls(d['result'])}",
+        f"{aggregate}.JobStopped": lambda d: f"{d['instance']}: jobs stopped ({stop_summary(d['result'])})",
+        f"{aggregate}.StopFailed": lambda d: f"{d['instance']}: stop failed: {_failure(d)}",
+    }
+
+
 JOB_UPDATE_TEXTS: dict[str, EventText] = {
     "JobUpdate.Announced": lambda d: (f"job update announced: {d['job']}, {len(d['instances'])} instance(s), "
                                       f"drain {d['drain_type']}, max in flight {d['max_in_flight']}"),
-    "JobUpdate.DrainStarted": lambda d: f"{d['instance']}: drain ({d['drain_type']}) of {', '.join(d['jobs'])}",
-    "JobUpdate.DrainCompleted": lambda d: (f"{d['instance']}: drained ({drain_summary(d['result'])})"
-                                           f"{drain_calls(d['result'])}"),
-    "JobUpdate.DrainFailed": lambda d: (f"{d['instance']}: drain failed: {d['error']['type']}: {d['error']['message']}"
-                                        f"{drain_calls(d['result'])}"),
-    "JobUpdate.JobStopped": lambda d: f"{d['instance']}: jobs stopped ({stop_summary(d['result'])})",
-    "JobUpdate.StopFailed": lambda d: f"{d['instance']}: stop failed: {d['error']['type']}: {d['error']['message']}",
+    **drain_and_stop_texts("JobUpdate"),
     "JobUpdate.CleanSnapshotsRequested": lambda d: f"{d['instance']}: clean snapshot of {', '.join(d['disks'])}",
     "JobUpdate.SnapshotSkipped": lambda d: f"{d['instance']}: snapshot skipped ({d['reason']})",
     "JobUpdate.SnapshotFailed": lambda d: f"{d['instance']}: clean snapshot failed",
@@ -69,12 +75,7 @@ JOB_UPDATE_TEXTS: dict[str, EventText] = {
 RESTORE_TEXTS: dict[str, EventText] = {
     "Restore.Requested": lambda d: (f"restore of {d['snapshot_cid']} into "
                                     f"{'new disk' if d['new_disk'] else 'disk'} {d['target_disk']} requested"),
-    "Restore.DrainStarted": lambda d: f"{d['instance']}: drain ({d['drain_type']}) of {', '.join(d['jobs'])}",
-    "Restore.DrainCompleted": lambda d: (f"{d['instance']}: drained ({drain_summary(d['result'])})"
-                                         f"{drain_calls(d['result'])}"),
-    "Restore.DrainFailed": lambda d: f"{d['instance']}: drain failed: {_failure(d)}{drain_calls(d['result'])}",
-    "Restore.JobStopped": lambda d: f"{d['instance']}: jobs stopped ({stop_summary(d['result'])})",
-    "Restore.StopFailed": lambda d: f"{d['instance']}: stop failed: {_failure(d)}",
+    **drain_and_stop_texts("Restore"),
     "Restore.SafetySnapshotRequested": lambda d: f"safety snapshot of disk {d['disk_cid']} requested",
     "Restore.SafetySnapshotTaken": lambda d: f"safety snapshot taken: {d['snapshot_cid']}",
     "Restore.SafetySnapshotFailed": lambda d: f"safety snapshot failed: {_failure(d)}",
