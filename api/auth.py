@@ -43,6 +43,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
@@ -56,6 +57,9 @@ AUTH_WORKERS = 1  # argon2 threads: wrong secrets get one core at most, real wor
 AUTH_MAX_PENDING = 16  # checks queued for that pool beyond which a request is told to come back
 FAILURE_BURST = 10  # failed checks a source may make at once...
 FAILURE_RATE_PER_S = 0.1  # ...and then one per 10 s
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def deployment_admin(name: str) -> str:
@@ -274,7 +278,7 @@ def may(request: web.Request, access: Access, method: str, deployment: str | Non
 
 def auth_middleware(route_access: Mapping[tuple[str, str], Access],
                     task_deployment: Callable[[web.Request, str], Awaitable[str | None]],
-                    scoped_deployment: Callable[[web.Request], Awaitable[str | None]] | None = None) -> Any:
+                    scoped_deployment: Callable[[web.Request], Awaitable[str | None]] | None = None) -> Middleware:
     """`route_access`: each (method, route)'s declared access; `task_deployment(request, task_id)`
     answers which deployment a task is of; `scoped_deployment(request)` the one deployment a
     SCOPED read is confined to (or None)."""

@@ -10,17 +10,17 @@ app's router with the declarations (tests/e2e/test_auth.py).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from marshmallow import Schema
 
-from .auth import Access
+from .auth import Access, Handler
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RouteKey = tuple[str, str]  # (method, the route's canonical path)
+JsonSchema = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,10 @@ class Doc:
     body and query schemas; `also`: further success answers (a dry run's 200 next to a 202)."""
 
     summary: str
-    ok: tuple[int, Any]
+    ok: tuple[int, JsonSchema | None]  # None: a text body (the metrics)
     body: type[Schema] | None = None
     query: type[Schema] | None = None
-    also: dict[int, Any] = field(default_factory=dict)
+    also: dict[int, JsonSchema] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
