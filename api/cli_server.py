@@ -6,11 +6,14 @@ import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .cli_output import fail
+
+if TYPE_CHECKING:  # imported when a server starts, not for every client command
+    from snapledger.adapters.config import Config
 
 
 def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -37,8 +40,8 @@ def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def load_server_config(config_path: str | None, data_dir: Path | None, database: str | None, host: str | None,
-          port: int | None, tls_cert: str | None = None, tls_key: str | None = None,
-          tls_plain_http: bool | None = None, director_port: int | None = None) -> Any:
+                       port: int | None, tls_cert: str | None = None, tls_key: str | None = None,
+                       tls_plain_http: bool | None = None, director_port: int | None = None) -> Config:
     from snapledger.adapters.config import ConfigError, load_config
     from snapledger.adapters.logging import configure_logging
 
