@@ -9,7 +9,7 @@ secret; 5xx lines are errors, 4xx warnings, the rest info."""
 from __future__ import annotations
 
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web

@@ -8,8 +8,9 @@ the secret, and scopes:
 - `snapledger.deployments.<name>.admin`: everything on that deployment
   (its snapshots, its tasks, its audit and snapshot histories).
 
-Every route declares its access in ROUTE_ACCESS; a route without a
-declaration is refused (and a test walks every registered route).
+Every route declares its access next to its handler (api/routing.py); the
+app factory hands the declarations to `auth_middleware`, which refuses a
+route without one (and a test walks every registered route).
 argon2 is slow by design (~0.1 s), so a verified secret is remembered in
 memory by its SHA-256 for a few minutes: a busy client does not pay the hash
 on every request.
@@ -37,11 +38,16 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
+import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from snapledger.adapters.config import Config
 
 ADMIN = "snapledger.admin"
 READ = "snapledger.read"
@@ -51,6 +57,9 @@ AUTH_WORKERS = 1  # argon2 threads: wrong secrets get one core at most, real wor
 AUTH_MAX_PENDING = 16  # checks queued for that pool beyond which a request is told to come back
 FAILURE_BURST = 10  # failed checks a source may make at once...
 FAILURE_RATE_PER_S = 0.1  # ...and then one per 10 s
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def deployment_admin(name: str) -> str:
@@ -218,6 +227,21 @@ def load_credentials(configured: list[dict[str, Any]], data_dir: Path) -> list[C
             for e in entries]
 
 
+def credential_store(config: Config) -> CredentialStore:
+    """The API's credentials: the configured users, else the data directory's
+    admin (created on the first start, its path logged for the CLI)."""
+    if not config.users:
+        path, created = ensure_admin(config.data_dir)
+        log = structlog.get_logger("snapledger.auth")
+        if created:
+            log.warning("created an admin credential; the CLI reads it from there", credentials=str(path.resolve()))
+        else:
+            log.info("admin credential", credentials=str(path.resolve()))
+    store = CredentialStore(load_credentials(config.users, config.data_dir))
+    store.failures = FailureBudget(config.auth_failure_burst, config.auth_failure_rate_per_s)
+    return store
+
+
 # BOSH's scopes (issue 17) mean what they mean to the Director: bosh.admin is
 # admin, bosh.read reads; bosh.teams.<team>.admin is kept as it is and grants
 # admin of deployments tagged `team: <team>` (api/director.py).
@@ -228,39 +252,7 @@ def bosh_scopes(scopes: Iterable[str]) -> frozenset[str]:
     return frozenset(BOSH_SCOPES.get(s, s) for s in scopes)
 
 
-# Route declarations -------------------------------------------------------------------------
-
-ROUTE_ACCESS: dict[tuple[str, str], Access] = {
-    ("GET", "/health"): Access.PUBLIC,
-    ("GET", "/ready"): Access.PUBLIC,
-    ("GET", "/metrics"): Access.PUBLIC,
-    ("GET", "/openapi.json"): Access.PUBLIC,
-    ("GET", "/info"): Access.READ,
-    ("GET", "/config/snapshots"): Access.READ,
-    ("PUT", "/config/snapshots"): Access.ADMIN,
-    ("GET", "/schedules"): Access.READ,
-    ("POST", "/self/snapshots"): Access.ADMIN,
-    ("GET", "/deployments"): Access.READ,
-    ("PUT", "/deployments/{name}"): Access.DEPLOYMENT,
-    ("GET", "/deployments/{name}"): Access.DEPLOYMENT,
-    ("DELETE", "/deployments/{name}"): Access.DEPLOYMENT,
-    ("GET", "/deployments/{deployment}/snapshots"): Access.DEPLOYMENT,
-    ("POST", "/deployments/{deployment}/snapshots"): Access.DEPLOYMENT,
-    ("DELETE", "/deployments/{deployment}/snapshots"): Access.DEPLOYMENT,
-    ("DELETE", "/deployments/{deployment}/snapshots/{cid}"): Access.DEPLOYMENT,
-    ("GET", "/deployments/{deployment}/jobs/{job}/{index_or_id}/snapshots"): Access.DEPLOYMENT,
-    ("POST", "/deployments/{deployment}/jobs/{job}/{index_or_id}/snapshots"): Access.DEPLOYMENT,
-    ("GET", "/tasks"): Access.SCOPED,
-    ("GET", "/tasks/{task_id}"): Access.TASK,
-    ("GET", "/tasks/{task_id}/events"): Access.TASK,
-    ("GET", "/tasks/{task_id}/cpi-log"): Access.TASK,
-}
-
-
-def declare(method: str, path: str, access: Access) -> None:
-    """For feature route modules: declare a route's access next to the route."""
-    ROUTE_ACCESS[(method, path)] = access
-
+# Checking a request -------------------------------------------------------------------------
 
 def route_key(request: web.Request) -> tuple[str, str] | None:
     route = request.match_info.route
@@ -278,16 +270,18 @@ CREDENTIAL = web.RequestKey("credential", Credential)  # who that is, for checks
 def may(request: web.Request, access: Access, method: str, deployment: str | None) -> bool:
     """Whether the caller may do `method` with `access` on `deployment`
     (with authentication switched off, everyone may do everything)."""
-    credential = request.get(CREDENTIAL)
+    credential: Credential | None = request.get(CREDENTIAL)
     if credential is None:
         return request.app.get(AUTH) is None
     return credential.allows(access, method, deployment)
 
 
-def auth_middleware(task_deployment: Callable[[web.Request, str], Awaitable[str | None]],
-                    scoped_deployment: Callable[[web.Request], Awaitable[str | None]] | None = None) -> Any:
-    """`task_deployment(request, task_id)` answers which deployment a task is of;
-    `scoped_deployment(request)` the one deployment a SCOPED read is confined to (or None)."""
+def auth_middleware(route_access: Mapping[tuple[str, str], Access],
+                    task_deployment: Callable[[web.Request, str], Awaitable[str | None]],
+                    scoped_deployment: Callable[[web.Request], Awaitable[str | None]] | None = None) -> Middleware:
+    """`route_access`: each (method, route)'s declared access; `task_deployment(request, task_id)`
+    answers which deployment a task is of; `scoped_deployment(request)` the one deployment a
+    SCOPED read is confined to (or None)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -295,7 +289,7 @@ def auth_middleware(task_deployment: Callable[[web.Request, str], Awaitable[str 
         key = route_key(request)
         if key is None:  # no route matched: let aiohttp answer 404/405
             return await handler(request)
-        access = ROUTE_ACCESS.get(key)
+        access = route_access.get(key)
         if access is None:
             return _error(403, f"route {key[0]} {key[1]} declares no access; refused", "undeclared_route")
         if access is Access.PUBLIC:
@@ -313,7 +307,7 @@ def auth_middleware(task_deployment: Callable[[web.Request, str], Awaitable[str 
             refused = _over_budget(request, store)
             if refused is not None:
                 return refused
-            credential = await _verify(request, store, *parsed)
+            credential = await verify_in_pool(request, store, *parsed)
         if credential is None:
             store.failures.failed(request.remote or "unknown")
             return _unauthorized("invalid credentials")
@@ -341,8 +335,6 @@ def _over_budget(request: web.Request, store: CredentialStore) -> web.Response |
     """429 before any hashing when the source spent its failures or the pool is full."""
     import math
 
-    import structlog
-
     source = request.remote or "unknown"
     wait = store.failures.retry_after(source)
     reason = "too many failed authentications from this address"
@@ -358,7 +350,7 @@ def _over_budget(request: web.Request, store: CredentialStore) -> web.Response |
     return response
 
 
-async def _verify(request: web.Request, store: CredentialStore, name: str, secret: str) -> Credential | None:
+async def verify_in_pool(request: web.Request, store: CredentialStore, name: str, secret: str) -> Credential | None:
     import asyncio
 
     # argon2 takes ~0.1 s of CPU: off the event loop, in the store's own bounded pool.

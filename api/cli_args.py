@@ -8,6 +8,7 @@ command name, so `GlobalOptionsGroup` moves them there before parsing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -80,3 +81,13 @@ def split_instance(job: str | None, index: str | None) -> tuple[str | None, str 
 def fail_usage(message: str) -> Any:
     click.echo(f"Error: {message}", err=True)
     raise SystemExit(2)
+
+
+def deployment_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("-d", "--deployment", required=True, envvar="SNAPLEDGER_DEPLOYMENT",
+                        help="Deployment name (env SNAPLEDGER_DEPLOYMENT).")(fn)
+
+
+def no_wait_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--no-wait", is_flag=True, help="Print the task id and return at once; "
+                        "follow it later with `snapledger task ID`.")(fn)

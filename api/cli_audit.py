@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from typing import Any
 
 import click
 
-from .cli import SCOPED_HINT, call, main
 from .cli_args import fail_usage, split_instance
+from .cli_output import SCOPED_HINT, call
 from .cli_progress import describe_event
 
 
@@ -30,7 +31,7 @@ def timeline_line(e: dict[str, Any]) -> str:
     return f"{e['position']:>8} {e['time']} {e['type']:<28} by {e['actor'] or '-'}{task}  {where}{detail}"
 
 
-@main.command()
+@click.command()
 @click.option("-d", "--deployment")
 @click.option("--job")
 @click.option("--index", type=int)
@@ -47,7 +48,7 @@ def timeline_line(e: dict[str, Any]) -> str:
 @click.option("--limit", type=int, default=500, show_default=True)
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming new events.")
 @click.pass_context
-def audit(ctx: click.Context, follow: bool, after: int, limit: int, type_: str | None, slug: str | None,
+def audit(ctx: click.Context, /, follow: bool, after: int, limit: int, type_: str | None, slug: str | None,
           **filters: Any) -> None:
     """The event log in order: who did what, when, to which snapshot."""
     client = ctx.obj["client"]
@@ -60,7 +61,7 @@ def audit(ctx: click.Context, follow: bool, after: int, limit: int, type_: str |
     if type_:
         params["type"] = type_
     while True:
-        rows = call(lambda: client.get("/events", after=after, limit=limit, **params),
+        rows = call(functools.partial(client.get, "/events", after=after, limit=limit, **params),
                     None if params.get("deployment") else SCOPED_HINT)
         for e in rows:
             click.echo(json.dumps(e) if ctx.obj["json"] else timeline_line(e))
@@ -73,7 +74,7 @@ def audit(ctx: click.Context, follow: bool, after: int, limit: int, type_: str |
             time.sleep(0.5)
 
 
-@main.command()
+@click.command()
 @click.argument("cid")
 @click.pass_context
 def history(ctx: click.Context, cid: str) -> None:
@@ -105,3 +106,6 @@ def history(ctx: click.Context, cid: str) -> None:
         click.echo(f"  {c['started_at']}  {c['method']} attempt {c['attempt']} by {c['worker']}: "
                    f"{c['outcome'] or 'no answer recorded'} {answer or ''} "
                    f"({c['duration_s']} s, request {c['request_id'] or '-'})".rstrip())
+
+
+COMMANDS: tuple[click.Command, ...] = (audit, history)

@@ -4,17 +4,16 @@ An operator watching a task over 50 instances wants one line per disk with
 how far along it is (`17/100`), not the five or six events each disk's
 snapshot is made of: the events are in `audit --task ID` and `--json`. Steps
 that are not per disk (a job update's drain, a restore's stop) have their
-own line, through `EVENT_TEXTS` that feature modules fill. Times carry their
+own line, through the declared table `cli_event_texts.EVENT_TEXTS`. Times carry their
 zone (the terminal's local zone, as `date` shows it).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
-# Feature modules add how their events read (event type -> text from the event's data).
-EVENT_TEXTS: dict[str, Callable[[dict[str, Any]], str]] = {}
+from .cli_event_texts import EVENT_TEXTS
 
 RESULT_WIDTH = 200  # a task's result can list every CID of a deployment: the end line shortens it
 
@@ -118,8 +117,8 @@ class Progress:
         """The one line at the end: state, when, per-outcome counts, the (shortened) result."""
         counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(self.outcomes.items()))
         disks = f" ({self.finished}/{max(self.total, self.finished)} disks: {counts})" if self.finished else ""
-        return (f"Task {task.get('number') or task['id']} {task['state']} at {local_time(task.get('finished_at'))}{disks}: "
-                f"{shorten(first_line(task.get('result')), RESULT_WIDTH)}")
+        return (f"Task {task.get('number') or task['id']} {task['state']} at {local_time(task.get('finished_at'))}"
+                f"{disks}: {shorten(first_line(task.get('result')), RESULT_WIDTH)}")
 
 
 def describe_event(event: dict[str, Any]) -> str:

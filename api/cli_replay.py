@@ -6,15 +6,19 @@ Runs beside the service against its database (same configuration flags as
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .cli import _load, _server_options, fail, main
+from .cli_output import fail
+from .cli_server import load_server_config, server_options
+
+if TYPE_CHECKING:
+    pass
 
 
-@main.command()
-@_server_options
+@click.command()
+@server_options
 @click.option("--verify", is_flag=True, help="Rebuild every view from position 0 and compare with the live ones.")
 @click.option("--rebuild", "rebuild_name", metavar="NAME", help="Rebuild one view and swap it in (no downtime).")
 def replay(verify: bool, rebuild_name: str | None, **options: Any) -> None:
@@ -28,7 +32,7 @@ def replay(verify: bool, rebuild_name: str | None, **options: Any) -> None:
     names = [v.name for v in all_views()]
     if rebuild_name and rebuild_name not in names:
         fail(f"no view named {rebuild_name!r} (views: {', '.join(names)})", 2)
-    config = _load(**options)
+    config = load_server_config(**options)
     checked = _existing_store(config.database_url)
     click.echo(f"store: {checked}", err=True)
     runtime = bootstrap(config, frozenset())
@@ -85,8 +89,11 @@ def _positions_at(runtime: Any, target: int, before: dict[str, int]) -> dict[str
     import time
 
     deadline = time.monotonic() + 30
-    positions = runtime.projector.positions()
+    positions: dict[str, int] = runtime.projector.positions()
     while any(p < target for p in positions.values()) and time.monotonic() < deadline:
         time.sleep(0.2)
         positions = runtime.projector.positions()
     return positions
+
+
+COMMANDS: tuple[click.Command, ...] = (replay,)

@@ -6,7 +6,9 @@ from typing import Any
 
 import click
 
-from .cli import _deployment_option, _no_wait_option, call, emit, fail, main, start_task, table
+from .cli_args import deployment_option, no_wait_option
+from .cli_output import call, emit, fail, table
+from .cli_tasks import start_task
 
 
 def _describe(policy: dict[str, Any]) -> str:
@@ -14,7 +16,7 @@ def _describe(policy: dict[str, Any]) -> str:
     return f"{policy['description']} ({policy['source']} policy{managed})"
 
 
-@main.command()
+@click.command()
 @click.option("-d", "--deployment", envvar="SNAPLEDGER_DEPLOYMENT", help="Deployment (omit with --default).")
 @click.option("--default", "default", is_flag=True, help="The service-wide default policy.")
 @click.option("--keep-last", type=click.IntRange(min=1), help="Keep the newest N snapshots of each disk.")
@@ -23,7 +25,7 @@ def _describe(policy: dict[str, Any]) -> str:
 @click.option("--inherit", is_flag=True, help="Drop the deployment's own policy; use the default.")
 @click.option("--run", "run_now", is_flag=True, help="Apply the policy now (follows the task).")
 @click.option("--dry-run", is_flag=True, help="Show what the policy would delete now; change nothing.")
-@_no_wait_option
+@no_wait_option
 @click.pass_context
 def retention(ctx: click.Context, deployment: str | None, default: bool, keep_last: int | None,
               keep_for: str | None, keep_clean: bool | None, inherit: bool, run_now: bool, dry_run: bool,
@@ -54,8 +56,8 @@ def retention(ctx: click.Context, deployment: str | None, default: bool, keep_la
         emit(ctx, call(lambda: client.get(base)), _describe)
 
 
-@main.command()
-@_deployment_option
+@click.command()
+@deployment_option
 @click.argument("cid")
 @click.option("--reason", required=True, help="Why (e.g. a legal hold reference).")
 @click.pass_context
@@ -66,11 +68,14 @@ def pin(ctx: click.Context, deployment: str, cid: str, reason: str) -> None:
     emit(ctx, data, lambda d: f"{d['snapshot_cid']} pinned: {d['pinned']}")
 
 
-@main.command()
-@_deployment_option
+@click.command()
+@deployment_option
 @click.argument("cid")
 @click.pass_context
 def unpin(ctx: click.Context, deployment: str, cid: str) -> None:
     """Unpin a snapshot."""
     data = call(lambda: ctx.obj["client"].request("DELETE", f"/deployments/{deployment}/snapshots/{cid}/pin"))
     emit(ctx, data, lambda d: f"{d['snapshot_cid']} unpinned")
+
+
+COMMANDS: tuple[click.Command, ...] = (retention, pin, unpin)

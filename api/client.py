@@ -10,7 +10,8 @@ import http.client
 import json
 import time
 import urllib.parse
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 TERMINAL = ("done", "error", "cancelled")
 LONG_POLL_S = 30.0  # the server answers a long poll within this (it caps waits at 60 s)
@@ -161,7 +162,7 @@ class Client:
                 return answer
 
         after = 0
-        task = get(f"/tasks/{task_id}")
+        task: dict[str, Any] = get(f"/tasks/{task_id}")
         while True:
             while after < task.get("last_event", after + 1):
                 events = get(f"/tasks/{task_id}/events", after=after)

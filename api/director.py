@@ -20,7 +20,10 @@ from snapledger.domain.errors import (DeploymentNotFound, InstanceNotFound, Inva
                                       SnapshotNotFound, SnapshotsDisabled, TaskNotFound)
 
 from . import auth
-from .app import RUNTIME, STORE_UNAVAILABLE, VERSION, StoreDown, idempotency_of, run
+from .errors import STORE_UNAVAILABLE
+from .executor import RUNTIME, StoreDown, run
+from .requests import idempotency_of, request_context_middleware
+from .version import VERSION
 from .director_output import task_output
 from .director_events import events_page
 from .task_numbers import resolve
@@ -104,7 +107,7 @@ def auth_middleware(needs: dict[tuple[str, str], int]) -> Any:
         if need == Need.PUBLIC or store is None:
             return await handler(request)
         parsed = auth.parse_authorization(request.headers.get("Authorization", ""))
-        credential = await auth._verify(request, store, *parsed) if parsed else None
+        credential = await auth.verify_in_pool(request, store, *parsed) if parsed else None
         if credential is None:  # the Director's plain-text 401
             return web.Response(status=401, text=f"Not authorized: '{request.path}'\n",
                                 headers={"WWW-Authenticate": 'Basic realm="BOSH Director"'})
@@ -359,8 +362,6 @@ async def events(request: web.Request) -> web.Response:
 
 def create_director_app(runtime: Runtime, credentials: auth.CredentialStore | None) -> web.Application:
     """The Director dialect over a runtime another app runs (it starts no background roles)."""
-    from .app import request_context_middleware
-
     app = web.Application(middlewares=[request_context_middleware, errors_middleware, auth_middleware(NEEDS)])
     app[RUNTIME] = runtime
     if credentials is not None:

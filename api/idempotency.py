@@ -8,17 +8,20 @@ live in the event store, so they hold across restarts and replicas.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from marshmallow import ValidationError
 
 from snapledger.domain.idempotency import Idempotency, KeyAlreadyUsed
 
-from .app import IDEMPOTENCY, RUNTIME, actor, error_response, parse_json, run
+from .errors import error_response
+from .executor import RUNTIME, run
+from .requests import IDEMPOTENCY, actor, parse_json
 
 HEADER = "Idempotency-Key"
 KEY_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,255}")
@@ -65,11 +68,10 @@ async def idempotency_middleware(request: web.Request,
         return replay
     if response.status < 300:
         # A command without a task (a PUT): record the key after it (nothing when its task
-        # recorded it); replays re-run it (it is idempotent).
-        try:
+        # recorded it); replays re-run it (it is idempotent). Recorded by a racing request,
+        # or the store went away: the PUT is idempotent anyway.
+        with contextlib.suppress(Exception):
             await run(request, ledger.store.record_idempotency_key, claim)
-        except Exception:
-            pass  # recorded by a racing request, or the store went away: the PUT is idempotent anyway
     return response
 
 

@@ -11,23 +11,21 @@ from snapledger.projections.audit import snapshot_history
 from snapledger.projections.events import iso
 
 from . import schemas
-from .app import RUNTIME, path, query, run
-from .auth import Access, declare
-from .openapi import ARRAY, OBJECT, document
+from .auth import Access
+from .executor import RUNTIME, run
+from .openapi import ARRAY, OBJECT
+from .requests import path, query
+from .routing import Doc, RouteTable
+from .task_numbers import resolve
 
-routes = web.RouteTableDef()
-declare("GET", "/events", Access.SCOPED)
-document("GET", "/events", "The event log in order, filtered; page with `after` = the last position seen",
-         (200, ARRAY), query=schemas.EventQuerySchema)
-declare("GET", "/snapshots/{cid}/history", Access.SCOPED)
-document("GET", "/snapshots/{cid}/history",
-         "One snapshot's life from request to deletion: its events and every CPI call with its answer",
-         (200, OBJECT))
+routes = RouteTable()
 
 PAGE = 5000
 
 
-@routes.get("/events")
+@routes.get("/events", Access.SCOPED,
+            Doc("The event log in order, filtered; page with `after` = the last position seen", (200, ARRAY),
+                query=schemas.EventQuerySchema))
 async def events(request: web.Request) -> web.Response:
     params = query(request, schemas.EventQuerySchema())
     for bound in ("since", "until"):
@@ -35,14 +33,14 @@ async def events(request: web.Request) -> web.Response:
             params[bound] = iso(params[bound])
     after, limit = params.pop("after"), params.pop("limit")
     if params.get("task_id"):  # a task's number or its id
-        from .task_numbers import resolve
-
         params["task_id"] = await resolve(request, str(params["task_id"]))
     rows = await run(request, request.app[RUNTIME].queries.events, params, after, limit)
     return web.json_response(rows)
 
 
-@routes.get("/snapshots/{cid}/history")
+@routes.get("/snapshots/{cid}/history", Access.SCOPED,
+            Doc("One snapshot's life from request to deletion: its events and every CPI call with its answer",
+                (200, OBJECT)))
 async def history(request: web.Request) -> web.Response:
     cid = path(request, "cid")
     queries = request.app[RUNTIME].queries

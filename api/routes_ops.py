@@ -1,9 +1,10 @@
-"""Operations surface: liveness, readiness, metrics."""
+"""Operations surface: liveness, readiness, metrics, the API document, the service's identity."""
 
 from __future__ import annotations
 
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -11,20 +12,23 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from snapledger.adapters.metrics import HTTP_LATENCY, HTTP_REQUESTS, REGISTRY, LedgerCollector
 
 from .access_log import route_of
-from .app import RUNTIME, run
+from .auth import Access
+from .executor import RUNTIME, run
+from .openapi import OBJECT, build_spec
+from .requests import actor
+from .routing import ROUTES, Doc, RouteTable
 from .version import VERSION
 
-routes = web.RouteTableDef()
-COLLECTOR = web.AppKey("ledger_collector", LedgerCollector)
+routes = RouteTable()
 
 
-@routes.get("/health")
+@routes.get("/health", Access.PUBLIC, Doc("Liveness", (200, OBJECT)))
 async def health(request: web.Request) -> web.Response:
     """The process is up and serving (no dependency checked)."""
     return web.json_response({"status": "ok"})
 
 
-@routes.get("/ready")
+@routes.get("/ready", Access.PUBLIC, Doc("Readiness: event store reachable, views not lagging", (200, OBJECT)))
 async def ready(request: web.Request) -> web.Response:
     """Ready for traffic: the event store answers and the views are not too far behind."""
     runtime = request.app[RUNTIME]
@@ -44,11 +48,30 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready", **checks})
 
 
-@routes.get("/metrics")
+@routes.get("/metrics", Access.PUBLIC, Doc("Prometheus metrics", (200, None)))
 async def metrics(request: web.Request) -> web.Response:
     body = await run(request, generate_latest, REGISTRY) if request.app[RUNTIME].health.healthy else \
         generate_latest(REGISTRY)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@routes.get("/openapi.json", Access.PUBLIC, Doc("This document", (200, OBJECT)))
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI 3 document of this API."""
+    runtime = request.app[RUNTIME]
+    return web.json_response(build_spec(VERSION, request.app[ROUTES], cpis=sorted(runtime.ledger.cpi_names)))
+
+
+@routes.get("/info", Access.READ, Doc("Service name, uuid, version, snapshot feature", (200, OBJECT)))
+async def info(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    enabled = await run(request, runtime.ledger.settings.snapshots_enabled)
+    return web.json_response({
+        "name": runtime.config.director_name, "uuid": runtime.config.uuid, "version": VERSION,
+        "user": actor(request), "cpi": runtime.ledger.default_cpi, "cpis": sorted(runtime.ledger.cpi_names),
+        "features": {"snapshots": {"status": enabled}},
+        "event_store": runtime.url.kind,
+    })
 
 
 @web.middleware
@@ -69,21 +92,9 @@ async def metrics_middleware(request: web.Request,
         HTTP_LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
 
 
-def install(app: web.Application) -> None:
-    """The ledger-wide collector, registered once per app (and removed with it)."""
+async def ledger_collector(app: web.Application) -> AsyncIterator[None]:
+    """The ledger-wide collector, registered for the app's lifetime (a cleanup context)."""
     collector = LedgerCollector(app[RUNTIME])
     REGISTRY.register(collector)
-    app[COLLECTOR] = collector
-
-    async def unregister(app: web.Application) -> None:
-        REGISTRY.unregister(app[COLLECTOR])
-
-    app.on_cleanup.append(unregister)
-
-
-@routes.get("/openapi.json")
-async def openapi(request: web.Request) -> web.Response:
-    """The OpenAPI 3 document of this API."""
-    from .openapi import build_spec
-
-    return web.json_response(build_spec(VERSION, cpis=sorted(request.app[RUNTIME].ledger.cpi_names)))
+    yield
+    REGISTRY.unregister(collector)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -10,33 +10,15 @@ from aiohttp import web
 from snapledger.domain.retention import RetentionPolicy
 
 from . import schemas
-from .app import RUNTIME, accepted, actor, body, idempotency_of, path, query, run
-from .auth import Access, declare
-from .openapi import ACCEPTED, ARRAY, OBJECT, document
+from .auth import Access
+from .executor import RUNTIME, run
+from .openapi import ACCEPTED, ARRAY, OBJECT
+from .requests import accepted, actor, body, idempotency_of, path, query
+from .routing import Doc, RouteTable
 
-routes = web.RouteTableDef()
-
-DRY_RUN = {200: ARRAY}  # ?dry_run=true: what a run would expire, nothing changed
-
-for method, route, access, summary, ok, body_schema, query_schema in [
-    ("GET", "/config/retention", Access.READ, "The default retention policy", (200, OBJECT), None, None),
-    ("PUT", "/config/retention", Access.ADMIN, "Set the default retention policy", (200, OBJECT),
-     schemas.RetentionSchema, None),
-    ("GET", "/deployments/{deployment}/retention", Access.DEPLOYMENT, "A deployment's retention policy",
-     (200, OBJECT), None, None),
-    ("PUT", "/deployments/{deployment}/retention", Access.DEPLOYMENT, "Set a deployment's retention policy",
-     (200, OBJECT), schemas.RetentionSchema, None),
-    ("POST", "/deployments/{deployment}/retention/runs", Access.DEPLOYMENT,
-     "Apply retention now (202 + task), or show what it would expire (?dry_run=true, 200)", (202, ACCEPTED),
-     None, schemas.RetentionRunQuerySchema),
-    ("PUT", "/deployments/{deployment}/snapshots/{cid}/pin", Access.DEPLOYMENT,
-     "Pin a snapshot (never expired, never deleted) with a reason", (200, OBJECT), schemas.PinSchema, None),
-    ("DELETE", "/deployments/{deployment}/snapshots/{cid}/pin", Access.DEPLOYMENT, "Unpin a snapshot",
-     (200, OBJECT), None, None),
-]:
-    declare(method, route, access)
-    document(method, route, summary, ok, body=body_schema, query=query_schema,
-             also=DRY_RUN if route.endswith("/retention/runs") else None)
+routes = RouteTable()
+DEPLOYMENT_RETENTION = "/deployments/{deployment}/retention"
+PIN = "/deployments/{deployment}/snapshots/{cid}/pin"
 
 
 def _policy_json(policy: RetentionPolicy, source: str, managed_by: str | None) -> dict[str, Any]:
@@ -57,13 +39,14 @@ def _policy(data: dict[str, Any]) -> RetentionPolicy:
                            keep_clean=data.get("keep_clean", False))
 
 
-@routes.get("/config/retention")
+@routes.get("/config/retention", Access.READ, Doc("The default retention policy", (200, OBJECT)))
 async def get_default_retention(request: web.Request) -> web.Response:
     policy, source = await run(request, request.app[RUNTIME].ledger.retention.policy, None)
     return web.json_response(_policy_json(policy, source, _managed_by(request, None, source)))
 
 
-@routes.put("/config/retention")
+@routes.put("/config/retention", Access.ADMIN,
+            Doc("Set the default retention policy", (200, OBJECT), body=schemas.RetentionSchema))
 async def put_default_retention(request: web.Request) -> web.Response:
     data = await body(request, schemas.RetentionSchema())
     ledger = request.app[RUNTIME].ledger
@@ -72,14 +55,15 @@ async def put_default_retention(request: web.Request) -> web.Response:
     return web.json_response(_policy_json(policy, source, _managed_by(request, None, source)))
 
 
-@routes.get("/deployments/{deployment}/retention")
+@routes.get(DEPLOYMENT_RETENTION, Access.DEPLOYMENT, Doc("A deployment's retention policy", (200, OBJECT)))
 async def get_retention(request: web.Request) -> web.Response:
     deployment = path(request, "deployment")
     policy, source = await run(request, request.app[RUNTIME].ledger.retention.policy, deployment)
     return web.json_response(_policy_json(policy, source, _managed_by(request, deployment, source)))
 
 
-@routes.put("/deployments/{deployment}/retention")
+@routes.put(DEPLOYMENT_RETENTION, Access.DEPLOYMENT,
+            Doc("Set a deployment's retention policy", (200, OBJECT), body=schemas.RetentionSchema))
 async def put_retention(request: web.Request) -> web.Response:
     deployment = path(request, "deployment")
     data = await body(request, schemas.RetentionSchema())
@@ -90,12 +74,15 @@ async def put_retention(request: web.Request) -> web.Response:
     return web.json_response(_policy_json(policy, source, _managed_by(request, deployment, source)))
 
 
-@routes.post("/deployments/{deployment}/retention/runs")
+@routes.post(DEPLOYMENT_RETENTION + "/runs", Access.DEPLOYMENT,
+             Doc("Apply retention now (202 + task), or show what it would expire (?dry_run=true, 200)",
+                 (202, ACCEPTED), query=schemas.RetentionRunQuerySchema,
+                 also={200: ARRAY}))  # ?dry_run=true: what a run would expire, nothing changed
 async def run_retention(request: web.Request) -> web.Response:
     deployment = path(request, "deployment")
     params = query(request, schemas.RetentionRunQuerySchema())
     ledger = request.app[RUNTIME].ledger
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if params["dry_run"]:
         plan = await run(request, ledger.retention.plan, deployment, now)
         return web.json_response([{"snapshot_cid": e.snapshot_cid, "disk_cid": e.disk_cid, "reason": e.reason}
@@ -113,11 +100,13 @@ async def _pin(request: web.Request, pin: bool) -> web.Response:
     return web.json_response({"snapshot_cid": cid, "pinned": snapshot.pinned})
 
 
-@routes.put("/deployments/{deployment}/snapshots/{cid}/pin")
+@routes.put(PIN, Access.DEPLOYMENT,
+            Doc("Pin a snapshot (never expired, never deleted) with a reason", (200, OBJECT),
+                body=schemas.PinSchema))
 async def pin(request: web.Request) -> web.Response:
     return await _pin(request, True)
 
 
-@routes.delete("/deployments/{deployment}/snapshots/{cid}/pin")
+@routes.delete(PIN, Access.DEPLOYMENT, Doc("Unpin a snapshot", (200, OBJECT)))
 async def unpin(request: web.Request) -> web.Response:
     return await _pin(request, False)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from datetime import UTC
+from typing import Any, cast
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validates_schema
 from marshmallow.validate import Length, OneOf, Range, Regexp
@@ -16,7 +18,7 @@ class WholeRegexp(Regexp):
     (JSON Schema) shows as it is."""
 
     def __call__(self, value: Any) -> Any:
-        if not isinstance(value, str) or self.regex.fullmatch(value) is None:
+        if not isinstance(value, str) or cast("re.Pattern[str]", self.regex).fullmatch(value) is None:
             raise ValidationError(self._format_error(value))
         return value
 
@@ -145,11 +147,10 @@ class UtcDateTime(fields.AwareDateTime):
     refused here as out of range, naming the field."""
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
-        from datetime import timezone
 
         moment = super()._deserialize(value, attr, data, **kwargs)
         try:
-            return moment.astimezone(timezone.utc)
+            return moment.astimezone(UTC)
         except OverflowError:
             raise ValidationError("is outside the years 1-9999 in UTC") from None
 
@@ -220,7 +221,8 @@ class RetentionSchema(StrictSchema):
     """A retention policy; every rule optional, the most protective wins. `{}` keeps everything."""
 
     keep_last = JsonInteger(allow_none=True, validate=Range(min=1, max=100_000))
-    keep_for = fields.String(allow_none=True, validate=[WholeRegexp(r"^([0-9]{1,6}[hdw])?$", error="a number and h, d or w (e.g. 7d, 12w), or empty"), _duration])
+    keep_for = fields.String(allow_none=True, validate=[
+        WholeRegexp(r"^([0-9]{1,6}[hdw])?$", error="a number and h, d or w (e.g. 7d, 12w), or empty"), _duration])
     keep_clean = StrictBoolean(load_default=False)
     inherit = StrictBoolean(load_default=False)  # deployment only: drop its own policy, use the default
 

@@ -22,7 +22,7 @@ TASK_QUEUED = ":Task.Queued"  # the topic of a task's first event
 
 async def resolve(request: web.Request, ref: str) -> str:
     """The task id (UUID) for `ref`, a number or an id; TaskNotFound otherwise."""
-    from .app import RUNTIME, run
+    from .executor import RUNTIME, run
 
     if not ref.isdigit():
         return ref

@@ -21,7 +21,7 @@ import pytest
 from eventsourcing.persistence import IntegrityError, OperationalError
 
 from snapledger.adapters.group_commit import GroupCommitter
-from snapledger.api.app import RUNTIME
+from snapledger.api.executor import RUNTIME
 from snapledger.adapters.store import ledger_env, parse_store_url
 from snapledger.domain.application import Ledger
 from snapledger.domain.task import Task

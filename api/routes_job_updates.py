@@ -17,17 +17,17 @@ from marshmallow.validate import OneOf, Range
 
 from snapledger.domain.agent import DRAIN_TYPES
 
-from . import auth, openapi
-from .app import RUNTIME, accepted, actor, body, idempotency_of, path, run
+from .auth import Access
+from .executor import RUNTIME, run
+from .openapi import ACCEPTED
+from .requests import accepted, actor, body, idempotency_of, path
+from .routing import Doc, RouteTable
 from .schemas import JsonInteger, StrictSchema
 
-routes = web.RouteTableDef()
+routes = RouteTable()
 
-# Announcing an update drains and stops jobs: the deployment's admins only.
 JOB_UPDATES = "/deployments/{deployment}/jobs/{job}/updates"
 INSTANCE_UPDATES = "/deployments/{deployment}/jobs/{job}/{index_or_id}/updates"
-auth.declare("POST", JOB_UPDATES, auth.Access.DEPLOYMENT)
-auth.declare("POST", INSTANCE_UPDATES, auth.Access.DEPLOYMENT)
 
 
 class JobStateSchema(StrictSchema):
@@ -41,12 +41,6 @@ class JobUpdateSchema(StrictSchema):
     next_state = fields.Nested(JobStateSchema)
     current_state = fields.Nested(JobStateSchema)  # default: next_state (no change)
     max_in_flight = JsonInteger(validate=Range(min=1, max=1000), load_default=1)
-
-
-openapi.document("POST", JOB_UPDATES, "Announce an update of every instance of a job: drain, stop, clean "
-                 "snapshot, ready, one instance after another", (202, openapi.ACCEPTED), body=JobUpdateSchema)
-openapi.document("POST", INSTANCE_UPDATES, "Announce an update of one instance: drain, stop, clean snapshot, ready",
-                 (202, openapi.ACCEPTED), body=JobUpdateSchema)
 
 
 async def _announce(request: web.Request, index_or_id: str | None) -> web.Response:
@@ -63,11 +57,16 @@ async def _announce(request: web.Request, index_or_id: str | None) -> web.Respon
     return accepted(task)
 
 
-@routes.post(JOB_UPDATES)
+# Announcing an update drains and stops jobs: the deployment's admins only.
+@routes.post(JOB_UPDATES, Access.DEPLOYMENT,
+             Doc("Announce an update of every instance of a job: drain, stop, clean snapshot, ready, one instance "
+                 "after another", (202, ACCEPTED), body=JobUpdateSchema))
 async def announce_job(request: web.Request) -> web.Response:
     return await _announce(request, None)
 
 
-@routes.post(INSTANCE_UPDATES)
+@routes.post(INSTANCE_UPDATES, Access.DEPLOYMENT,
+             Doc("Announce an update of one instance: drain, stop, clean snapshot, ready", (202, ACCEPTED),
+                 body=JobUpdateSchema))
 async def announce_instance(request: web.Request) -> web.Response:
     return await _announce(request, path(request, "index_or_id"))

@@ -14,15 +14,16 @@ from aiohttp import web
 from marshmallow import fields
 
 
-from . import auth, openapi
-from .app import RUNTIME, accepted, actor, body, idempotency_of, path, run
+from .auth import Access
+from .executor import RUNTIME, run
+from .openapi import ACCEPTED
+from .requests import accepted, actor, body, idempotency_of, path
+from .routing import Doc, RouteTable
 from .schemas import NAME, StrictSchema
 
-routes = web.RouteTableDef()
+routes = RouteTable()
 
 RESTORE = "/deployments/{deployment}/snapshots/{cid}/restore"
-# Restoring overwrites a disk (or creates one): the deployment's admins only, as deletion.
-auth.declare("POST", RESTORE, auth.Access.DEPLOYMENT)
 
 
 class RestoreSchema(StrictSchema):
@@ -30,11 +31,10 @@ class RestoreSchema(StrictSchema):
     to_new_disk = fields.String(validate=NAME)
 
 
-openapi.document("POST", RESTORE, "Restore a snapshot into its own disk (drain, stop, safety snapshot, restore) "
-                 "or into a new disk (`to_new_disk`); local CPI only", (202, openapi.ACCEPTED), body=RestoreSchema)
-
-
-@routes.post(RESTORE)
+# Restoring overwrites a disk (or creates one): the deployment's admins only, as deletion.
+@routes.post(RESTORE, Access.DEPLOYMENT,
+             Doc("Restore a snapshot into its own disk (drain, stop, safety snapshot, restore) or into a new disk "
+                 "(`to_new_disk`); local CPI only", (202, ACCEPTED), body=RestoreSchema))
 async def restore(request: web.Request) -> web.Response:
     deployment, cid = path(request, "deployment"), path(request, "cid")
     # No body (or an empty one): restore in place. Read, not `can_read_body`: the
