@@ -49,6 +49,10 @@ class Worker:
         self.queries = Queries(db)
         self._stop = threading.Event()
         self._recovery = threading.Thread(target=self._recovery_loop, name="worker-recovery", daemon=True)
+        # Beating has a thread of its own: a sweep can take long (it resolves
+        # calls through a rate-limited CPI), and a live worker that skipped its
+        # beats for a lease had its calls recorded in doubt by the others.
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="worker-heartbeat", daemon=True)
         with db.transaction() as cur:
             cur.execute(HEARTBEAT_DDL)
         self.dispatcher = Dispatcher(runner.execute, self.log, total=max_in_flight, per_cpi=runner.max_in_flight,
@@ -71,11 +75,11 @@ class Worker:
 
     def _work(self, position: int, event: Any) -> Work:
         if isinstance(event, Snapshot.Requested):
-            return Work(position, event.originator_id, event.cpi, event.disk_cid)
+            return Work(position, event.originator_id, event.cpi, event.disk_cid, event.task_id)
         if isinstance(event, SelfDiscovery.Requested):
-            return Work(position, event.originator_id, event.cpi, None)
+            return Work(position, event.originator_id, event.cpi, None, event.task_id)
         snapshot = self.ledger.get_aggregate(event.originator_id)  # a deletion names neither
-        return Work(position, event.originator_id, snapshot.cpi, snapshot.disk_cid)
+        return Work(position, event.originator_id, snapshot.cpi, snapshot.disk_cid, event.task_id)
 
     def _advance(self) -> None:
         """Record the low-water mark if it moved (skipped when a save is under way:
@@ -116,6 +120,10 @@ class Worker:
         for row in self.queries.in_flight(older_than=stale):
             worker = row["worker"]
             op = UUID(row["operation_id"])
+            if row["state"] not in (CALLING, RESOLVING) and self.dispatcher.has(op):
+                # Queued here, not abandoned: behind a rate limit a backlog ages
+                # past any lease, and running it from the sweep blocked the sweep.
+                continue
             if worker == self.runner.worker:
                 if self.runner.is_running(op):
                     continue  # ours, in progress (a long CPI call, a retry wait)
@@ -136,11 +144,19 @@ class Worker:
             done.append((str(op), result))
         return done
 
-    def _recovery_loop(self) -> None:
+    def _heartbeat_loop(self) -> None:
         interval = max(self.lease_s / 3, 0.05)
         while not self._stop.is_set():
             try:
                 self.beat()
+            except Exception as error:  # the database may be away: keep trying
+                self.log.warning("heartbeat failed", error=str(error))
+            self._stop.wait(interval)
+
+    def _recovery_loop(self) -> None:
+        interval = max(self.lease_s / 3, 0.05)
+        while not self._stop.is_set():
+            try:
                 self.sweep()
                 self._advance()
             except Exception as error:  # the database may be away: keep trying
@@ -148,13 +164,15 @@ class Worker:
             self._stop.wait(interval)
 
     def start(self) -> None:
+        self._heartbeat.start()
         self.follower.start()
         self._recovery.start()
 
     def stop(self) -> None:
         self._stop.set()
         self.follower.stop()
-        if self._recovery.is_alive():
-            self._recovery.join(timeout=5)
+        for thread in (self._recovery, self._heartbeat):
+            if thread.is_alive():
+                thread.join(timeout=5)
         self.dispatcher.stop()
         self._advance()
