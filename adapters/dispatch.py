@@ -33,7 +33,8 @@ import heapq
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 from uuid import UUID
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .errors import LedgerError
 
@@ -50,7 +51,7 @@ class Rate:
         return (self.burst - 1) * self.interval_s
 
     @classmethod
-    def parse(cls, spec: Any, prefix: str = "") -> "Rate":
+    def parse(cls, spec: Any, prefix: str = "") -> Rate:
         if not isinstance(spec, Mapping):
             raise InvalidRateLimit("must be a mapping {calls, per, burst}", field=prefix.rstrip(".") or None)
         unknown = sorted(set(spec) - {"calls", "per", "burst"})
@@ -93,7 +94,7 @@ class RateLimit:
         return rates
 
     @classmethod
-    def parse(cls, spec: Any) -> "RateLimit":
+    def parse(cls, spec: Any) -> RateLimit:
         if not isinstance(spec, Mapping):
             raise InvalidRateLimit("must be a mapping {calls, per, burst, methods, throttle_errors}")
         known = {"calls", "per", "burst", "methods", "throttle_errors", "recover_after"}

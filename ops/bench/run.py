@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE))
 
 from common import ROOT, Context, pg_run_database  # noqa: E402
 
-BENCHMARKS = ["acceptance", "visible", "rebuild", "listing", "fanout", "director"]
+BENCHMARKS = ["acceptance", "visible", "rebuild", "listing", "fanout", "ratebound", "capacity", "director"]
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 DEFAULT_SIZES: dict[str, Any] = {
@@ -38,6 +38,8 @@ DEFAULT_SIZES: dict[str, Any] = {
     "listing_snapshots": 1_000_000, "listing_deployments": 1_000, "listing_queries": 500,
     "fanout_instances": 10_000, "fanout_instances_sqlite": 2_000, "fanout_deployments": 100,
     "fanout_take_timeout": 90.0,
+    "ratebound_disks": 2_000, "ratebound_deployments": 20, "ratebound_workers": [1, 2, 4],
+    "ratebound_timeout": 120.0, "capacity_seconds": 10.0, "capacity_clients": [1, 16],
     "compare_group_commit": True,
     "audit_events": 200_000, "audit_queries": 200,
     "director_operations": 10_000, "director_queries": 200, "director_take_timeout": 600.0,
@@ -49,6 +51,8 @@ SMALL_SIZES: dict[str, Any] = {
     "listing_snapshots": 2_000, "listing_deployments": 20, "listing_queries": 20,
     "fanout_instances": 40, "fanout_instances_sqlite": 40, "fanout_deployments": 2,
     "fanout_take_timeout": 30.0,
+    "ratebound_disks": 100, "ratebound_deployments": 4, "ratebound_workers": [2], "ratebound_timeout": 30.0,
+    "capacity_seconds": 1.0, "capacity_clients": [4],
     "compare_group_commit": False,
     "audit_events": 20_000, "audit_queries": 30,
     "director_operations": 100, "director_queries": 20, "director_take_timeout": 60.0,
@@ -163,7 +167,7 @@ def _write(out: str, results: dict[str, Any], sizes: dict[str, Any], args: argpa
            workdir: Path) -> dict[str, Any]:
     output = {
         "meta": {
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "seconds": round(time.monotonic() - started, 1), "small": args.small, "sizes": sizes,
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                         "load_average": os.getloadavg()},

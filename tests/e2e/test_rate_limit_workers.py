@@ -4,9 +4,11 @@ The CPI (tests/support/paced_cpi.py) logs the start of every call itself: the
 IaaS's count, not snapledger's. Asserted over the one run:
 - together the workers never start more calls in any 1-s window than the limit
   plus its burst, while they offer more (the run lasts as long as the limit says);
-- no call of a worker that is alive is recorded in doubt (the defect: a backlog
-  queued behind the limit outlived the lease, the sweep ran it inline and the
-  worker stopped beating, so the other worker recorded its claims in doubt);
+- no call of a worker that is alive is recorded in doubt, nor anything of it
+  recovered as abandoned (the defect: a backlog queued behind the limit aged
+  past 5 leases, each worker's sweep took it for abandoned and ran it inline,
+  and while it did the worker did not beat, so the other worker recorded its
+  claimed calls in doubt);
 - each task's end is recorded exactly once though its outcomes race across workers;
 - fairness: a one-instance snapshot of another deployment, requested while the
   backlog waits for the limit, starts within the calls already in flight (counted
@@ -80,6 +82,9 @@ def test_two_workers_share_the_limit_and_a_live_workers_calls_are_never_in_doubt
 
     failed = {t: task["result"] for t, task in ended.items() if task["state"] != "done"}
     assert not failed, f"tasks ended in error (in doubt though no worker died?): {failed}"
+    for worker in workers:
+        recovered = worker.log.read_text().count("recovered abandoned operation")
+        assert recovered == 0, f"{recovered} operations of live workers recovered as abandoned"
     calls = call_starts(calls_log)
     starts = [start for start, _ in calls]
     assert len(starts) == CALLS + 1
