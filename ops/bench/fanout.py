@@ -122,18 +122,19 @@ def child(args: list[str]) -> dict[str, Any]:
 
 # Child processes -----------------------------------------------------------------------
 
-def _ledger(url: str) -> Any:
+def _ledger(url: str, cpi: str = "local") -> Any:
+    """The ledger as a process configured with the one CPI `cpi` sees it."""
     from snapledger.adapters.store import ledger_env, parse_store_url
     from snapledger.domain.application import Ledger
 
-    return Ledger(env=ledger_env(parse_store_url(url)))
+    return Ledger(env=ledger_env(parse_store_url(url)), default_cpi=cpi)
 
 
-def do_setup(url: str, instances: int, deployments: int) -> dict[str, Any]:
+def do_setup(url: str, instances: int, deployments: int, cpi: str = "local") -> dict[str, Any]:
     from snapledger.adapters.store import open_database, parse_store_url
     from snapledger.projections.projector import Projector
 
-    ledger = _ledger(url)
+    ledger = _ledger(url, cpi)
     db = open_database(parse_store_url(url))
     Projector(db).setup()
     db.close()
@@ -148,10 +149,10 @@ def do_setup(url: str, instances: int, deployments: int) -> dict[str, Any]:
     return {"instances": per * deployments}
 
 
-def do_fire(url: str) -> dict[str, Any]:
+def do_fire(url: str, cpi: str = "local") -> dict[str, Any]:
     from common import rss_mb
 
-    ledger = _ledger(url)
+    ledger = _ledger(url, cpi)
     recorded: list[Any] = []
     original = ledger.events.put
 
@@ -207,6 +208,7 @@ def do_raw(url: str, events: int, size: int) -> dict[str, Any]:
 if __name__ == "__main__":
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
     mode, url, *rest = sys.argv[1:]
-    result = {"setup": lambda: do_setup(url, int(rest[0]), int(rest[1])), "fire": lambda: do_fire(url),
+    result = {"setup": lambda: do_setup(url, int(rest[0]), int(rest[1]), *rest[2:]),
+              "fire": lambda: do_fire(url, *rest),
               "raw": lambda: do_raw(url, int(rest[0]), int(rest[1]))}[mode]()
     print(json.dumps(result))

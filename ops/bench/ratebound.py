@@ -27,6 +27,7 @@ from fanout import child, taken
 sys.path.insert(0, str(ROOT / "tests"))
 from support.paced_cpi import call_starts, most_in_window, write_paced_cpi
 
+CPI = "iaas"
 LIMIT, BURST, LATENCY_S = 100, 5, 0.1
 IN_FLIGHT = 16  # per worker: LIMIT x LATENCY_S = 10 calls in flight sustain the limit, with room for spawn time
 TARGET_RATIO = 0.95
@@ -45,10 +46,10 @@ def run(ctx: Context) -> list[dict[str, Any]]:
 
 def run_one(ctx: Context, workers: int, disks: int, deployments: int) -> list[dict[str, Any]]:
     url = ctx.pg_url()
-    child(["setup", url, str(disks), str(deployments)])
+    child(["setup", url, str(disks), str(deployments), CPI])
     record_manual_deployment(url)
     executable, calls_log = write_paced_cpi(ctx.workdir / f"paced-cpi-{uuid.uuid4().hex[:6]}", LATENCY_S)
-    cpis = {"cpis": {"iaas": {"type": "external", "executable": str(executable), "max_in_flight": IN_FLIGHT,
+    cpis = {"cpis": {CPI: {"type": "external", "executable": str(executable), "max_in_flight": IN_FLIGHT,
                               "timeout": 60, "rate_limit": {"calls": LIMIT, "per": "1s", "burst": BURST}}},
             "worker": {"max_in_flight": IN_FLIGHT}}
     procs = []
@@ -58,7 +59,7 @@ def run_one(ctx: Context, workers: int, disks: int, deployments: int) -> list[di
         api, port = server(ctx, "rate-api", url, "api", **cpis)
         procs.append(api)
         time.sleep(0.5 if ctx.small else 2.0)  # the workers follow the log before the fire
-        fired = child(["fire", url])
+        fired = child(["fire", url, CPI])
         started = time.monotonic() - fired["seconds"]
         wait_until(lambda: len(call_starts(calls_log)) >= disks // 10, timeout=120, interval=0.05)
         fair_s = manual_snapshot_seconds(port)
@@ -96,7 +97,7 @@ def run_one(ctx: Context, workers: int, disks: int, deployments: int) -> list[di
 def record_manual_deployment(url: str) -> None:
     from fanout import _ledger
 
-    ledger = _ledger(url)
+    ledger = _ledger(url, CPI)
     ledger.record_deployment("manual", {"team": "other"}, [{"job": "db", "index": 0, "disks": ["manual-disk"]}],
                              actor="bench")
     ledger.close()
