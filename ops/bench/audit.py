@@ -385,7 +385,8 @@ def print_table(f: dict[str, Any]) -> None:
          f"p99 {f['listing_now_p99_ms']} ms"),
         ("  at the latest moment (longest range)", f"{f['at_latest_moment_ms']} ms",
          f"{f['at_rows_mean']} rows per answer on average"),
-        ("history CID (audit events of one snapshot)", f"p50 {f['history_p50_ms']} ms", f"p99 {f['history_p99_ms']} ms"),
+        ("history CID (audit events of one snapshot)", f"p50 {f['history_p50_ms']} ms",
+         f"p99 {f['history_p99_ms']} ms"),
     ]
     width = max(len(a) for a, _, _ in lines)
     for a, b, c in lines:

@@ -110,7 +110,8 @@ async def _measure(ctx: Context, backend: str, url: str, operations: int, querie
             last = events[-1]["position"]
             pairs = [
                 ("task output, poll (Range near the end) vs native events?after",
-                 await timed(director, f"/tasks/{number}/output?type=event", {"Range": f"bytes={len(whole) - 200}-"}, 206),
+                 await timed(director, f"/tasks/{number}/output?type=event",
+                             {"Range": f"bytes={len(whole) - 200}-"}, 206),
                  await timed(native, f"/tasks/{task_id}/events?after={last - 2}")),
                 ("task output, whole (Range bytes=0-) vs native events (all)",
                  await timed(director, f"/tasks/{number}/output?type=event", {"Range": "bytes=0-"}, 206),

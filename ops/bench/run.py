@@ -99,9 +99,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
               fmt(r["baseline"], r.get("unit", "")), fmt(r["ratio"]), r.get("target") or "",
               {True: "yes", False: "NO", None: ""}[r.get("met")]] for r in rows]
     widths = [max(len(h), *(len(line[i]) for line in table)) if table else len(h) for i, h in enumerate(headers)]
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |",
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |",
              "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |" for line in table]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |" for line in table]
     return "\n".join(lines)
 
 
