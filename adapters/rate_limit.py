@@ -187,5 +187,8 @@ def rate_limited(cpis: dict[str, Cpi], limits: dict[str, RateLimit | None], db: 
     if not any(limits.get(name) for name in cpis):
         return dict(cpis)
     buckets = SharedBuckets(db)
-    return {name: RateLimitedCpi(cpi, limits[name], buckets, log=log) if limits.get(name) else cpi
-            for name, cpi in cpis.items()}
+    wrapped: dict[str, Any] = {}
+    for name, cpi in cpis.items():
+        limit = limits.get(name)
+        wrapped[name] = RateLimitedCpi(cpi, limit, buckets, log=log) if limit else cpi
+    return wrapped

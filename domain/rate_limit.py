@@ -57,14 +57,18 @@ class Rate:
         unknown = sorted(set(spec) - {"calls", "per", "burst"})
         if unknown:
             raise InvalidRateLimit("unknown key (known: burst, calls, per)", field=f"{prefix}{unknown[0]}")
-        calls, burst = spec.get("calls"), spec.get("burst", 1)
-        for name, value in (("calls", calls), ("burst", burst)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise InvalidRateLimit(f"must be a whole number, got {value!r}", field=f"{prefix}{name}")
+        calls = _whole(spec.get("calls"), f"{prefix}calls")
+        burst = _whole(spec.get("burst", 1), f"{prefix}burst")
         try:
             return cls(calls=calls, per_s=parse_per(spec.get("per", "1s")), burst=burst)
         except InvalidRateLimit as error:
             raise InvalidRateLimit(error.message, field=f"{prefix}{error.field}") from None
+
+
+def _whole(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRateLimit(f"must be a whole number, got {value!r}", field=field)
+    return value
 
 
 def parse_per(value: Any) -> float:
