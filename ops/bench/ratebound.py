@@ -47,7 +47,6 @@ def run(ctx: Context) -> list[dict[str, Any]]:
 def run_one(ctx: Context, workers: int, disks: int, deployments: int) -> list[dict[str, Any]]:
     url = ctx.pg_url()
     child(["setup", url, str(disks), str(deployments), CPI])
-    record_manual_deployment(url)
     executable, calls_log = write_paced_cpi(ctx.workdir / f"paced-cpi-{uuid.uuid4().hex[:6]}", LATENCY_S)
     cpis = {"cpis": {CPI: {"type": "external", "executable": str(executable), "max_in_flight": IN_FLIGHT,
                               "timeout": 60, "rate_limit": {"calls": LIMIT, "per": "1s", "burst": BURST}}},
@@ -60,6 +59,7 @@ def run_one(ctx: Context, workers: int, disks: int, deployments: int) -> list[di
         procs.append(api)
         time.sleep(0.5 if ctx.small else 2.0)  # the workers follow the log before the fire
         fired = child(["fire", url, CPI])
+        record_manual_deployment(url)  # after the fire: not one of its disks
         started = time.monotonic() - fired["seconds"]
         wait_until(lambda: len(call_starts(calls_log)) >= disks // 10, timeout=120, interval=0.05)
         fair_s = manual_snapshot_seconds(port)
