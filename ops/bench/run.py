@@ -72,12 +72,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--listing-snapshots", type=int, help="snapshots in the listing view")
     parser.add_argument("--fanout-instances", type=int, help="instances one scheduled fire covers")
     parser.add_argument("--visible-rate", type=float, help="commands per second of the visibility benchmark")
+    parser.add_argument("--ratebound-workers", help="worker process counts of the rate-bound fan-out, e.g. 1,2,4")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs of every process)")
     return parser.parse_args(argv)
 
 
 def sizes_from(args: argparse.Namespace) -> dict[str, Any]:
     sizes = dict(SMALL_SIZES if args.small else DEFAULT_SIZES)
+    if args.ratebound_workers:
+        sizes["ratebound_workers"] = [int(n) for n in args.ratebound_workers.split(",")]
     for flag, key in (("seconds", "acceptance_seconds"), ("rebuild_events", "rebuild_events"),
                       ("listing_snapshots", "listing_snapshots"), ("fanout_instances", "fanout_instances"),
                       ("visible_rate", "visible_rate")):
