@@ -18,6 +18,7 @@ from snapledger.projections.queries import Queries
 from snapledger.projections.views import CALLING, RESOLVING
 from .dispatch import Dispatcher, Work
 from .follower import Batch, ChangeSignal, LogFollower, TrackedPosition
+from .store import PostgresDatabase
 
 HEARTBEAT_DDL = """CREATE TABLE IF NOT EXISTS worker_heartbeats (
     worker TEXT PRIMARY KEY,
@@ -53,6 +54,10 @@ class Worker:
         # calls through a rate-limited CPI), and a live worker that skipped its
         # beats for a lease had its calls recorded in doubt by the others.
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="worker-heartbeat", daemon=True)
+        # ... and a connection of its own: the CPI threads' rate-limit slots are
+        # reserved through the shared pool, each holding a connection while it
+        # queues for the bucket's row lock, and a beat queued behind them too.
+        self._beat_db = PostgresDatabase(db.url, min_size=1, max_size=1) if db.dialect == "postgres" else db
         with db.transaction() as cur:
             cur.execute(HEARTBEAT_DDL)
         self.dispatcher = Dispatcher(runner.execute, self.log, total=max_in_flight, per_cpi=runner.max_in_flight,
@@ -103,7 +108,7 @@ class Worker:
     # optimistic-concurrency checked, so two workers never both run it.
 
     def beat(self) -> None:
-        with self.db.transaction() as cur:
+        with self._beat_db.transaction() as cur:
             cur.execute(
                 "INSERT INTO worker_heartbeats (worker, beat_at) VALUES (%s, %s) "
                 "ON CONFLICT (worker) DO UPDATE SET beat_at = excluded.beat_at",
@@ -176,3 +181,5 @@ class Worker:
                 thread.join(timeout=5)
         self.dispatcher.stop()
         self._advance()
+        if self._beat_db is not self.db:
+            self._beat_db.close()
