@@ -57,8 +57,8 @@ def run(ctx: Context) -> list[dict[str, Any]]:
             started = time.monotonic()
             # Bounded so the suite stays within its time budget: when the worker
             # is not done by then, the row reports how far it got and the rate.
-            done = wait_until(lambda: taken(url, backend) >= instances, timeout=ctx.sizes["fanout_take_timeout"],
-                              interval=0.2)
+            done = wait_until(lambda url=url, backend=backend, instances=instances: taken(url, backend) >= instances,
+                              timeout=ctx.sizes["fanout_take_timeout"], interval=0.2)
             all_taken = time.monotonic() - started + fired["seconds"]
             count = taken(url, backend)
             taking_events = event_count(url, backend) - events_before
