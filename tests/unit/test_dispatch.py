@@ -116,3 +116,19 @@ def test_a_free_slot_goes_to_the_tasks_in_turn_not_to_the_oldest_backlog() -> No
         calls.gate(op).set()
     wait_unfinished(d)
     assert [op for op in calls.started if op != small] == big and d.low_water() == 201
+
+
+def test_has_answers_for_queued_and_running_operations_until_they_finish() -> None:
+    """The recovery sweep leaves an operation alone while this is true (queued
+    behind a limit is not abandoned)."""
+    calls = Calls()
+    d = dispatcher(calls, total=1, aws=1)
+    running, queued = uuid4(), uuid4()
+    d.submit(Work(1, running, "aws", "vol-1", task="t"))
+    d.submit(Work(2, queued, "aws", "vol-2", task="t"))
+    calls.wait_started(running)
+    assert d.has(running) and d.has(queued) and not d.has(uuid4())
+    calls.gate(running).set()
+    calls.gate(queued).set()
+    wait_unfinished(d)
+    assert not d.has(running) and not d.has(queued)
