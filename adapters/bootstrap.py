@@ -53,6 +53,7 @@ from .store import (
     Database,
     StoreUrl,
     ensure_schema,
+    PostgresDatabase,
     ledger_env,
     open_database,
     parse_store_url,
@@ -148,6 +149,7 @@ class Runtime:
     background: list[Stoppable] = field(default_factory=list)
     locks: DiskLocks | None = None
     agent: Any = None
+    beat_db: Database | None = None  # the worker role's heartbeat connection
 
     def start(self) -> None:
         if self.listener is not None:
@@ -166,6 +168,8 @@ class Runtime:
         if self.committer is not None:
             self.committer.stop()
         self.ledger.close()
+        if self.beat_db is not None and self.beat_db is not self.db:
+            self.beat_db.close()
         self.db.close()
 
 
@@ -205,6 +209,8 @@ def bootstrap(config: Config, roles: frozenset[str] | set[str] = ROLES, *,
     if "projector" in roles:
         runtime.background.append(projection_follower(runtime))
     if "worker" in roles:
+        # The heartbeat's own connection: never queued behind the CPI threads' (decision 33).
+        runtime.beat_db = PostgresDatabase(url, min_size=1, max_size=1) if url.kind == "postgres" else db
         runtime.locks = build_disk_locks(url, config)
         runtime.agent = agent if agent is not None else build_agent(config, log)
         runtime.background += build_workers(runtime, runtime.locks, runtime.agent)
@@ -314,7 +320,8 @@ def build_workers(runtime: Runtime, locks: DiskLocks, agent: Any) -> list[Stoppa
                              log=log.bind(component="restores"), on_call=observe_cpi_call)
     poll, lease = config.poll_interval_s, config.worker_lease_s
     return [SnapshotWorker(ledger, operations, runtime.db, runtime.queries, runtime.signal, log,
-                           max_in_flight=config.worker_max_in_flight, poll_interval=poll, lease_s=lease),
+                           max_in_flight=config.worker_max_in_flight, poll_interval=poll, lease_s=lease,
+                           beat_db=runtime.beat_db),
             JobUpdateWorker(ledger, job_updates, runtime.db, runtime.signal, log, poll_interval=poll, lease_s=lease),
             RestoreWorker(ledger, restores, runtime.db, runtime.signal, log, poll_interval=poll, lease_s=lease)]
 

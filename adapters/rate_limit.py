@@ -23,8 +23,12 @@ every process (up to 32x); each quiet `recover_after` seconds halves it again.
 
 from __future__ import annotations
 
+import sqlite3
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
 
 from snapledger.domain.cpi import Cpi, CpiError, capability_members
 from snapledger.domain.rate_limit import Rate, RateLimit
@@ -143,8 +147,7 @@ class RateLimitedCpi:
     def _limited(self, method: str, call: Callable[..., Any]) -> Callable[..., Any]:
         def limited(*args: Any, **kwargs: Any) -> Any:
             rates = self._limit.rates_for(str(args[0]) if method == "call" and args else method)
-            wait = max((self._buckets.reserve(self._bucket(scope), rate, self._limit.recover_after_s)
-                        for scope, rate in rates), default=0.0)
+            wait = self._reserve(method, rates)
             if wait > 0:
                 self._sleep(wait)
             try:
@@ -161,6 +164,21 @@ class RateLimitedCpi:
 
         return limited
 
+    def _reserve(self, method: str, rates: list[tuple[str, Rate]]) -> float:
+        """The wait for a slot in each of the call's buckets. While the
+        database is away, keep trying: the call has not been made, so waiting
+        is safe, and raising would record the CPI call failed (it was not)."""
+        delay = 0.1
+        while True:
+            try:
+                return max((self._buckets.reserve(self._bucket(scope), rate, self._limit.recover_after_s)
+                            for scope, rate in rates), default=0.0)
+            except (psycopg.OperationalError, sqlite3.OperationalError) as error:
+                if self._log is not None:
+                    self._log.warning("cannot reserve a rate-limit slot yet; retrying", cpi=self._cpi.name,
+                                      method=method, error=str(error), retry_in_s=delay)
+                self._sleep(delay)
+                delay = min(delay * 2, 5.0)
 
 class _Forwarded:
     """A capability member of the wrapped CPI declared on the wrapper's class, so

@@ -42,10 +42,18 @@ class SnapshotWorker(LogWorker):
     recover_at_start = True  # beat at once: the other workers of this process count as alive from the start
 
     def __init__(self, ledger: Any, runner: OperationRunner, db: Database, queries: Queries, signal: ChangeSignal,
-                 log: Any, max_in_flight: int = 4, poll_interval: float = 1.0, lease_s: float = 30.0) -> None:
+                 log: Any, max_in_flight: int = 4, poll_interval: float = 1.0, lease_s: float = 30.0,
+                 beat_db: Database | None = None) -> None:
         super().__init__(ledger, db, signal, log, runner.worker, lease_s=lease_s, poll_interval=poll_interval)
         self.runner = runner
         self.queries = queries
+        # Beating has a thread (and, on PostgreSQL, a connection: `beat_db`) of its own. A
+        # sweep can wait long (it resolves calls through a rate-limited CPI, or waits for a
+        # disk behind a hung call), and the CPI threads hold the shared pool's connections
+        # while they queue for a rate-limit slot: a beat behind either made this live
+        # worker look dead, and the others recorded its calls in doubt.
+        self.beat_db = beat_db or db
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="worker-heartbeat", daemon=True)
         self.dispatcher = Dispatcher(runner.execute, self.log, total=max_in_flight, per_cpi=runner.max_in_flight,
                                      on_finished=self._advance)
         self._saved: int | None = None
@@ -62,11 +70,11 @@ class SnapshotWorker(LogWorker):
 
     def _work(self, position: int, event: Any) -> Work:
         if isinstance(event, Snapshot.Requested):  # type: ignore[attr-defined]
-            return Work(position, event.originator_id, event.cpi, event.disk_cid)
+            return Work(position, event.originator_id, event.cpi, event.disk_cid, event.task_id)
         if isinstance(event, SelfDiscovery.Requested):  # type: ignore[attr-defined]
-            return Work(position, event.originator_id, event.cpi, None)
+            return Work(position, event.originator_id, event.cpi, None, event.task_id)
         snapshot = self.ledger.store.get_aggregate(event.originator_id)  # a deletion names neither
-        return Work(position, event.originator_id, snapshot.cpi, snapshot.disk_cid)
+        return Work(position, event.originator_id, snapshot.cpi, snapshot.disk_cid, event.task_id)
 
     def _advance(self) -> None:
         """Record the low-water mark if it moved (skipped when a save is under way:
@@ -90,12 +98,20 @@ class SnapshotWorker(LogWorker):
     # optimistic-concurrency checked, so two workers never both run it.
 
     def recovery_pass(self) -> None:
-        self.beat()
         self.sweep()
         self._advance()
 
+    def _heartbeat_loop(self) -> None:
+        interval = max(self.lease_s / 3, 0.05)
+        while not self._stop.is_set():
+            try:
+                self.beat()
+            except Exception as error:  # the database may be away: keep trying
+                self.log.warning("heartbeat failed", error=str(error))
+            self._stop.wait(interval)
+
     def beat(self) -> None:
-        with self.db.transaction() as cur:
+        with self.beat_db.transaction() as cur:
             cur.execute(
                 "INSERT INTO worker_heartbeats (worker, beat_at) VALUES (%s, %s) "
                 "ON CONFLICT (worker) DO UPDATE SET beat_at = excluded.beat_at",
@@ -109,6 +125,11 @@ class SnapshotWorker(LogWorker):
         done = []
         for row in self.queries.in_flight(older_than=stale):
             op = UUID(row["operation_id"])
+            if row["state"] not in (CALLING, RESOLVING) and self.dispatcher.has(op):
+                # Queued here, not abandoned: behind a rate limit or a busy disk a backlog
+                # ages past any lease; the dispatcher runs it (running it from the sweep
+                # blocked the sweep).
+                continue
             if not self.abandoned(row["worker"], self.runner.is_running(op), alive):
                 continue  # ours, in progress (a long CPI call, a retry wait), or another live worker's
             if (row["state"] not in (CALLING, RESOLVING) and row["worker"] is None
@@ -130,7 +151,13 @@ class SnapshotWorker(LogWorker):
                              state=row["state"], result=result)
         return result
 
+    def start(self) -> None:
+        self._heartbeat.start()  # first: the process's other workers count as alive from now on
+        super().start()
+
     def stop(self) -> None:
         super().stop()
+        if self._heartbeat.is_alive():
+            self._heartbeat.join(timeout=5)
         self.dispatcher.stop()
         self._advance()

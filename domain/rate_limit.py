@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .errors import LedgerError
 
@@ -50,20 +51,24 @@ class Rate:
         return (self.burst - 1) * self.interval_s
 
     @classmethod
-    def parse(cls, spec: Any, prefix: str = "") -> "Rate":
+    def parse(cls, spec: Any, prefix: str = "") -> Rate:
         if not isinstance(spec, Mapping):
             raise InvalidRateLimit("must be a mapping {calls, per, burst}", field=prefix.rstrip(".") or None)
         unknown = sorted(set(spec) - {"calls", "per", "burst"})
         if unknown:
             raise InvalidRateLimit("unknown key (known: burst, calls, per)", field=f"{prefix}{unknown[0]}")
-        calls, burst = spec.get("calls"), spec.get("burst", 1)
-        for name, value in (("calls", calls), ("burst", burst)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise InvalidRateLimit(f"must be a whole number, got {value!r}", field=f"{prefix}{name}")
+        calls = _whole(spec.get("calls"), f"{prefix}calls")
+        burst = _whole(spec.get("burst", 1), f"{prefix}burst")
         try:
             return cls(calls=calls, per_s=parse_per(spec.get("per", "1s")), burst=burst)
         except InvalidRateLimit as error:
             raise InvalidRateLimit(error.message, field=f"{prefix}{error.field}") from None
+
+
+def _whole(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRateLimit(f"must be a whole number, got {value!r}", field=field)
+    return value
 
 
 def parse_per(value: Any) -> float:
@@ -93,7 +98,7 @@ class RateLimit:
         return rates
 
     @classmethod
-    def parse(cls, spec: Any) -> "RateLimit":
+    def parse(cls, spec: Any) -> RateLimit:
         if not isinstance(spec, Mapping):
             raise InvalidRateLimit("must be a mapping {calls, per, burst, methods, throttle_errors}")
         known = {"calls", "per", "burst", "methods", "throttle_errors", "recover_after"}

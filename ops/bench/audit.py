@@ -33,14 +33,14 @@ import statistics
 import sys
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
-START = datetime(2026, 1, 5, tzinfo=timezone.utc)
+START = datetime(2026, 1, 5, tzinfo=UTC)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -76,7 +76,7 @@ class SimClock:
 
 
 def iso(ts: datetime) -> str:
-    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # Generation ----------------------------------------------------------------------
@@ -385,7 +385,8 @@ def print_table(f: dict[str, Any]) -> None:
          f"p99 {f['listing_now_p99_ms']} ms"),
         ("  at the latest moment (longest range)", f"{f['at_latest_moment_ms']} ms",
          f"{f['at_rows_mean']} rows per answer on average"),
-        ("history CID (audit events of one snapshot)", f"p50 {f['history_p50_ms']} ms", f"p99 {f['history_p99_ms']} ms"),
+        ("history CID (audit events of one snapshot)", f"p50 {f['history_p50_ms']} ms",
+         f"p99 {f['history_p99_ms']} ms"),
     ]
     width = max(len(a) for a, _, _ in lines)
     for a, b, c in lines:

@@ -9,7 +9,8 @@ takes a minute, not the hours one-command-per-save would.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from snapledger.domain.application import Ledger
 

@@ -39,7 +39,7 @@ def rows_for(snapshots: int, deployments: int, layout: str = "fires") -> Any:
     per = max(1, snapshots // deployments)
     for n in range(snapshots):
         if layout == "fires":
-            fire, rest = divmod(n, deployments * DISKS_PER_DEPLOYMENT)
+            _, rest = divmod(n, deployments * DISKS_PER_DEPLOYMENT)
             d, disk = divmod(rest, DISKS_PER_DEPLOYMENT)
         else:
             d, disk = n % deployments, (n // deployments) % DISKS_PER_DEPLOYMENT
@@ -61,10 +61,9 @@ def load(url: str, backend: str, snapshots: int, deployments: int, layout: str) 
     db.close()
     if backend == "postgres":
         with pg_connect(url, autocommit=False) as conn:
-            with conn.cursor() as cur:
-                with cur.copy(f"COPY snapshots_view ({', '.join(COLUMNS)}) FROM STDIN") as copy:
-                    for r in rows_for(snapshots, deployments, layout):
-                        copy.write_row(r)
+            with conn.cursor() as cur, cur.copy(f"COPY snapshots_view ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+                for r in rows_for(snapshots, deployments, layout):
+                    copy.write_row(r)
             conn.commit()
         with pg_connect(url) as conn:
             conn.execute("ANALYZE snapshots_view")
@@ -113,19 +112,21 @@ def run(ctx: Context) -> list[dict[str, Any]]:
             db = open_database(parse_store_url(url))
             queries = Queries(db)
             n = ctx.sizes["listing_queries"]
-            full = timed(lambda name: queries.snapshots(name), names, n)
-            page = timed(lambda name: queries.snapshots(name, limit=100), names, n)
+            full = timed(lambda name, queries=queries: queries.snapshots(name), names, n)
+            page = timed(lambda name, queries=queries: queries.snapshots(name, limit=100), names, n)
             db.close()
             if backend == "postgres":
                 conn = pg_connect(url)
-                raw_full = timed(lambda name: conn.execute(RAW_SQL, (name,)).fetchall(), names, n)
-                raw_page = timed(lambda name: conn.execute(RAW_SQL + " LIMIT 100", (name,)).fetchall(), names, n)
+                raw_full = timed(lambda name, conn=conn: conn.execute(RAW_SQL, (name,)).fetchall(), names, n)
+                raw_page = timed(lambda name, conn=conn: conn.execute(RAW_SQL + " LIMIT 100", (name,)).fetchall(),
+                                 names, n)
                 conn.close()
             else:
                 conn = sqlite3.connect(sqlite_path(url))
                 sql = RAW_SQL.replace("%s", "?")
-                raw_full = timed(lambda name: conn.execute(sql, (name,)).fetchall(), names, n)
-                raw_page = timed(lambda name: conn.execute(sql + " LIMIT 100", (name,)).fetchall(), names, n)
+                raw_full = timed(lambda name, conn=conn, sql=sql: conn.execute(sql, (name,)).fetchall(), names, n)
+                raw_page = timed(lambda name, conn=conn, sql=sql: conn.execute(sql + " LIMIT 100", (name,)).fetchall(),
+                                 names, n)
                 conn.close()
             per = snapshots // deployments
             # The target applies to the layout schedules produce; the worst case is shown beside it.

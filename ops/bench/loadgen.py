@@ -121,7 +121,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     lat = sorted(stats.latencies)
 
     def pct(p: float) -> float | None:
-        return round(lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))] * 1000, 3) if lat else None
+        return round(lat[min(len(lat) - 1, round(p / 100 * (len(lat) - 1)))] * 1000, 3) if lat else None
 
     return {"requests": ok, "errors": stats.errors, "statuses": stats.statuses, "duration_s": round(elapsed, 3),
             "throughput": round(ok / elapsed, 1), "p50_ms": pct(50), "p99_ms": pct(99), "max_ms": pct(100),

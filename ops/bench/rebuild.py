@@ -122,7 +122,8 @@ RAW_DDL = [
        PRIMARY KEY (task_id, position))""",
 ]
 INSERT_SNAPSHOT = ("INSERT INTO raw_snapshots (snapshot_id, deployment, job, idx, instance_id, disk_cid, state, "
-                   "clean, trigger, task_id, requested_at) VALUES (%s, %s, %s, %s, %s, %s, 'requested', %s, %s, %s, %s)")
+                   "clean, trigger, task_id, requested_at) "
+                   "VALUES (%s, %s, %s, %s, %s, %s, 'requested', %s, %s, %s, %s)")
 UPDATE_SNAPSHOT = "UPDATE raw_snapshots SET state = %s WHERE snapshot_id = %s"
 TAKEN_SNAPSHOT = ("UPDATE raw_snapshots SET state = 'taken', snapshot_cid = %s, created_at = %s, listed_seq = %s "
                   "WHERE snapshot_id = %s")

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE))
 
 from common import ROOT, Context, pg_run_database  # noqa: E402
 
-BENCHMARKS = ["acceptance", "visible", "rebuild", "listing", "fanout", "director"]
+BENCHMARKS = ["acceptance", "visible", "rebuild", "listing", "fanout", "ratebound", "capacity", "director"]
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 DEFAULT_SIZES: dict[str, Any] = {
@@ -38,6 +38,8 @@ DEFAULT_SIZES: dict[str, Any] = {
     "listing_snapshots": 1_000_000, "listing_deployments": 1_000, "listing_queries": 500,
     "fanout_instances": 10_000, "fanout_instances_sqlite": 2_000, "fanout_deployments": 100,
     "fanout_take_timeout": 90.0,
+    "ratebound_disks": 2_000, "ratebound_deployments": 20, "ratebound_workers": [1, 2, 4],
+    "ratebound_timeout": 120.0, "capacity_seconds": 10.0, "capacity_clients": [1, 16],
     "compare_group_commit": True,
     "audit_events": 200_000, "audit_queries": 200,
     "director_operations": 10_000, "director_queries": 200, "director_take_timeout": 600.0,
@@ -49,6 +51,8 @@ SMALL_SIZES: dict[str, Any] = {
     "listing_snapshots": 2_000, "listing_deployments": 20, "listing_queries": 20,
     "fanout_instances": 40, "fanout_instances_sqlite": 40, "fanout_deployments": 2,
     "fanout_take_timeout": 30.0,
+    "ratebound_disks": 100, "ratebound_deployments": 4, "ratebound_workers": [2], "ratebound_timeout": 30.0,
+    "capacity_seconds": 1.0, "capacity_clients": [4],
     "compare_group_commit": False,
     "audit_events": 20_000, "audit_queries": 30,
     "director_operations": 100, "director_queries": 20, "director_take_timeout": 60.0,
@@ -68,12 +72,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--listing-snapshots", type=int, help="snapshots in the listing view")
     parser.add_argument("--fanout-instances", type=int, help="instances one scheduled fire covers")
     parser.add_argument("--visible-rate", type=float, help="commands per second of the visibility benchmark")
+    parser.add_argument("--ratebound-workers", help="worker process counts of the rate-bound fan-out, e.g. 1,2,4")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs of every process)")
     return parser.parse_args(argv)
 
 
 def sizes_from(args: argparse.Namespace) -> dict[str, Any]:
     sizes = dict(SMALL_SIZES if args.small else DEFAULT_SIZES)
+    if args.ratebound_workers:
+        sizes["ratebound_workers"] = [int(n) for n in args.ratebound_workers.split(",")]
     for flag, key in (("seconds", "acceptance_seconds"), ("rebuild_events", "rebuild_events"),
                       ("listing_snapshots", "listing_snapshots"), ("fanout_instances", "fanout_instances"),
                       ("visible_rate", "visible_rate")):
@@ -95,9 +102,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
               fmt(r["baseline"], r.get("unit", "")), fmt(r["ratio"]), r.get("target") or "",
               {True: "yes", False: "NO", None: ""}[r.get("met")]] for r in rows]
     widths = [max(len(h), *(len(line[i]) for line in table)) if table else len(h) for i, h in enumerate(headers)]
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |",
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |",
              "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |" for line in table]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |" for line in table]
     return "\n".join(lines)
 
 
@@ -163,7 +170,7 @@ def _write(out: str, results: dict[str, Any], sizes: dict[str, Any], args: argpa
            workdir: Path) -> dict[str, Any]:
     output = {
         "meta": {
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "seconds": round(time.monotonic() - started, 1), "small": args.small, "sizes": sizes,
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                         "load_average": os.getloadavg()},

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BENCHMARKS = ["acceptance", "visible", "rebuild", "listing", "fanout"]
+BENCHMARKS = ["acceptance", "visible", "rebuild", "listing", "fanout", "ratebound"]
 
 
 @pytest.mark.timeout(300)

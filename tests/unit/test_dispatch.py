@@ -96,3 +96,39 @@ def test_a_failing_run_is_retried_not_skipped() -> None:
     d.submit(Work(7, op, "local", "disk-0"))
     wait_unfinished(d)
     assert attempts == [op, op, op] and d.low_water() == 7
+
+
+def test_a_free_slot_goes_to_the_tasks_in_turn_not_to_the_oldest_backlog() -> None:
+    """A one-instance task requested behind a 200-disk task starts at the next
+    free slot (fairness, issue 19), and the big task's backlog keeps its order."""
+    calls = Calls()
+    d = dispatcher(calls, total=2, aws=2)
+    big = [uuid4() for _ in range(200)]
+    for n, op in enumerate(big, 1):
+        d.submit(Work(n, op, "aws", f"vol-{n}", task="fire"))
+    small = uuid4()
+    d.submit(Work(201, small, "aws", "vol-other", task="manual"))
+    calls.wait_started(*big[:2])
+    calls.gate(big[0]).set()  # one call returns: its slot is the manual task's turn
+    calls.wait_started(small)
+    assert calls.started == [big[0], big[1], small]
+    for op in (*big, small):
+        calls.gate(op).set()
+    wait_unfinished(d)
+    assert [op for op in calls.started if op != small] == big and d.low_water() == 201
+
+
+def test_has_answers_for_queued_and_running_operations_until_they_finish() -> None:
+    """The recovery sweep leaves an operation alone while this is true (queued
+    behind a limit is not abandoned)."""
+    calls = Calls()
+    d = dispatcher(calls, total=1, aws=1)
+    running, queued = uuid4(), uuid4()
+    d.submit(Work(1, running, "aws", "vol-1", task="t"))
+    d.submit(Work(2, queued, "aws", "vol-2", task="t"))
+    calls.wait_started(running)
+    assert d.has(running) and d.has(queued) and not d.has(uuid4())
+    calls.gate(running).set()
+    calls.gate(queued).set()
+    wait_unfinished(d)
+    assert not d.has(running) and not d.has(queued)
