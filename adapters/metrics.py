@@ -17,8 +17,9 @@ series count and nothing here alerts on them.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -27,7 +28,8 @@ from prometheus_client.registry import Collector
 
 from snapledger.api.version import VERSION
 
-prometheus_client.disable_created_metrics()
+# (prometheus_client leaves this one function unannotated)
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 # process_* (CPU, memory, open files, start time) and python_info, as every Python exporter has them.
@@ -124,7 +126,8 @@ class LedgerCollector(Collector):
 
     def _failures(self, query: Any) -> Iterable[Metric]:
         failed = CounterMetricFamily(
-            "snapledger_operation_failures", "Failed snapshot and deletion CPI operations, by deployment and error type",
+            "snapledger_operation_failures",
+            "Failed snapshot and deletion CPI operations, by deployment and error type",
             labels=["deployment", "operation", "error_type"])
         counts: dict[tuple[str, str, str], int] = {}
         types = list(FAILED_OPERATIONS)
@@ -181,7 +184,7 @@ class LedgerCollector(Collector):
             "snapledger_schedule_interval_seconds",
             "Length of the schedule's current period, previous fire to next (absent when the schedule is off)",
             labels=["schedule"])
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for name, expression in sorted(settings.schedules.items()):
             if expression:
                 interval.add_metric([name], schedule_interval_s(expression, now))
