@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # mypy over the package takes tens of seconds: scheduled first (tests/conftest.py)
 
 
 @pytest.mark.timeout(600)  # mypy over the whole package, cold, on a loaded machine
