@@ -24,11 +24,13 @@ serve: $(SERVE_STAMP)
 	$(BIN)/snapledger serve $(ARGS)
 
 # Whole test files go to one of two processes, so a module's shared server
-# starts once. PYTEST_JOBS=0 runs everything in one process.
+# starts once. PYTEST_JOBS=0 runs everything in one process. Files go out in
+# collection order, `slow` ones first (tests/conftest.py), not xdist's order
+# by test count, which sent the longest single-test files last.
 PYTEST_JOBS ?= 2
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(PYTEST_JOBS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_JOBS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python ops/bench/run.py $(ARGS)

@@ -23,6 +23,7 @@ It is bounded by `stop_timeout_s` (BOSH: monit stop gives up after 5 minutes).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -30,13 +31,14 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from snapledger.domain.agent import (AGENT_ERROR, CONTRACT_ENV, DRAIN_CANCELLED, DRAIN_INVALID_OUTPUT, DRAIN_SCRIPT_FAILED,
-                                     DRAIN_TIMEOUT, SHUTDOWN, STOP_CANCELLED, STOP_FAILED, STOP_TIMEOUT, AgentInstance, AgentResult,
-                                     JobResult, ScriptCall)
+from snapledger.domain.agent import (AGENT_ERROR, CONTRACT_ENV, DRAIN_CANCELLED, DRAIN_INVALID_OUTPUT,
+                                     DRAIN_SCRIPT_FAILED, DRAIN_TIMEOUT, SHUTDOWN, STOP_CANCELLED, STOP_FAILED,
+                                     STOP_TIMEOUT, AgentInstance, AgentResult, JobResult, ScriptCall)
 
 MAX_OUTPUT = 4096  # keep events small: a chatty script's output is clipped
 SIGNED_INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -105,7 +107,8 @@ class LocalAgent:
             try:
                 return run(job)
             except Exception as error:  # never lose a failure: it becomes the job's result
-                return JobResult(job=job, ok=False, error={"type": AGENT_ERROR, "message": f"{type(error).__name__}: {error}"})
+                message = f"{type(error).__name__}: {error}"
+                return JobResult(job=job, ok=False, error={"type": AGENT_ERROR, "message": message})
 
         # All jobs of the instance at once, as the BOSH agent does.
         with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="drain") as pool:
@@ -169,7 +172,8 @@ class LocalAgent:
             call = self._run(command, env, time.monotonic() + self.stop_timeout_s, cwd=cwd)
         except _TimedOut as timed_out:
             result.calls.append(timed_out.call)
-            result.error = {"type": STOP_TIMEOUT, "message": f"stop did not finish within {self.stop_timeout_s} s; killed"}
+            result.error = {"type": STOP_TIMEOUT,
+                            "message": f"stop did not finish within {self.stop_timeout_s} s; killed"}
             return result
         result.calls.append(call)
         if self._cancelled.is_set():
@@ -197,15 +201,15 @@ class LocalAgent:
         shown = list(argv)
         contract = {name: env[name] for name in CONTRACT_ENV if name in env}
         if self._cancelled.is_set():
-            return ScriptCall(argv=shown, env=contract, exit_code=None, stdout="", stderr="not run: snapledger is stopping",
-                              duration_s=0.0)
+            return ScriptCall(argv=shown, env=contract, exit_code=None, stdout="",
+                              stderr="not run: snapledger is stopping", duration_s=0.0)
         try:
             # A session of its own: on time-out the whole process group is killed.
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, env=env, cwd=cwd, start_new_session=True, text=True)
         except OSError as error:
-            return ScriptCall(argv=shown, env=contract, exit_code=None, stdout="", stderr=f"cannot run {argv[0]}: {error}",
-                              duration_s=0.0)
+            return ScriptCall(argv=shown, env=contract, exit_code=None, stdout="",
+                              stderr=f"cannot run {argv[0]}: {error}", duration_s=0.0)
         with self._guard:
             self._running.add(proc)
         timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
@@ -214,20 +218,20 @@ class LocalAgent:
         except subprocess.TimeoutExpired:
             self._kill_group(proc)
             stdout, stderr = proc.communicate()
+            # The time-out is the result, not an error in handling one: no chained traceback.
             raise _TimedOut(ScriptCall(argv=shown, env=contract, exit_code=None, stdout=_clip(stdout or ""),
-                                       stderr=_clip(stderr or ""), duration_s=round(time.monotonic() - started, 6)))
+                                       stderr=_clip(stderr or ""),
+                                       duration_s=round(time.monotonic() - started, 6))) from None
         finally:
             with self._guard:
                 self._running.discard(proc)
-        return ScriptCall(argv=shown, env=contract, exit_code=proc.returncode, stdout=_clip(stdout), stderr=_clip(stderr),
-                          duration_s=round(time.monotonic() - started, 6))
+        return ScriptCall(argv=shown, env=contract, exit_code=proc.returncode, stdout=_clip(stdout),
+                          stderr=_clip(stderr), duration_s=round(time.monotonic() - started, 6))
 
     @staticmethod
     def _kill_group(proc: subprocess.Popen[str]) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # it ended on its own meanwhile
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def _wait(self, seconds: float, deadline: float | None) -> bool:
         """Wait as the script asked; False when that would pass the deadline."""

@@ -13,13 +13,15 @@ import datetime
 import ipaddress
 import os
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_CERT, CA_KEY = "ca.pem", "ca-key.pem"
@@ -66,7 +68,7 @@ def ensure_certificate(data_dir: Path, names: list[str]) -> ServerCertificate:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _make_ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
@@ -96,6 +98,11 @@ def _san(names: list[str]) -> list[x509.GeneralName]:
     return entries
 
 
+def _issuer_key(ca_cert: x509.Certificate) -> CertificateIssuerPublicKeyTypes:
+    """The CA's public key, which signs certificates (a key exchange-only key, X25519 and the like, cannot)."""
+    return cast(CertificateIssuerPublicKeyTypes, ca_cert.public_key())
+
+
 def _make_server(key: ec.EllipticCurvePrivateKey, ca_key: object, ca_cert: x509.Certificate,
                  names: list[str]) -> x509.Certificate:
     now = _now()
@@ -108,7 +115,7 @@ def _make_server(key: ec.EllipticCurvePrivateKey, ca_key: object, ca_cert: x509.
             .add_extension(x509.SubjectAlternativeName(_san(names)), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(_issuer_key(ca_cert)),
                            critical=False)
             .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
 

@@ -30,14 +30,16 @@ import bisect
 import heapq
 from calendar import monthrange
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone, tzinfo
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 
 from .cron_syntax import CronError, CronSpec, parse_spec
 
 __all__ = ["CronError", "CronSchedule", "validate"]
 
-UTC = timezone.utc
+Times = tuple[int, ...]    # a field's values in ascending order (CronSpec.hours and the like)
+HMS = tuple[int, int, int]  # a time of day
+
 _DAY = timedelta(days=1)
 # How far a search for the next matching day goes (fugit gives up after 2048 steps of
 # its cursor): a century, so refusing a schedule whose days never come costs a scan of
@@ -50,7 +52,7 @@ _RWEEK_REF = date(2018, 12, 31)
 _DST_MARGIN = timedelta(hours=3)
 
 
-def _rday(d: date, tz) -> int:
+def _rday(d: date, tz: tzinfo) -> int:
     """et-orbi's EoTime#rday: whole days from the reference noon to this day's noon.
 
     It divides real seconds, so on a day whose offset is an hour ahead of the
@@ -168,7 +170,7 @@ class CronSchedule:
             # Wall order and time order differ around the change: start early enough.
             wall = wall - _DST_MARGIN if forward else wall + _DST_MARGIN
         hourly = self._hourly
-        pending: list[datetime] = []  # second passes of repeated hours, not yet due
+        pending: list[datetime | _Rev] = []  # second passes of repeated hours, not yet due
         last = None
         for w in self._walls(wall, forward):
             first_pass = w.replace(tzinfo=tz).astimezone(UTC)
@@ -246,12 +248,12 @@ def _key(item: datetime | _Rev) -> datetime:
     return item.t if isinstance(item, _Rev) else item
 
 
-def _offset_changes_near(t: datetime, tz) -> bool:
+def _offset_changes_near(t: datetime, tz: tzinfo) -> bool:
     offsets = {(t + k * _DST_MARGIN).astimezone(tz).utcoffset() for k in (-1, 0, 1)}
     return len(offsets) > 1
 
 
-def _gap_end(wall: datetime, tz) -> datetime:
+def _gap_end(wall: datetime, tz: tzinfo) -> datetime:
     """The first instant after the spring-forward gap that swallowed ``wall``."""
     lo = wall.replace(tzinfo=tz, fold=1).astimezone(UTC)   # before the change
     hi = wall.replace(tzinfo=tz, fold=0).astimezone(UTC)   # after it
@@ -266,7 +268,7 @@ def _gap_end(wall: datetime, tz) -> datetime:
     return hi
 
 
-def _times_from(hs, ms, ss, at) -> Iterator[tuple[int, int, int]]:
+def _times_from(hs: Times, ms: Times, ss: Times, at: HMS | None) -> Iterator[HMS]:
     """The day's (h, m, s) in ascending order, from ``at`` (inclusive) or all."""
     if at is None:
         for h in hs:
@@ -281,7 +283,7 @@ def _times_from(hs, ms, ss, at) -> Iterator[tuple[int, int, int]]:
                 yield h, m, s
 
 
-def _times_until(hs, ms, ss, at) -> Iterator[tuple[int, int, int]]:
+def _times_until(hs: Times, ms: Times, ss: Times, at: HMS | None) -> Iterator[HMS]:
     """The day's (h, m, s) in descending order, until ``at`` (inclusive) or all."""
     if at is None:
         for h in reversed(hs):

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import timedelta, timezone, tzinfo
+from datetime import UTC, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["CronError", "CronSpec", "FIELDS", "parse_spec"]
+__all__ = ["FIELDS", "CronError", "CronSpec", "parse_spec"]
 
-UTC = timezone.utc
 FIELDS = ("second", "minute", "hour", "day of month", "month", "day of week")
 # fugit's (min, max) per field; hour 24 and weekday 7 are read as 0 after expansion.
 _BOUNDS = {"second": (0, 59), "minute": (0, 59), "hour": (0, 23),
@@ -267,8 +266,8 @@ def _weekdays(expression: str, items: list[str]
             if a > z:
                 z += 7
             days = range(a, z + 1, max(sl, 1))  # fugit: "/0" steps by 1
-        elif z is not None:
-            days = range(a, (z + 7 if a > z else z) + 1)  # type: ignore[operator]
+        elif a is not None and z is not None:  # (the pattern has an end only after a start)
+            days = range(a, (z + 7 if a > z else z) + 1)
         elif a is not None:
             days = range(a, a + 1)
         else:

@@ -104,3 +104,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if report:
         with open(report, "a", encoding="utf-8") as out:
             out.write(f"{_pg_tests_ran}\n")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Longest first: `--dist loadfile` hands whole files to the two processes in
+    # collection order (the Makefile turns off xdist's reordering by test count,
+    # which put the single-test files, the slowest, last). Files marked `slow`
+    # start at once, one per process, and the short ones fill in around them.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the rest keep their order

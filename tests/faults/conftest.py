@@ -1,20 +1,23 @@
 """A PostgreSQL cluster the test owns, so it can be stopped and restarted
 without disturbing anything else on the machine (other test runs use the
-shared server)."""
+shared server); ops/chaos.py as a module for the chaos runs."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from types import ModuleType
 from typing import Iterator
 
 import pytest
 
 from support.process import free_port
 
+CHAOS = Path(__file__).resolve().parents[2] / "ops" / "chaos.py"
 PG_BIN = Path(os.environ.get("SNAPLEDGER_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
@@ -63,3 +66,13 @@ def owned_pg() -> Iterator[OwnedPostgres]:
         except subprocess.CalledProcessError:
             pass
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def chaos() -> ModuleType:
+    """ops/chaos.py (a script, not part of the package) as a module."""
+    spec = importlib.util.spec_from_file_location("snapledger_chaos", CHAOS)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
