@@ -15,8 +15,8 @@ checks in config_values.py, how a refusal reads in config_refusals.py.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import yaml

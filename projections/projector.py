@@ -9,8 +9,8 @@ is above the view's tracked position, and both commit together.
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import Any
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from .database import Database
 from .view import View

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from eventsourcing.persistence import ApplicationRecorder, Mapper
 
