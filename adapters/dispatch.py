@@ -96,6 +96,11 @@ class Dispatcher:
                     del self._finished_positions[position]
             return self._unfinished[0] - 1 if self._unfinished else self._highest
 
+    def holds(self, operation_id: UUID) -> bool:
+        """Whether an operation was submitted here and has not finished (queued or running)."""
+        with self._cond:
+            return any(key[0] == operation_id for key in self._known)
+
     def unfinished(self) -> int:
         with self._cond:
             return len(self._known)

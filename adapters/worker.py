@@ -49,6 +49,9 @@ class Worker:
         self.queries = Queries(db)
         self._stop = threading.Event()
         self._recovery = threading.Thread(target=self._recovery_loop, name="worker-recovery", daemon=True)
+        # Beats on a thread of their own: a sweep that waits (a disk lock behind a hung
+        # call, a slow database) must not make this live worker look dead to the others.
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="worker-heartbeat", daemon=True)
         with db.transaction() as cur:
             cur.execute(HEARTBEAT_DDL)
         self.dispatcher = Dispatcher(runner.execute, self.log, total=max_in_flight, per_cpi=runner.max_in_flight,
@@ -126,6 +129,8 @@ class Worker:
                 result = self.runner.recover(op, dead_worker=worker)
             elif row["state"] == RESOLVING:
                 result = self.runner.resume_in_doubt(op, dead_resolver=worker)
+            elif worker is None and self.dispatcher.holds(op):
+                continue  # queued here behind its disk or a limit: our dispatcher will run it
             elif worker is not None or row["updated_at"] < iso(now - timedelta(seconds=5 * self.lease_s)):
                 result = self.runner.execute(op)
             else:
@@ -136,25 +141,35 @@ class Worker:
             done.append((str(op), result))
         return done
 
+    def _heartbeat_loop(self) -> None:
+        self._every_third_of_a_lease(self.beat, "heartbeat failed")
+
     def _recovery_loop(self) -> None:
+        def recovery_pass() -> None:
+            self.sweep()
+            self._advance()
+
+        self._every_third_of_a_lease(recovery_pass, "recovery pass failed")
+
+    def _every_third_of_a_lease(self, step: Any, failed: str) -> None:
         interval = max(self.lease_s / 3, 0.05)
         while not self._stop.is_set():
             try:
-                self.beat()
-                self.sweep()
-                self._advance()
+                step()
             except Exception as error:  # the database may be away: keep trying
-                self.log.warning("recovery pass failed", error=str(error))
+                self.log.warning(failed, error=str(error))
             self._stop.wait(interval)
 
     def start(self) -> None:
         self.follower.start()
+        self._heartbeat.start()
         self._recovery.start()
 
     def stop(self) -> None:
         self._stop.set()
         self.follower.stop()
-        if self._recovery.is_alive():
-            self._recovery.join(timeout=5)
+        for thread in (self._recovery, self._heartbeat):
+            if thread.is_alive():
+                thread.join(timeout=5)
         self.dispatcher.stop()
         self._advance()
