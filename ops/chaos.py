@@ -42,6 +42,7 @@ tests/faults/test_chaos.py.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -85,12 +86,14 @@ setsid sh -c 'echo $$ > {pids}/helper-$$; exec sleep 60' </dev/null >/dev/null 2
 sleep 8
 """
 HUNG_TIMEOUT_S = 3
+START_TRIES = 10  # starts of a killed API before the run gives up
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 class Process:
@@ -132,6 +135,10 @@ class Process:
                 self.kill()
 
 
+class ExitedAtStart(RuntimeError):
+    """The API process exited before it served."""
+
+
 class Client:
     def __init__(self, url: str, credentials: Path) -> None:
         self.url = url
@@ -158,9 +165,12 @@ class Client:
         except (OSError, ValueError):
             return 0, None  # the API is down (killed) or the answer was cut: not acknowledged
 
-    def wait_up(self, timeout: float = 30) -> None:
+    def wait_up(self, timeout: float = 30, alive: Process | None = None) -> None:
+        """`alive`: the API's process; its exit ends the wait at once (ExitedAtStart)."""
         deadline = time.monotonic() + timeout
         while self.call("GET", "/health", timeout=2)[0] != 200:
+            if alive is not None and alive.proc is not None and alive.proc.poll() is not None:
+                raise ExitedAtStart(f"exit code {alive.proc.returncode}")
             if time.monotonic() > deadline:
                 raise RuntimeError("the API did not come up")
             time.sleep(0.05)
@@ -176,10 +186,10 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
     for _, _, cid in disks:
         (data_dir / "disks" / cid).mkdir(parents=True, exist_ok=True)
         (data_dir / "disks" / cid / "payload").write_bytes(os.urandom(2048))
-    for name, body in (("drain", DRAIN_SCRIPT), ("stop", STOP_SCRIPT)):  # the workers' default jobs_dir
+    for name, text in (("drain", DRAIN_SCRIPT), ("stop", STOP_SCRIPT)):  # the workers' default jobs_dir
         script = data_dir / "jobs" / "db" / "bin" / name
         script.parent.mkdir(parents=True, exist_ok=True)
-        script.write_text(body)
+        script.write_text(text)
         script.chmod(0o755)
     pids_dir = workdir / "hung-cpi-helpers"
     pids_dir.mkdir()
@@ -202,7 +212,8 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
     client = Client(f"http://127.0.0.1:{api_port}", data_dir / "credentials.json")
     client.wait_up()
     for d in range(deployments):
-        body = {"instances": [{"job": "db", "index": i, "disks": [f"disk-{d}-{i}"]} for i in range(instances)]}
+        body: dict[str, Any] = {"instances": [{"job": "db", "index": i, "disks": [f"disk-{d}-{i}"]}
+                                              for i in range(instances)]}
         assert client.call("PUT", f"/deployments/d{d}", body)[0] == 200
     if hung_cpi:
         body = {"cpi": "hung", "instances": [{"job": "db", "index": 0, "disks": ["vol-hung"]}]}
@@ -214,6 +225,7 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
     lock = threading.Lock()
     done = threading.Event()
     double_kill_rounds: list[str] = []
+    harness_errors: list[str] = []
 
     def one_command(n: int) -> None:
         nonlocal sent
@@ -257,8 +269,19 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
 
     def restart(p: Process, crash_at: str | None = None) -> None:
         p.start(crash_at)
-        if p.role in API_ROLES and crash_at is None:
-            client.wait_up()
+        if p.role not in API_ROLES or crash_at is not None:
+            return
+        for _ in range(START_TRIES):
+            try:
+                client.wait_up(alive=p)
+                return
+            except ExitedAtStart as exited:
+                # It refused to start, e.g. the shared PostgreSQL had no connection slot
+                # left: as systemd would, start it again (the kill count is unchanged).
+                progress(f"  {p.role} exited at start ({exited}); starting it again")
+                time.sleep(1)
+                p.start()
+        raise RuntimeError(f"{p.role} did not start in {START_TRIES} tries: see {p.log}")
 
     def double_kill() -> str:
         """Issue 16 item 1: the worker of a call dies after the CPI answered, and the
@@ -268,10 +291,8 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
         for p in workers:
             p.kill()
         first.start("cpi_returned")
-        try:
-            client.wait_up()
-        except RuntimeError:
-            pass  # it died already, on a call of earlier work: that is the first kill
+        with contextlib.suppress(RuntimeError):  # it died already, on earlier work: that is the first kill
+            client.wait_up(alive=first)
         # Work for it, whatever the clients are doing: a snapshot of every disk of d0.
         status, answer = client.call("POST", "/deployments/d0/snapshots")
         if status == 202:
@@ -290,6 +311,12 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
         return outcome
 
     def killer() -> None:
+        try:
+            kill_at_random()
+        except Exception as error:  # the run's figures would silently miss kills: a problem of the run
+            harness_errors.append(f"the killer stopped: {error!r}")
+
+    def kill_at_random() -> None:
         # Spread the kills over the command phase, at random moments; the double kills among them.
         rounds_at = {(r + 1) * kills // (double_kills + 1) for r in range(double_kills)}
         for k in range(kills):
@@ -316,7 +343,7 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
     killer_thread.join()
     for p in procs:
         if p.proc is None or p.proc.poll() is not None:
-            p.start()
+            restart(p)
     client.wait_up()
     command_phase = time.monotonic() - started
 
@@ -343,6 +370,7 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
     report.update(commands_sent=sent, acknowledged=len(acknowledged), kills=sum(p.kills for p in procs),
                   kills_by_role={r: sum(p.kills for p in procs if p.role == r) for r in set(roles)},
                   double_kill_rounds=double_kill_rounds, command_phase_s=round(command_phase, 1))
+    report["problems"].extend(harness_errors)
     if double_kills and "done" not in double_kill_rounds:
         report["problems"].append(f"no double kill was staged: {double_kill_rounds}")
     for p in procs:
@@ -367,10 +395,8 @@ def leaked_helpers(pids_dir: Path, grace_s: float = 15) -> int:
                 alive.append(pid)
         if not alive or time.monotonic() > deadline:
             for pid in alive:  # ours: leave nothing behind either way
-                try:
+                with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
             return len(alive)
         time.sleep(0.5)
 
@@ -525,7 +551,7 @@ def check_job_updates(sql: Sql) -> dict[str, Any]:
         else:
             disks.update({(task_id, i["id"]): list(i["disks"]) for i in data["instances"]})
     clean: dict[tuple[str, str], list[tuple[str, str, str | None, bool]]] = {}
-    for snapshot_id, task_id, instance_id, disk_cid, state, cid, is_clean in sql.rows(
+    for snapshot_id, task_id, instance_id, disk_cid, _state, cid, is_clean in sql.rows(
             "SELECT snapshot_id, task_id, instance_id, disk_cid, state, snapshot_cid, clean FROM snapshots_view "
             "WHERE trigger = 'job_update'"):
         clean.setdefault((task_id, instance_id), []).append((snapshot_id, disk_cid, cid, bool(is_clean)))
