@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import psycopg_pool
 
 SNAPLEDGER = str(Path(sys.executable).parent / "snapledger")
 ROLES = ("api", "worker", "worker", "projector")  # PostgreSQL
@@ -87,6 +88,7 @@ sleep 8
 """
 HUNG_TIMEOUT_S = 3
 START_TRIES = 10  # starts of a killed API before the run gives up
+STARTED: set[Process] = set()  # stopped at the end of a backend's run, also when it failed
 
 
 def free_port() -> int:
@@ -104,6 +106,7 @@ class Process:
         self.kills = 0
 
     def start(self, crash_at: str | None = None) -> None:
+        STARTED.add(self)
         args = [SNAPLEDGER, self.role, "--data-dir", str(self.data_dir), "--database", self.database,
                 "--port", str(self.port)]
         if self.role in API_ROLES:
@@ -207,10 +210,9 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
     api_port = free_port()
     procs = [Process(role, data_dir, database, api_port if role in API_ROLES else free_port(), env)
              for role in roles]
-    for p in procs:
-        p.start()
     client = Client(f"http://127.0.0.1:{api_port}", data_dir / "credentials.json")
-    client.wait_up()
+    for p in procs:
+        start_process(p, client, progress)
     for d in range(deployments):
         body: dict[str, Any] = {"instances": [{"job": "db", "index": i, "disks": [f"disk-{d}-{i}"]}
                                               for i in range(instances)]}
@@ -268,20 +270,7 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
                          f"{sum(p.kills for p in procs)} kills")
 
     def restart(p: Process, crash_at: str | None = None) -> None:
-        p.start(crash_at)
-        if p.role not in API_ROLES or crash_at is not None:
-            return
-        for _ in range(START_TRIES):
-            try:
-                client.wait_up(alive=p)
-                return
-            except ExitedAtStart as exited:
-                # It refused to start, e.g. the shared PostgreSQL had no connection slot
-                # left: as systemd would, start it again (the kill count is unchanged).
-                progress(f"  {p.role} exited at start ({exited}); starting it again")
-                time.sleep(1)
-                p.start()
-        raise RuntimeError(f"{p.role} did not start in {START_TRIES} tries: see {p.log}")
+        start_process(p, client, progress, crash_at)
 
     def double_kill() -> str:
         """Issue 16 item 1: the worker of a call dies after the CPI answered, and the
@@ -362,7 +351,13 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
         pending = still
         if pending:
             time.sleep(0.5)
-    report = check(database, data_dir, acknowledged, states, pending, workdir)
+    # Quiescent: the API and the workers have nothing left to do; stopped, their database
+    # connections are free for the check's own (the projector keeps the views current).
+    for p in procs:
+        if p.role in ("api", "worker"):
+            p.stop()
+    report: dict[str, Any] = patiently(
+        lambda: check(database, data_dir, acknowledged, states, pending, workdir), progress)
     report["leaked_cpi_processes"] = leaked_helpers(pids_dir)
     report["leaked_copies"] += report["leaked_cpi_processes"]
     if report["leaked_cpi_processes"]:
@@ -376,6 +371,42 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
     for p in procs:
         p.stop()
     return report
+
+
+def patiently(step: Any, progress: Any, tries: int = 20) -> Any:
+    """`step()`, again while PostgreSQL has no connection slot for it (a server shared
+    with other runs): the check reads the ledger as it is, so repeating it is harmless."""
+    for attempt in range(tries):
+        try:
+            return step()
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as error:
+            if attempt == tries - 1:
+                raise
+            progress(f"  the database is busy ({type(error).__name__}); checking again")
+            time.sleep(3)
+
+
+def drop_schema(server: str, schema: str) -> None:
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def start_process(p: Process, client: Client, progress: Any, crash_at: str | None = None) -> None:
+    """Start one process; an API is waited for, and started again when it exits at start."""
+    p.start(crash_at)
+    if p.role not in API_ROLES or crash_at is not None:
+        return
+    for _ in range(START_TRIES):
+        try:
+            client.wait_up(alive=p)
+            return
+        except ExitedAtStart as exited:
+            # It refused to start, e.g. the shared PostgreSQL had no connection slot
+            # left: as systemd would, start it again (the kill count is unchanged).
+            progress(f"  {p.role} exited at start ({exited}); starting it again")
+            time.sleep(1)
+            p.start()
+    raise RuntimeError(f"{p.role} did not start in {START_TRIES} tries: see {p.log}")
 
 
 def leaked_helpers(pids_dir: Path, grace_s: float = 15) -> int:
@@ -624,8 +655,7 @@ def verify_views(database: str, workdir: Path) -> list[str]:
         db.close()
         ledger.close()
         if url.kind != "sqlite":
-            with psycopg.connect(base, autocommit=True) as conn:
-                conn.execute(f'DROP SCHEMA "{scratch_name}" CASCADE')
+            patiently(lambda: drop_schema(base, scratch_name), print)
     return differences
 
 
@@ -640,9 +670,11 @@ def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         return run_chaos(workdir, database, commands=args.commands, kills=args.kills, seed=args.seed,
                          double_kills=args.double_kills, progress=lambda line: print(line, flush=True))
     finally:
+        for p in STARTED:
+            p.stop()
+        STARTED.clear()
         if backend == "postgres":
-            with psycopg.connect(server, autocommit=True) as conn:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            patiently(lambda: drop_schema(server, schema), print)
 
 
 def main() -> int:
