@@ -179,7 +179,18 @@ class Client:
             time.sleep(0.05)
 
 
-def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 20, seed: int | None = None,
+def run_chaos(workdir: Path, database: str, **options: Any) -> dict[str, Any]:
+    """One chaos run (options: see `_run_chaos`); every process it started is
+    stopped at the end, also when the run fails (a test's failure included)."""
+    try:
+        return _run_chaos(workdir, database, **options)
+    finally:
+        for p in list(STARTED):
+            p.stop()
+        STARTED.clear()
+
+
+def _run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 20, seed: int | None = None,
               deployments: int = 3, instances: int = 3, concurrency: int = 4,
               quiesce_timeout: float = 180, progress: Any = print, double_kills: int = 2,
               hung_cpi: bool = True) -> dict[str, Any]:
@@ -670,9 +681,6 @@ def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         return run_chaos(workdir, database, commands=args.commands, kills=args.kills, seed=args.seed,
                          double_kills=args.double_kills, progress=lambda line: print(line, flush=True))
     finally:
-        for p in STARTED:
-            p.stop()
-        STARTED.clear()
         if backend == "postgres":
             patiently(lambda: drop_schema(server, schema), print)
 
