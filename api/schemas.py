@@ -121,11 +121,12 @@ def _cron(value: str | None) -> None:
 
 # BOSH's cron dialect (README "Scheduled snapshots"): no JSON Schema pattern can
 # say it (ranges per field, IANA zones), so the document names it as a format.
-# A string of that format or null, as `anyOf` (schemathesis treats any value of a field
-# with a custom format as violating it in negative tests, null included, unless null is
-# its own branch).
+# A string of that format, or one of the words that turn it off, or null, as `anyOf`
+# (schemathesis treats any value of a field with a custom format as violating it in
+# negative tests, null and "" included, unless each is a branch of its own).
 CRON_FORMAT = {"x-replace": {
-    "anyOf": [{"type": "string", "format": "bosh-cron", "maxLength": 200}, {"type": "null"}],
+    "anyOf": [{"type": "string", "format": "bosh-cron", "maxLength": 200}, {"type": "string", "enum": ["", "off"]},
+              {"type": "null"}],
     "description": "BOSH cron: 5 or 6 fields (seconds first), optional zone; null, \"\" or \"off\" turns "
                    "the schedule off"}}
 

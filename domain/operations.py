@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from contextlib import AbstractContextManager
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -69,9 +70,12 @@ class OperationRunner:
         self.retry_in_doubt = dict(retry_in_doubt or {})
         self.on_step = on_step or (lambda step: None)  # crash-point tests hook in here
         self.on_call = on_call or (lambda cpi, method, outcome, duration: None)  # metrics
-        # Operations this process is executing now: a claim of ours that is not
-        # in here was abandoned (its thread failed), and recovery may take it.
-        self.running: set[UUID] = set()
+        # Operations this process is executing now, with how many threads run each: a
+        # claim of ours that is not in here was abandoned (its thread failed), and
+        # recovery may take it. Counted, not a set: a second run of the same operation
+        # that found nothing to do must not hide the first, still in its CPI call (the
+        # sweep then recorded our own live call in doubt).
+        self.running: Counter[UUID] = Counter()
         self._running_lock = threading.Lock()
         self._outcome_recorder = OutcomeRecorder(ledger, self._persist)
         self.max_in_flight = {name: (max_in_flight or {}).get(name, 4) for name in cpis}
@@ -83,12 +87,14 @@ class OperationRunner:
         Returns the outcome name, or None when there was nothing to do (already
         handled, or claimed by another worker)."""
         with self._running_lock:
-            self.running.add(operation_id)
+            self.running[operation_id] += 1
         try:
             return self._execute(operation_id)
         finally:
             with self._running_lock:
-                self.running.discard(operation_id)
+                self.running[operation_id] -= 1
+                if not self.running[operation_id]:
+                    del self.running[operation_id]
 
     def is_running(self, operation_id: UUID) -> bool:
         with self._running_lock:

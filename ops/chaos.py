@@ -42,6 +42,7 @@ tests/faults/test_chaos.py.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -60,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import psycopg_pool
 
 SNAPLEDGER = str(Path(sys.executable).parent / "snapledger")
 ROLES = ("api", "worker", "worker", "projector")  # PostgreSQL
@@ -85,12 +87,15 @@ setsid sh -c 'echo $$ > {pids}/helper-$$; exec sleep 60' </dev/null >/dev/null 2
 sleep 8
 """
 HUNG_TIMEOUT_S = 3
+START_TRIES = 10  # starts of a killed API before the run gives up
+STARTED: set[Process] = set()  # stopped at the end of a backend's run, also when it failed
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 class Process:
@@ -101,6 +106,7 @@ class Process:
         self.kills = 0
 
     def start(self, crash_at: str | None = None) -> None:
+        STARTED.add(self)
         args = [SNAPLEDGER, self.role, "--data-dir", str(self.data_dir), "--database", self.database,
                 "--port", str(self.port)]
         if self.role in API_ROLES:
@@ -132,6 +138,10 @@ class Process:
                 self.kill()
 
 
+class ExitedAtStart(RuntimeError):
+    """The API process exited before it served."""
+
+
 class Client:
     def __init__(self, url: str, credentials: Path) -> None:
         self.url = url
@@ -158,15 +168,29 @@ class Client:
         except (OSError, ValueError):
             return 0, None  # the API is down (killed) or the answer was cut: not acknowledged
 
-    def wait_up(self, timeout: float = 30) -> None:
+    def wait_up(self, timeout: float = 30, alive: Process | None = None) -> None:
+        """`alive`: the API's process; its exit ends the wait at once (ExitedAtStart)."""
         deadline = time.monotonic() + timeout
         while self.call("GET", "/health", timeout=2)[0] != 200:
+            if alive is not None and alive.proc is not None and alive.proc.poll() is not None:
+                raise ExitedAtStart(f"exit code {alive.proc.returncode}")
             if time.monotonic() > deadline:
                 raise RuntimeError("the API did not come up")
             time.sleep(0.05)
 
 
-def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 20, seed: int | None = None,
+def run_chaos(workdir: Path, database: str, **options: Any) -> dict[str, Any]:
+    """One chaos run (options: see `_run_chaos`); every process it started is
+    stopped at the end, also when the run fails (a test's failure included)."""
+    try:
+        return _run_chaos(workdir, database, **options)
+    finally:
+        for p in list(STARTED):
+            p.stop()
+        STARTED.clear()
+
+
+def _run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 20, seed: int | None = None,
               deployments: int = 3, instances: int = 3, concurrency: int = 4,
               quiesce_timeout: float = 180, progress: Any = print, double_kills: int = 2,
               hung_cpi: bool = True) -> dict[str, Any]:
@@ -176,10 +200,10 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
     for _, _, cid in disks:
         (data_dir / "disks" / cid).mkdir(parents=True, exist_ok=True)
         (data_dir / "disks" / cid / "payload").write_bytes(os.urandom(2048))
-    for name, body in (("drain", DRAIN_SCRIPT), ("stop", STOP_SCRIPT)):  # the workers' default jobs_dir
+    for name, text in (("drain", DRAIN_SCRIPT), ("stop", STOP_SCRIPT)):  # the workers' default jobs_dir
         script = data_dir / "jobs" / "db" / "bin" / name
         script.parent.mkdir(parents=True, exist_ok=True)
-        script.write_text(body)
+        script.write_text(text)
         script.chmod(0o755)
     pids_dir = workdir / "hung-cpi-helpers"
     pids_dir.mkdir()
@@ -197,12 +221,12 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
     api_port = free_port()
     procs = [Process(role, data_dir, database, api_port if role in API_ROLES else free_port(), env)
              for role in roles]
-    for p in procs:
-        p.start()
     client = Client(f"http://127.0.0.1:{api_port}", data_dir / "credentials.json")
-    client.wait_up()
+    for p in procs:
+        start_process(p, client, progress)
     for d in range(deployments):
-        body = {"instances": [{"job": "db", "index": i, "disks": [f"disk-{d}-{i}"]} for i in range(instances)]}
+        body: dict[str, Any] = {"instances": [{"job": "db", "index": i, "disks": [f"disk-{d}-{i}"]}
+                                              for i in range(instances)]}
         assert client.call("PUT", f"/deployments/d{d}", body)[0] == 200
     if hung_cpi:
         body = {"cpi": "hung", "instances": [{"job": "db", "index": 0, "disks": ["vol-hung"]}]}
@@ -214,6 +238,7 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
     lock = threading.Lock()
     done = threading.Event()
     double_kill_rounds: list[str] = []
+    harness_errors: list[str] = []
 
     def one_command(n: int) -> None:
         nonlocal sent
@@ -256,9 +281,7 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
                          f"{sum(p.kills for p in procs)} kills")
 
     def restart(p: Process, crash_at: str | None = None) -> None:
-        p.start(crash_at)
-        if p.role in API_ROLES and crash_at is None:
-            client.wait_up()
+        start_process(p, client, progress, crash_at)
 
     def double_kill() -> str:
         """Issue 16 item 1: the worker of a call dies after the CPI answered, and the
@@ -268,10 +291,8 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
         for p in workers:
             p.kill()
         first.start("cpi_returned")
-        try:
-            client.wait_up()
-        except RuntimeError:
-            pass  # it died already, on a call of earlier work: that is the first kill
+        with contextlib.suppress(RuntimeError):  # it died already, on earlier work: that is the first kill
+            client.wait_up(alive=first)
         # Work for it, whatever the clients are doing: a snapshot of every disk of d0.
         status, answer = client.call("POST", "/deployments/d0/snapshots")
         if status == 202:
@@ -290,6 +311,12 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
         return outcome
 
     def killer() -> None:
+        try:
+            kill_at_random()
+        except Exception as error:  # the run's figures would silently miss kills: a problem of the run
+            harness_errors.append(f"the killer stopped: {error!r}")
+
+    def kill_at_random() -> None:
         # Spread the kills over the command phase, at random moments; the double kills among them.
         rounds_at = {(r + 1) * kills // (double_kills + 1) for r in range(double_kills)}
         for k in range(kills):
@@ -316,7 +343,7 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
     killer_thread.join()
     for p in procs:
         if p.proc is None or p.proc.poll() is not None:
-            p.start()
+            restart(p)
     client.wait_up()
     command_phase = time.monotonic() - started
 
@@ -335,7 +362,13 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
         pending = still
         if pending:
             time.sleep(0.5)
-    report = check(database, data_dir, acknowledged, states, pending, workdir)
+    # Quiescent: the API and the workers have nothing left to do; stopped, their database
+    # connections are free for the check's own (the projector keeps the views current).
+    for p in procs:
+        if p.role in ("api", "worker"):
+            p.stop()
+    report: dict[str, Any] = patiently(
+        lambda: check(database, data_dir, acknowledged, states, pending, workdir), progress)
     report["leaked_cpi_processes"] = leaked_helpers(pids_dir)
     report["leaked_copies"] += report["leaked_cpi_processes"]
     if report["leaked_cpi_processes"]:
@@ -343,11 +376,48 @@ def run_chaos(workdir: Path, database: str, commands: int = 1000, kills: int = 2
     report.update(commands_sent=sent, acknowledged=len(acknowledged), kills=sum(p.kills for p in procs),
                   kills_by_role={r: sum(p.kills for p in procs if p.role == r) for r in set(roles)},
                   double_kill_rounds=double_kill_rounds, command_phase_s=round(command_phase, 1))
+    report["problems"].extend(harness_errors)
     if double_kills and "done" not in double_kill_rounds:
         report["problems"].append(f"no double kill was staged: {double_kill_rounds}")
     for p in procs:
         p.stop()
     return report
+
+
+def patiently(step: Any, progress: Any, tries: int = 20) -> Any:
+    """`step()`, again while PostgreSQL has no connection slot for it (a server shared
+    with other runs): the check reads the ledger as it is, so repeating it is harmless."""
+    for attempt in range(tries):
+        try:
+            return step()
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as error:
+            if attempt == tries - 1:
+                raise
+            progress(f"  the database is busy ({type(error).__name__}); checking again")
+            time.sleep(3)
+
+
+def drop_schema(server: str, schema: str) -> None:
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def start_process(p: Process, client: Client, progress: Any, crash_at: str | None = None) -> None:
+    """Start one process; an API is waited for, and started again when it exits at start."""
+    p.start(crash_at)
+    if p.role not in API_ROLES or crash_at is not None:
+        return
+    for _ in range(START_TRIES):
+        try:
+            client.wait_up(alive=p)
+            return
+        except ExitedAtStart as exited:
+            # It refused to start, e.g. the shared PostgreSQL had no connection slot
+            # left: as systemd would, start it again (the kill count is unchanged).
+            progress(f"  {p.role} exited at start ({exited}); starting it again")
+            time.sleep(1)
+            p.start()
+    raise RuntimeError(f"{p.role} did not start in {START_TRIES} tries: see {p.log}")
 
 
 def leaked_helpers(pids_dir: Path, grace_s: float = 15) -> int:
@@ -367,10 +437,8 @@ def leaked_helpers(pids_dir: Path, grace_s: float = 15) -> int:
                 alive.append(pid)
         if not alive or time.monotonic() > deadline:
             for pid in alive:  # ours: leave nothing behind either way
-                try:
+                with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
             return len(alive)
         time.sleep(0.5)
 
@@ -525,7 +593,7 @@ def check_job_updates(sql: Sql) -> dict[str, Any]:
         else:
             disks.update({(task_id, i["id"]): list(i["disks"]) for i in data["instances"]})
     clean: dict[tuple[str, str], list[tuple[str, str, str | None, bool]]] = {}
-    for snapshot_id, task_id, instance_id, disk_cid, state, cid, is_clean in sql.rows(
+    for snapshot_id, task_id, instance_id, disk_cid, _state, cid, is_clean in sql.rows(
             "SELECT snapshot_id, task_id, instance_id, disk_cid, state, snapshot_cid, clean FROM snapshots_view "
             "WHERE trigger = 'job_update'"):
         clean.setdefault((task_id, instance_id), []).append((snapshot_id, disk_cid, cid, bool(is_clean)))
@@ -592,8 +660,8 @@ def verify_views(database: str, workdir: Path) -> list[str]:
             live.close()
             rebuilt.close()
     finally:
-        scratch.close()
         runtime.close()
+        patiently(scratch.close, print)  # its schema dropped, also while the server is full
     return differences
 
 
@@ -609,8 +677,7 @@ def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
                          double_kills=args.double_kills, progress=lambda line: print(line, flush=True))
     finally:
         if backend == "postgres":
-            with psycopg.connect(server, autocommit=True) as conn:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            patiently(lambda: drop_schema(server, schema), print)
 
 
 def main() -> int:

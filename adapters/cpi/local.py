@@ -15,6 +15,7 @@ appear together in a single atomic rename.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
@@ -400,8 +401,14 @@ class LocalCpi:
 
     def _clean_stale_tmp(self) -> None:
         # Leftovers of a crash mid-copy or mid-delete; young ones may still be in use.
+        # Another process on the same root (a second worker) may remove an entry
+        # between the listing and its removal: gone is what we wanted, not a reason
+        # to refuse the start (the chaos run lost a worker to it).
         cutoff = time.time() - _STALE_TMP_S
         for parent in (self.snapshot_root, self.snapshot_root / _LATEST):
             for entry in os.scandir(parent):
-                if entry.name.startswith(_TMP) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                    rmtree(Path(entry.path)) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)
+                if not entry.name.startswith(_TMP):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        rmtree(Path(entry.path)) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)

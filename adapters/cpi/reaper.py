@@ -74,28 +74,23 @@ def children() -> list[int]:
     return found
 
 
-def reap_all() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
 def kill_everything(cpi: int) -> None:
-    """The CPI's group at once, then whatever is left below this process, until nothing is."""
-    with contextlib.suppress(OSError):  # the group is empty
+    """The CPI's group at once, then whatever is left below this process, until nothing is.
+
+    Each round kills every child and then *waits* for one to end: a killed
+    process's own orphans become ours only once it is gone, and on a loaded
+    host that takes a while (a bounded busy loop gave up first, and the
+    orphans then outlived the call under init)."""
+    with contextlib.suppress(OSError):  # the group may be empty
         os.killpg(cpi, signal.SIGKILL)
-    for _ in range(1000):  # each round kills the children; their orphans become ours
-        reap_all()
-        left = children()
-        if not left:
-            return
-        for pid in left:
-            with contextlib.suppress(OSError):
+    while True:
+        for pid in children():
+            with contextlib.suppress(OSError):  # gone meanwhile
                 os.kill(pid, signal.SIGKILL)
+        try:
+            os.waitpid(-1, 0)  # SIGKILLed: it ends; SIGTERM is ignored by now, nothing interrupts this
+        except ChildProcessError:
+            return  # nothing left below this process
 
 
 def spawn(executable: str, env: dict[bytes, bytes]) -> int:
@@ -106,6 +101,7 @@ def spawn(executable: str, env: dict[bytes, bytes]) -> int:
             os.close(read_end)
             os.setpgid(0, 0)  # its own group: killed at once, without this process
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # the mask survives exec
             os.execve(executable, [executable], env)
         except BaseException as error:  # report to the parent, always exit
             try:
@@ -128,10 +124,16 @@ def main(argv: list[str]) -> None:
         sys.stderr.write(f"snapledger-reaper: prctl failed (errno {ctypes.get_errno()}); "
                          "processes that leave the group may outlive the call\n")
     signal.signal(signal.SIGTERM, _stop)
+    # A time-out while the CPI is being started waits until it is: its pid is
+    # known then, so it and what it starts are killed, not left running.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     cpi = spawn(argv[1], environment_at_exec())
     status = None
-    with contextlib.suppress(Stop):
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         _, status = os.waitpid(cpi, 0)
+    except Stop:
+        pass
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # nothing interrupts the clean-up
     kill_everything(cpi)
     if status is None:  # timed out: reaped by kill_everything

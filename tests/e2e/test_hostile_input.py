@@ -22,7 +22,8 @@ import time
 import urllib.parse
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -177,7 +178,8 @@ HOSTILE_NAMES = [
     "all", "${jndi:ldap://x}", "'; DROP TABLE events; --", "%", "%00", "%ff", "?", "#", "a b", "\t", "NaN",
     "0" * 300, "-1", "1e309", "null",
 ]
-HOSTILE_VALUES = HOSTILE_NAMES + [
+HOSTILE_VALUES = [
+    *HOSTILE_NAMES,
     "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "2026-13-45T99:99:99Z", "true", "yes",
     str(2**64), str(-2**63 - 1), "1.5", "inf", "-0", ",,,", "Snapshot.", "Snapshot.Taken,",
 ]
@@ -194,7 +196,8 @@ def _quote(value: str) -> str:
     return urllib.parse.quote(value, safe="%")  # '%' kept: pre-encoded escapes stay escapes
 
 
-def _fuzzed_requests(document: dict[str, Any], rng: random.Random, per_route: int) -> Iterator[tuple[str, str, bytes | None]]:
+def _fuzzed_requests(document: dict[str, Any], rng: random.Random,
+                     per_route: int) -> Iterator[tuple[str, str, bytes | None]]:
     for template, operations in sorted(document["paths"].items()):
         for method, operation in sorted(operations.items()):
             queries = [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"]
@@ -203,7 +206,7 @@ def _fuzzed_requests(document: dict[str, Any], rng: random.Random, per_route: in
             for i in range(per_route):
                 real = i % 3 == 0  # a third of the requests name the real deployment: the handlers' logic runs
 
-                def fill(match: re.Match[str]) -> str:
+                def fill(match: re.Match[str], real: bool = real) -> str:
                     name = match.group(1)
                     if real and name in ("deployment", "name"):
                         return "prod"
@@ -248,7 +251,8 @@ def test_fuzzed_names_bodies_and_queries_to_every_route(served: tuple[Api, Path]
     document = api.json("GET", "/openapi.json")[2]
     rng = random.Random(FUZZ_SEED)
     per_route = int(os.environ.get("SNAPLEDGER_FUZZ_PER_ROUTE", "12"))
-    failures, sent = [], 0
+    failures: list[tuple[Any, ...]] = []
+    sent = 0
     for method, path, body in _fuzzed_requests(document, rng, per_route):
         headers = {"Idempotency-Key": f"fuzz-{sent}"} if method != "GET" and rng.random() < 0.3 else {}
         started = time.monotonic()

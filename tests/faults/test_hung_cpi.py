@@ -12,6 +12,7 @@ import os
 import signal
 import sqlite3
 import time
+from datetime import datetime
 from pathlib import Path
 
 from support.fake_cpi_helpers import add_disk, make_fake_cpi
@@ -68,6 +69,42 @@ def test_a_hung_cpi_call_does_not_hold_up_other_snapshots(tmp_path: Path) -> Non
                 "AND originator_id NOT IN (SELECT originator_id FROM stored_events "
                 "WHERE topic LIKE '%Snapshot.Taken')").fetchone()
         assert position < requested
+    finally:
+        server.kill()
+        kill_pids(state / "hang_child.pid", state / "hang_parent.pid")
+
+
+def test_a_snapshot_queued_behind_a_hung_call_never_stops_the_heartbeat(tmp_path: Path) -> None:
+    """A second snapshot of the hung call's disk waits in that disk's queue. Once
+    it is older than five leases the recovery sweep used to run it itself, and so
+    waited for the disk with it: the worker stopped beating, and another worker
+    would have recorded this live worker's calls in doubt (issue 16, chaos run)."""
+    lease_s = 1.0
+    executable, state = make_fake_cpi(tmp_path, {"snapshot_disk": {"mode": "hang"}})
+    cloud_disk = add_disk(state)
+    config = tmp_path / "snapledger.yml"
+    config.write_text(json.dumps({"cpis": {"aws": {"type": "external", "executable": str(executable),
+                                                   "timeout": 120}}, "default_cpi": "aws"}))
+    data_dir = tmp_path / "data"
+    database = tmp_path / "ledger.sqlite"
+    server = Server(data_dir, f"sqlite:///{database}", env={"SNAPLEDGER_CONFIG": str(config),
+                                                           "SNAPLEDGER_WORKER_LEASE": str(lease_s)}).start()
+    try:
+        server.api("PUT", "/deployments/cloud", {"instances": [{"job": "db", "index": 0, "disks": [cloud_disk]}]})
+        server.api("PUT", "/config/snapshots", {"enable_snapshots": True})
+        server.api("POST", "/deployments/cloud/snapshots")
+        wait_for(state / "hang_parent.pid")
+        queued = server.api("POST", "/deployments/cloud/snapshots")["task_id"]
+        time.sleep(5 * lease_s + 5)  # the queued request is older than the sweep's five leases
+        ages = []
+        for _ in range(5):
+            with sqlite3.connect(database) as db:
+                (beat_at,) = db.execute("SELECT max(beat_at) FROM worker_heartbeats").fetchone()
+            ages.append(time.time() - datetime.fromisoformat(beat_at).timestamp())
+            time.sleep(0.2)
+        assert min(ages) < 2 * lease_s, ages  # a beat every third of a lease: late under load, never stopped
+        assert server.api("GET", f"/tasks/{queued}")["state"] == "queued"  # still waiting for its disk
+        assert server.api("GET", "/tasks?in_doubt=true") == []
     finally:
         server.kill()
         kill_pids(state / "hang_child.pid", state / "hang_parent.pid")

@@ -6,8 +6,11 @@ which records what it received in its state dir.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
 import threading
 import time
 from pathlib import Path
@@ -514,6 +517,38 @@ def test_a_timed_out_cpi_leaves_no_setsid_helper_behind(tmp_path: Path) -> None:
     for name in ("holder.pid", "setsid.pid"):
         pid = int(wait_for_file(tmp_path / name))
         assert wait_until_gone(pid), f"{name}: {pid} outlived the timed-out call"
+
+
+# A CPI that leaves a chain of helpers, each in a session of its own and each the
+# parent of the next: a helper becomes the reaper's only once its parent is gone, so
+# the reaper must wait for each death (level by level), not give up after a number
+# of quick rounds (it did: helpers outlived the call under init on a loaded host).
+CPI_WITH_A_CHAIN_OF_HELPERS = """#!/bin/sh
+n=${1:-0}
+if [ "$n" -eq 0 ]; then
+  case "$(cat)" in *'"method": "info"'*) echo '{"result": {"api_version": 2}, "error": null, "log": ""}'; exit 0;; esac
+fi
+if [ "$n" -lt {depth} ]; then setsid "$0" $((n + 1)) </dev/null >/dev/null 2>&1 & fi
+if [ "$n" -gt 0 ]; then echo $$ >> {dir}/chain.pids; [ "$n" -eq {depth} ] && touch {dir}/chain.done; exec sleep 60; fi
+while [ ! -e {dir}/chain.done ]; do sleep 0.05; done
+echo '{"result": "snap-1", "error": null, "log": ""}'
+"""
+
+
+def test_a_chain_of_setsid_helpers_is_killed_to_its_end(tmp_path: Path) -> None:
+    depth = 300
+    executable = tmp_path / "cpi"
+    executable.write_text(CPI_WITH_A_CHAIN_OF_HELPERS.replace("{dir}", str(tmp_path)).replace("{depth}", str(depth)))
+    executable.chmod(0o755)
+    cpi = external_cpi(executable, timeout_s=60)
+    assert cpi.snapshot_disk("disk", {}) == "snap-1"
+    pids = [int(line) for line in (tmp_path / "chain.pids").read_text().split()]
+    assert len(pids) == depth
+    left = [pid for pid in pids if not wait_until_gone(pid, timeout_s=0.5)]
+    for pid in left:  # leave nothing behind either way
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"{len(left)} of {depth} helpers outlived the call"
 
 
 # --- what the caller can store ------------------------------------------------------------------------

@@ -437,3 +437,23 @@ def test_self_disk_defaults_to_the_data_directory_with_a_consistent_ledger_copy(
     assert copy.execute("SELECT x FROM t").fetchall() == [(42,)]
     copy.close()
     db.close()
+
+
+def test_a_leftover_another_process_removes_meanwhile_does_not_stop_the_start(cpi: LocalCpi,
+                                                                             monkeypatch) -> None:
+    """Two workers share a snapshot root: one removes its deletion's trash while
+    the other, starting, lists it. The start used to fail ("cannot start: ...
+    .tmp-snap-...-deleted-...: No such file or directory") and the worker stayed down."""
+    trash = write(cpi.snapshot_root / ".tmp-snap-x-deleted-0123abcd" / "data" / "f", "old").parents[1]
+    real_scandir = os.scandir
+
+    def listed_then_removed(path):  # the other process's rmtree lands between listing and stat
+        if not isinstance(path, (str, os.PathLike)) or Path(path) != cpi.snapshot_root:  # rmtree walks by fd
+            return real_scandir(path)
+        entries = list(real_scandir(path))
+        local._rmtree(trash)
+        return iter(entries)
+
+    monkeypatch.setattr(local.os, "scandir", listed_then_removed)
+    LocalCpi(cpi.disk_root, cpi.snapshot_root)  # starts
+    assert not trash.exists()

@@ -144,3 +144,17 @@ def test_the_readme_error_lines_are_what_the_service_prints(tmp_path: Path,
             load_config("snapledger.yml", environ=environ)
         got.append(str(error.value))
     assert got == expected
+
+
+@pytest.mark.parametrize("text,key", [
+    ('retention: {deployments: {"prod\\n": {keep_last: 3}}}\n', "retention.deployments.prod\n"),
+    ('cpis: {"aws\\n": {type: local}}\n', "cpis.aws\n"),
+    ('auth: {users: [{name: "ops\\n", secret_hash: "$argon2id$x", scopes: [snapledger.admin]}]}\n',
+     "auth.users[0].name"),
+])
+def test_a_name_with_a_trailing_newline_is_refused(tmp_path: Path, text: str, key: str) -> None:
+    """Issue 16 item 7 where names enter through the file: a whole-string match,
+    not `$` (which matches before a final newline)."""
+    with pytest.raises(ConfigError) as error:
+        load_config(_file(tmp_path, text), environ={})
+    assert error.value.key == key, error.value

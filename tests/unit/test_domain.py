@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from uuid import UUID
 
 import pytest
@@ -170,3 +171,32 @@ def test_inventory_records_attached_and_detached_disks(ledger: Ledger) -> None:
     events = list(ledger.store.repository.event_store.get(dep.id))
     last = events[-1]
     assert last.attached == ["dnew"] and last.detached == ["d1a", "d1b"]
+
+
+def test_a_second_run_that_finds_nothing_to_do_does_not_hide_a_running_call(ledger: Ledger) -> None:
+    """The recovery sweep takes a claim of ours that no thread runs as abandoned.
+    A second run of the same operation (the sweep's own, or a replay) ended at
+    once and used to drop it from the running set while the first was still in
+    its CPI call: the sweep then recorded our own live call in doubt."""
+    in_call, release = threading.Event(), threading.Event()
+
+    class Blocking(FakeCpi):
+        def snapshot_disk(self, disk_cid: str, metadata: dict) -> str:
+            in_call.set()
+            release.wait(10)
+            return super().snapshot_disk(disk_cid, metadata)
+
+    ledger.set_snapshots_enabled(True, actor="a")
+    runner = OperationRunner(ledger, {"local": Blocking({"d0"})}, worker="w1")
+    op = UUID(ledger.take_snapshots("prod", actor="a", job="db", index_or_id="0").operations[0])
+    first = threading.Thread(target=runner.execute, args=(op,))
+    first.start()
+    try:
+        assert in_call.wait(10)
+        assert runner.execute(op) is None  # claimed already: nothing to do
+        assert runner.is_running(op)
+    finally:
+        release.set()
+        first.join(10)
+    assert not runner.is_running(op)
+    assert ledger.get_snapshot(op).state == "taken"
