@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from snapledger.adapters.cpi import local_files
+from snapledger.adapters.cpi import local, local_files
 from snapledger.adapters.cpi.local import LocalCpi
 from snapledger.domain.cpi import CLOUD_ERROR, DISK_NOT_FOUND, NO_DISK_SPACE, VM_NOT_FOUND, CpiError
 
@@ -451,7 +451,7 @@ def test_a_leftover_another_process_removes_meanwhile_does_not_stop_the_start(cp
         if not isinstance(path, (str, os.PathLike)) or Path(path) != cpi.snapshot_root:  # rmtree walks by fd
             return real_scandir(path)
         entries = list(real_scandir(path))
-        local._rmtree(trash)
+        local_files.rmtree(trash)
         return iter(entries)
 
     monkeypatch.setattr(local.os, "scandir", listed_then_removed)

@@ -186,9 +186,9 @@ def test_a_second_run_that_finds_nothing_to_do_does_not_hide_a_running_call(ledg
             release.wait(10)
             return super().snapshot_disk(disk_cid, metadata)
 
-    ledger.set_snapshots_enabled(True, actor="a")
+    ledger.settings.set_snapshots_enabled(True, actor="a")
     runner = OperationRunner(ledger, {"local": Blocking({"d0"})}, worker="w1")
-    op = UUID(ledger.take_snapshots("prod", actor="a", job="db", index_or_id="0").operations[0])
+    op = UUID(ledger.snapshots.take("prod", actor="a", job="db", index_or_id="0").operations[0])
     first = threading.Thread(target=runner.execute, args=(op,))
     first.start()
     try:
@@ -199,4 +199,4 @@ def test_a_second_run_that_finds_nothing_to_do_does_not_hide_a_running_call(ledg
         release.set()
         first.join(10)
     assert not runner.is_running(op)
-    assert ledger.get_snapshot(op).state == "taken"
+    assert ledger.snapshots.get(op).state == "taken"
