@@ -22,7 +22,6 @@ import json
 import os
 import re
 import socket
-import stat
 import tempfile
 import threading
 import time
@@ -35,22 +34,15 @@ from typing import Any, TypeVar
 from snapledger.domain.cpi import (CLOUD_ERROR, DISK_NOT_FOUND, NO_DISK_SPACE, VM_NOT_FOUND, CallLog, CallRecord,
                                    CpiError)
 
-from .local_files import (CID_RE, SQLITE_SIDE_FILES, TMP_PREFIX, backup_sqlite, check_cid, copy_file, hold, is_sqlite,
-                          replace_content, rmtree, scan, write_atomic)
+from .local_copy import RESTORE_STAGE, DiskCopier
+from .local_files import TMP_PREFIX, check_cid, hold, replace_content, rmtree, write_atomic
+from .local_index import DATA, LATEST, MANIFEST, SnapshotIndex
 
 OPERATION_ID_KEY = "snapledger_operation_id"
-_DATA, _MANIFEST, _LATEST, _TMP = "data", "manifest.json", ".latest", TMP_PREFIX
+_TMP = TMP_PREFIX
 _STALE_TMP_S = 3600
-# A file whose mtime is this close to its copy may be rewritten within the same
-# timestamp tick without its mtime changing ("racily clean" in git's words);
-# such a copy is never reused by hard link, else a later snapshot could hold
-# stale content. 2 s covers coarse clocks (FAT, some network filesystems).
-_RACY_NS = 2_000_000_000
-_RESTORE_STAGE = ".snapledger-restore-"  # inside a disk, while a restore runs
 
 F = TypeVar("F", bound=Callable[..., Any])
-# The previous snapshot of a disk: (its data dir, its manifest entries by path).
-_Prev = tuple[Path, dict[str, dict[str, Any]]] | None
 
 
 def _recorded(method: F) -> F:
@@ -91,7 +83,7 @@ class LocalCpi:
         self.disk_root = Path(disk_root)
         self.snapshot_root = Path(snapshot_root)
         self.disk_root.mkdir(parents=True, exist_ok=True)
-        (self.snapshot_root / _LATEST).mkdir(parents=True, exist_ok=True)
+        self.index = SnapshotIndex(self.snapshot_root)
         # Snapshots are copies of disks (files kept 0444 so they stay immutable):
         # the root is the service user's only, wherever it is configured.
         os.chmod(self.snapshot_root, 0o700)
@@ -99,9 +91,7 @@ class LocalCpi:
         self._host_disks = {check_cid(cid, "disk"): Path(path).resolve() for cid, path in (host_disks or {}).items()}
         self._self_disks = [check_cid(d, "disk") for d in self_disks or []] + list(self._host_disks)
         # Never copy our own disks and snapshots into a snapshot of a directory holding them.
-        self._excluded = frozenset({self.disk_root.resolve(), self.snapshot_root.resolve()})
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
+        self.copier = DiskCopier(frozenset({self.disk_root.resolve(), self.snapshot_root.resolve()}))
         self._tls = threading.local()
         self._calls = CallLog()
         self._clean_stale_tmp()
@@ -136,7 +126,7 @@ class LocalCpi:
     def snapshot_disk(self, disk_cid: str, metadata: dict[str, Any]) -> str:
         disk = self._disk_path(disk_cid)
         cid = self._snapshot_cid(metadata)
-        if self._snap_dir(cid).is_dir():  # a retried call: the work is done
+        if self.index.snap_dir(cid).is_dir():  # a retried call: the work is done
             self._remove_leftovers(cid)
             return self._existing(cid, disk_cid)
         self._remove_leftovers(cid)  # a killed earlier attempt's half copy
@@ -144,7 +134,7 @@ class LocalCpi:
         tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP}{cid}-", dir=self.snapshot_root))
         held = hold(tmp)  # in use: _remove_leftovers leaves it alone until this process is gone
         try:
-            files = self._copy_tree(disk, tmp / _DATA, self._previous(disk_cid))
+            files = self.copier.copy(disk, tmp / DATA, self.index.previous(disk_cid))
             manifest = {
                 "snapshot_cid": cid,
                 "disk_cid": disk_cid,
@@ -153,9 +143,9 @@ class LocalCpi:
                 "created_at_ns": started_ns,
                 "files": files,
             }
-            write_atomic(tmp / _MANIFEST, json.dumps(manifest, indent=1, default=str))
+            write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1, default=str))
             try:
-                os.rename(tmp, self._snap_dir(cid))
+                os.rename(tmp, self.index.snap_dir(cid))
             except OSError as e:
                 if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
@@ -165,12 +155,12 @@ class LocalCpi:
                 rmtree(tmp)
             os.close(held)
         self._tls.record.extra = {"snapshot_cid": cid, "files": len(files)}
-        self._set_latest(disk_cid, cid, started_ns)
+        self.index.set_latest(disk_cid, cid, started_ns)
         return cid
 
     @_recorded
     def delete_snapshot(self, snapshot_cid: str) -> None:
-        snap = self._snap_dir(check_cid(snapshot_cid, "snapshot"))
+        snap = self.index.snap_dir(check_cid(snapshot_cid, "snapshot"))
         trash = self.snapshot_root / f"{_TMP}{snapshot_cid}-deleted-{uuid.uuid4().hex[:8]}"
         try:
             held = hold(snap)  # the lock moves with the directory into the trash
@@ -182,10 +172,7 @@ class LocalCpi:
                 os.rename(snap, trash)
             except FileNotFoundError:
                 raise CpiError(DISK_NOT_FOUND, f"snapshot {snapshot_cid} not found") from None
-            for disk_cid in self._latest_pointing_at(snapshot_cid):
-                with self._lock(disk_cid):
-                    if self._read_latest(disk_cid) == snapshot_cid:
-                        self._recompute_latest(disk_cid)
+            self.index.forget(snapshot_cid)
             rmtree(trash)
         finally:
             os.close(held)
@@ -210,25 +197,25 @@ class LocalCpi:
             return None
         cid = self._snapshot_cid(metadata)
         self._remove_leftovers(cid)  # the in-doubt call's half copy, if it died mid-copy
-        if not self._snap_dir(cid).is_dir():
+        if not self.index.snap_dir(cid).is_dir():
             return None
         return self._existing(cid, disk_cid)
 
     def has_snapshot(self, snapshot_cid: str) -> bool:
-        return self._snap_dir(check_cid(snapshot_cid, "snapshot")).is_dir()
+        return self.index.snap_dir(check_cid(snapshot_cid, "snapshot")).is_dir()
 
     def snapshot_path(self, snapshot_cid: str) -> Path:
         """The snapshot's content (a copy of the disk directory)."""
-        return self._snap_dir(check_cid(snapshot_cid, "snapshot")) / _DATA
+        return self.index.data(snapshot_cid)
 
     @_recorded
     def restore_snapshot(self, snapshot_cid: str, disk_cid: str) -> None:
         """Replace the disk's content with the snapshot's, as new writable files."""
-        manifest = self._manifest(snapshot_cid)
+        manifest = self.index.manifest(snapshot_cid)
         if manifest is None:
             raise CpiError(DISK_NOT_FOUND, f"snapshot {snapshot_cid} not found")
         replace_content(self.ensure_disk(disk_cid), manifest["files"], self.snapshot_path(snapshot_cid),
-                        stage_prefix=_RESTORE_STAGE)
+                        stage_prefix=RESTORE_STAGE)
 
     # -- internals -------------------------------------------------------------
 
@@ -247,8 +234,6 @@ class LocalCpi:
             raise CpiError(DISK_NOT_FOUND, f"disk {disk_cid} not found")
         return resolved
 
-    def _snap_dir(self, cid: str) -> Path:
-        return self.snapshot_root / cid
 
     def _snapshot_cid(self, metadata: dict[str, Any]) -> str:
         op = metadata.get(OPERATION_ID_KEY)
@@ -256,129 +241,18 @@ class LocalCpi:
         cid = f"snap-{op}" if op is not None else f"snap-{uuid.uuid4().hex}"
         return check_cid(cid, "snapshot")
 
-    def _manifest(self, cid: str) -> dict[str, Any] | None:
-        try:
-            with open(self._snap_dir(check_cid(cid, "snapshot")) / _MANIFEST) as f:
-                manifest: dict[str, Any] = json.load(f)  # ours, written by snapshot_disk
-                return manifest
-        except (OSError, ValueError):
-            return None
 
     def _existing(self, cid: str, disk_cid: str) -> str:
-        manifest = self._manifest(cid)
+        manifest = self.index.manifest(cid)
         if manifest is None or manifest.get("disk_cid") != disk_cid:
             raise CpiError(CLOUD_ERROR, f"snapshot {cid} already exists and is not of disk {disk_cid}")
         # The first attempt may have died between its rename and the index update.
-        self._set_latest(disk_cid, cid, manifest.get("created_at_ns", 0))
+        self.index.set_latest(disk_cid, cid, manifest.get("created_at_ns", 0))
         return cid
 
-    def _previous(self, disk_cid: str) -> _Prev:
-        """The disk's latest snapshot; None means copy everything."""
-        cid = self._read_latest(disk_cid)
-        manifest = self._manifest(cid) if cid is not None else None
-        if cid is None or manifest is None or manifest.get("disk_cid") != disk_cid:
-            return None
-        return self.snapshot_path(cid), {e["path"]: e for e in manifest["files"]}
 
-    def _copy_tree(self, src_root: Path, dst_root: Path, prev: _Prev) -> list[dict[str, Any]]:
-        os.mkdir(dst_root, 0o700)
-        entries: list[dict[str, Any]] = []
-        for rel, entry in scan(src_root, exclude=self._excluded):
-            if rel.startswith(_RESTORE_STAGE):
-                continue  # the leftover of a crashed restore is not disk content
-            src, dst = src_root / rel, dst_root / rel
-            if rel.endswith(SQLITE_SIDE_FILES) and is_sqlite(src_root / rel.rsplit("-", 1)[0]):
-                continue  # SQLite journals: the database's backup holds their content
-            st = entry.stat(follow_symlinks=False)
-            if stat.S_ISLNK(st.st_mode):  # kept as a link, never followed
-                target = os.readlink(src)
-                os.symlink(target, dst)
-                entries.append({"path": rel, "type": "symlink", "target": target})
-            elif stat.S_ISDIR(st.st_mode):  # owner-writable so deletion works
-                os.mkdir(dst, stat.S_IMODE(st.st_mode) | 0o700)
-                entries.append({"path": rel, "type": "dir", "mode": stat.S_IMODE(st.st_mode)})
-            elif stat.S_ISREG(st.st_mode):
-                entries.append(self._store_file(src, dst, rel, st, prev))
-            # FIFOs, sockets and devices are not content: skipped.
-        return entries
 
-    def _store_file(self, src: Path, dst: Path, rel: str, st: os.stat_result, prev: _Prev) -> dict[str, Any]:
-        entry = {"path": rel, "type": "file", "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                 "mode": stat.S_IMODE(st.st_mode), "linkable": True}
-        base = self._link_base(rel, st, prev)
-        if base is not None:
-            try:  # unchanged since the previous snapshot: share its immutable copy
-                os.link(base, dst, follow_symlinks=False)
-                return {**entry, "stored": "hardlink"}
-            except OSError:
-                pass  # EMLINK, or that snapshot is being deleted: copy instead
-        copy_start = time.time_ns()
-        if is_sqlite(src):
-            return {**entry, **backup_sqlite(src, dst), "linkable": False}
-        how, before, stable = copy_file(src, dst, 0o444)
-        racy = before.st_mtime_ns > copy_start - _RACY_NS
-        return {**entry, "size": before.st_size, "mtime_ns": before.st_mtime_ns,
-                "mode": stat.S_IMODE(before.st_mode), "stored": how, "linkable": stable and not racy}
 
-    @staticmethod
-    def _link_base(rel: str, st: os.stat_result, prev: _Prev) -> Path | None:
-        if prev is None:
-            return None
-        data, by_path = prev
-        old = by_path.get(rel)
-        if not old or old["type"] != "file" or not old.get("linkable"):
-            return None
-        if (old["size"], old["mtime_ns"]) != (st.st_size, st.st_mtime_ns):
-            return None
-        base = data / rel
-        try:
-            b = os.lstat(base)
-        except OSError:
-            return None
-        # Never link to the live file: it changes in place and would change the snapshot.
-        if not stat.S_ISREG(b.st_mode) or (b.st_dev, b.st_ino) == (st.st_dev, st.st_ino):
-            return None
-        return base
-
-    def _lock(self, disk_cid: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(disk_cid, threading.Lock())
-
-    def _read_latest(self, disk_cid: str) -> str | None:
-        try:
-            cid = (self.snapshot_root / _LATEST / disk_cid).read_text().strip()
-        except OSError:
-            return None
-        return cid if CID_RE.fullmatch(cid) else None
-
-    def _write_latest(self, disk_cid: str, cid: str | None) -> None:
-        path = self.snapshot_root / _LATEST / disk_cid
-        if cid is None:
-            path.unlink(missing_ok=True)
-        else:
-            write_atomic(path, cid + "\n")
-
-    def _set_latest(self, disk_cid: str, cid: str, created_at_ns: int) -> None:
-        with self._lock(disk_cid):
-            current = self._read_latest(disk_cid)
-            manifest = self._manifest(current) if current else None
-            # Concurrent snapshots of one disk may finish out of order: keep the newest.
-            if manifest is None or manifest.get("created_at_ns", 0) <= created_at_ns:
-                self._write_latest(disk_cid, cid)
-
-    def _recompute_latest(self, disk_cid: str) -> None:
-        newest: tuple[int, str] | None = None
-        for name in os.listdir(self.snapshot_root):
-            if not CID_RE.fullmatch(name):  # .latest, .tmp-*, lost+found...
-                continue
-            m = self._manifest(name)
-            if m and m.get("disk_cid") == disk_cid:
-                newest = max(newest or (-1, ""), (m.get("created_at_ns", 0), name))
-        self._write_latest(disk_cid, newest[1] if newest else None)
-
-    def _latest_pointing_at(self, cid: str) -> list[str]:
-        names = os.listdir(self.snapshot_root / _LATEST)
-        return [d for d in names if not d.startswith(".") and self._read_latest(d) == cid]
 
     def _remove_leftovers(self, cid: str) -> None:
         """Remove what killed calls for snapshot `cid` left (`.tmp-<cid>-*`: a half
@@ -405,7 +279,7 @@ class LocalCpi:
         # between the listing and its removal: gone is what we wanted, not a reason
         # to refuse the start (the chaos run lost a worker to it).
         cutoff = time.time() - _STALE_TMP_S
-        for parent in (self.snapshot_root, self.snapshot_root / _LATEST):
+        for parent in (self.snapshot_root, self.snapshot_root / LATEST):
             for entry in os.scandir(parent):
                 if not entry.name.startswith(_TMP):
                     continue

@@ -224,14 +224,14 @@ def test_retry_with_same_operation_id_returns_same_snapshot_once(cpi: LocalCpi, 
 def test_concurrent_retry_that_wins_the_rename_leaves_one_copy(cpi: LocalCpi, disk: Path) -> None:
     other = LocalCpi(cpi.disk_root, cpi.snapshot_root)
     meta = {"snapledger_operation_id": "op-race"}
-    real_copy = cpi._copy_tree
+    real_copy = cpi.copier.copy
 
     def copy_then_lose_race(*args):  # the other attempt finishes while this one copies
         entries = real_copy(*args)
         assert other.snapshot_disk("disk-a", meta) == "snap-op-race"
         return entries
 
-    cpi._copy_tree = copy_then_lose_race  # type: ignore[method-assign]
+    cpi.copier.copy = copy_then_lose_race  # type: ignore[method-assign]
     assert cpi.snapshot_disk("disk-a", meta) == "snap-op-race"
     assert snapshot_dirs(cpi) == ["snap-op-race"]
     assert digest(cpi.snapshot_path("snap-op-race")) == digest(disk)
