@@ -150,20 +150,26 @@ class Runtime:
     locks: DiskLocks | None = None
     agent: Any = None
     beat_db: Database | None = None  # the worker role's heartbeat connection
+    started: bool = False
 
     def start(self) -> None:
+        self.started = True
         if self.listener is not None:
             self.listener.start()
         for part in self.background:
             part.start()
 
     def close(self) -> None:
-        for part in reversed(self.background):
-            part.stop()
+        # Parts never started are not stopped: a stopping worker records its
+        # position, and one that never followed the log has none to record
+        # (`replay` and the chaos check close a runtime they never start).
+        if self.started:
+            for part in reversed(self.background):
+                part.stop()
+            if self.listener is not None:
+                self.listener.stop()
         if isinstance(self.locks, PostgresDiskLocks):
             self.locks.close()
-        if self.listener is not None:
-            self.listener.stop()
         self.executor.shutdown(wait=True)
         if self.committer is not None:
             self.committer.stop()
