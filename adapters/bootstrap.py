@@ -30,7 +30,8 @@ from psycopg_pool import ConnectionPool
 from snapledger.domain.application import Director, Ledger
 from snapledger.domain.cpi import Cpi
 from snapledger.domain.job_update_runner import JobUpdateRunner
-from snapledger.domain.operations import DiskLocks, OperationRunner
+from snapledger.domain.disk_locks import DiskLocks
+from snapledger.domain.operations import OperationRunner
 from snapledger.domain.restore_runner import RestoreRunner
 from snapledger.projections.projector import Projector
 from snapledger.projections.queries import Queries

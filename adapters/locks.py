@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from psycopg_pool import ConnectionPool
-from snapledger.domain.operations import DiskLocks
+from snapledger.domain.disk_locks import DiskLocks
 
 
 def _key(disk_cid: str) -> int:

@@ -43,7 +43,7 @@ def replay(verify: bool, rebuild_name: str | None, **options: Any) -> None:
 
     try:
         positions_before = runtime.projector.positions()
-        rebuilt = replaying.rebuild(runtime.ledger, scratch.db, [rebuild_name] if rebuild_name else None, progress)
+        rebuilt = replaying.rebuild(runtime.ledger.store, scratch.db, [rebuild_name] if rebuild_name else None, progress)
         click.echo(f"\n  {rebuilt.events} events replayed into {len(rebuilt.views)} view(s)", err=True)
         if rebuild_name:
             if scratch.file is not None:
@@ -53,7 +53,7 @@ def replay(verify: bool, rebuild_name: str | None, **options: Any) -> None:
                        f"{rebuilt.position}")
             return
         _positions_at(runtime, rebuilt.position, positions_before)  # let the live views reach the rebuild
-        diffs = replaying.differences(runtime.db, rebuilt, runtime.ledger)
+        diffs = replaying.differences(runtime.db, rebuilt, runtime.ledger.store)
         if diffs:
             for line in diffs:
                 click.echo(f"DIFFERS {line}")

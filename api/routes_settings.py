@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -21,7 +22,7 @@ from .routing import Doc, RouteTable
 routes = RouteTable()
 
 
-def _snapshot_config(settings: Any, managed: dict[str, str]) -> dict[str, Any]:
+def _snapshot_config(settings: Any, managed: Mapping[str, str]) -> dict[str, Any]:
     values = {"enable_snapshots": settings.enable_snapshots, **settings.schedules}
     # Which values the configuration sets (the file or variable): changing them here is refused.
     return {**values, "managed_by": {key: managed[key] for key in values if key in managed}}

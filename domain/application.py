@@ -34,7 +34,8 @@ class Ledger:
 
     `default_cpi`: the CPI of a deployment that names none; `self_cpi`: the one
     that knows this host (default: `default_cpi`); `restoring_cpis`: the
-    configured CPIs whose adapter can restore (the RestoresSnapshots capability); `disk_exists(cpi, disk)`: whether a disk exists, where this
+    configured CPIs whose adapter can restore (the RestoresSnapshots
+    capability); `disk_exists(cpi, disk)`: whether a disk exists, where this
     process can tell (restores refuse to overwrite one); `retention_candidates`:
     a deployment's taken snapshots from the listing view; `record_events`: how
     one save's events become durable (adapters/group_commit.py); `on_saved`:

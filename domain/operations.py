@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from contextlib import AbstractContextManager
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -24,6 +23,7 @@ from . import cpi_answers as answers
 from .cpi import DISK_NOT_FOUND, Cpi, CpiError, FindsSnapshots, calls_made
 from .cpi_calls import record_calls
 from .discovery import SelfDiscovery
+from .disk_locks import DiskLocks
 from .operation_outcomes import OutcomeRecorder
 from .retry import NO_RETRY, RetryPolicy
 from .snapshot import DELETING, IN_DOUBT, TAKING, Snapshot
@@ -31,21 +31,6 @@ from .task import Task
 
 if TYPE_CHECKING:
     from .application import Ledger
-
-
-class DiskLocks:
-    """Never two CPI calls for the same disk at once (in this process).
-
-    `for_disk` returns a context manager; adapters provide one that also holds
-    across processes (a PostgreSQL advisory lock, a file lock)."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
-
-    def for_disk(self, disk_cid: str) -> AbstractContextManager[Any]:
-        with self._guard:
-            return self._locks.setdefault(disk_cid, threading.Lock())
 
 
 class OperationRunner:

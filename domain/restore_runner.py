@@ -16,7 +16,7 @@ from .agent import SHUTDOWN, Agent, AgentInstance, AgentResult, drain_then_stop,
 from .cpi import CLOUD_ERROR, NOT_IMPLEMENTED, CpiError, RestoresSnapshots, calls_made
 from .cpi_calls import record_calls
 from .deployment import Deployment, deployment_id
-from .operations import DiskLocks
+from .disk_locks import DiskLocks
 from .restore import (DRAINING, FAILED, RESTORE_METHOD, RESTORED, RESTORING, SAFETY_TRIGGER, SNAPSHOTTING, STOPPING,
                       Restore, restore_id)
 from .task import Task

@@ -50,7 +50,7 @@ def rebuild(ledger: EventLog, scratch_db: Database, names: Iterable[str] | None 
     chosen = [v for v in all_views() if names is None or v.name in set(names)]
     Projector(scratch_db, views=chosen).setup()
     rebuilt = Rebuild(scratch_db, 0, 0, chosen)
-    catch_up(ledger, rebuilt, ledger.store.recorder.max_notification_id() or 0, progress)
+    catch_up(ledger, rebuilt, ledger.recorder.max_notification_id() or 0, progress)
     return rebuilt
 
 
@@ -58,11 +58,11 @@ def catch_up(ledger: EventLog, rebuilt: Rebuild, head: int, progress: Callable[[
     """Apply the log after the rebuild's position up to `head` (inclusive)."""
     projector = Projector(rebuilt.db, views=rebuilt.views)
     while rebuilt.position < head:
-        notifications = ledger.store.recorder.select_notifications(start=rebuilt.position, limit=BATCH, stop=head,
+        notifications = ledger.recorder.select_notifications(start=rebuilt.position, limit=BATCH, stop=head,
                                                              inclusive_of_start=False)
         if not notifications:
             break
-        projector.apply([(n.id, ledger.store.mapper.to_domain_event(n)) for n in notifications])
+        projector.apply([(n.id, ledger.mapper.to_domain_event(n)) for n in notifications])
         rebuilt.position = notifications[-1].id
         rebuilt.events += len(notifications)
         if progress is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from uuid import UUID, uuid4
 
 from eventsourcing.persistence import IntegrityError
@@ -81,7 +81,8 @@ class RestoreService:
             raise refuse(NotRestorable(f"snapshot '{snapshot_cid}' {why}; only a taken snapshot can be restored",
                                        field="cid"), state=snapshot.state)
         if snapshot.cpi not in self.restoring_cpis:
-            what = "is not configured" if snapshot.cpi not in self.deployments.cpi_names else "has no restore capability"
+            configured = snapshot.cpi in self.deployments.cpi_names
+            what = "has no restore capability" if configured else "is not configured"
             raise refuse(CpiCannotRestore(
                 f"CPI '{snapshot.cpi}' cannot restore: it {what}, and BOSH's CPI protocol has no restore method "
                 f"(snapledger does not know a create_disk property that creates a disk from a snapshot for it); "

@@ -184,7 +184,7 @@ def replay_all(ledger: Any, db: Any) -> tuple[int, float]:
     from snapledger.projections.replay import rebuild
 
     started = time.perf_counter()
-    result = rebuild(ledger, db)
+    result = rebuild(ledger.store, db)
     return result.events, time.perf_counter() - started
 
 

@@ -51,20 +51,20 @@ def test_verify_while_events_arrive(store_url: str, tmp_path: Path) -> None:
         _snapshot_round(ledger, runner)
         _project(ledger, projector)
 
-        rebuilt = replay.rebuild(ledger, scratch_db)
+        rebuilt = replay.rebuild(ledger.store, scratch_db)
         assert rebuilt.position == ledger.store.recorder.max_notification_id()
         # The service goes on: more events, projected live, after the rebuild read the log.
         _snapshot_round(ledger, runner)
         _project(ledger, projector)
         assert projector.position() > rebuilt.position
 
-        assert replay.differences(live_db, rebuilt, ledger) == []
+        assert replay.differences(live_db, rebuilt, ledger.store) == []
         assert rebuilt.position == projector.position()  # caught up to what the live views had
 
         with live_db.transaction() as cur:
             cur.execute("UPDATE snapshots_view SET trigger = 'forged' WHERE snapshot_id = "
                         "(SELECT MIN(snapshot_id) FROM snapshots_view)")
-        found = replay.differences(live_db, rebuilt, ledger)
+        found = replay.differences(live_db, rebuilt, ledger.store)
         assert len(found) == 1 and found[0].startswith("snapshots.snapshots_view: 1 rows only in the live view")
     finally:
         scratch_db.close()
