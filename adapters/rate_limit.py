@@ -203,7 +203,8 @@ def _wrapper_class(cpi: Cpi) -> type[RateLimitedCpi]:
     return _WRAPPERS[members]
 
 
-def rate_limited(cpis: dict[str, Cpi], limits: dict[str, RateLimit | None], db: Database, log: Any = None) -> dict[str, Any]:
+def rate_limited(cpis: dict[str, Cpi], limits: dict[str, RateLimit | None], db: Database,
+                 log: Any = None) -> dict[str, Any]:
     """The CPIs with a configured limit wrapped (with the same capabilities); the others as they are."""
     if not any(limits.get(name) for name in cpis):
         return dict(cpis)

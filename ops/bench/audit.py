@@ -193,7 +193,8 @@ def read_decode(ledger: Any, batch: int = 5000) -> tuple[int, float]:
     started = time.perf_counter()
     position = count = 0
     while True:
-        notifications = ledger.store.recorder.select_notifications(start=position, limit=batch, inclusive_of_start=False)
+        notifications = ledger.store.recorder.select_notifications(start=position, limit=batch,
+                                                                   inclusive_of_start=False)
         if not notifications:
             break
         for n in notifications:

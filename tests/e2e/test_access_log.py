@@ -14,8 +14,8 @@ import stat
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import pytest
 import yaml

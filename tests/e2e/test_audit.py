@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 from support.process import SNAPLEDGER, Server, cli
 from support.runtime import api_client, auth_as, make_config, wait_for, wait_task
+from datetime import UTC
 
 
 async def test_events_filters_and_cursor(tmp_path: Path, store_url: str) -> None:
@@ -107,7 +107,7 @@ def test_cli_audit_follow_and_history(tmp_path: Path) -> None:
 
 async def test_listing_at_a_moment(tmp_path: Path, store_url: str) -> None:
     import asyncio
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     config = make_config(tmp_path, store_url)
     (config.data_dir / "disks" / "disk-a").mkdir(parents=True)
@@ -123,7 +123,7 @@ async def test_listing_at_a_moment(tmp_path: Path, store_url: str) -> None:
             await wait_task(client, (await (await client.delete(f"/deployments/prod/snapshots/{cid}")).json())["task_id"])
 
         def now() -> str:
-            return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
         before_all = now()
         await asyncio.sleep(0.01)

@@ -4,7 +4,7 @@ listing `--at` a moment from the CLI."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 from snapledger.domain.cpi import CpiError
@@ -79,11 +79,11 @@ def test_cli_history_and_listing_at_a_moment(tmp_path: Path) -> None:
         spec.write_text("name: prod\ninstances: [{job: db, index: 0, disks: [disk-a]}]\n")
         assert cli(server.url, "deploy", str(spec)).returncode == 0
         assert cli(server.url, "enable-snapshots").returncode == 0
-        before = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        before = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         assert cli(server.url, "take-snapshot", "-d", "prod").returncode == 0
         [row] = json.loads(cli(server.url, "--json", "snapshots", "-d", "prod").stdout)
         cid = row["snapshot_cid"]
-        taken = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        taken = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         assert cli(server.url, "delete-snapshot", "-d", "prod", cid, "-n").returncode == 0
 
         then = cli(server.url, "snapshots", "-d", "prod", "--at", taken)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from snapledger.adapters.config import Config, load_config
 from support.process import Server, cli
 from support.runtime import api_client, test_users as _users
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def _config(tmp_path: Path, database: str, text: str) -> Config:

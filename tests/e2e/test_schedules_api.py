@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import calendar
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -80,7 +80,7 @@ async def test_schedules_show_next_fires_in_the_schedules_zone(tmp_path: Path, s
         assert rows["self_snapshot_schedule"]["active"] is False
         fires = [_parse(t) for t in rows["snapshot_schedule"]["next_fires"]]
         assert len(fires) == 5 and fires == sorted(fires)
-        assert fires[0] > datetime.now(timezone.utc) - timedelta(seconds=1)
+        assert fires[0] > datetime.now(UTC) - timedelta(seconds=1)
         berlin = [f.astimezone(ZoneInfo("Europe/Berlin")) for f in fires]
         # 02:30 Berlin wall-clock time on weekdays, whatever the UTC offset of the day.
         assert all((b.hour, b.minute, b.second) == (2, 30, 0) and b.weekday() < 5 for b in berlin)
@@ -101,6 +101,6 @@ def test_cli_sets_and_shows_schedules(tmp_path: Path) -> None:
         rows = {r["name"]: r for r in json.loads(cli(server.url, "--json", "schedules").stdout)}
         nexts = rows["snapshot_schedule"]["next_fires"]
         assert all(f"  next   {t}" in out for t in nexts)
-        assert len(nexts) == 5 and all(_parse(t).astimezone(timezone.utc).strftime("%H:%M:%S") == "00:00:00" for t in nexts)
+        assert len(nexts) == 5 and all(_parse(t).astimezone(UTC).strftime("%H:%M:%S") == "00:00:00" for t in nexts)
     finally:
         server.stop()

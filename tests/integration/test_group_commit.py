@@ -14,7 +14,8 @@ import threading
 import time
 from pathlib import Path
 from uuid import UUID, uuid4
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -71,7 +72,7 @@ def saves_in_one_batch(ledger: Ledger, committer: GroupCommitter, aggregates: li
     def save(i: int) -> None:
         try:
             results[i] = ledger.store.save(*aggregates[i])
-        except BaseException as error:  # noqa: BLE001 - the test inspects it
+        except BaseException as error:
             results[i] = error
 
     threads = [threading.Thread(target=save, args=(i,)) for i in range(len(aggregates))]

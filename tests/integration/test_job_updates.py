@@ -10,7 +10,7 @@ from __future__ import annotations
 import stat
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -350,7 +350,7 @@ def test_the_sweep_fails_instances_of_silent_workers_and_of_ours_without_a_threa
         time.sleep(0.3)  # every claim is older than a lease; only "beating" beat since
         with stack.db.transaction() as cur:
             cur.execute("INSERT INTO worker_heartbeats (worker, beat_at) VALUES (%s, %s), (%s, %s)",
-                        ("beating", iso(datetime.now(timezone.utc)), "w1", iso(datetime.now(timezone.utc))))
+                        ("beating", iso(datetime.now(UTC)), "w1", iso(datetime.now(UTC))))
         recovered = worker.sweep()
         assert sorted(recovered) == sorted([(str(tasks[0].id), claims[0], "failed"),
                                             (str(tasks[2].id), claims[2], "failed")])

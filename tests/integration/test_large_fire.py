@@ -9,7 +9,7 @@ pipeline, by binary COPY; this is the operator's case that found it: one
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import pytest
 
@@ -29,7 +29,7 @@ def test_fire_over_thousands_of_instances_commits_once(pg_url: str) -> None:
     ledger = Ledger(env=ledger_env(parse_store_url(pg_url)))
     instances = [{"job": "cell", "index": i, "id": f"cell-{i}", "disks": [f"disk-{i}"]} for i in range(INSTANCES)]
     ledger.deployments.record("big", {}, instances, actor="op")
-    fire_time = datetime(2026, 11, 25, 7, tzinfo=timezone.utc)
+    fire_time = datetime(2026, 11, 25, 7, tzinfo=UTC)
     before = ledger.store.recorder.max_notification_id() or 0
 
     fire = ledger.schedules.fire("snapshot_schedule", "0 0 7 * * * UTC", fire_time)

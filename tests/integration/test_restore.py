@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import stat
 import time
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -198,7 +198,7 @@ def test_the_sweep_recovers_restores_of_silent_workers_only(stack: Stack) -> Non
     time.sleep(0.3)  # both claims are older than a lease; only "beating" beat since
     with stack.db.transaction() as cur:
         cur.execute("INSERT INTO worker_heartbeats (worker, beat_at) VALUES (%s, %s)",
-                    ("beating", iso(datetime.now(timezone.utc))))
+                    ("beating", iso(datetime.now(UTC))))
     assert worker.sweep() == [(str(restore_id(tasks[0].id)), "retried:restored")]
     assert stack.ledger.tasks.get(str(tasks[0].id)).state == "done"
     assert stack.restore(tasks[1].id).state == "restoring"  # a live worker's: left alone

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from typing import Any
 
 import pytest
@@ -13,7 +13,7 @@ from snapledger.domain.application import Ledger
 from snapledger.domain.cron import CronError
 from snapledger.scheduler.process import Scheduler
 
-UTC = timezone.utc
+UTC = UTC
 LOG = structlog.get_logger("test")
 EVERY_MINUTE = "0 * * * * * UTC"
 

@@ -34,7 +34,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 CLOUD_ERROR = "Bosh::Clouds::CloudError"
 DISK_NOT_FOUND = "Bosh::Clouds::DiskNotFound"
@@ -254,7 +255,7 @@ def main(argv: list[str]) -> int:
         respond(result=handler(config, list(request.get("arguments", []))), log=log)
     except CpiFailure as failure:
         respond(error=failure, log=log)
-    except Exception as e:  # noqa: BLE001 - a CPI answers every failure on stdout
+    except Exception as e:
         respond(error=CpiFailure(CLOUD_ERROR, f"fake_cpi crashed: {e!r}"), log=log)
     # The protocol ignores exit codes; this mode proves the caller does too.
     return 3 if fault.get("mode") == "exit_nonzero_ok" else 0

@@ -55,7 +55,7 @@ class Server:
 
         return ssl.create_default_context(cafile=str(self.data_dir / "ca.pem")) if self.tls else None
 
-    def start(self, wait: bool = True) -> "Server":
+    def start(self, wait: bool = True) -> Server:
         """`wait=False`: do not wait for the API (a run expected to die early)."""
         args = [SNAPLEDGER, self.command, "--data-dir", str(self.data_dir), "--port", str(self.port)]
         if self.database:

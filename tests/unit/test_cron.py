@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, UTC
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from snapledger.domain.cron import CronError, CronSchedule, validate
 
-UTC = timezone.utc
+UTC = UTC
 START = datetime(2026, 3, 10, 6, 59, 59, tzinfo=UTC)
 
 
@@ -331,7 +331,7 @@ def test_rejections_name_field_and_token(expression, field, token, fragment):
     message = str(exc.value)
     assert message.startswith(f"invalid cron schedule {expression!r}: ")
     assert (exc.value.field, exc.value.token) == (field, token)
-    assert repr(token) in message and repr(field) in message or field == "time zone"
+    assert (repr(token) in message and repr(field) in message) or field == "time zone"
     assert token in message and fragment in message
 
 

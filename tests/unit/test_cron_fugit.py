@@ -16,7 +16,7 @@ import random
 import re
 import shutil
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -24,7 +24,7 @@ import pytest
 
 from snapledger.domain.cron import CronError, CronSchedule
 
-UTC = timezone.utc
+UTC = UTC
 ROOT = Path(__file__).resolve().parents[2]
 ORACLE = ROOT / "tests" / "support" / "fugit_oracle.rb"
 FIRES = 3

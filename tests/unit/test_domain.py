@@ -8,7 +8,7 @@ from uuid import UUID
 import pytest
 
 from snapledger.domain.application import Director, Ledger
-from snapledger.domain.cpi import CLOUD_ERROR, DISK_NOT_FOUND, NOT_IMPLEMENTED, CpiError
+from snapledger.domain.cpi import CLOUD_ERROR, NOT_IMPLEMENTED, CpiError
 from snapledger.domain.errors import (DeploymentNotFound, InstanceNotFound, InvalidState, SnapshotNotFound,
                                       SnapshotsDisabled)
 from snapledger.domain.operations import OperationRunner
@@ -146,7 +146,7 @@ def test_a_second_execution_of_a_handled_operation_does_nothing(ledger: Ledger, 
 
 def test_duplicate_cid_from_a_cpi_is_a_failure_not_a_second_listing(ledger: Ledger) -> None:
     class SameCid(FakeCpi):
-        def snapshot_disk(self, disk_cid, metadata):  # noqa: ANN001
+        def snapshot_disk(self, disk_cid, metadata):
             super().snapshot_disk(disk_cid, metadata)
             return "snap-always-the-same"
 

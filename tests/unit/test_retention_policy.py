@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 
 import pytest
 
 from snapledger.domain.retention import Candidate, InvalidPolicy, RetentionPolicy, parse_duration, plan_expiry
 
-NOW = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 
 
 def snaps(disk: str, ages_days: list[float], clean: set[int] = frozenset(), pinned: set[int] = frozenset(),
