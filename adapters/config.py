@@ -100,7 +100,9 @@ class Config:
     # HTTP only when asked for (behind a TLS proxy). More names for the certificate.
     tls_plain_http: bool = False
     tls_names: list[str] = field(default_factory=list)
-    # The BOSH Director dialect's listener (api/director.py, decision 22); None: off.
+    # The BOSH Director dialect (api/director.py, decisions 22, 34): on the API port
+    # unless disabled; on a listener of its own when director_port is set.
+    director_enabled: bool = True
     director_port: int | None = None
     ready_max_lag: int = 10_000
     metrics_port: int | None = None  # Prometheus endpoint of processes without the API  # /ready fails when a view is this many events behind
@@ -245,6 +247,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "tls.key": ("tls_key", str),
     "tls.plain_http": ("tls_plain_http", "bool"),
     "director.port": ("director_port", int),
+    "director.enabled": ("director_enabled", "bool"),
     "ready.max_lag": ("ready_max_lag", int),
     "metrics.port": ("metrics_port", int),
     "jobs_dir": ("jobs_dir", Path),
@@ -522,6 +525,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("listen.port", f"must be 1-65535, got {config.port}")
     if config.metrics_port is not None and not 0 < config.metrics_port < 65536:
         raise ConfigError("metrics.port", f"must be 1-65535, got {config.metrics_port}")
+    if config.director_port is not None and not config.director_enabled:
+        raise ConfigError("director.port", "is set but director.enabled is false (--no-director): set one of them")
     if config.log_format not in ("auto", "console", "json"):
         raise ConfigError("log.format", f"must be auto, console or json, got {config.log_format!r}")
     if config.log_level.lower() not in LOG_LEVELS:
