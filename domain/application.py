@@ -56,6 +56,7 @@ class Director:
 
 
 AGGREGATE_CACHE_SIZE = 500
+COPY_ATTEMPTS = 20  # see get_aggregate
 EXISTENCE_MEMO_SIZE = 10_000
 
 
@@ -180,7 +181,7 @@ class Ledger(Application):
 
     def _get(self, aggregate_id: UUID) -> Any | None:
         try:
-            return self.repository.get(aggregate_id)
+            return self.get_aggregate(aggregate_id)
         except AggregateNotFoundError:
             return None
 
@@ -526,7 +527,18 @@ class Ledger(Application):
         return snapshots
 
     def get_aggregate(self, aggregate_id: UUID) -> Any:
-        return self.repository.get(aggregate_id)
+        """The aggregate, a copy of the cached one. eventsourcing deep-copies it
+        outside the lock under which another thread fast-forwards it in place, so
+        a copy taken meanwhile can fail (`dictionary changed size during
+        iteration`: a task whose many operations finish at once); the copy has no
+        effect, so it is simply taken again."""
+        for attempt in range(1, COPY_ATTEMPTS + 1):
+            try:
+                return self.repository.get(aggregate_id)
+            except RuntimeError as error:
+                if attempt == COPY_ATTEMPTS or "changed size during iteration" not in str(error):
+                    raise
+        raise AssertionError("unreachable")
 
     def created_with_seen(self, aggregate_id: UUID) -> bool:
         """Whether an aggregate exists, for one created in the same transaction
@@ -754,7 +766,7 @@ class Ledger(Application):
         return result[0]
 
     def get_snapshot(self, snapshot_id: UUID) -> Snapshot:
-        return self.repository.get(snapshot_id)
+        return self.get_aggregate(snapshot_id)  # type: ignore[no-any-return]
 
     def snapshot_cid_taken(self, snapshot_cid: str) -> bool:
         return snapshot_cid_id(snapshot_cid) in self.repository
