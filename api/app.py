@@ -567,10 +567,10 @@ async def _scoped_deployment(request: web.Request) -> str | None:
 def route_tables() -> list[web.RouteTableDef]:
     """Every route module's table. A feature adds its own module here, so
     feature work does not pile up in this file."""
-    from . import routes_audit, routes_jobs, routes_ops, routes_restore, routes_retention
+    from . import routes_audit, routes_cancel, routes_jobs, routes_ops, routes_restore, routes_retention
 
     return [routes, routes_ops.routes, routes_retention.routes, routes_audit.routes, routes_jobs.routes,
-            routes_restore.routes]
+            routes_restore.routes, routes_cancel.routes]
 
 
 def create_app(runtime: Runtime, start_background: bool = True) -> web.Application:

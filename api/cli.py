@@ -592,7 +592,7 @@ def describe_cpi_log(entries: list[dict[str, Any]]) -> str:
 
 # Feature command modules register themselves on `main` when imported (they
 # import `main` and the helpers above, so they come last).
-FEATURE_MODULES: list[str] = ["cli_retention", "cli_audit", "cli_replay", "cli_jobs", "cli_restore"]
+FEATURE_MODULES: list[str] = ["cli_retention", "cli_audit", "cli_replay", "cli_jobs", "cli_restore", "cli_cancel"]
 for _module in FEATURE_MODULES:
     __import__(f"{__package__}.{_module}")
 

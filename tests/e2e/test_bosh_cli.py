@@ -459,3 +459,26 @@ def test_a_director_port_of_its_own_or_none(tmp_path: Path) -> None:
                            "--no-director", "--director-port", str(port)], capture_output=True, text=True, timeout=60)
     assert both.returncode == 2 and both.stderr.strip().count("\n") == 0, both.stderr
     assert "config key 'director.port': is set but director.enabled is false" in both.stderr
+
+
+def test_the_native_cli_cancels_a_task_by_its_number(director: Director) -> None:
+    """`snapledger cancel-task N`: the same number, the same cancel as `bosh cancel-task N`."""
+    director.deploy("slow-native", ["disk-slown-0", "disk-slown-1", "disk-slown-2"], cpi="slow")
+    number = str(director.api("POST", "/deployments/slow-native/snapshots")["number"])
+
+    def native(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([SNAPLEDGER, "--url", director.server.url, "--user", "admin", "--secret",
+                               director.secrets["admin"], *args], capture_output=True, text=True,
+                              cwd=director.tmp, timeout=60)
+
+    cancelled = native("cancel-task", number)
+    assert cancelled.returncode == 0 and f"Task {number} " in cancelled.stdout, cancelled.stdout + cancelled.stderr
+    deadline = time.monotonic() + 30
+    while (task := director.api("GET", f"/tasks/{number}"))["state"] != "cancelled":
+        assert time.monotonic() < deadline, task
+        time.sleep(0.1)
+    assert len(director.bosh_json("-d", "slow-native", "snapshots")) < 3
+    again = native("cancel-task", number)
+    assert again.returncode == 1 and "already cancelled" in again.stderr, again.stderr
+    audit = director.bosh_json("events", "--task", number)
+    assert any(r["action"] == "cancel_requested" and r["user"] == "admin" for r in audit), audit
