@@ -10,9 +10,9 @@ ranges). Commands go through the same ledger calls as the native routes.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
-from typing import Any, Awaitable, Callable
+from typing import Any
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -21,10 +21,11 @@ from snapledger.domain.errors import (DeploymentNotFound, InstanceNotFound, Inva
                                       SnapshotNotFound, SnapshotsDisabled, TaskNotFound)
 
 from . import auth
-from .app import RUNTIME, STORE_UNAVAILABLE, VERSION, StoreDown, run
+from .app import RUNTIME, STORE_UNAVAILABLE, StoreDown, run
 from .director_output import task_output
 from .director_events import events_page
 from .task_numbers import resolve
+from .version import VERSION
 
 # The Director's error codes (bosh-director errors.rb) and HTTP statuses.
 DIRECTOR_CODES: dict[type[LedgerError], tuple[int, int]] = {
@@ -156,7 +157,7 @@ def snapshot_json(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def actor(request: web.Request) -> str:
-    return request.get(auth.USER, "admin")
+    return str(request.get(auth.USER, "admin"))
 
 
 async def _redirect_to_task(request: web.Request, task: Any) -> web.Response:
@@ -278,7 +279,7 @@ def _int_param(request: web.Request, name: str, default: int | None = None) -> i
 async def list_tasks(request: web.Request) -> web.Response:
     """`bosh tasks` asks for `state=queued,processing,cancelling` (running ones); `--recent`, for none."""
     limit = min(_int_param(request, "limit", 30) or 30, 1000)
-    states = [s for s in (request.query.get("state") or "").split(",") if s] or [None]
+    states: list[str | None] = [s for s in (request.query.get("state") or "").split(",") if s] or [None]
     deployment = request.query.get("deployment") or None
     rows = [row for state in states
             for row in await run(request, request.app[RUNTIME].queries.tasks, deployment, state, limit)]
@@ -288,7 +289,7 @@ async def list_tasks(request: web.Request) -> web.Response:
 
 async def _task_row(request: web.Request) -> dict[str, Any]:
     task_id = await resolve(request, request.match_info["task_id"])
-    row = await run(request, request.app[RUNTIME].queries.task, task_id)
+    row: dict[str, Any] | None = await run(request, request.app[RUNTIME].queries.task, task_id)
     if row is None:
         raise TaskNotFound(f"Task {request.match_info['task_id']} not found")
     return row

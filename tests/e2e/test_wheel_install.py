@@ -19,6 +19,7 @@ import ssl
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -40,8 +41,10 @@ def wheelhouse(tmp_path: Path) -> Path:
     house.mkdir(parents=True, exist_ok=True)
     for stale in house.glob("snapledger-*.whl"):
         stale.unlink()
+    # The build backend too: building the wheel from that wheelhouse alone (`make wheel` offline) needs it.
+    backend = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--find-links", str(house),
-                            "-w", str(house), str(ROOT)], capture_output=True, text=True, timeout=900)
+                            "-w", str(house), str(ROOT), *backend], capture_output=True, text=True, timeout=900)
     assert built.returncode == 0, built.stderr[-3000:]
     return house
 
