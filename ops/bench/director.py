@@ -29,6 +29,7 @@ from typing import Any
 from common import Context, percentile, row
 
 TARGET_RATIO = 2.0
+MIN_OUTPUT = 64 * 1024  # bytes of event output before a running task is measured
 
 
 def run(ctx: Context) -> list[dict[str, Any]]:
@@ -108,8 +109,14 @@ async def _measure(ctx: Context, backend: str, url: str, operations: int, querie
                     size = len(body)
                 return times, size
 
-            async with http.get(director.make_url(f"/tasks/{number}/output?type=event")) as response:
-                whole = await response.read()
+            # A task still running: measure once it has output to poll (the first disks' lines).
+            deadline = time.monotonic() + ctx.sizes.get("director_take_timeout", 600.0)
+            while True:
+                async with http.get(director.make_url(f"/tasks/{number}/output?type=event")) as response:
+                    whole = await response.read()
+                if state in ("done", "error") or len(whole) >= MIN_OUTPUT or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(1)
             events = json.loads(await (await http.get(native.make_url(f"/tasks/{task_id}/events"))).read())
             last = events[-1]["position"]
             pairs = [
