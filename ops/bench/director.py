@@ -120,8 +120,9 @@ async def _measure(ctx: Context, backend: str, url: str, operations: int, querie
             events = json.loads(await (await http.get(native.make_url(f"/tasks/{task_id}/events"))).read())
             last = events[-1]["position"]
             pairs = [
-                ("task output, poll (Range near the end) vs native events?after", 
-                 await timed(director, f"/tasks/{number}/output?type=event", {"Range": f"bytes={len(whole) - 200}-"}, 206),
+                ("task output, poll (Range near the end) vs native events?after",
+                 await timed(director, f"/tasks/{number}/output?type=event",
+                             {"Range": f"bytes={max(len(whole) - 200, 0)}-"}, 206),
                  await timed(native, f"/tasks/{task_id}/events?after={last - 2}")),
                 ("task output, whole (Range bytes=0-) vs native events (all)",
                  await timed(director, f"/tasks/{number}/output?type=event", {"Range": "bytes=0-"}, 206),
