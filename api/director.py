@@ -127,9 +127,14 @@ def auth_middleware(needs: dict[tuple[str, str], int]) -> Any:
     return middleware
 
 
+TASK_ROW = web.RequestKey("director_task_row", dict)  # read once for auth, used again by the route
+
+
 async def _task_deployment(request: web.Request, ref: str) -> str | None:
     # A number just handed out may not be projected yet: resolve() waits for it.
     row = await run(request, request.app[RUNTIME].queries.task, await resolve(request, ref))
+    if row is not None:
+        request[TASK_ROW] = row
     return row["deployment"] if row else None
 
 
@@ -288,8 +293,10 @@ async def list_tasks(request: web.Request) -> web.Response:
 
 
 async def _task_row(request: web.Request) -> dict[str, Any]:
-    task_id = await resolve(request, request.match_info["task_id"])
-    row: dict[str, Any] | None = await run(request, request.app[RUNTIME].queries.task, task_id)
+    row: dict[str, Any] | None = request.get(TASK_ROW)
+    if row is None:
+        task_id = await resolve(request, request.match_info["task_id"])
+        row = await run(request, request.app[RUNTIME].queries.task, task_id)
     if row is None:
         raise TaskNotFound(f"Task {request.match_info['task_id']} not found")
     return row
