@@ -193,7 +193,9 @@ def test_the_readme_install_section_runs_as_written(tmp_path: Path) -> None:
         out = result.stdout
         assert re.search(r"^snapledger \d+\.\d+\.\d+$", out, re.M), out  # --version from /opt/snapledger
         assert '"status": "ready"' in out, out  # curl --cacert ca.pem https://$(hostname -f):25555/ready
-        starting = next(json.loads(line) for line in out.splitlines() if '"event": "starting"' in line)
+        # (curl's body ends without a newline: the journal's first line follows it on the same line)
+        line = next(line for line in out.splitlines() if '"event": "starting"' in line)
+        starting = json.loads(line[line.rindex('{"roles"'):])
         assert starting["store"].startswith("postgresql://snapledger@") and starting["scheme"] == "https"
         assert starting["data_dir"] == "/var/lib/snapledger"  # journalctl: the unit's JSON lines
     finally:
