@@ -65,7 +65,9 @@ class Config:
     # HTTP only when asked for (behind a TLS proxy). More names for the certificate.
     tls_plain_http: bool = False
     tls_names: list[str] = field(default_factory=list)
-    # The BOSH Director dialect's listener (api/director.py, decision 22); None: off.
+    # The BOSH Director dialect (api/director.py, decisions 22, 34): on the API port
+    # unless disabled; on a listener of its own when director_port is set.
+    director_enabled: bool = True
     director_port: int | None = None
     ready_max_lag: int = 10_000  # /ready fails when a view is this many events behind
     metrics_port: int | None = None  # Prometheus endpoint of processes without the API
@@ -140,6 +142,7 @@ KEYS: dict[str, tuple[str, Any]] = {
     "tls.key": ("tls_key", str),
     "tls.plain_http": ("tls_plain_http", "bool"),
     "director.port": ("director_port", int),
+    "director.enabled": ("director_enabled", "bool"),
     "ready.max_lag": ("ready_max_lag", int),
     "metrics.port": ("metrics_port", int),
     "jobs_dir": ("jobs_dir", Path),

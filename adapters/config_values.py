@@ -136,6 +136,8 @@ def validate(config: Config) -> None:
         raise ConfigError("listen.port", f"must be 1-65535, got {config.port}")
     if config.metrics_port is not None and not 0 < config.metrics_port < 65536:
         raise ConfigError("metrics.port", f"must be 1-65535, got {config.metrics_port}")
+    if config.director_port is not None and not config.director_enabled:
+        raise ConfigError("director.port", "is set but director.enabled is false (--no-director): set one of them")
     if config.log_format not in ("auto", "console", "json"):
         raise ConfigError("log.format", f"must be auto, console or json, got {config.log_format!r}")
     if config.log_level.lower() not in LOG_LEVELS:

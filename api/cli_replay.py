@@ -43,7 +43,8 @@ def replay(verify: bool, rebuild_name: str | None, **options: Any) -> None:
 
     try:
         positions_before = runtime.projector.positions()
-        rebuilt = replaying.rebuild(runtime.ledger.store, scratch.db, [rebuild_name] if rebuild_name else None, progress)
+        views = [rebuild_name] if rebuild_name else None
+        rebuilt = replaying.rebuild(runtime.ledger.store, scratch.db, views, progress)
         click.echo(f"\n  {rebuilt.events} events replayed into {len(rebuilt.views)} view(s)", err=True)
         if rebuild_name:
             if scratch.file is not None:

@@ -32,7 +32,9 @@ def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--plain-http", "tls_plain_http", is_flag=True, default=None,
                      help="Serve plain HTTP (only behind a TLS proxy). Default: HTTPS with D/ca.pem."),
         click.option("--director-port", type=int,
-                     help="Also serve the BOSH Director dialect for the bosh CLI on this port (decision 22)."),
+                     help="Serve the bosh CLI's Director dialect on this port instead of the API's (decision 34)."),
+        click.option("--no-director", "director_enabled", flag_value=False, default=None,
+                     help="Do not answer the bosh CLI (by default the API port does, decision 34)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -41,14 +43,17 @@ def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def load_server_config(config_path: str | None, data_dir: Path | None, database: str | None, host: str | None,
                        port: int | None, tls_cert: str | None = None, tls_key: str | None = None,
-                       tls_plain_http: bool | None = None, director_port: int | None = None) -> Config:
+                       tls_plain_http: bool | None = None, director_port: int | None = None,
+                       director_enabled: bool | None = None) -> Config:
     from snapledger.adapters.config import ConfigError, load_config
     from snapledger.adapters.logging import configure_logging
 
     try:
-        overrides: dict[str, Any] = {"tls_plain_http": tls_plain_http, "director_port": director_port}
+        overrides: dict[str, Any] = {"tls_plain_http": tls_plain_http, "director_port": director_port,
+                                     "director_enabled": director_enabled}
         config = load_config(config_path, data_dir=data_dir, database=database, host=host, port=port,
-                             tls_cert=tls_cert, tls_key=tls_key, **{k: v for k, v in overrides.items() if v})
+                             tls_cert=tls_cert, tls_key=tls_key,
+                             **{k: v for k, v in overrides.items() if v is not None})
     except ConfigError as error:
         fail(str(error), 2)
     configure_logging(config.log_format, config.log_level)
@@ -89,10 +94,9 @@ def _start_server(roles: set[str], **options: Any) -> None:
                      ca=str((config.data_dir / "ca.pem").resolve()) if ssl_context and not config.tls_cert else None)
     if "api" in roles:
         app = create_app(runtime)
-        if config.director_port is not None:
-            from .director import attach_director
+        from .director_serving import serve_director_dialect
 
-            attach_director(app, runtime, config.host, config.director_port, ssl_context)
+        serve_director_dialect(app, runtime, ssl_context)
         web.run_app(app, sock=sock, print=None, ssl_context=ssl_context)
         return
     if config.metrics_port:

@@ -130,4 +130,14 @@ def describe_cpi_log(entries: list[dict[str, Any]]) -> str:
     return "\n".join(lines) or "no CPI calls"
 
 
-COMMANDS: tuple[click.Command, ...] = (tasks, task)
+@click.command("cancel-task")
+@click.argument("task_id")
+@click.pass_context
+def cancel_task(ctx: click.Context, task_id: str) -> None:
+    """Cancel a queued or running task (by number or id): snapshots whose CPI call
+    has not started are not taken; a call already running ends with its outcome."""
+    row = call(lambda: ctx.obj["client"].request("POST", f"/tasks/{task_id}/cancel"))
+    emit(ctx, row, lambda t: f"Task {t.get('number') or t['id']} {t['state']}: cancel requested")
+
+
+COMMANDS: tuple[click.Command, ...] = (tasks, task, cancel_task)

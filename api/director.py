@@ -1,7 +1,8 @@
-"""The BOSH Director dialect, for the real `bosh` CLI (issue 17, decision 22).
+"""The BOSH Director dialect, for the real `bosh` CLI (issue 17, decisions 22, 34).
 
-A listener of its own (`--director-port`) over the same runtime as the native
-API: the paths are the Director's and collide with the native ones, but the
+On the API's own port (the bosh CLI's requests told apart by their
+User-Agent), or a listener of its own (`--director-port`), over the same
+runtime as the native API: the paths are the Director's and collide with the native ones, but the
 contract differs (302 to an integer task instead of 202, `{"code": int,
 "description"}` errors, epoch-second times, NDJSON task output by byte
 ranges). Commands go through the same ledger calls as the native routes.
@@ -9,9 +10,9 @@ ranges). Commands go through the same ledger calls as the native routes.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
-from typing import Any, Awaitable, Callable
+from typing import Any
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -24,6 +25,7 @@ from .errors import STORE_UNAVAILABLE
 from .executor import RUNTIME, StoreDown, run
 from .requests import idempotency_of, request_context_middleware
 from .version import VERSION
+from .access_log import access_log_middleware
 from .director_output import task_output
 from .director_events import events_page
 from .task_numbers import resolve
@@ -128,9 +130,14 @@ def auth_middleware(needs: dict[tuple[str, str], int]) -> Any:
     return middleware
 
 
+TASK_ROW = web.RequestKey("director_task_row", dict)  # read once for auth, used again by the route
+
+
 async def _task_deployment(request: web.Request, ref: str) -> str | None:
     # A number just handed out may not be projected yet: resolve() waits for it.
     row = await run(request, request.app[RUNTIME].queries.task, await resolve(request, ref))
+    if row is not None:
+        request[TASK_ROW] = row
     return row["deployment"] if row else None
 
 
@@ -158,7 +165,7 @@ def snapshot_json(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def actor(request: web.Request) -> str:
-    return request.get(auth.USER, "admin")
+    return str(request.get(auth.USER, "admin"))
 
 
 async def _redirect_to_task(request: web.Request, task: Any) -> web.Response:
@@ -282,7 +289,7 @@ def _int_param(request: web.Request, name: str, default: int | None = None) -> i
 async def list_tasks(request: web.Request) -> web.Response:
     """`bosh tasks` asks for `state=queued,processing,cancelling` (running ones); `--recent`, for none."""
     limit = min(_int_param(request, "limit", 30) or 30, 1000)
-    states = [s for s in (request.query.get("state") or "").split(",") if s] or [None]
+    states: list[str | None] = [s for s in (request.query.get("state") or "").split(",") if s] or [None]
     deployment = request.query.get("deployment") or None
     rows = [row for state in states
             for row in await run(request, request.app[RUNTIME].queries.tasks, deployment, state, limit)]
@@ -291,8 +298,10 @@ async def list_tasks(request: web.Request) -> web.Response:
 
 
 async def _task_row(request: web.Request) -> dict[str, Any]:
-    task_id = await resolve(request, request.match_info["task_id"])
-    row = await run(request, request.app[RUNTIME].queries.task, task_id)
+    row: dict[str, Any] | None = request.get(TASK_ROW)
+    if row is None:
+        task_id = await resolve(request, request.match_info["task_id"])
+        row = await run(request, request.app[RUNTIME].queries.task, task_id)
     if row is None:
         raise TaskNotFound(f"Task {request.match_info['task_id']} not found")
     return row
@@ -362,26 +371,10 @@ async def events(request: web.Request) -> web.Response:
 
 def create_director_app(runtime: Runtime, credentials: auth.CredentialStore | None) -> web.Application:
     """The Director dialect over a runtime another app runs (it starts no background roles)."""
-    app = web.Application(middlewares=[request_context_middleware, errors_middleware, auth_middleware(NEEDS)])
+    app = web.Application(middlewares=[request_context_middleware, access_log_middleware, errors_middleware,
+                                       auth_middleware(NEEDS)])
     app[RUNTIME] = runtime
     if credentials is not None:
         app[STORE] = credentials
     app.add_routes(routes)
     return app
-
-
-def attach_director(app: web.Application, runtime: Runtime, host: str, port: int, ssl_context: Any) -> None:
-    """Serve the Director dialect on `port` for the lifetime of the native `app`."""
-
-    async def listener(native: web.Application) -> Any:
-        director = create_director_app(runtime, native.get(auth.AUTH))
-        runner = web.AppRunner(director, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
-        await site.start()
-        runtime.log.info("bosh Director dialect listening", listen=f"{host}:{port}",
-                         scheme="https" if ssl_context else "http")
-        yield
-        await runner.cleanup()
-
-    app.cleanup_ctx.append(listener)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 from snapledger.domain.errors import LedgerError
@@ -32,18 +32,20 @@ def _bound(raw: str | None) -> str | None:
     if not raw:
         return None
     try:
-        when = (datetime.fromtimestamp(int(raw), timezone.utc) if raw.isdigit()
+        when = (datetime.fromtimestamp(int(raw), UTC) if raw.isdigit()
                 else datetime.fromisoformat(raw.replace("Z", "+00:00")))
     except ValueError:
-        raise LedgerError(f"not a time: {raw!r} (epoch seconds or YYYY-MM-DD HH:MM:SS, UTC)", field="before_time") from None
+        raise LedgerError(f"not a time: {raw!r} (epoch seconds or YYYY-MM-DD HH:MM:SS, UTC)",
+                          field="before_time") from None
     if when.tzinfo is None:  # the CLI's `--before 2016-05-08 17:26:32` is UTC, as the Director reads it
-        when = when.replace(tzinfo=timezone.utc)
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def events_page(runtime: Any, filters: dict[str, str], before_id: int | None, before_time: str | None,
                 after_time: str | None) -> list[dict[str, Any]]:
-    clauses, params = ["1 = 1"], []
+    clauses: list[str] = ["1 = 1"]
+    params: list[str | int] = []
     for name, clause in _SQL_FILTERS.items():
         if name in filters:
             clauses.append(clause)
@@ -83,8 +85,8 @@ def _parents(runtime: Any, rows: list[dict[str, Any]]) -> dict[str, int]:
         return {}
     aggregates = sorted({w.split("/")[0] for w in wanted})
     marks = ", ".join(["%s"] * len(aggregates))
-    found = runtime.db.query(f"SELECT aggregate_id, version, position FROM audit_events WHERE aggregate_id IN ({marks})",
-                             aggregates)
+    found = runtime.db.query(
+        f"SELECT aggregate_id, version, position FROM audit_events WHERE aggregate_id IN ({marks})", aggregates)
     return {f"{f['aggregate_id']}/{f['version']}": f["position"] for f in found}
 
 
@@ -102,7 +104,8 @@ def _event(row: dict[str, Any], parents: dict[str, int]) -> dict[str, Any]:
     context = {k: data[k] for k in ("method", "attempt", "trigger", "reason", "state", "result", "outcome", "worker")
                if data.get(k) not in (None, "")}
     event = {
-        "id": str(row["position"]), "parent_id": str(parents[data["caused_by"]]) if data.get("caused_by") in parents else None,
+        "id": str(row["position"]),
+        "parent_id": str(parents[data["caused_by"]]) if data.get("caused_by") in parents else None,
         "timestamp": _epoch(row["time"]), "user": row["actor"] or "snapledger", "action": _snake(verb),
         "object_type": object_type, "object_name": object_name,
         "error": f"{error.get('type', '')}: {error.get('message', '')}" if isinstance(error, dict) else None,

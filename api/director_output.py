@@ -6,9 +6,13 @@ progress), and the Director's `{"time", "error"}` line when the task failed.
 `result`: the task's result. `cpi`: each CPI call with its request id, log
 and stderr. `debug`: every event of the task, one JSON object a line.
 
-Built from the audit view's rows of the task (index (task_id, position)). A
-finished task never changes, so its output is kept (a bounded cache): a CLI
-reading it by ranges does not rebuild it on every poll.
+Built from the audit view's rows of the task (index (task_id, position)),
+incrementally: what was rendered is kept with the position of the last row
+it covers, and each request reads only the rows after it (the audit view is
+written in store order, so a row never appears behind one already read). A
+CLI polling a running 10,000-operation task by ranges therefore costs one
+indexed read of the new rows, not a rebuild of the whole output. Bounded by
+bytes (least recently read first out); an evicted output is rebuilt.
 """
 
 from __future__ import annotations
@@ -16,12 +20,11 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-CACHE_SIZE = 64
-_cache: OrderedDict[tuple[int, str, str], bytes] = OrderedDict()
-_lock = threading.Lock()
+CACHE_BYTES = 64 * 1024 * 1024
 
 STARTS = ("Snapshot.CpiCallStarted",)
 FINISHES = ("Snapshot.Taken", "Snapshot.Deleted", "Snapshot.Skipped")
@@ -32,34 +35,64 @@ def _epoch(iso_time: str) -> int:
     return int(datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp())
 
 
+@dataclass
+class Output:
+    """One task's output of one kind, as far as the audit rows read so far."""
+    kind: str
+    operations: int
+    position: int = 0  # the last audit row rendered
+    body: bytes = b""
+    lines: EventLines = field(init=False)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        self.lines = EventLines(self.operations)
+
+    def feed(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        if self.kind == "debug":
+            text = "".join(_debug_line(r) for r in rows)
+        elif self.kind == "cpi":
+            text = "".join(_cpi_line(r) for r in rows)
+        else:
+            text = "".join(json.dumps(line) + "\n" for line in self.lines.feed(rows))
+        self.body += text.encode()
+        self.position = rows[-1]["position"]
+
+
+_cache: OrderedDict[tuple[int, str, str], Output] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
 def task_output(runtime: Any, task: dict[str, Any], kind: str) -> bytes:
-    finished = task["state"] in ("done", "error", "cancelled")
+    if kind == "result":
+        return (task.get("result") or "").encode() + (b"\n" if task.get("result") else b"")
     key = (id(runtime), task["id"], kind)
-    if finished:
-        with _lock:
-            if key in _cache:
-                _cache.move_to_end(key)
-                return _cache[key]
-    body = _render(runtime, task, kind)
-    if finished:
-        with _lock:
-            _cache[key] = body
-            while len(_cache) > CACHE_SIZE:
-                _cache.popitem(last=False)
+    with _cache_lock:
+        output = _cache.get(key)
+        if output is None:
+            output = _cache[key] = Output(kind, task.get("operations") or 0)
+        _cache.move_to_end(key)
+    with output.lock:  # one reader catches up at a time; the others then read nothing new
+        output.feed(runtime.db.query("SELECT * FROM audit_events WHERE task_id = %s AND position > %s "
+                                     "ORDER BY position", (task["id"], output.position)))
+        body = output.body
+    _evict()
     return body
 
 
-def _render(runtime: Any, task: dict[str, Any], kind: str) -> bytes:
-    if kind == "result":
-        return (task.get("result") or "").encode() + (b"\n" if task.get("result") else b"")
-    rows = runtime.db.query("SELECT * FROM audit_events WHERE task_id = %s ORDER BY position", (task["id"],))
-    if kind == "debug":
-        return "".join(json.dumps({"position": r["position"], "time": r["time"], "type": r["type"],
-                                   "actor": r["actor"], "data": json.loads(r["data"])}) + "\n"
-                       for r in rows).encode()
-    if kind == "cpi":
-        return "".join(_cpi_line(r) for r in rows).encode()
-    return "".join(json.dumps(line) + "\n" for line in event_lines(task, rows)).encode()
+def _evict() -> None:
+    with _cache_lock:
+        total = sum(len(o.body) for o in _cache.values())
+        while total > CACHE_BYTES and len(_cache) > 1:
+            _, dropped = _cache.popitem(last=False)
+            total -= len(dropped.body)
+
+
+def _debug_line(row: dict[str, Any]) -> str:
+    return json.dumps({"position": row["position"], "time": row["time"], "type": row["type"],
+                       "actor": row["actor"], "data": json.loads(row["data"])}) + "\n"
 
 
 def _label(row: dict[str, Any], method: str) -> str:
@@ -69,35 +102,43 @@ def _label(row: dict[str, Any], method: str) -> str:
     return f"{instance} {row['disk_cid']}"
 
 
-def event_lines(task: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The Director's event-log lines for the task's audit rows (in log order)."""
-    lines: list[dict[str, Any]] = []
-    total = task.get("operations") or 0
-    index: dict[str, int] = {}
-    method_of: dict[str, str] = {}
-    for row in rows:
+class EventLines:
+    """The Director's event-log lines for a task's audit rows, fed in log order:
+    one `started` per disk at its CPI call, one `finished`/`failed` at its outcome,
+    the Director's error line when the task failed."""
+
+    def __init__(self, operations: int) -> None:
+        self.operations = operations
+        self.index: dict[str, int] = {}
+        self.method_of: dict[str, str] = {}
+
+    def feed(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        lines = [self._line(row) for row in rows]
+        return [line for line in lines if line is not None]
+
+    def _line(self, row: dict[str, Any]) -> dict[str, Any] | None:
         kind, aggregate = row["type"], row["aggregate_id"]
         data = json.loads(row["data"])
-        if kind in STARTS and aggregate not in index:
-            index[aggregate] = len(index) + 1
-            method_of[aggregate] = data.get("method", "snapshot_disk")
-            stage = "Snapshot" if method_of[aggregate] == "snapshot_disk" else "Delete snapshot"
-            lines.append({"time": _epoch(row["time"]), "stage": stage, "tags": [], "total": max(total, len(index)),
-                          "task": _label(row, method_of[aggregate]), "index": index[aggregate], "state": "started",
-                          "progress": 0})
-        elif (kind in FINISHES or kind in FAILURES) and aggregate in index:
-            method = method_of[aggregate]
-            line = {"time": _epoch(row["time"]), "stage": "Snapshot" if method == "snapshot_disk" else "Delete snapshot",
-                    "tags": [], "total": max(total, len(index)), "task": _label(row, method),
-                    "index": index[aggregate], "state": "failed" if kind in FAILURES else "finished", "progress": 100}
+        if kind in STARTS and aggregate not in self.index:
+            self.index[aggregate] = len(self.index) + 1
+            self.method_of[aggregate] = data.get("method", "snapshot_disk")
+            return self._stage(row, aggregate, "started", 0)
+        if (kind in FINISHES or kind in FAILURES) and aggregate in self.index:
+            line = self._stage(row, aggregate, "failed" if kind in FAILURES else "finished", 100)
             if kind in FAILURES:
                 error = data.get("error") or {}
                 line["data"] = {"error": f"{error.get('type', 'CpiError')}: {error.get('message', '')}" if error
                                 else data.get("reason", "cancelled")}
-            lines.append(line)
-        elif kind == "Task.Finished" and data.get("state") == "error":
-            lines.append({"time": _epoch(row["time"]), "error": {"code": 100, "message": data.get("result") or ""}})
-    return lines
+            return line
+        if kind == "Task.Finished" and data.get("state") == "error":
+            return {"time": _epoch(row["time"]), "error": {"code": 100, "message": data.get("result") or ""}}
+        return None
+
+    def _stage(self, row: dict[str, Any], aggregate: str, state: str, progress: int) -> dict[str, Any]:
+        method = self.method_of[aggregate]
+        return {"time": _epoch(row["time"]), "stage": "Snapshot" if method == "snapshot_disk" else "Delete snapshot",
+                "tags": [], "total": max(self.operations, len(self.index)), "task": _label(row, method),
+                "index": self.index[aggregate], "state": state, "progress": progress}
 
 
 def _cpi_line(row: dict[str, Any]) -> str:

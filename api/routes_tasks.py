@@ -15,7 +15,7 @@ from . import schemas
 from .auth import Access
 from .executor import RUNTIME, run
 from .openapi import ARRAY, TASK
-from .requests import query, task_id_of
+from .requests import actor, idempotency_of, query, task_id_of
 from .routing import Doc, RouteTable
 from .task_numbers import resolve
 
@@ -113,3 +113,15 @@ async def get_task_cpi_log(request: web.Request) -> web.Response:
     task_id = await resolve(request, task_id_of(request))
     await run(request, runtime.ledger.tasks.get, task_id)  # 404 for an unknown task
     return web.json_response(await run(request, runtime.queries.cpi_log, task_id))
+
+
+@routes.post("/tasks/{task_id}/cancel", Access.TASK,
+             Doc("Cancel a queued or running snapshot task (its number or id): 409 invalid_state when it has ended",
+                 (200, TASK)))
+async def cancel_task(request: web.Request) -> web.Response:
+    """The native side of `bosh cancel-task N`: calls not started are not made; a call
+    already running ends with its outcome, and the last one ends the task `cancelled`."""
+    task_id = await resolve(request, task_id_of(request))
+    await run(request, request.app[RUNTIME].ledger.tasks.cancel, task_id, actor=actor(request),
+              idempotency=idempotency_of(request))
+    return web.json_response(await _read_task(request, task_id))

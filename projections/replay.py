@@ -44,25 +44,25 @@ class Rebuild:
     views: list[View] = field(default_factory=list)
 
 
-def rebuild(ledger: EventLog, scratch_db: Database, names: Iterable[str] | None = None,
+def rebuild(log: EventLog, scratch_db: Database, names: Iterable[str] | None = None,
             progress: Callable[[int, int], None] | None = None) -> Rebuild:
     """Replay the whole log into `scratch_db` for the named views (all by default)."""
     chosen = [v for v in all_views() if names is None or v.name in set(names)]
     Projector(scratch_db, views=chosen).setup()
     rebuilt = Rebuild(scratch_db, 0, 0, chosen)
-    catch_up(ledger, rebuilt, ledger.recorder.max_notification_id() or 0, progress)
+    catch_up(log, rebuilt, log.recorder.max_notification_id() or 0, progress)
     return rebuilt
 
 
-def catch_up(ledger: EventLog, rebuilt: Rebuild, head: int, progress: Callable[[int, int], None] | None = None) -> None:
+def catch_up(log: EventLog, rebuilt: Rebuild, head: int, progress: Callable[[int, int], None] | None = None) -> None:
     """Apply the log after the rebuild's position up to `head` (inclusive)."""
     projector = Projector(rebuilt.db, views=rebuilt.views)
     while rebuilt.position < head:
-        notifications = ledger.recorder.select_notifications(start=rebuilt.position, limit=BATCH, stop=head,
+        notifications = log.recorder.select_notifications(start=rebuilt.position, limit=BATCH, stop=head,
                                                              inclusive_of_start=False)
         if not notifications:
             break
-        projector.apply([(n.id, ledger.mapper.to_domain_event(n)) for n in notifications])
+        projector.apply([(n.id, log.mapper.to_domain_event(n)) for n in notifications])
         rebuilt.position = notifications[-1].id
         rebuilt.events += len(notifications)
         if progress is not None:
@@ -74,7 +74,7 @@ def _rows(cur: Any, table: str) -> list[tuple[Any, ...]]:
     return sorted(tuple(str(v) for v in row.values()) for row in cur.execute(f"SELECT * FROM {table}").fetchall())
 
 
-def differences(live_db: Database, rebuilt: Rebuild, ledger: EventLog) -> list[str]:
+def differences(live_db: Database, rebuilt: Rebuild, log: EventLog) -> list[str]:
     """Where the live views differ from a rebuild from the log.
 
     The live tables and their positions are read in one consistent snapshot
@@ -90,7 +90,7 @@ def differences(live_db: Database, rebuilt: Rebuild, ledger: EventLog) -> list[s
     if target < rebuilt.position:
         return [f"live views are at position {target}, the log at {rebuilt.position} "
                 "(let the projector catch up and verify again)"]
-    catch_up(ledger, rebuilt, target)
+    catch_up(log, rebuilt, target)
     for view in rebuilt.views:
         if live_positions[view.name] != target:
             found.append(f"{view.name}: live view is at position {live_positions[view.name]}, the others at "

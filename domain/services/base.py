@@ -29,6 +29,7 @@ from ..snapshot import Refusal
 from ..task import Task
 
 AGGREGATE_CACHE_SIZE = 500
+COPY_ATTEMPTS = 20  # see get_aggregate
 EXISTENCE_MEMO_SIZE = 10_000
 
 # How one save's events become durable, given them: the event store's own `put`
@@ -169,7 +170,7 @@ class LedgerStore(Application):  # type: ignore[type-arg]  # aggregate ids are U
     def load(self, aggregate_id: UUID) -> Any | None:
         """An aggregate to change (None: there is none)."""
         try:
-            return self.repository.get(aggregate_id)
+            return self.get_aggregate(aggregate_id)
         except AggregateNotFoundError:
             return None
 
@@ -182,7 +183,18 @@ class LedgerStore(Application):  # type: ignore[type-arg]  # aggregate ids are U
         return aggregate_id in self.repository
 
     def get_aggregate(self, aggregate_id: UUID) -> Any:
-        return self.repository.get(aggregate_id)
+        """The aggregate, a copy of the cached one. eventsourcing deep-copies it
+        outside the lock under which another thread fast-forwards it in place, so
+        a copy taken meanwhile can fail (`dictionary changed size during
+        iteration`: a task whose many operations finish at once); the copy has no
+        effect, so it is simply taken again."""
+        for attempt in range(1, COPY_ATTEMPTS + 1):
+            try:
+                return self.repository.get(aggregate_id)
+            except RuntimeError as error:
+                if attempt == COPY_ATTEMPTS or "changed size during iteration" not in str(error):
+                    raise
+        raise AssertionError("unreachable")
 
     def created_with_seen(self, aggregate_id: UUID) -> bool:
         """Whether an aggregate exists, for one created in the same transaction

@@ -2,8 +2,10 @@
 (issue 17): every command an operator runs for snapshots, on SQLite and on
 PostgreSQL, and the failures they must be able to read.
 
-One server per backend for the whole module (HTTPS with its own CA, the
-Director dialect on a second port, three users with BOSH scopes); the tests
+One server per backend for the whole module, started as the issue's recipe
+(`snapledger serve --data-dir D --port P`, no flag for the bosh CLI: the API
+port answers it, decision 34; HTTPS with its own CA, three users with BOSH
+scopes); the tests
 share it, each on deployments of its own. Skips without the binary
 (`$BOSH_CLI`, else ../shared/tools/bosh-cli/bosh beside the repository)
 unless SNAPLEDGER_REQUIRE_BOSH_CLI=1 (CI), where it fails.
@@ -132,12 +134,11 @@ def director(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     if request.param == "postgres":
         database = f"{request.getfixturevalue('pg_database')}?schema=bosh_{uuid.uuid4().hex[:10]}"
     secrets = {name: uuid.uuid4().hex for name in USERS}
-    port = free_port()
     server = Server(tmp / ".snapledger", database=database, tls=True,
-                    extra_args=["--director-port", str(port), "--config", str(_config(tmp, database, secrets))])
+                    extra_args=["--config", str(_config(tmp, database, secrets))])
     server.start()
     try:
-        director = Director(server, port, secrets, tmp)
+        director = Director(server, server.port, secrets, tmp)
         director.api("PUT", "/config/snapshots", {"enable_snapshots": True})
         yield director
     finally:
@@ -229,8 +230,10 @@ def test_task_output_by_byte_ranges(director: Director) -> None:
     context = ssl.create_default_context(cafile=str(director.data_dir / "ca.pem"))
 
     def get(path: str, **headers: str) -> tuple[int, bytes]:
+        # Not the bosh CLI's User-Agent: the header asks for its dialect (decision 34).
         request = urllib.request.Request(f"https://127.0.0.1:{director.port}{path}",
-                                         headers={"Authorization": auth, **headers})
+                                         headers={"Authorization": auth, "X-Snapledger-Dialect": "director",
+                                                  **headers})
         try:
             with urllib.request.urlopen(request, context=context, timeout=10) as response:
                 return response.status, response.read()
@@ -385,11 +388,10 @@ def test_the_readme_bosh_section_works_as_written(tmp_path: Path) -> None:
     data_dir = tmp_path / ".snapledger"
     for cid in ("disk-db-0", "disk-db-1"):
         (data_dir / "disks" / cid).mkdir(parents=True)
-    port = free_port()
-    server = Server(data_dir, tls=True, extra_args=["--director-port", str(port)]).start()
+    server = Server(data_dir, tls=True).start()  # a fresh serve, no flag for the bosh CLI
     try:
         env = {**os.environ, "PATH": f"{cli_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-               "HOME": str(tmp_path), "BOSH_ENVIRONMENT": f"https://127.0.0.1:{port}",
+               "HOME": str(tmp_path), "BOSH_ENVIRONMENT": server.url,
                "SNAPLEDGER_URL": server.url}
         (tmp_path / "prod.yml").write_text(
             "name: prod\ninstances:\n  - {job: db, index: 0, disks: [disk-db-0]}\n"
@@ -409,3 +411,75 @@ def test_the_readme_bosh_section_works_as_written(tmp_path: Path) -> None:
                                                    "create_snapshot", "snapshot_deployment"]
     finally:
         server.stop()
+
+
+# Which dialect answers where (decision 34) --------------------------------------------------
+
+def _info(port: int, data_dir: Path, **headers: str) -> dict[str, Any]:
+    """`GET /info` as admin: the native body names the event store, the Director's has `user_authentication`."""
+    secret = json.loads((data_dir / "credentials.json").read_text())["secret"]
+    auth = "Basic " + base64.b64encode(f"admin:{secret}".encode()).decode()
+    request = urllib.request.Request(f"https://127.0.0.1:{port}/info", headers={"Authorization": auth, **headers})
+    context = ssl.create_default_context(cafile=str(data_dir / "ca.pem"))
+    with urllib.request.urlopen(request, context=context, timeout=10) as response:
+        return json.loads(response.read())
+
+
+GO = {"User-Agent": "Go-http-client/1.1"}  # what the bosh CLI sends
+
+
+def test_the_api_port_tells_the_bosh_cli_from_other_clients(tmp_path: Path) -> None:
+    server = Server(tmp_path / ".snapledger", tls=True).start()
+    try:
+        assert "user_authentication" in _info(server.port, server.data_dir, **GO)
+        assert "event_store" in _info(server.port, server.data_dir)  # any other client: native
+        assert "event_store" in _info(server.port, server.data_dir, **GO, **{"X-Snapledger-Dialect": "native"})
+        assert "user_authentication" in _info(server.port, server.data_dir, **{"X-Snapledger-Dialect": "director"})
+        # Routes the Director dialect has not stay native for the bosh CLI's agent too.
+        health = urllib.request.Request(server.url + "/health", headers=GO)
+        with urllib.request.urlopen(health, context=server.ssl_context, timeout=10) as response:
+            assert json.loads(response.read()) == {"status": "ok"}
+    finally:
+        server.stop()
+
+
+def test_a_director_port_of_its_own_or_none(tmp_path: Path) -> None:
+    port = free_port()
+    server = Server(tmp_path / "own", tls=True, extra_args=["--director-port", str(port)]).start()
+    try:
+        assert "user_authentication" in _info(port, server.data_dir, **GO)
+        assert "event_store" in _info(server.port, server.data_dir, **GO)  # the API port: native only
+    finally:
+        server.stop()
+    off = Server(tmp_path / "off", tls=True, extra_args=["--no-director"]).start()
+    try:
+        assert "event_store" in _info(off.port, off.data_dir, **GO)
+    finally:
+        off.stop()
+    both = subprocess.run([SNAPLEDGER, "serve", "--data-dir", str(tmp_path / "both"), "--port", str(free_port()),
+                           "--no-director", "--director-port", str(port)], capture_output=True, text=True, timeout=60)
+    assert both.returncode == 2 and both.stderr.strip().count("\n") == 0, both.stderr
+    assert "config key 'director.port': is set but director.enabled is false" in both.stderr
+
+
+def test_the_native_cli_cancels_a_task_by_its_number(director: Director) -> None:
+    """`snapledger cancel-task N`: the same number, the same cancel as `bosh cancel-task N`."""
+    director.deploy("slow-native", ["disk-slown-0", "disk-slown-1", "disk-slown-2"], cpi="slow")
+    number = str(director.api("POST", "/deployments/slow-native/snapshots")["number"])
+
+    def native(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([SNAPLEDGER, "--url", director.server.url, "--user", "admin", "--secret",
+                               director.secrets["admin"], *args], capture_output=True, text=True,
+                              cwd=director.tmp, timeout=60)
+
+    cancelled = native("cancel-task", number)
+    assert cancelled.returncode == 0 and f"Task {number} " in cancelled.stdout, cancelled.stdout + cancelled.stderr
+    deadline = time.monotonic() + 30
+    while (task := director.api("GET", f"/tasks/{number}"))["state"] != "cancelled":
+        assert time.monotonic() < deadline, task
+        time.sleep(0.1)
+    assert len(director.bosh_json("-d", "slow-native", "snapshots")) < 3
+    again = native("cancel-task", number)
+    assert again.returncode == 1 and "already cancelled" in again.stderr, again.stderr
+    audit = director.bosh_json("events", "--task", number)
+    assert any(r["action"] == "cancel_requested" and r["user"] == "admin" for r in audit), audit

@@ -1,14 +1,15 @@
 """The built wheel, installed into a fresh virtualenv outside the checkout,
-is a working snapledger: `--version`/`version`, `serve`, a snapshot through
-its own CLI, and `replay --verify` of the store it wrote.
+as an operator installs it (`pip install snapledger-*.whl`, dependencies and
+all), is a working snapledger: `--version`/`version`, `serve`, a snapshot
+through its own CLI, and `replay --verify` of the store it wrote.
 
-The wheel is installed without its dependencies, which the fresh venv
-borrows from the test's environment through a `.pth` line (resolving ~40
-packages anew takes minutes on a loaded 2-core box). That line adds the
-directory to sys.path only: the editable install's finder there is not
-activated, so `snapledger` itself can come only from the wheel, and the test
-checks that it does. SNAPLEDGER_WHEEL_FULL_INSTALL=1 installs the wheel with
-its dependencies from the package index instead, as an operator would."""
+Fast enough for CI without the package index on every run: the wheel and its
+dependencies' wheels are built once into a wheelhouse (`pip wheel`, from pip's
+cache or index), and the fresh venv installs from it alone (`pip install
+--no-index --find-links`): the same resolution of the wheel's declared
+dependencies an operator's install does, with nothing borrowed from the test
+environment. SNAPLEDGER_TEST_WHEELHOUSE=DIR keeps the dependencies' wheels
+between runs (the project's own wheel is rebuilt every time)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ import os
 import ssl
 import subprocess
 import sys
-import sysconfig
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -34,26 +35,28 @@ def run(*args: str | Path, cwd: Path, env: dict[str, str], timeout: float = 120,
                           timeout=timeout, input=input)
 
 
+def wheelhouse(tmp_path: Path) -> Path:
+    """The project's wheel, freshly built, beside every dependency's."""
+    house = Path(os.environ.get("SNAPLEDGER_TEST_WHEELHOUSE") or tmp_path / "wheelhouse")
+    house.mkdir(parents=True, exist_ok=True)
+    for stale in house.glob("snapledger-*.whl"):
+        stale.unlink()
+    # The build backend too: building the wheel from that wheelhouse alone (`make wheel` offline) needs it.
+    backend = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--find-links", str(house),
+                            "-w", str(house), str(ROOT), *backend], capture_output=True, text=True, timeout=900)
+    assert built.returncode == 0, built.stderr[-3000:]
+    return house
+
+
 def fresh_venv(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheels), str(ROOT)],
-                   check=True, capture_output=True, timeout=300)
-    wheel = next(wheels.glob(f"snapledger-{VERSION}-py3-none-any.whl"))
+    house = wheelhouse(tmp_path)
     venv = tmp_path / "venv"
-    full = os.environ.get("SNAPLEDGER_WHEEL_FULL_INSTALL") == "1"
-    subprocess.run([sys.executable, "-m", "venv", *([] if full else ["--without-pip"]), str(venv)],
-                   check=True, capture_output=True, timeout=300)
-    python = venv / "bin" / "python"
-    if full:
-        subprocess.run([python, "-m", "pip", "install", "--quiet", str(wheel)], check=True, capture_output=True,
-                       timeout=900)
-    else:
-        subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
-                        str(wheel)], check=True, capture_output=True, timeout=300)
-        site = Path(run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])",
-                        cwd=tmp_path, env={"PATH": "/usr/bin:/bin"}).stdout.strip())
-        (site / "_deps_from_test_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
     env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "SNAPLEDGER_LOG_FORMAT": "json"}
+    installed = run(venv / "bin" / "pip", "install", "--quiet", "--no-index", "--find-links", house,
+                    f"snapledger=={VERSION}", cwd=tmp_path, env=env, timeout=900)
+    assert installed.returncode == 0, installed.stdout + installed.stderr[-3000:]
     return venv, env
 
 
@@ -65,8 +68,12 @@ def test_wheel_in_a_fresh_venv_serves_snapshots_and_replays(tmp_path: Path) -> N
 
     assert run(snapledger, "--version", cwd=work, env=env).stdout.strip() == f"snapledger {VERSION}"
     assert run(snapledger, "version", cwd=work, env=env).stdout.strip() == f"snapledger {VERSION}"
-    where = run(venv / "bin" / "python", "-c", "import snapledger.api.cli as m; print(m.__file__)", cwd=work, env=env)
-    assert Path(where.stdout.strip()).is_relative_to(venv) and not Path(where.stdout.strip()).is_relative_to(ROOT)
+    # Everything it imports comes from the fresh venv: the checkout and the test environment are not on its path.
+    paths = run(venv / "bin" / "python", "-c", "import sys, snapledger.api.cli, aiohttp, psycopg; "
+                "print(snapledger.api.cli.__file__, aiohttp.__file__, psycopg.__file__, *sys.path, sep=chr(10))",
+                cwd=work, env=env).stdout.split()
+    assert all(Path(p).is_relative_to(venv) for p in paths[:3]), paths
+    assert not any(str(ROOT) in p or p.startswith(sys.prefix + "/") for p in paths), paths
 
     port = free_port()
     url = f"https://127.0.0.1:{port}"  # HTTPS by default, with the service's own CA
