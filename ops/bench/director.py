@@ -48,14 +48,13 @@ def _runtime(ctx: Context, url: str) -> Any:
 
     from snapledger.adapters.config import load_config
     from snapledger.adapters.logging import configure_logging
-    from snapledger.adapters.wiring import build_runtime
+    from snapledger.adapters.bootstrap import bootstrap
 
     config = load_config(ctx.config_file("director", url, worker={"max_in_flight": 32},
                                          cpis={"local": {"type": "local", "max_in_flight": 32}}))
     configure_logging(config.log_format, config.log_level)  # warnings only: per-call info lines would be measured
-    runtime = build_runtime(config, {"api", "worker", "projector"})
-    runtime.cpis = {name: InstantCpi() for name in config.cpi_specs()}
-    return runtime
+    return bootstrap(config, {"api", "worker", "projector"},
+                     cpis={name: InstantCpi() for name in config.cpi_specs()})
 
 
 def _take(runtime: Any, operations: int, timeout: float) -> tuple[Any, float, str]:

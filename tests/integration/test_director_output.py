@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from snapledger.adapters.wiring import build_runtime
+from snapledger.adapters.bootstrap import bootstrap
 from snapledger.api.director_output import task_output
 from support.runtime import make_config, make_disk
 
@@ -34,7 +34,7 @@ def test_a_poll_of_a_running_task_reads_only_new_rows(tmp_path: Path, store_url:
     config = make_config(tmp_path, store_url, enable_snapshots=True)
     for i in range(3):
         make_disk(config, f"disk-{i}")
-    runtime = build_runtime(config, {"api", "worker", "projector"})
+    runtime = bootstrap(config, {"api", "worker", "projector"})
     runtime.start()
     try:
         runtime.ledger.deployments.record("prod", {}, [{"job": "db", "index": i, "disks": [f"disk-{i}"]}
