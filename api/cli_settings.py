@@ -6,6 +6,8 @@ from typing import Any
 
 import click
 
+from snapledger.domain.settings import SCHEDULE_NAMES
+
 from .cli_output import call, emit
 
 
@@ -61,7 +63,7 @@ def schedules(ctx: click.Context) -> None:
 
 
 @click.command("set-schedule")
-@click.argument("name", type=click.Choice(["snapshot_schedule", "self_snapshot_schedule", "retention_schedule"]))
+@click.argument("name", type=click.Choice(list(SCHEDULE_NAMES)))
 @click.argument("expression")
 @click.pass_context
 def set_schedule(ctx: click.Context, name: str, expression: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from snapledger.domain.application import Ledger
 from snapledger.domain.cron import CronError, CronSchedule
-from snapledger.domain.settings import SCHEDULE_NAMES
+from snapledger.domain.settings import SCHEDULE_NAMES, SNAPSHOT_SCHEDULE
 
 UTC = UTC
 TICK_S = 1.0  # runtime schedule changes take effect within a tick
@@ -94,7 +94,7 @@ class Scheduler:
             return
         self.fired += 1
         self.log.info("schedule fired", schedule=name, fire_time=fire_time.isoformat(), tasks=len(fire.tasks))
-        if name == "snapshot_schedule":
+        if name == SNAPSHOT_SCHEDULE:
             self.follow_ups.append(fire)
 
     def _retention_follow_ups(self, now: datetime) -> None:

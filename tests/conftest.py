@@ -112,4 +112,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # collection order (the Makefile turns off xdist's reordering by test count,
     # which put the single-test files, the slowest, last). Files marked `slow`
     # start at once, one per process, and the short ones fill in around them.
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the rest keep their order
+    # Files marked `pg_heavy` go last instead: the PostgreSQL chaos run's four
+    # processes can hold most of the server's 100 connections, and beside the
+    # suite's other PostgreSQL tests the server ran out (their servers could not
+    # start: "too many clients"); at the end only the last short files run beside it.
+    def order(item: pytest.Item) -> int:
+        if item.get_closest_marker("pg_heavy") is not None:
+            return 2
+        return 0 if item.get_closest_marker("slow") is not None else 1
+
+    items.sort(key=order)  # stable: the rest keep their order

@@ -241,7 +241,15 @@ def _properties(document: dict[str, Any], schema: dict[str, Any]) -> Iterator[st
 
 
 def _files_outside(base: Path, data_dir: Path) -> set[Path]:
-    return {p for p in base.rglob("*") if data_dir not in p.parents and p != data_dir}
+    """Every path under `base` but outside the data directory. The walk never enters
+    the data directory: the service creates and removes its temporary copies there
+    meanwhile (a directory that vanished mid-walk failed the test)."""
+    found: set[Path] = set()
+    for root, dirs, files in os.walk(base):
+        here = Path(root)
+        dirs[:] = [d for d in dirs if here / d != data_dir]
+        found.update(here / name for name in (*dirs, *files))
+    return found
 
 
 def test_fuzzed_names_bodies_and_queries_to_every_route(served: tuple[Api, Path]) -> None:

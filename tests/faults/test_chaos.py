@@ -15,7 +15,7 @@ from types import ModuleType
 
 import pytest
 
-pytestmark = pytest.mark.slow  # minutes: scheduled first (tests/conftest.py)
+pytestmark = pytest.mark.pg_heavy  # minutes, and many PostgreSQL connections: scheduled last (tests/conftest.py)
 
 
 @pytest.mark.timeout(300)
