@@ -14,9 +14,11 @@ import signal
 import threading
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from snapledger.adapters.cpi.external import ExternalCpi
@@ -258,7 +260,20 @@ def test_env_passthrough_adds_variables(fake: tuple[Path, Path]) -> None:
     assert environ["HTTPS_PROXY"] == "http://proxy:3128"
 
 
-def test_properties_never_reach_the_logs(fake: tuple[Path, Path]) -> None:
+@pytest.fixture
+def debug_logs() -> Iterator[None]:
+    """structlog as it is unconfigured (every level), for this test only: another
+    test of the same process may have configured an info-level filter, which drops
+    the per-call debug lines before capture_logs sees them."""
+    saved = structlog.get_config()
+    structlog.reset_defaults()
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+
+
+def test_properties_never_reach_the_logs(fake: tuple[Path, Path], debug_logs: None) -> None:
     executable, _ = fake
     cpi = external_cpi(executable, properties={"api_key": "s3cr3t-value"})
     with capture_logs() as logs:
