@@ -56,9 +56,7 @@ class SharedBuckets:
 
     def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
         self.db = db
-        self.clock = clock
-        with db.transaction() as cur:
-            cur.execute(DDL)
+        self.clock = clock  # the table is the composition root's schema step (bootstrap.create_schema)
 
     def _now(self, cur: Any) -> float:
         if self.db.dialect == "postgres":

@@ -39,7 +39,7 @@ class SnapshotWorker(LogWorker):
     # The aggregates' event classes are made by eventsourcing's @event: invisible to mypy.
     topics = (get_topic(Snapshot.Requested), get_topic(Snapshot.DeletionRequested),  # type: ignore[attr-defined]
               get_topic(SelfDiscovery.Requested))  # type: ignore[attr-defined]
-    recover_at_start = True  # beat at once: the other workers of this process count as alive from the start
+    recover_at_start = True  # a restarted worker resumes what it left at once (its heartbeat has a thread of its own)
 
     def __init__(self, ledger: Any, runner: OperationRunner, db: Database, queries: Queries, signal: ChangeSignal,
                  log: Any, max_in_flight: int = 4, poll_interval: float = 1.0, lease_s: float = 30.0,

@@ -103,13 +103,19 @@ def _start_server(roles: set[str], **options: Any) -> None:
         from snapledger.adapters.metrics import serve_metrics
 
         serve_metrics(config.metrics_port)
+    run_until_signalled(runtime)
+
+
+
+def run_until_signalled(runtime: Any) -> None:
+    """A process without the API: start its background roles, run them until
+    SIGINT or SIGTERM, then close (the roles stop in reverse order)."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     runtime.start()
     stop.wait()
     runtime.close()
-
 
 @click.command("hash-secret")
 @click.option("--secret", prompt=True, hide_input=True, confirmation_prompt=True)

@@ -7,9 +7,7 @@ for one that answers at once, so a benchmark measures the ledger, not an IaaS.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,6 +26,7 @@ def main() -> None:
     from snapledger.adapters.logging import configure_logging
     from snapledger.adapters.bootstrap import bootstrap
     from snapledger.api.app import create_app
+    from snapledger.api.cli_server import run_until_signalled
 
     config = load_config(args.config)
     configure_logging(config.log_format, config.log_level)
@@ -42,12 +41,7 @@ def main() -> None:
         web.run_app(create_app(runtime), host=config.host, port=config.port, print=None,
                     access_log=None)
         return
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    runtime.start()
-    stop.wait()
-    runtime.close()
+    run_until_signalled(runtime)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from snapledger.adapters.config import ConfigError, CpiSpec
-from snapledger.adapters.rate_limit import RateLimitedCpi, SharedBuckets
+from snapledger.adapters.rate_limit import DDL, RateLimitedCpi, SharedBuckets
 from snapledger.adapters.store import ensure_schema, open_database, parse_store_url
 from snapledger.domain.cpi import CLOUD_ERROR, CpiError
 from snapledger.domain.rate_limit import Rate, RateLimit
@@ -18,11 +18,17 @@ from snapledger.domain.rate_limit import Rate, RateLimit
 THROTTLED = "RequestLimitExceeded"
 
 
+def create_buckets_table(db: Any) -> None:
+    with db.transaction() as cur:  # what bootstrap.create_schema does for a process
+        cur.execute(DDL)
+
+
 @pytest.fixture
 def buckets(store_url: str) -> Any:
     url = parse_store_url(store_url)
     ensure_schema(url)
     db = open_database(url)
+    create_buckets_table(db)
     yield SharedBuckets(db)
     db.close()
 
@@ -82,6 +88,7 @@ def test_threads_of_two_limiters_never_exceed_the_limit_together(store_url: str)
     url = parse_store_url(store_url)
     ensure_schema(url)
     dbs = [open_database(url), open_database(url)]
+    create_buckets_table(dbs[0])
     limiters = [SharedBuckets(db) for db in dbs]
     rate = Rate(calls=100, per_s=1.0, burst=5)
     starts: list[float] = []
