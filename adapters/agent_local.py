@@ -74,8 +74,8 @@ class LocalAgent:
     def cancel(self) -> None:
         """The process is stopping: kill running scripts (their process groups),
         end waits, start no more. Interrupted drains and stops fail as cancelled."""
-        self._cancelled.set()
         with self._guard:
+            self._cancelled.set()
             running = list(self._running)
         for proc in running:
             self._kill_group(proc)
@@ -200,17 +200,21 @@ class LocalAgent:
         started = time.monotonic()
         shown = list(argv)
         contract = {name: env[name] for name in CONTRACT_ENV if name in env}
-        if self._cancelled.is_set():
-            return ScriptCall(argv=shown, env=contract, exit_code=None, stdout="",
-                              stderr="not run: snapledger is stopping", duration_s=0.0)
-        try:
-            # A session of its own: on time-out the whole process group is killed.
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, env=env, cwd=cwd, start_new_session=True, text=True)
-        except OSError as error:
-            return ScriptCall(argv=shown, env=contract, exit_code=None, stdout="",
-                              stderr=f"cannot run {argv[0]}: {error}", duration_s=0.0)
+        # Check, start and register under the lock cancel() takes: a script is
+        # either never started or known to cancel() (started and registered
+        # apart, a cancel in between left it running: a `sleep 300` outlived it).
         with self._guard:
+            if self._cancelled.is_set():
+                return ScriptCall(argv=shown, env=contract, exit_code=None, stdout="",
+                                  stderr="not run: snapledger is stopping", duration_s=0.0)
+            try:
+                # A session of its own: on time-out the whole process group is killed.
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, env=env, cwd=cwd, start_new_session=True,
+                                        text=True)
+            except OSError as error:
+                return ScriptCall(argv=shown, env=contract, exit_code=None, stdout="",
+                                  stderr=f"cannot run {argv[0]}: {error}", duration_s=0.0)
             self._running.add(proc)
         timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         try:

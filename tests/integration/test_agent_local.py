@@ -257,3 +257,32 @@ def test_cancel_ends_running_scripts_and_waits(jobs_dir: Path, tmp_path: Path) -
     # A cancelled agent starts nothing more.
     again = agent.drain(instance("web"), "update", {}, {})
     assert not again.ok and "snapledger is stopping" in again.jobs[0].calls[0].stderr
+
+
+def test_cancel_as_a_script_starts_kills_it(jobs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cancel that arrives while a script is being started (after the process
+    exists, before the agent knows of it) still ends it: before, the script was
+    registered after the start, so such a cancel missed it and a `sleep 300` kept
+    the drain (and the stopping process) waiting."""
+    import subprocess
+    import threading
+
+    import snapledger.adapters.agent_local as agent_local
+
+    drain_script(jobs_dir, "db", "sleep 300\necho 0\n")
+    agent = LocalAgent(jobs_dir)
+    real_popen = subprocess.Popen
+
+    def popen_then_cancel(*args: Any, **kwargs: Any) -> Any:
+        proc = real_popen(*args, **kwargs)
+        threading.Thread(target=agent.cancel).start()  # the stop signal, mid-start
+        time.sleep(0.2)
+        return proc
+
+    monkeypatch.setattr(agent_local.subprocess, "Popen", popen_then_cancel)
+    results: list[Any] = []
+    thread = threading.Thread(target=lambda: results.append(agent.drain(instance("db"), "update", {}, {})))
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive()
+    assert [j.error["type"] for j in results[0].jobs] == ["DrainCancelled"]
