@@ -49,6 +49,7 @@ from .rate_limit import DDL as RATE_LIMIT_DDL
 from .rate_limit import rate_limited
 from .restore_worker import RestoreWorker
 from .snapshot_worker import SnapshotWorker
+from .task_progress_worker import TaskProgressFollower
 from .store import (
     RECONNECT_TIMEOUT_S,
     Database,
@@ -214,7 +215,8 @@ def bootstrap(config: Config, roles: frozenset[str] | set[str] = ROLES, *,
     if url.kind == "postgres":
         runtime.listener = PostgresListener(url, signal, log, runtime.health)
     if "projector" in roles:
-        runtime.background.append(projection_follower(runtime))
+        runtime.background += [projection_follower(runtime), TaskProgressFollower(
+            ledger, db, signal, log, lambda: projector.positions().get("tasks", 0), config.poll_interval_s)]
     if "worker" in roles:
         # The heartbeat's own connection: never queued behind the CPI threads' (decision 33).
         runtime.beat_db = PostgresDatabase(url, min_size=1, max_size=1) if url.kind == "postgres" else db

@@ -24,6 +24,7 @@ from .services.schedules import ScheduleService
 from .services.self_snapshots import SelfSnapshotService
 from .services.settings import SettingsService
 from .services.snapshots import SnapshotService
+from .services.task_progress import TaskProgressService
 from .services.tasks import TaskService
 
 __all__ = ["AGGREGATE_CACHE_SIZE", "Director", "Ledger"]
@@ -57,6 +58,7 @@ class Ledger:
         self.settings = SettingsService(store, managed)
         self.deployments = DeploymentService(store, default_cpi, self.cpi_names, declared_retention)
         self.tasks = TaskService(store)
+        self.task_progress = TaskProgressService(store)
         self.snapshots = SnapshotService(store, self.settings, self.deployments, self.director)
         self.self_snapshots = SelfSnapshotService(store, self.settings, self.director, self_cpi or default_cpi)
         self.retention = RetentionService(store, self.settings, self.deployments, retention_candidates)

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 from .combining import Combiner
 from .snapshot import DELETING, IN_DOUBT, TAKING, Snapshot
-from .task import GOOD_OUTCOMES, Task
 
 if TYPE_CHECKING:
     from .application import Ledger
@@ -22,11 +21,11 @@ class OutcomeRecorder:
         self._combined: Combiner[tuple[Snapshot, str, dict[str, Any]]] = Combiner()
 
     def record(self, snapshot: Snapshot, outcome: str, record: dict[str, Any]) -> None:
-        """Record a CPI call's outcome and the task's progress in one transaction.
+        """Record a CPI call's outcome on its snapshot (its task hears of it from
+        the log: domain/services/task_progress.py).
 
         Outcomes of one task that arrive together are saved together
-        (domain/combining.py): its snapshots all append to the task, and
-        separate saves would conflict on it and retry."""
+        (domain/combining.py): one commit for many, and no task to share."""
         self._combined.submit(snapshot.current_task_id, (snapshot, outcome, record), self._save_outcomes)
 
     def _save_outcomes(self, outcomes: list[tuple[Snapshot, str, dict[str, Any]]]) -> None:
@@ -41,38 +40,15 @@ class OutcomeRecorder:
             rounds += 1
             fresh = rounds > 1
             changed: list[Any] = []
-            tasks: dict[str, Task] = {}
             for claimed, outcome, record in outcomes:
                 snapshot = self.ledger.snapshots.get(claimed.id) if fresh else claimed
                 if snapshot.state not in (TAKING, DELETING, IN_DOUBT):
                     continue  # recorded already (a retried save that did commit)
-                task_id = snapshot.current_task_id
-                if task_id not in tasks:
-                    tasks[task_id] = self.ledger.tasks.get(task_id)
-                task = tasks[task_id]
-                changed += [snapshot, *self._apply(snapshot, outcome, record, task.actor, changed, check_cid=fresh)]
-                task.operation_finished(snapshot.id, snapshot_outcome(outcome, snapshot),
-                                        self._outcome_detail(snapshot, outcome, record), actor=task.actor)
-            return [*changed, *tasks.values()] if changed else []
+                changed += [snapshot, *self._apply(snapshot, outcome, record, snapshot.current_actor, changed,
+                                                   check_cid=fresh)]
+            return changed
 
         self.persist(decide)
-
-    @staticmethod
-    def _outcome_detail(snapshot: Snapshot, outcome: str, record: dict[str, Any]) -> dict[str, Any]:
-        task_outcome = snapshot_outcome(outcome, snapshot)
-        detail: dict[str, Any] = {
-            "instance": snapshot.instance_label,
-            "disk_cid": snapshot.disk_cid,
-            "snapshot_cid": snapshot.snapshot_cid or record.get("snapshot_cid"),
-        }
-        if "reason" in record:
-            detail["reason"] = record["reason"]
-        if "error" in record and task_outcome not in GOOD_OUTCOMES:
-            detail.update(error_type=record["error"]["type"], message=record["error"]["message"])
-        if record.get("attempts", 1) > 1:
-            detail["attempts"] = record["attempts"]
-        detail["caused_by"] = snapshot.cause  # the outcome event just recorded
-        return detail
 
     def _apply(self, snapshot: Snapshot, outcome: str, record: dict[str, Any], actor: str,
                saving: Sequence[Any] = (), check_cid: bool = True) -> list[Any]:
@@ -102,11 +78,3 @@ class OutcomeRecorder:
             snapshot.record_failed(error=record["error"], call=call, actor=actor)
         return []
 
-
-def snapshot_outcome(outcome: str, snapshot: Snapshot) -> str:
-    """The task-level outcome: a failed deletion is `deletion_failed`, a duplicate CID `failed`."""
-    if outcome == "taken" and snapshot.state == "failed":
-        return "failed"
-    if outcome == "failed" and snapshot.deletion_task_id and snapshot.state == "taken":
-        return "deletion_failed"
-    return outcome

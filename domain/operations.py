@@ -206,16 +206,8 @@ class OperationRunner:
                 return []
             snapshot.leave_in_doubt("no safe way to learn whether the call happened; the operator decides",
                                     actor=self.worker)
-            task = self.ledger.tasks.get(snapshot.current_task_id)
-            if str(snapshot.id) in task.outcomes:
-                return [snapshot]
-            task.operation_finished(snapshot.id, "in_doubt", {
-                "instance": snapshot.instance_label, "disk_cid": snapshot.disk_cid, "snapshot_cid": None,
-                "error_type": "Snapledger::InDoubt",
-                "message": f"{snapshot.in_doubt_method} may or may not have happened; look for IaaS "
-                           f"snapshots tagged snapledger_operation_id={snapshot.id}",
-            }, actor=self.worker)
-            return [snapshot, task]
+            # `InDoubtLeft` ends the operation of its task (domain/services/task_progress.py).
+            return [snapshot]
 
         self.ledger.store.save_with_retry(decide)
 
@@ -241,11 +233,18 @@ class OperationRunner:
             operation, loaded = loaded or self.ledger.store.get_aggregate(operation_id), None
             if operation.pending_method is None:
                 return None
-            task: Task = self.ledger.tasks.get(_task_id(operation))
-            method = operation.start_cpi_call(worker=self.worker, actor=task.actor)
-            task.start(worker=self.worker, actor=task.actor)
+            # A snapshot's claim writes the snapshot only: its task hears of the
+            # call from the log (task_progress.py); a discovery starts its task.
+            changed = [operation]
+            if isinstance(operation, Snapshot):
+                method = operation.start_cpi_call(worker=self.worker, actor=operation.current_actor)
+            else:
+                task: Task = self.ledger.tasks.get(_task_id(operation))
+                method = operation.start_cpi_call(worker=self.worker, actor=task.actor)
+                task.start(worker=self.worker, actor=task.actor)
+                changed.append(task)
             try:
-                self.ledger.store.save(operation, task)
+                self.ledger.store.save(*changed)
                 return operation, method
             except IntegrityError:
                 continue  # another worker claimed it, or the task moved on: look again
@@ -312,9 +311,9 @@ class OperationRunner:
             snapshot = self.ledger.snapshots.get(snapshot_id)
             if snapshot.state not in (TAKING, DELETING):
                 return []
-            task = self.ledger.tasks.get(snapshot.current_task_id)
             call = {k: v for k, v in record.items() if k not in ("snapshot_cid", "reason", "error")}
-            snapshot.record_attempt_failed(error=record["error"], call=call, retry_in_s=delay, actor=task.actor)
+            snapshot.record_attempt_failed(error=record["error"], call=call, retry_in_s=delay,
+                                           actor=snapshot.current_actor)
             recorded[:] = [True]
             return [snapshot]
 
@@ -334,7 +333,7 @@ class OperationRunner:
             # A call that waited for a CPI slot may belong to a task cancelled
             # meanwhile (`bosh cancel-task`): then it is not made. Only after a
             # wait, so the common path reads nothing more.
-            if waited and getattr(self.ledger.tasks.get(snapshot.current_task_id), "cancel_requested", False):
+            if waited and self.ledger.tasks.cancel_requested(snapshot.current_task_id):
                 return "cancelled", {"method": method, "cpi": snapshot.cpi, "reason": "task cancelled"}
             return self._call_cpi(cpi, snapshot, method)
         finally:

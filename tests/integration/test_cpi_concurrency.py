@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from uuid import UUID
 
+from support.task_progress import settle_tasks
 from snapledger.adapters.store import ledger_env, parse_store_url
 from snapledger.domain.application import Ledger
 from snapledger.domain.operations import OperationRunner
@@ -46,5 +47,6 @@ def test_in_flight_calls_are_limited_per_cpi(sqlite_url: str) -> None:
         outcomes = list(pool.map(lambda op: runner.execute(op), [UUID(o) for o in task.operations]))
     assert outcomes == ["taken"] * 12
     assert cpi.peak == 3  # 8 threads wanted to call; 3 at once were allowed
+    settle_tasks(ledger)  # what the projector's task-progress follower does
     assert ledger.tasks.get(str(task.id)).state == "done"
     ledger.close()

@@ -8,6 +8,7 @@ from uuid import UUID
 
 import pytest
 
+from support.task_progress import settle_tasks
 from snapledger.adapters.store import ledger_env, open_database, parse_store_url
 from snapledger.domain.application import Ledger
 from snapledger.domain.operations import OperationRunner
@@ -51,6 +52,7 @@ def populate(ledger: Ledger, cpi: FakeCpi) -> None:
     cid = next(iter(cpi.snapshots))
     task = ledger.snapshots.delete("prod", cid, actor="bob")
     runner.execute(UUID(task.operations[0]))
+    settle_tasks(ledger)  # what the projector's task-progress follower does
 
 
 def dump_views(db: Any) -> dict[str, list[dict[str, Any]]]:

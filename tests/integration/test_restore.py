@@ -18,6 +18,7 @@ from uuid import UUID
 import pytest
 import structlog
 
+from support.task_progress import settle_tasks
 from snapledger.adapters.agent_local import LocalAgent
 from snapledger.adapters.bootstrap import create_schema
 from snapledger.adapters.cpi.local import LocalCpi
@@ -100,6 +101,7 @@ class Stack:
                    and isinstance(self.ledger.store.load(UUID(op)), Snapshot)]
         for op in pending:
             self.ops.execute(UUID(op))
+        settle_tasks(self.ledger)  # what the projector's task-progress follower does
         return len(pending)
 
     def drive(self, runner: RestoreRunner, task_id: Any) -> None:

@@ -7,6 +7,7 @@ from uuid import UUID
 
 import pytest
 
+from support.task_progress import settle_tasks
 from snapledger.domain.application import Director, Ledger
 from snapledger.domain.cpi import CLOUD_ERROR, NOT_IMPLEMENTED, CpiError
 from snapledger.domain.errors import (DeploymentNotFound, InstanceNotFound, InvalidState, SnapshotNotFound,
@@ -36,6 +37,7 @@ def cpi() -> FakeCpi:
 def run_all(ledger: Ledger, runner: OperationRunner, task) -> None:
     for op in ledger.tasks.get(str(task.id)).operations:
         runner.execute(UUID(op))
+    settle_tasks(ledger)  # what the projector's task-progress follower does
 
 
 def test_snapshots_are_off_by_default_and_refusal_is_recorded(ledger: Ledger) -> None:
