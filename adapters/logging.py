@@ -4,7 +4,9 @@ One pipeline for every log line: structlog's own loggers and the standard
 library's (aiohttp, psycopg, psycopg_pool, eventsourcing) go through the
 same processors and the same renderer, so a JSON log has no plain-text
 lines from libraries in it, and each line has `timestamp`, `level` and the
-request's `request_id` where there is one."""
+request's `request_id` where there is one. A line naming a task (`task_id`)
+also gets the task's number (`task`), as the CLIs and the API show it
+(issue 17, decision 38)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ import logging
 import sys
 
 import structlog
+from structlog.types import EventDict, WrappedLogger
+
+from snapledger.domain.task_numbers import TASK_NUMBERS
 
 
 class _CurrentStderr:
@@ -32,9 +37,24 @@ class _CurrentStderr:
 STDERR = _CurrentStderr()
 
 
+def add_task_number(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """`task`: the number of the task the line names by `task_id`, when known
+    (from memory; a task not met before is looked up once, domain/task_numbers.py)."""
+    task_id = event_dict.get("task_id")
+    if task_id and event_dict.get("task") is None:
+        try:
+            number = TASK_NUMBERS.number(str(task_id))
+        except Exception:  # a log line must never fail what it logs (the store may be away)
+            number = None
+        if number is not None:
+            event_dict["task"] = number
+    return event_dict
+
+
 def _shared_processors() -> list[structlog.types.Processor]:
     return [
         structlog.contextvars.merge_contextvars,
+        add_task_number,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
