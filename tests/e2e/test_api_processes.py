@@ -134,3 +134,21 @@ def test_bad_process_counts_are_refused_in_one_line(tmp_path: Path, args: list[s
     result = run_api(tmp_path, *args, config=config)
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr and expected in result.stderr, result.stderr
+
+
+def test_serve_multiplies_only_the_api_its_own_process_runs_the_other_roles(tmp_path: Path, pg_url: str) -> None:
+    data_dir = tmp_path / "data"
+    (data_dir / "disks" / "disk-0").mkdir(parents=True)
+    (data_dir / "disks" / "disk-0" / "f").write_text("orders")
+    server = Server(data_dir, pg_url, command="serve", extra_args=["--processes", "2"]).start()
+    try:
+        ready = wait_for_line(server, "api processes ready")
+        assert ready["processes"] == 2
+        assert wait_for_line(server, "starting")["roles"] == "projector,scheduler,worker"
+        server.api("PUT", "/deployments/prod", {"instances": [{"job": "db", "index": 0, "disks": ["disk-0"]}]})
+        server.api("PUT", "/config/snapshots", {"enable_snapshots": True})
+        task = server.wait_task(server.api("POST", "/deployments/prod/snapshots")["task_id"])
+        assert task["state"] == "done"  # accepted by an API process, taken by the parent's worker
+    finally:
+        server.stop()
+    assert server.proc is not None and server.proc.returncode == 0
