@@ -176,7 +176,10 @@ class Supervisor:
                 return 1
 
     def _dead(self, woken: list[Any]) -> Child | None:
-        return next((child for child in self.children if child.process.sentinel in woken), None)
+        dead = next((child for child in self.children if child.process.sentinel in woken), None)
+        if dead is not None:
+            dead.process.join()  # its pipe closes as it exits, a moment before it can be reaped
+        return dead
 
     def _stop_children(self) -> None:
         alive = [child for child in self.children if child.process.is_alive()]
@@ -244,6 +247,27 @@ def die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def stop_once() -> None:
+    """Replace aiohttp's stop handlers with ones that act once: a unit stopped by
+    signalling every process (systemd's default KillMode) also has the parent
+    forward its SIGTERM, and a second GracefulExit raised inside the graceful
+    stop would cut it short."""
+    import asyncio
+
+    from aiohttp import web
+
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
+        raise web.GracefulExit()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+
+
 def serve_child(config: Config, number: int, ready: Connection) -> None:
     from aiohttp import web
 
@@ -264,6 +288,7 @@ def serve_child(config: Config, number: int, ready: Connection) -> None:
         serve_metrics(config.metrics_port + number)  # this process's own figures (decision 37)
 
     async def announce(_app: web.Application) -> None:  # after every start-up step of the app
+        stop_once()
         runtime.log.info("api process serving", listen=f"{config.host}:{config.port}")
         ready.send(READY)
         ready.close()
