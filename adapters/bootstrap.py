@@ -16,7 +16,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -33,6 +33,7 @@ from snapledger.domain.job_update_runner import JobUpdateRunner
 from snapledger.domain.disk_locks import DiskLocks
 from snapledger.domain.operations import OperationRunner
 from snapledger.domain.restore_runner import RestoreRunner
+from snapledger.domain.task_numbers import TASK_NUMBERS
 from snapledger.projections.projector import Projector
 from snapledger.projections.queries import Queries
 from snapledger.scheduler.process import Scheduler
@@ -50,17 +51,9 @@ from .rate_limit import rate_limited
 from .restore_worker import RestoreWorker
 from .snapshot_worker import SnapshotWorker
 from .task_progress_worker import TaskProgressFollower
-from .store import (
-    RECONNECT_TIMEOUT_S,
-    Database,
-    StoreUrl,
-    ensure_schema,
-    PostgresDatabase,
-    ledger_env,
-    open_database,
-    parse_store_url,
-    setup_lock,
-)
+from .task_number_lookup import event_store_numbers
+from .store import (RECONNECT_TIMEOUT_S, Database, StoreUrl, ensure_schema, PostgresDatabase, ledger_env,
+                    open_database, parse_store_url, setup_lock)
 
 
 def build_cpis(config: Config) -> dict[str, Cpi]:
@@ -153,6 +146,7 @@ class Runtime:
     agent: Any = None
     beat_db: Database | None = None  # the worker role's heartbeat connection
     started: bool = False
+    forget_task_numbers: Callable[[], None] = lambda: None  # unregisters the store's task-number lookup
 
     def start(self) -> None:
         self.started = True
@@ -173,6 +167,7 @@ class Runtime:
         if isinstance(self.locks, PostgresDiskLocks):
             self.locks.close()
         self.executor.shutdown(wait=True)
+        self.forget_task_numbers()
         if self.committer is not None:
             self.committer.stop()
         self.ledger.close()
@@ -212,6 +207,7 @@ def bootstrap(config: Config, roles: frozenset[str] | set[str] = ROLES, *,
     executor = ThreadPoolExecutor(max_workers=32 if committer is not None else 8, thread_name_prefix="api")
     runtime = Runtime(config=config, url=url, ledger=ledger, db=db, queries=queries, projector=projector,
                       signal=signal, cpis=limited, log=log, executor=executor, roles=roles, committer=committer)
+    runtime.forget_task_numbers = TASK_NUMBERS.add_resolver(event_store_numbers(db))  # log lines' `task`
     if url.kind == "postgres":
         runtime.listener = PostgresListener(url, signal, log, runtime.health)
     if "projector" in roles:

@@ -24,6 +24,8 @@ class Config:
     database: str = ""  # empty: SQLite file in data_dir
     host: str = "127.0.0.1"
     port: int = 25555
+    # API processes on the one port (SO_REUSEPORT, api/api_processes.py, decision 37).
+    api_processes: int = 1
     director_name: str = "snapledger"
     director_uuid: str = ""
     enable_snapshots: bool | None = None  # None: leave the recorded setting alone
@@ -122,6 +124,7 @@ KEYS: dict[str, tuple[str, Any]] = {
     "database": ("database", str),
     "listen.host": ("host", str),
     "listen.port": ("port", int),
+    "api.processes": ("api_processes", int),
     "director.name": ("director_name", str),
     "director.uuid": ("director_uuid", str),
     "enable_snapshots": ("enable_snapshots", "bool"),

@@ -129,6 +129,9 @@ def parse_users(raw: Any) -> list[dict[str, Any]]:
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# Each API process holds its own database connections (the store's pool, the views',
+# a listener): 64 of them would already take most of a default PostgreSQL's 100.
+MAX_API_PROCESSES = 64
 
 
 def validate(config: Config) -> None:
@@ -136,6 +139,12 @@ def validate(config: Config) -> None:
         raise ConfigError("listen.port", f"must be 1-65535, got {config.port}")
     if config.metrics_port is not None and not 0 < config.metrics_port < 65536:
         raise ConfigError("metrics.port", f"must be 1-65535, got {config.metrics_port}")
+    if not 1 <= config.api_processes <= MAX_API_PROCESSES:
+        raise ConfigError("api.processes", f"must be 1-{MAX_API_PROCESSES}, got {config.api_processes}")
+    if config.api_processes > 1 and config.metrics_port is not None and \
+            config.metrics_port + config.api_processes > 65535:
+        raise ConfigError("metrics.port", f"API process {config.api_processes} would serve its metrics on "
+                          f"{config.metrics_port + config.api_processes} (metrics.port + its number): too high")
     if config.director_port is not None and not config.director_enabled:
         raise ConfigError("director.port", "is set but director.enabled is false (--no-director): set one of them")
     if config.log_format not in ("auto", "console", "json"):

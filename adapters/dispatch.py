@@ -37,6 +37,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from uuid import UUID
 
+import structlog
+
 
 @dataclass(frozen=True)
 class Work:
@@ -171,6 +173,12 @@ class Dispatcher:
         thread.start()
 
     def _execute(self, work: Work) -> None:
+        # Every line logged while the operation runs (its CPI calls, retries,
+        # rate limits) names its task; the logging set-up adds the number.
+        with structlog.contextvars.bound_contextvars(task_id=work.task or None):
+            self._execute_bound(work)
+
+    def _execute_bound(self, work: Work) -> None:
         delay = 0.1
         while not self._stopping.is_set():
             try:

@@ -59,6 +59,6 @@ class RestoreWorker(ClaimingLogWorker):
         rid, worker = UUID(claim["restore_id"]), claim["worker"]
         result = self.runner.recover(rid, dead_worker=worker)
         if result is not None:
-            self.log.warning("recovered abandoned restore", restore_id=str(rid), dead_worker=worker,
-                             state=claim["state"], result=result)
+            self.log.warning("recovered abandoned restore", restore_id=str(rid), task_id=claim["task_id"],
+                             dead_worker=worker, state=claim["state"], result=result)
         return (str(claim["restore_id"]), result)

@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import structlog
+
 from eventsourcing.utils import get_topic
 from snapledger.domain.discovery import SelfDiscovery
 from snapledger.domain.operations import OperationRunner
@@ -139,6 +141,10 @@ class SnapshotWorker(LogWorker):
         return done
 
     def _recover(self, op: UUID, row: dict[str, Any]) -> str | None:
+        with structlog.contextvars.bound_contextvars(task_id=row["task_id"]):  # its CPI calls' lines too
+            return self._recover_bound(op, row)
+
+    def _recover_bound(self, op: UUID, row: dict[str, Any]) -> str | None:
         worker = row["worker"]
         if row["state"] == CALLING:
             result = self.runner.recover(op, dead_worker=worker)

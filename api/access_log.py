@@ -15,6 +15,7 @@ import structlog
 from aiohttp import web
 
 from . import auth
+from .task_numbers import TASK_ID
 
 log = structlog.get_logger("snapledger.access")
 
@@ -55,5 +56,7 @@ async def access_log_middleware(request: web.Request,
         }
         if status in (401, 403):
             fields["user_tried"] = tried_user(request)
+        if request.get(TASK_ID):  # /tasks/N and the like: the task's id (and, by the logging set-up, its number)
+            fields["task_id"] = request[TASK_ID]
         emit = log.error if status >= 500 else log.warning if status >= 400 else log.info
         emit("request", **fields)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -44,13 +45,13 @@ def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def load_server_config(config_path: str | None, data_dir: Path | None, database: str | None, host: str | None,
                        port: int | None, tls_cert: str | None = None, tls_key: str | None = None,
                        tls_plain_http: bool | None = None, director_port: int | None = None,
-                       director_enabled: bool | None = None) -> Config:
+                       director_enabled: bool | None = None, api_processes: int | None = None) -> Config:
     from snapledger.adapters.config import ConfigError, load_config
     from snapledger.adapters.logging import configure_logging
 
     try:
         overrides: dict[str, Any] = {"tls_plain_http": tls_plain_http, "director_port": director_port,
-                                     "director_enabled": director_enabled}
+                                     "director_enabled": director_enabled, "api_processes": api_processes}
         config = load_config(config_path, data_dir=data_dir, database=database, host=host, port=port,
                              tls_cert=tls_cert, tls_key=tls_key,
                              **{k: v for k, v in overrides.items() if v is not None})
@@ -81,6 +82,13 @@ def _start_server(roles: set[str], **options: Any) -> None:
     from .startup import bind_listener, build_or_refuse, check_data_dir, tls_context
 
     config = load_server_config(**options)
+    if "api" in roles and config.api_processes > 1:
+        from .api_processes import run_api_processes
+
+        code = run_api_processes(config, frozenset(roles))
+        if code:
+            sys.exit(code)
+        return
     check_data_dir(config.data_dir)
     ssl_context = tls_context(config) if "api" in roles else None
     sock = bind_listener(config.host, config.port) if "api" in roles else None
@@ -126,8 +134,16 @@ def hash_secret_command(secret: str) -> None:
     click.echo(hash_secret(secret))
 
 
+# Each API process holds its own database connections; the configuration's bound
+# (adapters/config_values.py MAX_API_PROCESSES, checked equal by tests/unit/test_config.py).
+processes_option = click.option(
+    "--processes", "api_processes", type=click.IntRange(1, 64),
+    help="API processes on the one port (SO_REUSEPORT; PostgreSQL only; default 1, api.processes).")
+
+
 @click.command()
 @server_options
+@processes_option
 def serve(**options: Any) -> None:
     """API, worker, projector and scheduler in one process (the embedded default)."""
     _run_server({"api", "worker", "projector", "scheduler"}, **options)
@@ -135,6 +151,7 @@ def serve(**options: Any) -> None:
 
 @click.command()
 @server_options
+@processes_option
 def api(**options: Any) -> None:
     """Only the HTTP API (scale out against one PostgreSQL)."""
     _run_server({"api"}, **options)

@@ -14,9 +14,17 @@ from datetime import datetime, UTC
 from typing import Any
 
 from snapledger.domain.errors import LedgerError
+from snapledger.projections.audit import event_types
 
 PAGE = 200
-_SQL_FILTERS = {"deployment": "a.deployment = %s", "task_id": "a.task_id = %s", "user": "a.actor = %s"}
+NO_USER = "snapledger"  # the user shown for an event recorded without an actor
+_SQL_FILTERS = {"deployment": "a.deployment = %s", "task_id": "a.task_id = %s"}
+# `object_name` as `_event` derives it: a snapshot's CID (its disk before it has one),
+# a task's number, else the event's `name`, its deployment or its aggregate's id.
+_OBJECT_NAME = ("CASE WHEN a.type LIKE %s THEN COALESCE(NULLIF(a.snapshot_cid, ''), a.disk_cid) "
+                "WHEN a.type LIKE %s THEN COALESCE(CAST(t.seq AS TEXT), a.aggregate_id) "
+                "ELSE COALESCE(NULLIF({name}, ''), NULLIF(a.deployment, ''), a.aggregate_id) END = %s")
+_JSON_NAME = {"postgres": "(a.data::json ->> 'name')", "sqlite": "json_extract(a.data, '$.name')"}
 
 
 def _snake(name: str) -> str:
@@ -44,22 +52,11 @@ def _bound(raw: str | None) -> str | None:
 
 def events_page(runtime: Any, filters: dict[str, str], before_id: int | None, before_time: str | None,
                 after_time: str | None) -> list[dict[str, Any]]:
-    clauses: list[str] = ["1 = 1"]
-    params: list[str | int] = []
-    for name, clause in _SQL_FILTERS.items():
-        if name in filters:
-            clauses.append(clause)
-            params.append(filters[name])
-    if "instance" in filters:  # job/uuid (or job/index)
-        job, _, which = filters["instance"].partition("/")
-        clauses.append("a.job = %s")
-        params.append(job)
-        if which.isdigit():
-            clauses.append("a.idx = %s")
-            params.append(int(which))
-        elif which:
-            clauses.append("a.instance_id = %s")
-            params.append(which)
+    """A page of events, newest first. Every filter is part of the query, before
+    its LIMIT: a filtered page is full when that many events match, and paging
+    by `before_id` walks each match once (filtering the page afterwards left
+    short or empty pages with more matches behind them)."""
+    clauses, params = _where(runtime.db.dialect, filters)
     if before_id is not None:
         clauses.append("a.position < %s")
         params.append(before_id)
@@ -71,11 +68,48 @@ def events_page(runtime: Any, filters: dict[str, str], before_id: int | None, be
         "SELECT a.*, t.seq AS task_number FROM audit_events a LEFT JOIN tasks_view t ON t.task_id = a.task_id "
         f"WHERE {' AND '.join(clauses)} ORDER BY a.position DESC LIMIT %s", [*params, PAGE])
     parents = _parents(runtime, rows)
-    events = [_event(r, parents) for r in rows]
-    for name in ("action", "object_type", "object_name"):
+    return [_event(r, parents) for r in rows]
+
+
+def _where(dialect: str, filters: dict[str, str]) -> tuple[list[str], list[str | int]]:
+    """The SQL of the Director's filters, each meaning what `_event` shows: `action`
+    and `object_type` are the snake-case halves of the event's type (the types
+    that have them, from the domain: an indexed IN); `object_name` is the name
+    `_event` derives, as one SQL expression."""
+    clauses: list[str] = ["1 = 1"]
+    params: list[str | int] = []
+    for name, clause in _SQL_FILTERS.items():
         if name in filters:
-            events = [e for e in events if e.get(name) == filters[name]]
-    return events
+            clauses.append(clause)
+            params.append(filters[name])
+    if "user" in filters:  # events with no actor are shown as snapledger's
+        clauses.append("(a.actor = %s OR a.actor IS NULL OR a.actor = '')" if filters["user"] == NO_USER
+                       else "a.actor = %s")
+        params.append(filters["user"])
+    if "instance" in filters:  # job/uuid (or job/index)
+        job, _, which = filters["instance"].partition("/")
+        clauses.append("a.job = %s")
+        params.append(job)
+        if which.isdigit():
+            clauses.append("a.idx = %s")
+            params.append(int(which))
+        elif which:
+            clauses.append("a.instance_id = %s")
+            params.append(which)
+    for name, half in (("object_type", 0), ("action", 1)):
+        if name in filters:
+            types = _types_named(filters[name], half)
+            clauses.append(f"a.type IN ({', '.join(['%s'] * len(types))})" if types else "1 = 0")
+            params.extend(types)
+    if "object_name" in filters:
+        clauses.append(_OBJECT_NAME.format(name=_JSON_NAME[dialect]))
+        params.extend(["Snapshot.%", "Task.%", filters["object_name"]])
+    return clauses, params
+
+
+def _types_named(snake: str, half: int) -> list[str]:
+    """The recorded event types whose aggregate (half 0) or verb (half 1) shows as `snake`."""
+    return sorted(t for t in event_types() if _snake(t.split(".")[half]) == snake)
 
 
 def _parents(runtime: Any, rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -106,7 +140,7 @@ def _event(row: dict[str, Any], parents: dict[str, int]) -> dict[str, Any]:
     event = {
         "id": str(row["position"]),
         "parent_id": str(parents[data["caused_by"]]) if data.get("caused_by") in parents else None,
-        "timestamp": _epoch(row["time"]), "user": row["actor"] or "snapledger", "action": _snake(verb),
+        "timestamp": _epoch(row["time"]), "user": row["actor"] or NO_USER, "action": _snake(verb),
         "object_type": object_type, "object_name": object_name,
         "error": f"{error.get('type', '')}: {error.get('message', '')}" if isinstance(error, dict) else None,
         "task": str(row["task_number"]) if row["task_number"] is not None else None,

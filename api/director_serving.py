@@ -33,7 +33,8 @@ def attach_director(app: web.Application, runtime: Runtime, host: str, port: int
     """Serve the Director dialect on `port` for the lifetime of the native `app`."""
     from .startup import bind_listener
 
-    sock = bind_listener(host, port, "the bosh Director dialect")  # a taken port: one line, before starting
+    # A taken port: one line, before starting. Several API processes share it as they share the API's.
+    sock = bind_listener(host, port, "the bosh Director dialect", reuse_port=runtime.config.api_processes > 1)
 
     async def listener(native: web.Application) -> Any:
         director = create_director_app(runtime, native.get(auth.AUTH))

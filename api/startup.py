@@ -47,13 +47,17 @@ def check_data_dir(path: Path) -> None:
         raise StartupError(f"data directory {path} is not writable: {_reason(error)}") from None
 
 
-def bind_listener(host: str, port: int, what: str = "the API") -> socket.socket:
+def bind_listener(host: str, port: int, what: str = "the API", reuse_port: bool = False) -> socket.socket:
     """Bind before anything else starts, so a taken port refuses the start at once
-    (the server then serves on this very socket: no race)."""
+    (the server then serves on this very socket: no race). `reuse_port`: one of
+    several API processes on the port (SO_REUSEPORT: the kernel spreads the
+    connections over them, decision 37)."""
     try:
         info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
         sock = socket.socket(info[0], socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp does: TIME_WAIT is no conflict
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(info[4])
         sock.listen(128)
     except OSError as error:

@@ -15,8 +15,10 @@ import structlog
 from aiohttp import web
 
 from snapledger.domain.errors import TaskNotFound
+from snapledger.domain.task_numbers import TASK_NUMBERS
 
 VIEW_CATCH_UP_S = 5.0
+TASK_ID = web.RequestKey("task_id", str)  # the task a request names: its access line names it too
 TASK_QUEUED = ":Task.Queued"  # the topic of a task's first event
 
 
@@ -25,6 +27,7 @@ async def resolve(request: web.Request, ref: str) -> str:
     from .executor import RUNTIME, run
 
     if not ref.isdigit():
+        request[TASK_ID] = ref
         return ref
     runtime = request.app[RUNTIME]
     row = await run(request, runtime.queries.task, ref)
@@ -35,6 +38,8 @@ async def resolve(request: web.Request, ref: str) -> str:
             row = await run(request, runtime.queries.task, ref)
     if row is None:
         raise TaskNotFound(f"task {ref} not found", field="task_id")
+    request[TASK_ID] = str(row["id"])
+    TASK_NUMBERS.remember(str(row["id"]), int(ref))
     return str(row["id"])
 
 
@@ -49,7 +54,7 @@ def _is_task_start(runtime: Any, number: int) -> bool:
 
 def log_accepted(task: Any) -> None:
     """One log line ties the task's id to its number (the worker's lines carry the id)."""
-    structlog.get_logger("snapledger.api").info("task accepted", task_id=str(task.id), task_number=number_of(task),
+    structlog.get_logger("snapledger.api").info("task accepted", task_id=str(task.id), task=number_of(task),
                                                 kind=task.kind, deployment=task.deployment)
 
 

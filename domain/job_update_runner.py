@@ -143,6 +143,7 @@ class JobUpdateRunner:
         inst = update.instance(instance_id)
         if inst["state"] != DRAINING or inst["worker"] != self.worker:
             return None
+        task_id = update.task_id
         target = AgentInstance(deployment=update.deployment, job=inst["job"], index=inst["index"], id=inst["id"],
                                jobs=tuple(inst["jobs"]))
         # Updates announced before instances carried their own states used the update's.
@@ -150,7 +151,7 @@ class JobUpdateRunner:
         nxt = inst.get("next_state", update.next_state)
         if not drain_then_stop(self.agent, target, update.drain_type, current, nxt,
                                record=lambda step, result: self._record(update_id, instance_id, step, result),
-                               log_step=lambda step, result: self._log(step, target, result)):
+                               log_step=lambda step, result: self._log(step, target, result, task_id)):
             return FAILED
         update = self.ledger.job_updates.get(update_id)
         return update.instance(instance_id)["state"] if update is not None else None
@@ -222,9 +223,10 @@ class JobUpdateRunner:
         self.ledger.store.save_with_retry(decide)
         return FAILED if lost else None
 
-    def _log(self, step: str, target: AgentInstance, result: AgentResult) -> None:
+    def _log(self, step: str, target: AgentInstance, result: AgentResult, task_id: str) -> None:
         if self.log is not None:
             # A failed drain or stop fails the instance: a warning, with where it happened.
             emit = self.log.info if result.ok else self.log.warning
             emit(f"job {step}", instance=target.label, instance_id=target.id, jobs=list(target.jobs),
-                 deployment=target.deployment, ok=result.ok, duration_s=round(result.duration_s, 3), error=result.error)
+                 deployment=target.deployment, task_id=task_id, ok=result.ok, duration_s=round(result.duration_s, 3),
+                 error=result.error)

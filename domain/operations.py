@@ -305,7 +305,7 @@ class OperationRunner:
         return outcome
 
     def _record_attempt_failed(self, snapshot_id: UUID, record: dict[str, Any], delay: float) -> bool:
-        recorded: list[bool] = []
+        recorded: list[str] = []  # the task the failed attempt was for, once recorded
 
         def decide() -> list[Any]:
             snapshot = self.ledger.snapshots.get(snapshot_id)
@@ -314,13 +314,14 @@ class OperationRunner:
             call = {k: v for k, v in record.items() if k not in ("snapshot_cid", "reason", "error")}
             snapshot.record_attempt_failed(error=record["error"], call=call, retry_in_s=delay,
                                            actor=snapshot.current_actor)
-            recorded[:] = [True]
+            recorded[:] = [str(snapshot.current_task_id)]
             return [snapshot]
 
         self._persist(decide)
         if self.log is not None:
-            self.log.warning("cpi call failed, will retry", snapshot_id=str(snapshot_id), retry_in_s=round(delay, 3),
-                             error_type=record["error"]["type"], message=record["error"]["message"])
+            self.log.warning("cpi call failed, will retry", snapshot_id=str(snapshot_id),
+                             retry_in_s=round(delay, 3), error_type=record["error"]["type"],
+                             message=record["error"]["message"], **({"task_id": recorded[0]} if recorded else {}))
         return bool(recorded)
 
     def _call(self, snapshot: Snapshot, method: str) -> tuple[str, dict[str, Any]]:

@@ -85,11 +85,11 @@ class RestoresView(View):
 
 
 def _row(r: Row) -> dict[str, Any]:
-    return {"restore_id": r["restore_id"], "deployment": r["deployment"], "snapshot_cid": r["snapshot_cid"],
-            "source_disk": r["source_disk"], "disk_cid": r["target_disk"], "new_disk": bool(r["new_disk"]),
-            "instance": r["instance"], "cpi": r["cpi"], "state": r["state"], "worker": r["worker"],
-            "attempts": r["attempts"], "safety_snapshot_cid": r["safety_snapshot_cid"], "error": r["error"],
-            "requested_at": r["requested_at"], "updated_at": r["updated_at"]}
+    return {"restore_id": r["restore_id"], "task_id": r["task_id"], "deployment": r["deployment"],
+            "snapshot_cid": r["snapshot_cid"], "source_disk": r["source_disk"], "disk_cid": r["target_disk"],
+            "new_disk": bool(r["new_disk"]), "instance": r["instance"], "cpi": r["cpi"], "state": r["state"],
+            "worker": r["worker"], "attempts": r["attempts"], "safety_snapshot_cid": r["safety_snapshot_cid"],
+            "error": r["error"], "requested_at": r["requested_at"], "updated_at": r["updated_at"]}
 
 
 def restore_of_task(db: Database, task_id: str) -> dict[str, Any] | None:

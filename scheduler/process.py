@@ -94,6 +94,8 @@ class Scheduler:
             return
         self.fired += 1
         self.log.info("schedule fired", schedule=name, fire_time=fire_time.isoformat(), tasks=len(fire.tasks))
+        for task_id in fire.tasks:  # as the API's "task accepted": one line per task, with its number
+            self.log.info("scheduled task queued", schedule=name, task_id=task_id)
         if name == SNAPSHOT_SCHEDULE:
             self.follow_ups.append(fire)
 

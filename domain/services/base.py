@@ -27,6 +27,7 @@ from ..combining import SharedReads
 from ..idempotency import Idempotency, IdempotencyKey, KeyAlreadyUsed
 from ..snapshot import Refusal
 from ..task import Task
+from ..task_numbers import TASK_NUMBERS
 
 AGGREGATE_CACHE_SIZE = 500
 COPY_ATTEMPTS = 20  # see get_aggregate
@@ -223,3 +224,4 @@ def _number_new_tasks(objs: Sequence[Any], recordings: Any) -> None:
     for obj in objs:
         if isinstance(obj, Task) and obj.id in firsts:
             obj.number = firsts[obj.id]
+            TASK_NUMBERS.remember(str(obj.id), obj.number)  # for this process's log lines

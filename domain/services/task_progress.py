@@ -1,4 +1,4 @@
-"""A snapshot task's progress and end, from its snapshots' outcomes (decision 37).
+"""A snapshot task's progress and end, from its snapshots' outcomes (decision 39).
 
 A CPI thread records an outcome on its snapshot only. This service, fed the
 snapshot events in log order by one follower (adapters/task_progress_worker.py,

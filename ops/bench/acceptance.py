@@ -3,7 +3,9 @@
 The ledger's API process (roles: api) against a bare aiohttp handler doing one
 INSERT + COMMIT of the same rows; both driven by the same load generator in
 its own process, at concurrency 1, 8 and 64, plus p99 at a steady 200/s.
-On PostgreSQL the ledger also runs without group commit: the lever's effect.
+On PostgreSQL the ledger also runs without group commit: the lever's effect,
+and with several API processes on one port against as many baseline processes
+(acceptance_processes.py).
 """
 
 from __future__ import annotations
@@ -108,4 +110,8 @@ def run(ctx: Context) -> list[dict[str, Any]]:
             key = f"c{max(ctx.sizes['concurrency'])}"
             rows.append(row("acceptance", backend, f"throughput {key} WITHOUT group commit", off[key]["throughput"],
                             raw[key]["throughput"], "req/s", p99_ms=off[key]["p99_ms"]))
+    if ctx.sizes.get("acceptance_processes"):
+        import acceptance_processes
+
+        rows += acceptance_processes.run(ctx)
     return rows

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import sqlite3
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,8 @@ def main() -> None:
     parser.add_argument("--sqlite", default="")
     parser.add_argument("--rows", type=int, default=2)
     parser.add_argument("--payload", type=int, default=600)
+    parser.add_argument("--reuse-port", action="store_true",
+                        help="one of several processes on the port (SO_REUSEPORT), as `snapledger api --processes N`")
     args = parser.parse_args()
     payload = os.urandom(args.payload // 2).hex().encode()[: args.payload]
     app = web.Application()
@@ -92,7 +95,22 @@ def main() -> None:
 
     app.router.add_post("/insert", handle)
     app.router.add_get("/health", health)
-    web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
+    if not args.reuse_port:
+        web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
+        return
+    # Bound and listening before the app starts, as each of the ledger's API processes is;
+    # "ready" once the app has started (the benchmark starts the next process then).
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", args.port))
+    sock.listen(128)
+
+    async def announce(app: web.Application) -> None:
+        print("ready", flush=True)
+
+    app.on_startup.append(announce)
+    web.run_app(app, sock=sock, print=None, access_log=None)
 
 
 if __name__ == "__main__":

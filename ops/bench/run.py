@@ -33,6 +33,7 @@ DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 DEFAULT_SIZES: dict[str, Any] = {
     "concurrency": [1, 8, 64], "acceptance_seconds": 6.0, "warmup_seconds": 1.0,
+    "acceptance_processes": [1, 2, 4], "acceptance_processes_warmup": 3.0,
     "visible_rate": 500.0, "visible_seconds": 10.0,
     "rebuild_events": 150_000, "rebuild_events_sqlite": 50_000,
     "listing_snapshots": 1_000_000, "listing_deployments": 1_000, "listing_queries": 500,
@@ -46,6 +47,8 @@ DEFAULT_SIZES: dict[str, Any] = {
 }
 SMALL_SIZES: dict[str, Any] = {
     "concurrency": [8], "acceptance_seconds": 0.5, "warmup_seconds": 0.2,
+    "acceptance_processes": [2],  # the smoke run: it works; the per-process figure needs 1 too
+    "acceptance_processes_warmup": 0.2,
     "visible_rate": 50.0, "visible_seconds": 1.0,
     "rebuild_events": 1_000, "rebuild_events_sqlite": 1_000,
     "listing_snapshots": 2_000, "listing_deployments": 20, "listing_queries": 20,

@@ -104,3 +104,23 @@ def test_group_commit_settings(tmp_path: Path) -> None:
     config = load_config(path, environ={})
     assert (config.group_commit, config.group_commit_max_wait_s, config.group_commit_max_batch) == (False, 0.005, 64)
     assert load_config(None, environ={"SNAPLEDGER_GROUP_COMMIT_ENABLED": "false"}).group_commit is False
+
+
+def test_api_processes_key_and_the_flag_share_one_bound(tmp_path: Path) -> None:
+    from snapledger.adapters.config_values import MAX_API_PROCESSES
+    from snapledger.api.cli_server import api
+
+    path = tmp_path / "c.yml"
+    path.write_text("api: {processes: 4}\n")
+    assert load_config(path, environ={}).api_processes == 4
+    assert load_config(None, environ={"SNAPLEDGER_API_PROCESSES": "3"}).api_processes == 3
+    assert load_config(None, environ={}).api_processes == 1
+    for bad in ("0", str(MAX_API_PROCESSES + 1)):
+        with pytest.raises(ConfigError, match="'api.processes': must be 1-"):
+            load_config(None, environ={"SNAPLEDGER_API_PROCESSES": bad})
+    flag = next(p for p in api.params if p.name == "api_processes")
+    assert (flag.type.min, flag.type.max) == (1, MAX_API_PROCESSES)  # type: ignore[attr-defined]
+    # Each API process serves its own metrics on metrics.port + its number: all must be ports.
+    with pytest.raises(ConfigError, match="metrics.port"):
+        load_config(None, environ={"SNAPLEDGER_API_PROCESSES": "2", "SNAPLEDGER_METRICS_PORT": "65534"})
+    assert load_config(None, environ={"SNAPLEDGER_METRICS_PORT": "65535"}).metrics_port == 65535
