@@ -23,7 +23,7 @@ from eventsourcing.application import AggregateNotFoundError, Application, Proce
 from eventsourcing.domain import BaseAggregate
 from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 
-from ..combining import SharedReads
+from ..shared_reads import SharedReads
 from ..idempotency import Idempotency, IdempotencyKey, KeyAlreadyUsed
 from ..snapshot import Refusal
 from ..task import Task
