@@ -36,55 +36,66 @@ WORKER_CONFIG: dict[str, Any] = {"worker": {"max_in_flight": IN_FLIGHT},
 def run(ctx: Context) -> list[dict[str, Any]]:
     out = []
     for backend in ctx.backends():
-        instances, deployments = ctx.sizes["fanout_instances"], ctx.sizes["fanout_deployments"]
-        if backend == "sqlite":
-            instances = ctx.sizes.get("fanout_instances_sqlite", instances)
-        url = ctx.url_for(backend, "fanout")
-        ctx.log(f"fanout: {backend}: {deployments} deployments, {instances} instances")
-        child(["setup", url, str(instances), str(deployments)])
-        procs = []
-        try:
-            if backend == "postgres":
-                procs.append(server(ctx, "fanout-worker", url, "worker", cpi="instant", **WORKER_CONFIG)[0])
-                procs.append(server(ctx, "fanout-projector", url, "projector")[0])
-            else:
-                procs.append(server(ctx, "fanout-worker-projector", url, "worker,projector", cpi="instant",
-                                    **WORKER_CONFIG)[0])
-            time.sleep(0.2 if ctx.small else 1.0)
-            fired = child(["fire", url])
-            raw = child(["raw", url, str(fired["events"]), str(fired["bytes_per_event"])])
-            events_before = event_count(url, backend)
-            started = time.monotonic()
-            # Bounded so the suite stays within its time budget: when the worker
-            # is not done by then, the row reports how far it got and the rate.
-            done = wait_until(lambda url=url, backend=backend, instances=instances: taken(url, backend) >= instances,
-                              timeout=ctx.sizes["fanout_take_timeout"], interval=0.2)
-            all_taken = time.monotonic() - started + fired["seconds"]
-            count = taken(url, backend)
-            taking_events = event_count(url, backend) - events_before
-            taking_s = time.monotonic() - started
-            rss = {p.name: p.peak_rss_mb() for p in procs}
-        finally:
-            for proc in procs:
-                proc.stop()
-        out.append(row("fanout", backend, f"{instances} requests durable", fired["seconds"], raw["seconds"], "s",
-                       target=f"< {TARGET_DURABLE_S:g} s" if backend == "postgres" else "",
-                       met=fired["seconds"] < TARGET_DURABLE_S if backend == "postgres" else None,
-                       events=fired["events"]))
-        out.append(row("fanout", backend, f"all {instances} snapshots taken (instant CPI)",
-                       all_taken if done else None, None, "s",
-                       target="" if done else f"(stopped after {ctx.sizes['fanout_take_timeout']:g} s)",
-                       met=None if done else False, taken=count))
-        rate = count / all_taken
-        out.append(row("fanout", backend, "snapshots taken per second", rate, None, "/s",
-                       target=f"≥ {TARGET_TAKEN_PER_S:g}/s" if backend == "postgres" else "",
-                       met=rate >= TARGET_TAKEN_PER_S if backend == "postgres" else None))
-        out.append(row("fanout", backend, "events appended per second while taking", taking_events / taking_s,
-                       None, "/s", events=taking_events))
-        out.append(row("fanout", backend, "scheduler (fire) peak RSS", fired["rss_mb"], None, "MB"))
-        for name, value in rss.items():
-            out.append(row("fanout", backend, f"{name.replace('fanout-', '')} peak RSS", value, None, "MB",
-                           target="< 200 MB", met=value is not None and value < 200))
+        # PostgreSQL: 1 worker process, then more (taking no longer shares the
+        # task aggregate, decision 39: added workers add throughput).
+        for workers in ctx.sizes.get("fanout_workers", [1]) if backend == "postgres" else [1]:
+            out += run_one(ctx, backend, workers)
+    return out
+
+
+def run_one(ctx: Context, backend: str, workers: int) -> list[dict[str, Any]]:
+    out = []
+    instances, deployments = ctx.sizes["fanout_instances"], ctx.sizes["fanout_deployments"]
+    if backend == "sqlite":
+        instances = ctx.sizes.get("fanout_instances_sqlite", instances)
+    url = ctx.url_for(backend, "fanout")
+    ctx.log(f"fanout: {backend}: {deployments} deployments, {instances} instances, {workers} worker(s)")
+    child(["setup", url, str(instances), str(deployments)])
+    procs = []
+    try:
+        if backend == "postgres":
+            procs += [server(ctx, f"fanout-worker{'-' + str(i) if workers > 1 else ''}", url, "worker",
+                             cpi="instant", **WORKER_CONFIG)[0] for i in range(workers)]
+            procs.append(server(ctx, "fanout-projector", url, "projector")[0])
+        else:
+            procs.append(server(ctx, "fanout-worker-projector", url, "worker,projector", cpi="instant",
+                                **WORKER_CONFIG)[0])
+        time.sleep(0.2 if ctx.small else 1.0)
+        fired = child(["fire", url])
+        raw = child(["raw", url, str(fired["events"]), str(fired["bytes_per_event"])])
+        events_before = event_count(url, backend)
+        started = time.monotonic()
+        # Bounded so the suite stays within its time budget: when the worker
+        # is not done by then, the row reports how far it got and the rate.
+        done = wait_until(lambda url=url, backend=backend, instances=instances: taken(url, backend) >= instances,
+                          timeout=ctx.sizes["fanout_take_timeout"], interval=0.2)
+        all_taken = time.monotonic() - started + fired["seconds"]
+        count = taken(url, backend)
+        taking_events = event_count(url, backend) - events_before
+        taking_s = time.monotonic() - started
+        rss = {p.name: p.peak_rss_mb() for p in procs}
+    finally:
+        for proc in procs:
+            proc.stop()
+    label = f"{workers} worker{'s' if workers > 1 else ''}: " if backend == "postgres" else ""
+    out.append(row("fanout", backend, f"{label}{instances} requests durable", fired["seconds"], raw["seconds"], "s",
+                   target=f"< {TARGET_DURABLE_S:g} s" if backend == "postgres" else "",
+                   met=fired["seconds"] < TARGET_DURABLE_S if backend == "postgres" else None,
+                   events=fired["events"]))
+    out.append(row("fanout", backend, f"{label}all {instances} snapshots taken (instant CPI)",
+                   all_taken if done else None, None, "s",
+                   target="" if done else f"(stopped after {ctx.sizes['fanout_take_timeout']:g} s)",
+                   met=None if done else False, taken=count))
+    rate = count / all_taken
+    out.append(row("fanout", backend, f"{label}snapshots taken per second", rate, None, "/s",
+                   target=f"≥ {TARGET_TAKEN_PER_S:g}/s" if backend == "postgres" else "",
+                   met=rate >= TARGET_TAKEN_PER_S if backend == "postgres" else None))
+    out.append(row("fanout", backend, f"{label}events appended per second while taking", taking_events / taking_s,
+                   None, "/s", events=taking_events))
+    out.append(row("fanout", backend, f"{label}scheduler (fire) peak RSS", fired["rss_mb"], None, "MB"))
+    for name, value in rss.items():
+        out.append(row("fanout", backend, f"{label}{name.replace('fanout-', '')} peak RSS", value, None, "MB",
+                       target="< 200 MB", met=value is not None and value < 200))
     return out
 
 
