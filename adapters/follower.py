@@ -51,8 +51,13 @@ class TrackedPosition:
         self.name = name
 
     def load(self) -> int:
+        saved = self.saved()
+        return 0 if saved is None else saved
+
+    def saved(self) -> int | None:
+        """The saved position; None when this follower has never saved one."""
         rows = self.db.query("SELECT position FROM projection_tracking WHERE name = %s", (self.name,))
-        return int(rows[0]["position"]) if rows else 0
+        return int(rows[0]["position"]) if rows else None
 
     def save(self, position: int) -> None:
         with self.db.transaction() as cur:

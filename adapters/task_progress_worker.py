@@ -36,9 +36,9 @@ class TaskProgressFollower:
         """Where it stands; the first time (a new ledger, or one from before
         this follower, whose tasks were written by the workers), just before the
         oldest task still open: no outcome an open task waits for comes earlier."""
-        rows = self.db.query("SELECT position FROM projection_tracking WHERE name = %s", (POSITION_NAME,))
-        if rows:
-            return int(rows[0]["position"])
+        saved = self.tracked.saved()
+        if saved is not None:
+            return saved
         terminal = sorted(TERMINAL_STATES)
         marks = ", ".join(["%s"] * len(terminal))
         open_tasks = self.db.query(f"SELECT MIN(seq) AS seq FROM tasks_view WHERE state NOT IN ({marks})",

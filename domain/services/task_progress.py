@@ -64,8 +64,9 @@ class TaskProgressService:
             if isinstance(event, REQUESTED):
                 self._remember(str(event.originator_id), label(event.job, event.index, event.instance_id),
                                event.disk_cid)
-            elif isinstance(event, Snapshot.Taken):  # type: ignore[attr-defined]
-                self._facts.get(str(event.originator_id), {})["snapshot_cid"] = event.snapshot_cid
+            elif isinstance(event, Snapshot.Taken) and str(event.originator_id) in self._facts:  # type: ignore[attr-defined]
+                # A deletion later in the same batch names this CID (facts go after the batch).
+                self._facts[str(event.originator_id)]["snapshot_cid"] = event.snapshot_cid
             if isinstance(event, STARTED) or type(event) in OUTCOME_OF:
                 steps.append(event)
         if not steps:

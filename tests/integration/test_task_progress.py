@@ -38,12 +38,15 @@ def task_events(ledger: Ledger, task_id: UUID) -> list[Any]:
 def run_every_operation(ledger: Ledger, cpi: FakeCpi, task: Task, threads: int = 8) -> None:
     runner = OperationRunner(ledger, {"local": cpi}, worker="w", max_in_flight={"local": threads})
     ops = [UUID(op) for op in task.operations]
-    workers = [threading.Thread(target=lambda chunk=ops[i::threads]: [runner.execute(op) for op in chunk])
-               for i in range(threads)]
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join()
+    run_together([threading.Thread(target=lambda chunk=ops[i::threads]: [runner.execute(op) for op in chunk])
+                  for i in range(threads)])
+
+
+def run_together(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def test_claims_and_outcomes_leave_the_task_alone(ledger: Ledger) -> None:
@@ -98,11 +101,7 @@ def test_two_followers_racing_end_each_task_exactly_once(store_url: str, ledger:
         except BaseException as error:  # reported below, not lost in the thread
             errors.append(error)
 
-    threads = [threading.Thread(target=follow, args=(f, size)) for f, size in zip(others, (7, 13))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_together([threading.Thread(target=follow, args=(f, size)) for f, size in zip(others, (7, 13))])
     for other in others:
         other.close()
     assert errors == []
