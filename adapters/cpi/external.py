@@ -13,14 +13,10 @@ can store it next to the snapshot it was working on.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
 import random
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -40,11 +36,10 @@ from snapledger.domain.cpi import (
 
 from .external_protocol import (MIN_API_VERSION, Call, ResultCheck, error_from_response, invalid_response,
                                 json_object, list_of_strings, non_empty_string, parse_response, require_supported)
+from .call_processes import CallProcesses, shared_call_processes
 from .reaper import EXEC_FAILED, EXEC_FAILED_MARKER
 
 log = structlog.get_logger(__name__)
-
-REAPER = Path(__file__).with_name("reaper.py")
 
 # The Director runs CPIs with this PATH and nothing else it inherited
 # (``unsetenv_others: true``): a CPI must not depend on the caller's environment.
@@ -52,9 +47,6 @@ CPI_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # Raw stdout is kept in the record only when it was invalid; bounded so a CPI
 # spewing megabytes cannot bloat what the caller stores.
 STDOUT_KEEP_CHARS = 10_000
-# After SIGKILL the pipes close as soon as the group is gone; this only guards
-# against a descendant that escaped the process group and still holds them.
-POST_KILL_DRAIN_S = 5.0
 
 _rng = random.SystemRandom()  # independent of any seeding done by the host program
 
@@ -73,6 +65,7 @@ class ExternalCpi:
         preferred_api_version: int = 2,
         env_passthrough: dict[str, str] | None = None,
         error_types: frozenset[str] = frozenset(),
+        processes: CallProcesses | None = None,
     ) -> None:
         if preferred_api_version < MIN_API_VERSION:
             raise ValueError(f"preferred_api_version must be >= {MIN_API_VERSION}")
@@ -92,6 +85,7 @@ class ExternalCpi:
         self._info: dict[str, Any] | None = None
         self._info_lock = threading.Lock()
         self._calls = CallLog()
+        self._processes = processes or shared_call_processes()
 
     # --- the Cpi port ---------------------------------------------------------
 
@@ -225,36 +219,21 @@ class ExternalCpi:
 
     def _execute(self, call: Call, request: bytes) -> tuple[str, str, int | None]:
         try:
-            proc = subprocess.Popen(
-                # Through the reaper: the answer is taken when the CPI exits, and
-                # nothing the CPI started outlives the call (adapters/cpi/reaper.py).
-                [sys.executable, "-I", "-S", str(REAPER), self.executable],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=self._environment(),
-                close_fds=True,
-                # Own process group, so a timeout kills everything the CPI spawned.
-                start_new_session=True,
-            )
-        except OSError as e:  # e.g. ENOEXEC, a bad interpreter line, a race with deletion
-            raise CpiError(NOT_EXECUTABLE, f"Failed to run cpi: '{self.executable}' is not executable") from e
-        try:
-            out, err = proc.communicate(request, timeout=self.timeout_s)
-        except subprocess.TimeoutExpired:
-            out, err = _stop_call(proc)
-            call.stderr, call.exit_code = _text(err), proc.returncode
+            # Through a per-call reaper: the answer is taken when the CPI exits, and
+            # nothing the CPI started outlives the call (adapters/cpi/reaper.py).
+            finished = self._processes.run(self.executable, self._environment(), request, self.timeout_s)
+        except OSError as e:  # the reaper server could not start the call
+            raise CpiError(NOT_EXECUTABLE, f"Failed to run cpi: '{self.executable}' ({e.strerror or e})") from e
+        stdout, stderr = _text(finished.stdout), _text(finished.stderr)
+        if finished.timed_out:
+            call.stderr, call.exit_code = stderr, finished.returncode
             raise CpiError(
                 TIMED_OUT,
                 f"CPI '{call.method}' timed out after {self.timeout_s:g}s (CPI request ID: '{call.request_id}')",
-            ) from None
-        except BaseException:
-            # Interrupted (KeyboardInterrupt, ...): never leave a CPI running behind us.
-            _stop_call(proc)
-            raise
-        if proc.returncode == EXEC_FAILED and _text(err).startswith(EXEC_FAILED_MARKER):
+            )
+        if finished.returncode == EXEC_FAILED and stderr.startswith(EXEC_FAILED_MARKER):
             raise CpiError(NOT_EXECUTABLE, f"Failed to run cpi: '{self.executable}' is not executable")
-        return _text(out), _text(err), proc.returncode
+        return stdout, stderr, finished.returncode
 
     def _finish(self, call: Call, started: float, error: CpiError | None) -> None:
         duration = time.monotonic() - started
@@ -286,30 +265,7 @@ class ExternalCpi:
         )
 
 
-# --- process handling --------------------------------------------------------------
-
-
-def _stop_call(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
-    """Time-out: the reaper kills the CPI and everything below it, then exits."""
-    try:
-        proc.send_signal(signal.SIGTERM)
-        return proc.communicate(timeout=POST_KILL_DRAIN_S)
-    except subprocess.TimeoutExpired:
-        return _kill_group_and_drain(proc)  # the reaper itself is stuck
-
-
-def _kill_group_and_drain(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
-    with contextlib.suppress(ProcessLookupError):  # the whole group already exited
-        os.killpg(proc.pid, signal.SIGKILL)
-    try:
-        return proc.communicate(timeout=POST_KILL_DRAIN_S)
-    except subprocess.TimeoutExpired:
-        # Something outside the group still holds the pipes; give up on output.
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
-        proc.wait()
-        return b"", b""
+# --- helpers -----------------------------------------------------------------------------
 
 
 def _text(data: bytes | None) -> str:

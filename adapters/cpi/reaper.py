@@ -1,4 +1,5 @@
-"""Run one CPI process and leave nothing of it behind: `python -I -S reaper.py EXECUTABLE`.
+"""Run one CPI process and leave nothing of it behind: `python -I -S reaper.py EXECUTABLE`,
+or, once per snapledger process, `reaper.py --serve FD`: a fork of this per call (below).
 
 Why a process between snapledger and the CPI: a CPI may start helpers that
 outlive it. One that keeps the CPI's stdout open made snapledger wait for EOF
@@ -25,9 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
+import select
 import signal
+import socket
 import sys
+from typing import NoReturn
 
 PR_SET_CHILD_SUBREAPER = 36
 EXEC_FAILED = 127
@@ -113,21 +118,23 @@ def spawn(executable: str, env: dict[bytes, bytes]) -> int:
     os.close(read_end)
     if failure:
         os.waitpid(pid, 0)
-        sys.stderr.write(f"{EXEC_FAILED_MARKER} {executable}: {failure.decode(errors='replace')}\n")
-        sys.exit(EXEC_FAILED)
+        # os.write and os._exit: this also runs in a child forked by the server,
+        # whose sys.stderr object and exit handlers are the server's.
+        os.write(2, f"{EXEC_FAILED_MARKER} {executable}: {failure.decode(errors='replace')}\n".encode())
+        os._exit(EXEC_FAILED)
     return pid
 
 
-def main(argv: list[str]) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
+def reap(executable: str, env: dict[bytes, bytes], libc: ctypes.CDLL) -> NoReturn:
+    """Run the CPI as this process's only child, kill what it leaves, exit as it did."""
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        sys.stderr.write(f"snapledger-reaper: prctl failed (errno {ctypes.get_errno()}); "
-                         "processes that leave the group may outlive the call\n")
+        os.write(2, f"snapledger-reaper: prctl failed (errno {ctypes.get_errno()}); "
+                    "processes that leave the group may outlive the call\n".encode())
     signal.signal(signal.SIGTERM, _stop)
     # A time-out while the CPI is being started waits until it is: its pid is
     # known then, so it and what it starts are killed, not left running.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    cpi = spawn(argv[1], environment_at_exec())
+    cpi = spawn(executable, env)
     status = None
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
@@ -138,13 +145,141 @@ def main(argv: list[str]) -> None:
     kill_everything(cpi)
     if status is None:  # timed out: reaped by kill_everything
         status = 9  # as if SIGKILLed, like the CPI
-    sys.stdout.flush()
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)
         if signum not in (signal.SIGKILL, signal.SIGSTOP):  # those two cannot be caught anyway
             signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
     os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
+
+
+# --- server mode: one long-lived reaper forks a per-call reaper ----------------------------------
+#
+# Why: starting this file per call costs an interpreter start-up (~30 ms of CPU
+# here): at an IaaS limit of 100 calls/s that alone is 1.5 cores, and it was
+# what bounded the rate-limited benchmark on 2 cores. `--serve FD` starts once
+# per snapledger process; for each call it forks itself (~1 ms: a small,
+# single-threaded interpreter with everything already imported) and the child
+# is exactly the per-call reaper above, a subreaper of its own session.
+#
+# Protocol, on the SOCK_SEQPACKET socket FD (one JSON message per datagram):
+#   -> {"id": N, "executable": PATH, "env": {K: V}}  + SCM_RIGHTS: stdin, stdout, stderr
+#   <- {"id": N, "pid": PID}                           forked (or {"id": N, "error": TEXT})
+#   -> {"id": N, "signal": "stop" | "kill"}            time-out: SIGTERM the reaper / SIGKILL its group
+#   <- {"id": N, "status": WAIT_STATUS}                the call's reaper ended (reaped here)
+# End of file on the socket (snapledger is gone): the server exits; calls in
+# progress finish on their own, each reaper still cleaning up after its CPI.
+
+
+def serve(fd: int) -> None:
+    server = _Server(socket.socket(fileno=fd))
+    while True:
+        readable, _, _ = select.select([server.sock.fileno(), server.wake_r], [], [])
+        if server.wake_r in readable:
+            server.drain_wake_ups()
+        server.reap_finished()
+        if server.sock.fileno() in readable:
+            server.receive()
+
+
+class _Server:
+    """The reaper server's state: its socket, and the running calls' reapers by call id."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.libc = ctypes.CDLL(None, use_errno=True)  # loaded once: forked children have it
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)  # a handler, so the wake-up fd hears it
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # ends with its socket, not with a terminal's ^C
+        self.running: dict[int, int] = {}  # call id -> pid of its reaper, until reaped
+
+    def send(self, message: dict[str, object]) -> None:
+        with contextlib.suppress(OSError):  # snapledger gone: nobody to tell
+            self.sock.send(json.dumps(message).encode())
+
+    def drain_wake_ups(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.wake_r, 512):
+                pass
+
+    def reap_finished(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for call, child in list(self.running.items()):
+                if child == pid:
+                    del self.running[call]
+                    self.send({"id": call, "status": status})
+
+    def receive(self) -> None:
+        message, ancillary, _flags, _ = self.sock.recvmsg(1 << 20, socket.CMSG_SPACE(3 * 4))
+        if not message:
+            os._exit(0)  # snapledger is gone
+        fds = [fd for level, kind, data in ancillary
+               if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+               for fd in memoryview(data).cast("i")]
+        request = json.loads(message)
+        if "signal" in request:
+            self.signal_call(request)
+        elif len(fds) == 3:
+            self.start(request, fds)
+        else:
+            self.send({"id": request.get("id"), "error": f"expected 3 file descriptors, got {len(fds)}"})
+        for fd in fds:
+            os.close(fd)  # the child has its copies
+
+    def start(self, request: dict[str, object], fds: list[int]) -> None:
+        call = int(str(request["id"]))
+        given = request["env"]
+        env = {str(k).encode(): str(v).encode() for k, v in given.items()} if isinstance(given, dict) else {}
+        try:
+            pid = os.fork()
+        except OSError as error:
+            self.send({"id": call, "error": f"fork: {error}"})
+            return
+        if pid == 0:
+            _become_call_reaper(fds, [self.sock.fileno(), self.wake_r, self.wake_w])
+            reap(str(request["executable"]), env, self.libc)
+        self.running[call] = pid
+        self.send({"id": call, "pid": pid})
+
+    def signal_call(self, request: dict[str, object]) -> None:
+        pid = self.running.get(int(str(request["id"])))
+        if pid is None:
+            return  # already reaped: its status is on its way
+        with contextlib.suppress(OSError):
+            if request["signal"] == "stop":
+                os.kill(pid, signal.SIGTERM)
+            else:
+                os.killpg(pid, signal.SIGKILL)
+
+
+def _become_call_reaper(fds: list[int], server_fds: list[int]) -> None:
+    """In the forked child: the call's pipes as 0/1/2, nothing of the server's left."""
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.setsid()  # a session and group of its own: SIGKILL to the group reaches it
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        for fd in [*fds, *server_fds]:
+            os.close(fd)
+    except BaseException:
+        os._exit(EXEC_FAILED)
+
+
+def main(argv: list[str]) -> None:
+    if argv[1:2] == ["--serve"]:
+        serve(int(argv[2]))
+    reap(argv[1], environment_at_exec(), ctypes.CDLL(None, use_errno=True))
 
 
 if __name__ == "__main__":

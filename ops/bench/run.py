@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE))
 
 from common import ROOT, Context, pg_run_database  # noqa: E402
 
-BENCHMARKS = ["acceptance", "visible", "rebuild", "listing", "fanout", "ratebound", "capacity", "director"]
+BENCHMARKS = ["acceptance", "visible", "rebuild", "listing", "fanout", "ratebound", "capacity", "cpi_spawn", "director"]
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 DEFAULT_SIZES: dict[str, Any] = {
@@ -41,6 +41,7 @@ DEFAULT_SIZES: dict[str, Any] = {
     "fanout_take_timeout": 90.0, "fanout_workers": [1, 2],
     "ratebound_disks": 2_000, "ratebound_deployments": 20, "ratebound_workers": [1, 2, 4],
     "ratebound_timeout": 120.0, "capacity_seconds": 10.0, "capacity_clients": [1, 16],
+    "cpi_spawn_calls": 1_000, "cpi_spawn_concurrency": 16,
     "compare_group_commit": True,
     "audit_events": 200_000, "audit_queries": 200,
     "director_operations": 10_000, "director_queries": 200, "director_take_timeout": 600.0,
@@ -56,6 +57,7 @@ SMALL_SIZES: dict[str, Any] = {
     "fanout_take_timeout": 30.0, "fanout_workers": [2],
     "ratebound_disks": 100, "ratebound_deployments": 4, "ratebound_workers": [2], "ratebound_timeout": 30.0,
     "capacity_seconds": 1.0, "capacity_clients": [4],
+    "cpi_spawn_calls": 20, "cpi_spawn_concurrency": 4,
     "compare_group_commit": False,
     "audit_events": 20_000, "audit_queries": 30,
     "director_operations": 100, "director_queries": 20, "director_take_timeout": 60.0,

@@ -1,0 +1,267 @@
+"""CPI processes, each started by a fork of one long-lived reaper (adapters/cpi/reaper.py --serve).
+
+Why not `subprocess.Popen(reaper.py CPI)` per call: that starts an interpreter
+per call, ~30 ms of CPU, which at an IaaS limit of 100 calls/s is 1.5 cores
+spent before any CPI runs (the rate-bound benchmark was bound by it on 2
+cores). The server forks its small, single-threaded self instead (~1 ms) and
+the child is the same per-call reaper as before: a subreaper in a session of
+its own, which kills whatever its CPI leaves and exits as the CPI did.
+
+Here the calling thread owns the call's three pipes (the server only hands
+their far ends to the child), so reading the answer, the time-out and the
+drain after it work as with `Popen.communicate`: a time-out asks the server
+to SIGTERM the call's reaper (it kills the CPI's tree and exits), and if the
+pipes are still open after `drain_s`, to SIGKILL the reaper's group.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import errno
+import itertools
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+REAPER = Path(__file__).with_name("reaper.py")
+READ_CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class Finished:
+    stdout: bytes
+    stderr: bytes
+    returncode: int | None  # as Popen's: negative for a signal; None when the server could not tell
+    timed_out: bool
+
+
+@dataclass
+class _Call:
+    pid: int | None = None
+    status: int | None = None
+    error: str | None = None
+    ended: threading.Event = field(default_factory=threading.Event)
+
+
+class _Server:
+    """One running reaper server and the thread that reads its replies."""
+
+    def __init__(self) -> None:
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.process = subprocess.Popen(
+            [sys.executable, "-I", "-S", str(REAPER), "--serve", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            start_new_session=True)  # a terminal's ^C is for snapledger; the server ends with its socket
+        theirs.close()
+        self.owner = os.getpid()
+        self.calls: dict[int, _Call] = {}
+        self.lock = threading.Lock()
+        self.alive = True
+        threading.Thread(target=self._read_replies, name="cpi-reaper-server", daemon=True).start()
+
+    def send(self, message: dict[str, object], fds: list[int] | None = None) -> None:
+        data = json.dumps(message).encode()
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        self.sock.sendmsg([data], ancillary)
+
+    def _read_replies(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(READ_CHUNK)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            reply = json.loads(data)
+            with self.lock:
+                call = self.calls.get(reply.get("id"))
+            if call is None:
+                continue
+            if "pid" in reply:
+                call.pid = reply["pid"]
+            elif "status" in reply or "error" in reply:
+                call.status, call.error = reply.get("status"), reply.get("error")
+                call.ended.set()
+        self.alive = False
+        with self.lock:  # nobody will say how these ended: their pipes still close when they do
+            for call in self.calls.values():
+                call.ended.set()
+        log.warning("cpi reaper server ended", exit_code=self.process.poll())
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+
+
+class CallProcesses:
+    """Runs one CPI process per call through the reaper server, started on first use
+    (and again if it ended, or in a forked child of this process)."""
+
+    def __init__(self, drain_s: float = 5.0) -> None:
+        self.drain_s = drain_s  # after a stop or a kill, how long the pipes may take to close
+        self._server: _Server | None = None
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+
+    def run(self, executable: str, env: dict[str, str], request: bytes, timeout_s: float) -> Finished:
+        """Start `executable` with `env`, write `request` to its stdin and close it, read
+        stdout and stderr to their end; past `timeout_s`, stop it and everything it started."""
+        pipes = [os.pipe() for _ in range(3)]  # stdin, stdout, stderr
+        ours = [pipes[0][1], pipes[1][0], pipes[2][0]]
+        theirs = [pipes[0][0], pipes[1][1], pipes[2][1]]
+        try:
+            server, call_id, call = self._start(executable, env, theirs)
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)  # the child has them now (or there is no child)
+        try:
+            stdout, stderr, timed_out = self._exchange(server, call_id, call, ours, request, timeout_s)
+            call.ended.wait(self.drain_s)  # its status follows the pipes' end at once, but for a stuck reaper
+        except BaseException:  # interrupted: never leave a CPI running behind us
+            self._signal(server, call_id, call, "kill")
+            raise
+        finally:
+            with server.lock:
+                server.calls.pop(call_id, None)
+        if call.error is not None:
+            raise OSError(errno.EAGAIN, f"cannot start the CPI process: {call.error}")
+        returncode = os.waitstatus_to_exitcode(call.status) if call.status is not None else None
+        return Finished(stdout, stderr, returncode, timed_out)
+
+    def server_pid(self) -> int | None:
+        """The running server's process id (for a benchmark's CPU figures)."""
+        server = self._server
+        return server.process.pid if server is not None and server.alive else None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+
+    # --- one call ------------------------------------------------------------------------------
+
+    def _start(self, executable: str, env: dict[str, str], fds: list[int]) -> tuple[_Server, int, _Call]:
+        message: dict[str, object] = {"executable": executable, "env": env}
+        for attempt in (1, 2):  # a server that ended meanwhile is started again, once
+            server = self._running_server()
+            call_id, call = next(self._ids), _Call()
+            with server.lock:
+                server.calls[call_id] = call
+            try:
+                server.send({"id": call_id, **message}, fds)
+                return server, call_id, call
+            except OSError:
+                with server.lock:
+                    server.calls.pop(call_id, None)
+                server.alive = False
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _running_server(self) -> _Server:
+        with self._lock:
+            server = self._server
+            if server is None or not server.alive or server.owner != os.getpid():
+                if server is not None and server.owner == os.getpid():
+                    server.close()
+                server = self._server = _Server()
+            return server
+
+    def _exchange(self, server: _Server, call_id: int, call: _Call, fds: list[int], request: bytes,
+                  timeout_s: float) -> tuple[bytes, bytes, bool]:
+        stdin, stdout, stderr = fds
+        output: dict[int, list[bytes]] = {stdout: [], stderr: []}
+        remaining_input: memoryview | None = memoryview(request)
+        poller = select.poll()
+        for fd in fds:
+            os.set_blocking(fd, False)
+        poller.register(stdin, select.POLLOUT)
+        poller.register(stdout, select.POLLIN)
+        poller.register(stderr, select.POLLIN)
+        open_fds = set(fds)
+        deadline = time.monotonic() + timeout_s
+        stage = "running"
+        try:
+            while output.keys() & open_fds:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if stage == "killed":
+                        break  # something outside the call's tree holds the pipes: give up on output
+                    stage = "stopped" if stage == "running" else "killed"
+                    self._signal(server, call_id, call, "stop" if stage == "stopped" else "kill")
+                    deadline = time.monotonic() + self.drain_s
+                    continue
+                for fd, _event in poller.poll(left * 1000):
+                    if fd == stdin and remaining_input is not None:
+                        remaining_input = self._write_some(fd, remaining_input)
+                        if remaining_input is None:
+                            poller.unregister(fd)
+                            os.close(fd)
+                            open_fds.discard(fd)
+                        continue
+                    chunk = os.read(fd, READ_CHUNK)
+                    if chunk:
+                        output[fd].append(chunk)
+                    else:
+                        poller.unregister(fd)
+                        os.close(fd)
+                        open_fds.discard(fd)
+        finally:
+            for fd in open_fds:
+                os.close(fd)
+        return b"".join(output[stdout]), b"".join(output[stderr]), stage != "running"
+
+    @staticmethod
+    def _write_some(fd: int, data: memoryview) -> memoryview | None:
+        """Writes what the pipe takes; None when all is written (stdin is then closed) or the reader left."""
+        try:
+            written = os.write(fd, data[:READ_CHUNK])
+        except BlockingIOError:
+            return data
+        except BrokenPipeError:
+            return None  # the CPI exited without reading it all: its answer (if any) still counts
+        rest = data[written:]
+        return rest if len(rest) else None
+
+    @staticmethod
+    def _signal(server: _Server, call_id: int, call: _Call, how: str) -> None:
+        try:
+            server.send({"id": call_id, "signal": how})
+        except OSError:  # the server is gone: signal the call's reaper (its own group) directly
+            if call.pid is not None and not call.ended.is_set():
+                with contextlib.suppress(OSError):
+                    os.killpg(call.pid, signal.SIGTERM if how == "stop" else signal.SIGKILL)
+
+
+_shared: CallProcesses | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_call_processes() -> CallProcesses:
+    """The process's one reaper server, for every external CPI of the process."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = CallProcesses()
+        return _shared
