@@ -33,6 +33,12 @@ from .log_worker import LogWorker, stale_before
 from .store import Database
 
 
+# How often the live set of the disks' owners is read (decision 41). At the
+# heartbeat interval (lease/3, 10 s by default) two workers started together
+# raced for one worker's disks for the first 10 s of a fire.
+OWNERS_REFRESH_S = 1.0
+
+
 class SnapshotWorker(LogWorker):
     """The position only moves past an operation once it reached an outcome (or
     was found handled), and then only up to the first one still running: a
@@ -135,14 +141,19 @@ class SnapshotWorker(LogWorker):
 
     def _heartbeat_loop(self) -> None:
         interval = max(self.lease_s / 3, 0.05)
+        next_beat = 0.0
         while not self._stop.is_set():
             try:
-                self.beat()
-                # The owners' live set: refreshed here, not per operation.
+                if time.monotonic() >= next_beat:
+                    self.beat()
+                    next_beat = time.monotonic() + interval
+                # The owners' live set: read here, not per operation; at most
+                # OWNERS_REFRESH_S apart, as a worker that joined is raced for
+                # its disks until every other worker has read its beat.
                 self.owners.update(self.live_workers(stale_before(self.lease_s), db=self.beat_db))
             except Exception as error:  # the database may be away: keep trying
                 self.log.warning("heartbeat failed", error=str(error))
-            self._stop.wait(interval)
+            self._stop.wait(min(interval, OWNERS_REFRESH_S))
 
     def beat(self) -> None:
         with self.beat_db.transaction() as cur:
