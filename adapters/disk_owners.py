@@ -20,6 +20,7 @@ and runs it. Only a dead worker's operations wait, for the recovery sweep.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Iterable
 
@@ -41,6 +42,34 @@ def owner_key(disk: str | None, operation_id: object) -> str:
     """What an operation is owned by: its disk (so a disk's operations stay in
     one worker's per-disk queue), or its id when it has no disk."""
     return disk if disk is not None else f"op:{operation_id}"
+
+
+def gone_before_me(worker: str, me: str) -> bool:
+    """Whether `worker` is an earlier run on this host whose process is gone
+    (ids are host:pid:random, adapters/bootstrap.py `worker_id`).
+
+    Why: a worker killed and restarted leaves a beat that looks alive for a
+    lease; the new run would pass that run's disks over to it and they waited
+    a lease for the sweep (a restarted single `serve` process: every other
+    disk). Taking a live worker for gone is safe: its disks are raced for until
+    it beats again (lease/3), never left."""
+    try:
+        host, pid, _ = worker.rsplit(":", 2)
+        my_host, my_pid, _ = me.rsplit(":", 2)
+        number = int(pid)
+    except ValueError:
+        return False  # not an id of ours (tests name their workers)
+    if host != my_host or worker == me:
+        return False
+    if pid == my_pid:
+        return True  # the same pid on the same host: an earlier run (a container's pid 1)
+    try:
+        os.kill(number, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: a process of another user has that pid now
+        return False
+    return False
 
 
 class DiskOwners:

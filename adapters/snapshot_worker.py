@@ -26,7 +26,7 @@ from snapledger.projections.events import iso
 from snapledger.projections.queries import Queries
 from snapledger.projections.in_flight import CALLING, RESOLVING
 
-from .disk_owners import DiskOwners, owner, owner_key
+from .disk_owners import DiskOwners, gone_before_me, owner, owner_key
 from .dispatch import Dispatcher, Work
 from .follower import Batch, ChangeSignal
 from .log_worker import LogWorker, stale_before
@@ -210,7 +210,22 @@ class SnapshotWorker(LogWorker):
                              state=row["state"], result=result)
         return result
 
+    def forget_earlier_runs(self) -> None:
+        """Remove the beats of this host's earlier runs whose process is gone:
+        a restarted worker owns their disks at once (decision 41)."""
+        rows = self.beat_db.query("SELECT worker FROM worker_heartbeats")
+        gone = [row["worker"] for row in rows if gone_before_me(row["worker"], self.worker)]
+        for worker in gone:
+            with self.beat_db.transaction() as cur:
+                cur.execute("DELETE FROM worker_heartbeats WHERE worker = %s", (worker,))
+        if gone:
+            self.log.info("forgot the heartbeats of earlier runs", workers=gone)
+
     def start(self) -> None:
+        try:
+            self.forget_earlier_runs()
+        except Exception as error:  # the database may be away: they go stale within a lease anyway
+            self.log.warning("could not forget earlier runs", error=str(error))
         self._heartbeat.start()  # first: the process's other workers count as alive from now on
         super().start()
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 from collections import Counter
 
-from snapledger.adapters.disk_owners import DiskOwners, owner, owner_key
+from snapledger.adapters.disk_owners import DiskOwners, gone_before_me, owner, owner_key
 
 DISKS = [f"disk-{i}" for i in range(3000)]
 WORKERS = [f"host:{pid}:abc{pid}" for pid in (101, 202, 303, 404)]
@@ -60,3 +62,17 @@ def test_a_worker_that_has_not_read_the_live_set_yet_owns_everything() -> None:
     view.update({"other"})
     assert "me" in view.live()  # a worker always counts itself
     assert {view.owns(disk) for disk in DISKS[:100]} == {True, False}
+
+
+def test_an_earlier_run_on_this_host_is_gone_when_its_process_is() -> None:
+    """A restarted worker forgets its killed predecessor's beat (it would pass that
+    run's disks over to it for a lease); a live process's beat is kept."""
+    host, me = socket.gethostname(), f"{socket.gethostname()}:{os.getpid()}:aaaaaa"
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    assert gone_before_me(f"{host}:{finished.stdout.strip()}:bbbbbb", me)
+    assert gone_before_me(f"{host}:{os.getpid()}:cccccc", me)  # our pid, another run: a container's pid 1
+    assert not gone_before_me(me, me)
+    assert not gone_before_me(f"{host}:{os.getppid()}:dddddd", me)  # a running process
+    assert not gone_before_me(f"elsewhere:{finished.stdout.strip()}:eeeeee", me)  # another host: its own lease
+    assert not gone_before_me("w1", me)
