@@ -51,8 +51,10 @@ def gone_before_me(worker: str, me: str) -> bool:
     Why: a worker killed and restarted leaves a beat that looks alive for a
     lease; the new run would pass that run's disks over to it and they waited
     a lease for the sweep (a restarted single `serve` process: every other
-    disk). Taking a live worker for gone is safe: its disks are raced for until
-    it beats again (lease/3), never left."""
+    disk). Only the ownership view leaves it out (`DiskOwners.forget`), never
+    the heartbeats the sweeps judge claims by: taking a live worker for gone
+    (two containers with one hostname, both pid 1) then only races for its
+    disks, it never takes its calls for abandoned."""
     try:
         host, pid, _ = worker.rsplit(":", 2)
         my_host, my_pid, _ = me.rsplit(":", 2)
@@ -81,11 +83,17 @@ class DiskOwners:
         # Until the first refresh: only ourselves, so we run everything (two
         # workers racing is slow but safe; passing over work nobody takes is not).
         self._live: frozenset[str] = frozenset({worker})
+        self._gone: frozenset[str] = frozenset()  # earlier runs, left out though their beat is fresh
         self._lock = threading.Lock()
+
+    def forget(self, workers: Iterable[str]) -> None:
+        with self._lock:
+            self._gone |= frozenset(workers) - {self.worker}
+            self._live -= self._gone
 
     def update(self, live: Iterable[str]) -> None:
         with self._lock:
-            self._live = frozenset(live) | {self.worker}
+            self._live = (frozenset(live) - self._gone) | {self.worker}
 
     def live(self) -> frozenset[str]:
         with self._lock:

@@ -166,7 +166,7 @@ class SnapshotWorker(LogWorker):
         """One recovery pass; returns (operation id, what was done) for the log and tests."""
         now = datetime.now(UTC)
         stale = stale_before(self.lease_s, now)
-        alive = self.live_workers(stale)
+        alive = self.live_workers(stale)  # for claims: a forgotten earlier run's calls wait for its lease
         self.owners.update(alive)
         done = []
         for row in self.queries.in_flight(older_than=stale):
@@ -179,12 +179,12 @@ class SnapshotWorker(LogWorker):
             if not self.abandoned(row["worker"], self.runner.is_running(op), alive):
                 continue  # ours, in progress (a long CPI call, a retry wait), or another live worker's
             if (row["state"] not in (CALLING, RESOLVING) and row["worker"] is None
-                    and not self._unclaimed_is_ours(op, row, alive, now)):
+                    and not self._unclaimed_is_ours(op, row, self.owners.live(), now)):
                 continue  # never claimed: its live owner runs it
             done.append((str(op), self._recover(op, row)))
         return done
 
-    def _unclaimed_is_ours(self, op: UUID, row: dict[str, Any], alive: set[str], now: datetime) -> bool:
+    def _unclaimed_is_ours(self, op: UUID, row: dict[str, Any], alive: frozenset[str], now: datetime) -> bool:
         """Whether this worker runs an operation nobody claimed: its disk is ours
         by the live set now, and either we passed it over (to an owner since
         dead: only its disks moved, some to us) or it is older than 5 leases (a
@@ -211,20 +211,18 @@ class SnapshotWorker(LogWorker):
         return result
 
     def forget_earlier_runs(self) -> None:
-        """Remove the beats of this host's earlier runs whose process is gone:
-        a restarted worker owns their disks at once (decision 41)."""
+        """Leave this host's earlier runs whose process is gone out of the
+        owners' live set: a restarted worker owns their disks at once (decision 41)."""
         rows = self.beat_db.query("SELECT worker FROM worker_heartbeats")
         gone = [row["worker"] for row in rows if gone_before_me(row["worker"], self.worker)]
-        for worker in gone:
-            with self.beat_db.transaction() as cur:
-                cur.execute("DELETE FROM worker_heartbeats WHERE worker = %s", (worker,))
+        self.owners.forget(gone)
         if gone:
-            self.log.info("forgot the heartbeats of earlier runs", workers=gone)
+            self.log.info("earlier runs left out of the disks' owners", workers=gone)
 
     def start(self) -> None:
         try:
             self.forget_earlier_runs()
-        except Exception as error:  # the database may be away: they go stale within a lease anyway
+        except Exception as error:  # the database may be away: their beats go stale within a lease anyway
             self.log.warning("could not forget earlier runs", error=str(error))
         self._heartbeat.start()  # first: the process's other workers count as alive from now on
         super().start()

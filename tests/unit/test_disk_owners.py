@@ -76,3 +76,10 @@ def test_an_earlier_run_on_this_host_is_gone_when_its_process_is() -> None:
     assert not gone_before_me(f"{host}:{os.getppid()}:dddddd", me)  # a running process
     assert not gone_before_me(f"elsewhere:{finished.stdout.strip()}:eeeeee", me)  # another host: its own lease
     assert not gone_before_me("w1", me)
+
+
+def test_a_forgotten_earlier_run_stays_out_of_the_view_though_its_beat_is_fresh() -> None:
+    view = DiskOwners("me")
+    view.forget({"before-me", "me"})
+    view.update({"me", "before-me", "other"})
+    assert view.live() == {"me", "other"}
