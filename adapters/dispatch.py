@@ -101,6 +101,13 @@ class Dispatcher:
                     self._make_ready(work)
             self._start_what_may()
 
+    def pass_over(self, position: int) -> None:
+        """A request another worker owns (adapters/disk_owners.py): nothing runs
+        here, and for this worker's position it counts as finished. If its
+        owner dies before running it, the recovery sweep finds it, not a replay."""
+        with self._cond:
+            self._highest = max(self._highest, position)
+
     def low_water(self) -> int:
         """The highest position such that every operation at or before it has finished."""
         with self._cond:

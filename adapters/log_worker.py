@@ -82,9 +82,9 @@ class LogWorker:
 
     # Liveness ---------------------------------------------------------------------------
 
-    def live_workers(self, stale: str) -> set[str]:
+    def live_workers(self, stale: str, db: Database | None = None) -> set[str]:
         """Workers that beat since `stale` (this one included: it is running)."""
-        rows = self.db.query("SELECT worker FROM worker_heartbeats WHERE beat_at >= %s", (stale,))
+        rows = (db or self.db).query("SELECT worker FROM worker_heartbeats WHERE beat_at >= %s", (stale,))
         return {row["worker"] for row in rows} | {self.worker}
 
     def abandoned(self, claimant: str | None, running_here: bool, alive: set[str]) -> bool:

@@ -28,9 +28,13 @@ TAKEN_TOPIC = "snapledger.domain.snapshot:Snapshot.Taken"
 # The defaults (4 CPI calls at once) suit an IaaS whose snapshot takes seconds;
 # with a CPI that answers at once the ledger's own cost per call is measured,
 # so the worker runs as many at once as an operator would for a fast IaaS.
+# Each in-flight call holds a disk-lock connection: at 32, two worker processes
+# and a projector need more than a default PostgreSQL's 100 (--fanout-in-flight).
 IN_FLIGHT = 32
-WORKER_CONFIG: dict[str, Any] = {"worker": {"max_in_flight": IN_FLIGHT},
-                                 "cpis": {"local": {"type": "local", "max_in_flight": IN_FLIGHT}}}
+
+
+def worker_config(in_flight: int) -> dict[str, Any]:
+    return {"worker": {"max_in_flight": in_flight}, "cpis": {"local": {"type": "local", "max_in_flight": in_flight}}}
 
 
 def run(ctx: Context) -> list[dict[str, Any]]:
@@ -49,17 +53,18 @@ def run_one(ctx: Context, backend: str, workers: int) -> list[dict[str, Any]]:
     if backend == "sqlite":
         instances = ctx.sizes.get("fanout_instances_sqlite", instances)
     url = ctx.url_for(backend, "fanout")
+    config = worker_config(ctx.sizes.get("fanout_in_flight", IN_FLIGHT))
     ctx.log(f"fanout: {backend}: {deployments} deployments, {instances} instances, {workers} worker(s)")
     child(["setup", url, str(instances), str(deployments)])
     procs = []
     try:
         if backend == "postgres":
             procs += [server(ctx, f"fanout-worker{'-' + str(i) if workers > 1 else ''}", url, "worker",
-                             cpi="instant", **WORKER_CONFIG)[0] for i in range(workers)]
+                             cpi="instant", **config)[0] for i in range(workers)]
             procs.append(server(ctx, "fanout-projector", url, "projector")[0])
         else:
             procs.append(server(ctx, "fanout-worker-projector", url, "worker,projector", cpi="instant",
-                                **WORKER_CONFIG)[0])
+                                **config)[0])
         time.sleep(0.2 if ctx.small else 1.0)
         fired = child(["fire", url])
         raw = child(["raw", url, str(fired["events"]), str(fired["bytes_per_event"])])

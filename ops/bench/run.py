@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rebuild-events", type=int, help="events replayed by the rebuild benchmark")
     parser.add_argument("--listing-snapshots", type=int, help="snapshots in the listing view")
     parser.add_argument("--fanout-instances", type=int, help="instances one scheduled fire covers")
+    parser.add_argument("--fanout-in-flight", type=int,
+                        help="CPI calls at once per fan-out worker (default 32; fewer when 2 workers' "
+                             "connections would not fit the server's max_connections)")
     parser.add_argument("--visible-rate", type=float, help="commands per second of the visibility benchmark")
     parser.add_argument("--ratebound-workers", help="worker process counts of the rate-bound fan-out, e.g. 1,2,4")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs of every process)")
@@ -88,7 +91,7 @@ def sizes_from(args: argparse.Namespace) -> dict[str, Any]:
         sizes["ratebound_workers"] = [int(n) for n in args.ratebound_workers.split(",")]
     for flag, key in (("seconds", "acceptance_seconds"), ("rebuild_events", "rebuild_events"),
                       ("listing_snapshots", "listing_snapshots"), ("fanout_instances", "fanout_instances"),
-                      ("visible_rate", "visible_rate")):
+                      ("fanout_in_flight", "fanout_in_flight"), ("visible_rate", "visible_rate")):
         value = getattr(args, flag)
         if value is not None:
             sizes[key] = value

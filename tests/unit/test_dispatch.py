@@ -132,3 +132,21 @@ def test_has_answers_for_queued_and_running_operations_until_they_finish() -> No
     calls.gate(queued).set()
     wait_unfinished(d)
     assert not d.has(running) and not d.has(queued)
+
+
+def test_a_passed_over_request_counts_as_finished_for_the_position() -> None:
+    """Another worker's operation (decision 41): the position moves past it,
+    but never past one of ours still running before it."""
+    calls = Calls()
+    d = dispatcher(calls)
+    ours = uuid4()
+    d.pass_over(1)
+    assert d.low_water() == 1
+    d.submit(Work(2, ours, "local", "disk-0"))
+    d.pass_over(3)
+    calls.wait_started(ours)
+    assert d.low_water() == 1 and not d.has(uuid4())
+    calls.gate(ours).set()
+    wait_unfinished(d)
+    assert d.low_water() == 3
+    d.stop()
