@@ -39,6 +39,7 @@ from typing import Any
 from snapledger.domain.agent import (AGENT_ERROR, CONTRACT_ENV, DRAIN_CANCELLED, DRAIN_INVALID_OUTPUT,
                                      DRAIN_SCRIPT_FAILED, DRAIN_TIMEOUT, SHUTDOWN, STOP_CANCELLED, STOP_FAILED,
                                      STOP_TIMEOUT, AgentInstance, AgentResult, JobResult, ScriptCall)
+from snapledger.domain.log import Log
 
 MAX_OUTPUT = 4096  # keep events small: a chatty script's output is clipped
 SIGNED_INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -56,7 +57,7 @@ class _TimedOut(Exception):
 class LocalAgent:
     def __init__(self, jobs_dir: Path, drain_timeout_s: float | None = None, stop_command: str | None = None,
                  stop_timeout_s: float = 300.0, wait_scale: float = 1.0,
-                 sleep: Callable[[float], None] | None = None, log: Any = None) -> None:
+                 sleep: Callable[[float], None] | None = None, log: Log | None = None) -> None:
         self.jobs_dir = Path(jobs_dir)
         self.drain_timeout_s = drain_timeout_s
         self.stop_command = stop_command or None

@@ -38,6 +38,7 @@ from typing import Any
 from uuid import UUID
 
 import structlog
+from snapledger.domain.log import Log
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class Dispatcher:
     within the limits above; retries an operation whose run raised (the
     database may be away) after a back-off, never skipping it."""
 
-    def __init__(self, run: Callable[[UUID], Any], log: Any, total: int,
+    def __init__(self, run: Callable[[UUID], Any], log: Log, total: int,
                  per_cpi: Mapping[str, int] | None = None, max_queued: int = 10_000,
                  on_finished: Callable[[], None] = lambda: None) -> None:
         self.run = run

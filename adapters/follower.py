@@ -20,6 +20,7 @@ import psycopg
 from snapledger.projections.tracking import save_position
 
 from .store import EVENTS_CHANNEL, StoreUrl
+from snapledger.domain.log import Log
 
 Batch = list[tuple[int, Any]]  # (notification id, domain event)
 
@@ -93,7 +94,7 @@ class StoreHealth:
 class PostgresListener:
     """LISTENs on the events table's channel and fires the signal; reconnects forever."""
 
-    def __init__(self, url: StoreUrl, signal: ChangeSignal, log: Any, health: StoreHealth | None = None) -> None:
+    def __init__(self, url: StoreUrl, signal: ChangeSignal, log: Log, health: StoreHealth | None = None) -> None:
         self.url = url
         self.signal = signal
         self.log = log
@@ -139,7 +140,7 @@ class LogFollower:
 
     def __init__(self, name: str, ledger: Any, signal: ChangeSignal,
                  handle: Callable[[Batch], None], start_position: Callable[[], int],
-                 log: Any, topics: Sequence[str] = (), batch_size: int = 500,
+                 log: Log, topics: Sequence[str] = (), batch_size: int = 500,
                  poll_interval: float = 1.0) -> None:
         self.name = name
         self.ledger = ledger

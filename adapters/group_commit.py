@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from eventsourcing.persistence import IntegrityError
+from snapledger.domain.log import Log
 
 
 class _Pending:
@@ -48,7 +49,7 @@ class _Pending:
 class GroupCommitter:
     """Install with `ledger.record_events = committer.record` (adapters/bootstrap.py `build_ledger`)."""
 
-    def __init__(self, put: Callable[[list[Any]], list[Any]], log: Any = None, max_batch: int = 500,
+    def __init__(self, put: Callable[[list[Any]], list[Any]], log: Log | None = None, max_batch: int = 500,
                  max_wait_s: float = 0.002, start: bool = True) -> None:
         self.put = put  # EventStore.put: one transaction for the given events
         self.log = log

@@ -32,6 +32,7 @@ from snapledger.projections.events import iso
 
 from .follower import Batch, ChangeSignal, LogFollower, TrackedPosition
 from .store import Database
+from snapledger.domain.log import Log
 
 HEARTBEAT_DDL = """CREATE TABLE IF NOT EXISTS worker_heartbeats (
     worker TEXT PRIMARY KEY,
@@ -57,7 +58,7 @@ class LogWorker:
     topics: Sequence[str]
     recover_at_start = False  # the first recovery pass at start, or a lease/3 later
 
-    def __init__(self, ledger: Any, db: Database, signal: ChangeSignal, log: Any, worker: str,
+    def __init__(self, ledger: Any, db: Database, signal: ChangeSignal, log: Log, worker: str,
                  lease_s: float = 30.0, poll_interval: float = 1.0, batch_size: int = 200) -> None:
         self.ledger = ledger
         self.db = db
@@ -144,7 +145,7 @@ class ClaimingLogWorker(LogWorker):
     thread_prefix: str
     pool_size: int  # threads for claimed steps (each may be a drain of minutes)
 
-    def __init__(self, ledger: Any, runner: StepRunner, db: Database, signal: ChangeSignal, log: Any,
+    def __init__(self, ledger: Any, runner: StepRunner, db: Database, signal: ChangeSignal, log: Log,
                  lease_s: float = 30.0, poll_interval: float = 1.0) -> None:
         super().__init__(ledger, db, signal, log, runner.worker, lease_s=lease_s, poll_interval=poll_interval)
         self.runner = runner

@@ -27,6 +27,7 @@ from .dispatch import Dispatcher, Work
 from .follower import Batch, ChangeSignal
 from .log_worker import LogWorker, stale_before
 from .store import Database
+from snapledger.domain.log import Log
 
 
 class SnapshotWorker(LogWorker):
@@ -44,7 +45,7 @@ class SnapshotWorker(LogWorker):
     recover_at_start = True  # a restarted worker resumes what it left at once (its heartbeat has a thread of its own)
 
     def __init__(self, ledger: Any, runner: OperationRunner, db: Database, queries: Queries, signal: ChangeSignal,
-                 log: Any, max_in_flight: int = 4, poll_interval: float = 1.0, lease_s: float = 30.0,
+                 log: Log, max_in_flight: int = 4, poll_interval: float = 1.0, lease_s: float = 30.0,
                  beat_db: Database | None = None) -> None:
         super().__init__(ledger, db, signal, log, runner.worker, lease_s=lease_s, poll_interval=poll_interval)
         self.runner = runner

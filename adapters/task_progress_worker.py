@@ -16,12 +16,13 @@ from snapledger.domain.task import TERMINAL_STATES
 
 from .follower import Batch, ChangeSignal, LogFollower, TrackedPosition
 from .store import Database
+from snapledger.domain.log import Log
 
 POSITION_NAME = "task_progress"  # its row in projection_tracking: never renamed (it is data)
 
 
 class TaskProgressFollower:
-    def __init__(self, ledger: Any, db: Database, signal: ChangeSignal, log: Any, views_position: Any,
+    def __init__(self, ledger: Any, db: Database, signal: ChangeSignal, log: Log, views_position: Any,
                  poll_interval: float = 1.0, batch_size: int = 1000) -> None:
         self.ledger = ledger
         self.db = db

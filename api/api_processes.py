@@ -24,6 +24,7 @@ from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
 from .startup import CONFIG_REFUSED, StartupError, bind_listener, build_or_refuse, check_data_dir, tls_context
+from snapledger.domain.log import Log
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -87,7 +88,7 @@ def run_api_processes(config: Config, roles: frozenset[str]) -> int:
 class Supervisor:
     """Starts the children, watches them and the stop signals, stops them."""
 
-    def __init__(self, config: Config, log: Any) -> None:
+    def __init__(self, config: Config, log: Log) -> None:
         self.config, self.log = config, log
         self.children: list[Child] = []
         self.stop_requested = False

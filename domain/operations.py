@@ -28,6 +28,7 @@ from .operation_outcomes import OutcomeRecorder
 from .retry import NO_RETRY, RetryPolicy
 from .snapshot import DELETING, IN_DOUBT, TAKING, Snapshot
 from .task import Task
+from .log import Log
 
 if TYPE_CHECKING:
     from .application import Ledger
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 class OperationRunner:
     def __init__(self, ledger: Ledger, cpis: Mapping[str, Cpi], worker: str,
-                 log: Any = None, clock: Callable[[], float] = time.monotonic,
+                 log: Log | None = None, clock: Callable[[], float] = time.monotonic,
                  retry: Mapping[str, RetryPolicy] | None = None,
                  max_in_flight: Mapping[str, int] | None = None,
                  disk_locks: Any = None, sleep: Callable[[float], None] = time.sleep,

@@ -20,6 +20,7 @@ from .disk_locks import DiskLocks
 from .restore import (DRAINING, FAILED, RESTORE_METHOD, RESTORED, RESTORING, SAFETY_TRIGGER, SNAPSHOTTING, STOPPING,
                       Restore, restore_id)
 from .task import Task
+from .log import Log
 
 if TYPE_CHECKING:
     from .application import Ledger
@@ -37,7 +38,7 @@ class RestoreRunner:
     """
 
     def __init__(self, ledger: Ledger, agent: Agent, cpis: Mapping[str, Any], worker: str,
-                 disk_locks: Any = None, log: Any = None, sleep: Callable[[float], None] = time.sleep,
+                 disk_locks: Any = None, log: Log | None = None, sleep: Callable[[float], None] = time.sleep,
                  on_call: Callable[[str, str, str, float], None] | None = None) -> None:
         self.ledger = ledger
         self.agent = agent

@@ -17,13 +17,14 @@ from typing import Any
 from snapledger.domain.application import Ledger
 from snapledger.domain.cron import CronError, CronSchedule
 from snapledger.domain.settings import SCHEDULE_NAMES, SNAPSHOT_SCHEDULE
+from snapledger.domain.log import Log
 
 UTC = UTC
 TICK_S = 1.0  # runtime schedule changes take effect within a tick
 
 
 class Scheduler:
-    def __init__(self, ledger: Ledger, log: Any, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    def __init__(self, ledger: Ledger, log: Log, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  missed_window: timedelta = timedelta(hours=1), max_missed: int = 1000) -> None:
         self.ledger = ledger
         self.log = log.bind(component="scheduler")

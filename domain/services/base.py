@@ -28,6 +28,7 @@ from ..idempotency import Idempotency, IdempotencyKey, KeyAlreadyUsed
 from ..snapshot import Refusal
 from ..task import Task
 from ..task_numbers import TASK_NUMBERS
+from ..log import Log
 
 AGGREGATE_CACHE_SIZE = 500
 COPY_ATTEMPTS = 20  # see get_aggregate
@@ -135,7 +136,7 @@ class LedgerStore(Application):  # type: ignore[type-arg]  # aggregate ids are U
                 time.sleep(random.uniform(0, 0.002 * attempt))
         raise AssertionError("unreachable")
 
-    def save_through_outage(self, decide: Decide, what: str, log: Any = None,
+    def save_through_outage(self, decide: Decide, what: str, log: Log | None = None,
                             sleep: Callable[[float], None] = time.sleep) -> Any:
         """Save an outcome whatever it takes: only this process knows it (a CPI
         call or an agent step happened). While the database is away keep trying
