@@ -14,13 +14,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from snapledger.projections.tracking import save_position
 
 from .store import EVENTS_CHANNEL, StoreUrl
 from snapledger.domain.log import Log
+
+if TYPE_CHECKING:
+    from snapledger.domain.application import Ledger
 
 Batch = list[tuple[int, Any]]  # (notification id, domain event)
 
@@ -138,7 +141,7 @@ class LogFollower:
     same batch, so a database outage pauses following and nothing is skipped.
     """
 
-    def __init__(self, name: str, ledger: Any, signal: ChangeSignal,
+    def __init__(self, name: str, ledger: Ledger, signal: ChangeSignal,
                  handle: Callable[[Batch], None], start_position: Callable[[], int],
                  log: Log, topics: Sequence[str] = (), batch_size: int = 500,
                  poll_interval: float = 1.0) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import structlog
@@ -29,6 +29,9 @@ from .log_worker import LogWorker, stale_before
 from .store import Database
 from snapledger.domain.log import Log
 
+if TYPE_CHECKING:
+    from snapledger.domain.application import Ledger
+
 
 class SnapshotWorker(LogWorker):
     """The position only moves past an operation once it reached an outcome (or
@@ -44,7 +47,7 @@ class SnapshotWorker(LogWorker):
               get_topic(SelfDiscovery.Requested))  # type: ignore[attr-defined]
     recover_at_start = True  # a restarted worker resumes what it left at once (its heartbeat has a thread of its own)
 
-    def __init__(self, ledger: Any, runner: OperationRunner, db: Database, queries: Queries, signal: ChangeSignal,
+    def __init__(self, ledger: Ledger, runner: OperationRunner, db: Database, queries: Queries, signal: ChangeSignal,
                  log: Log, max_in_flight: int = 4, poll_interval: float = 1.0, lease_s: float = 30.0,
                  beat_db: Database | None = None) -> None:
         super().__init__(ledger, db, signal, log, runner.worker, lease_s=lease_s, poll_interval=poll_interval)

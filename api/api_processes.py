@@ -27,6 +27,7 @@ from .startup import CONFIG_REFUSED, StartupError, bind_listener, build_or_refus
 from snapledger.domain.log import Log
 
 if TYPE_CHECKING:
+    from snapledger.adapters.bootstrap import Runtime
     from multiprocessing.process import BaseProcess
 
     from snapledger.adapters.config import Config
@@ -95,7 +96,7 @@ class Supervisor:
         self.wake_r, self.wake_w = os.pipe()  # a signal wakes the wait (signal.set_wakeup_fd)
         os.set_blocking(self.wake_w, False)
 
-    def run(self, runtime: Any) -> int:
+    def run(self, runtime: Runtime | None) -> int:
         self._handle_signals()
         try:
             if runtime is not None:

@@ -9,13 +9,16 @@ so a client that just got the number never sees a 404.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
 
 from snapledger.domain.errors import TaskNotFound
 from snapledger.domain.task_numbers import TASK_NUMBERS
+
+if TYPE_CHECKING:
+    from snapledger.adapters.bootstrap import Runtime
 
 VIEW_CATCH_UP_S = 5.0
 TASK_ID = web.RequestKey("task_id", str)  # the task a request names: its access line names it too
@@ -43,7 +46,7 @@ async def resolve(request: web.Request, ref: str) -> str:
     return str(row["id"])
 
 
-def _is_task_start(runtime: Any, number: int) -> bool:
+def _is_task_start(runtime: Runtime, number: int) -> bool:
     """Whether the store's event at `number` starts a task (only then is the view waited for;
     any other number is a 404 at once)."""
     if number <= 0:

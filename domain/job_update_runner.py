@@ -15,7 +15,7 @@ from eventsourcing.domain import Aggregate
 from .agent import Agent, AgentInstance, AgentResult, drain_then_stop
 from .job_update import (CANCELLED, DRAINING, FAILED, READY, SNAPSHOT_OK, SNAPSHOTTING, STOPPING, TRIGGER, JobUpdate,
                          UpdateInstance, job_update_id, label_of)
-from .json_types import JsonObject
+from .json_types import JsonObject, text
 from .snapshot import Snapshot
 from .task import Task
 from .log import Log
@@ -101,7 +101,7 @@ class JobUpdateRunner:
                              for o in outcomes]
                 # Ready follows from the last of its snapshots to finish.
                 last = [o for op, o in task.outcomes.items() if op in inst["snapshots"]][-1]
-                self._ready(update, task, inst, snapshots, caused_by=last.get("caused_by"))
+                self._ready(update, task, inst, snapshots, caused_by=text(last.get("caused_by")))
         return [update, task] if changed else []
 
     @staticmethod

@@ -23,3 +23,13 @@ JsonMapping: TypeAlias = Mapping[str, JsonValue]
 # A database row as a dict row factory gives it: columns are read, never written
 # back through it; each reader narrows the column it uses.
 Row: TypeAlias = Mapping[str, object]
+
+
+def text(value: object) -> str | None:
+    """A JSON field read as text: the string, or None when it is absent or not one."""
+    return value if isinstance(value, str) else None
+
+
+def json_object(value: object) -> JsonObject | None:
+    """A JSON field read as an object: the dict, or None when it is absent or not one."""
+    return value if isinstance(value, dict) else None

@@ -154,7 +154,7 @@ class SnapshotService:
                 snapshots.append(snapshot)
             task = Task(  # type: ignore[call-arg]
                 id=task_id, kind=kind, description=description, deployment=deployment,
-                operations=[str(s.id) for s in snapshots], actor=actor, context={"cids": cids},
+                operations=[str(s.id) for s in snapshots], actor=actor, context={"cids": [cid for cid in cids]},
             )
             if not snapshots:
                 task.finish_empty("no snapshots to delete", actor=actor)
