@@ -34,11 +34,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from snapledger.domain.agent import (AGENT_ERROR, CONTRACT_ENV, DRAIN_CANCELLED, DRAIN_INVALID_OUTPUT,
                                      DRAIN_SCRIPT_FAILED, DRAIN_TIMEOUT, SHUTDOWN, STOP_CANCELLED, STOP_FAILED,
                                      STOP_TIMEOUT, AgentInstance, AgentResult, JobResult, ScriptCall)
+from snapledger.domain.json_types import JsonMapping
 from snapledger.domain.log import Log
 
 MAX_OUTPUT = 4096  # keep events small: a chatty script's output is clipped
@@ -83,8 +83,8 @@ class LocalAgent:
 
     # Agent interface -------------------------------------------------------------
 
-    def drain(self, instance: AgentInstance, drain_type: str, current_state: dict[str, Any] | None,
-              next_state: dict[str, Any] | None) -> AgentResult:
+    def drain(self, instance: AgentInstance, drain_type: str, current_state: JsonMapping | None,
+              next_state: JsonMapping | None) -> AgentResult:
         env = {k: v for k, v in self._env(instance).items() if k not in ("BOSH_JOB_STATE", "BOSH_JOB_NEXT_STATE")}
         if current_state is not None:
             env["BOSH_JOB_STATE"] = json.dumps(current_state, sort_keys=True)

@@ -19,6 +19,7 @@ from eventsourcing.utils import get_topic
 from snapledger.domain.discovery import SelfDiscovery
 from snapledger.domain.operations import OperationRunner
 from snapledger.domain.snapshot import Snapshot
+from snapledger.projections.database import Row
 from snapledger.projections.events import iso
 from snapledger.projections.queries import Queries
 from snapledger.projections.in_flight import CALLING, RESOLVING
@@ -144,11 +145,11 @@ class SnapshotWorker(LogWorker):
             done.append((str(op), self._recover(op, row)))
         return done
 
-    def _recover(self, op: UUID, row: dict[str, Any]) -> str | None:
+    def _recover(self, op: UUID, row: Row) -> str | None:
         with structlog.contextvars.bound_contextvars(task_id=row["task_id"]):  # its CPI calls' lines too
             return self._recover_bound(op, row)
 
-    def _recover_bound(self, op: UUID, row: dict[str, Any]) -> str | None:
+    def _recover_bound(self, op: UUID, row: Row) -> str | None:
         worker = row["worker"]
         if row["state"] == CALLING:
             result = self.runner.recover(op, dead_worker=worker)

@@ -30,6 +30,7 @@ from .director_output import task_output
 from .director_events import events_page
 from .task_numbers import resolve
 from snapledger.projections.database import Row
+from snapledger.domain.task import Task
 
 # The Director's error codes (bosh-director errors.rb) and HTTP statuses.
 DIRECTOR_CODES: dict[type[LedgerError], tuple[int, int]] = {
@@ -169,7 +170,7 @@ def actor(request: web.Request) -> str:
     return str(request.get(auth.USER, "admin"))
 
 
-async def _redirect_to_task(request: web.Request, task: Any) -> web.Response:
+async def _redirect_to_task(request: web.Request, task: Task) -> web.Response:
     """302 to the task's number (the CLI follows it with a GET and polls that number)."""
     from .task_numbers import log_accepted
 

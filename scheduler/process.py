@@ -12,10 +12,10 @@ import threading
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from snapledger.domain.application import Ledger
 from snapledger.domain.cron import CronError, CronSchedule
+from snapledger.domain.schedule import ScheduleFire
 from snapledger.domain.settings import SCHEDULE_NAMES, SNAPSHOT_SCHEDULE
 from snapledger.domain.log import Log
 
@@ -35,7 +35,7 @@ class Scheduler:
         self.cursors: dict[str, tuple[str, datetime]] = {}
         self.fired = 0  # fires this replica recorded (others' conflicts not counted)
         # Scheduled snapshot fires whose retention follow-up is due once their tasks finish.
-        self.follow_ups: list[Any] = []
+        self.follow_ups: list[ScheduleFire] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
