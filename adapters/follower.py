@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from snapledger.projections.tracking import save_position
 
-from .store import EVENTS_CHANNEL, StoreUrl
+from .store import EVENTS_CHANNEL, Database, StoreUrl
 from snapledger.domain.log import Log
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class ChangeSignal:
 class TrackedPosition:
     """A follower's position, kept in `projection_tracking` under its own name."""
 
-    def __init__(self, db: Any, name: str) -> None:
+    def __init__(self, db: Database, name: str) -> None:
         self.db = db
         self.name = name
 

@@ -8,7 +8,8 @@ the batch, and the service finds it recorded (domain/services/task_progress.py).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from eventsourcing.utils import get_topic
 from snapledger.domain.services.task_progress import FOLLOWED
@@ -25,7 +26,8 @@ POSITION_NAME = "task_progress"  # its row in projection_tracking: never renamed
 
 
 class TaskProgressFollower:
-    def __init__(self, ledger: Ledger, db: Database, signal: ChangeSignal, log: Log, views_position: Any,
+    def __init__(self, ledger: Ledger, db: Database, signal: ChangeSignal, log: Log,
+                 views_position: Callable[[], int],
                  poll_interval: float = 1.0, batch_size: int = 1000) -> None:
         self.ledger = ledger
         self.db = db

@@ -19,9 +19,11 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import TYPE_CHECKING, Any
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from .startup import CONFIG_REFUSED, StartupError, bind_listener, build_or_refuse, check_data_dir, tls_context
 from snapledger.domain.log import Log
@@ -114,7 +116,7 @@ class Supervisor:
         return code
 
     def _handle_signals(self) -> None:
-        def stop(signum: int, _frame: Any) -> None:
+        def stop(signum: int, _frame: FrameType | None) -> None:
             self.stop_requested = True
 
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -177,7 +179,7 @@ class Supervisor:
                                exit=describe_exit(dead.process.exitcode))
                 return 1
 
-    def _dead(self, woken: list[Any]) -> Child | None:
+    def _dead(self, woken: Sequence[object]) -> Child | None:
         dead = next((child for child in self.children if child.process.sentinel in woken), None)
         if dead is not None:
             dead.process.join()  # its pipe closes as it exits, a moment before it can be reaped

@@ -17,7 +17,6 @@ from .openapi import OBJECT, build_spec
 from .requests import actor
 from .routing import ROUTES, Doc, RouteTable
 from .version import VERSION
-from snapledger.domain.json_types import JsonObject
 
 routes = RouteTable()
 
@@ -32,7 +31,7 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     """Ready for traffic: the event store answers and the views are not too far behind."""
     runtime = request.app[RUNTIME]
-    checks: JsonObject = {}
+    checks: dict[str, object] = {}
     try:
         head = await run(request, runtime.ledger.store.recorder.max_notification_id) or 0
         positions = await run(request, runtime.projector.positions)

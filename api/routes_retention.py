@@ -71,8 +71,8 @@ async def put_retention(request: web.Request) -> web.Response:
     ledger = request.app[RUNTIME].ledger
     policy = None if data.get("inherit") else _policy(data)
     await run(request, ledger.retention.set_policy, deployment, policy, actor=actor(request))
-    policy, source = await run(request, ledger.retention.policy, deployment)
-    return web.json_response(_policy_json(policy, source, _managed_by(request, deployment, source)))
+    current, source = await run(request, ledger.retention.policy, deployment)
+    return web.json_response(_policy_json(current, source, _managed_by(request, deployment, source)))
 
 
 @routes.post(DEPLOYMENT_RETENTION + "/runs", Access.DEPLOYMENT,
