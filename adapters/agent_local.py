@@ -34,11 +34,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from snapledger.domain.agent import (AGENT_ERROR, CONTRACT_ENV, DRAIN_CANCELLED, DRAIN_INVALID_OUTPUT,
                                      DRAIN_SCRIPT_FAILED, DRAIN_TIMEOUT, SHUTDOWN, STOP_CANCELLED, STOP_FAILED,
                                      STOP_TIMEOUT, AgentInstance, AgentResult, JobResult, ScriptCall)
+from snapledger.domain.json_types import JsonMapping
+from snapledger.domain.log import Log
 
 MAX_OUTPUT = 4096  # keep events small: a chatty script's output is clipped
 SIGNED_INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -56,7 +57,7 @@ class _TimedOut(Exception):
 class LocalAgent:
     def __init__(self, jobs_dir: Path, drain_timeout_s: float | None = None, stop_command: str | None = None,
                  stop_timeout_s: float = 300.0, wait_scale: float = 1.0,
-                 sleep: Callable[[float], None] | None = None, log: Any = None) -> None:
+                 sleep: Callable[[float], None] | None = None, log: Log | None = None) -> None:
         self.jobs_dir = Path(jobs_dir)
         self.drain_timeout_s = drain_timeout_s
         self.stop_command = stop_command or None
@@ -82,8 +83,8 @@ class LocalAgent:
 
     # Agent interface -------------------------------------------------------------
 
-    def drain(self, instance: AgentInstance, drain_type: str, current_state: dict[str, Any] | None,
-              next_state: dict[str, Any] | None) -> AgentResult:
+    def drain(self, instance: AgentInstance, drain_type: str, current_state: JsonMapping | None,
+              next_state: JsonMapping | None) -> AgentResult:
         env = {k: v for k, v in self._env(instance).items() if k not in ("BOSH_JOB_STATE", "BOSH_JOB_NEXT_STATE")}
         if current_state is not None:
             env["BOSH_JOB_STATE"] = json.dumps(current_state, sort_keys=True)

@@ -54,6 +54,7 @@ from .task_progress_worker import TaskProgressFollower
 from .task_number_lookup import event_store_numbers
 from .store import (RECONNECT_TIMEOUT_S, Database, StoreUrl, ensure_schema, PostgresDatabase, ledger_env,
                     open_database, parse_store_url, setup_lock)
+from snapledger.domain.log import Log
 
 
 def build_cpis(config: Config) -> dict[str, Cpi]:
@@ -134,7 +135,7 @@ class Runtime:
     projector: Projector
     signal: ChangeSignal
     cpis: dict[str, Cpi]
-    log: Any
+    log: Log
     executor: ThreadPoolExecutor
     roles: frozenset[str] = ROLES
     health: StoreHealth = field(default_factory=StoreHealth)
@@ -270,7 +271,7 @@ def create_schema(db: Database, projector: Projector) -> None:
 
 
 def build_ledger(config: Config, env: dict[str, str], queries: Queries, signal: ChangeSignal,
-                 log: Any) -> tuple[Ledger, GroupCommitter | None]:
+                 log: Log) -> tuple[Ledger, GroupCommitter | None]:
     """The service layer and what it depends on: the one place a process's Ledger
     is made (with its group committer, which writes through the Ledger's store)."""
     committer = None
@@ -299,7 +300,7 @@ def build_disk_locks(url: StoreUrl, config: Config) -> PostgresDiskLocks | FileD
     return PostgresDiskLocks(pool)
 
 
-def build_agent(config: Config, log: Any = None) -> Any:
+def build_agent(config: Config, log: Log | None = None) -> Any:
     """The local agent from configuration (`jobs_dir`, `drain_timeout`, `stop_command`, ...)."""
     from .agent_local import LocalAgent
 

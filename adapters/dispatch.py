@@ -34,10 +34,10 @@ import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from collections.abc import Callable, Mapping
-from typing import Any
 from uuid import UUID
 
 import structlog
+from snapledger.domain.log import Log
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class Dispatcher:
     within the limits above; retries an operation whose run raised (the
     database may be away) after a back-off, never skipping it."""
 
-    def __init__(self, run: Callable[[UUID], Any], log: Any, total: int,
+    def __init__(self, run: Callable[[UUID], object], log: Log, total: int,
                  per_cpi: Mapping[str, int] | None = None, max_queued: int = 10_000,
                  on_finished: Callable[[], None] = lambda: None) -> None:
         self.run = run

@@ -14,12 +14,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from snapledger.projections.tracking import save_position
 
-from .store import EVENTS_CHANNEL, StoreUrl
+from .store import EVENTS_CHANNEL, Database, StoreUrl
+from snapledger.domain.log import Log
+
+if TYPE_CHECKING:
+    from snapledger.domain.application import Ledger
 
 Batch = list[tuple[int, Any]]  # (notification id, domain event)
 
@@ -46,7 +50,7 @@ class ChangeSignal:
 class TrackedPosition:
     """A follower's position, kept in `projection_tracking` under its own name."""
 
-    def __init__(self, db: Any, name: str) -> None:
+    def __init__(self, db: Database, name: str) -> None:
         self.db = db
         self.name = name
 
@@ -93,7 +97,7 @@ class StoreHealth:
 class PostgresListener:
     """LISTENs on the events table's channel and fires the signal; reconnects forever."""
 
-    def __init__(self, url: StoreUrl, signal: ChangeSignal, log: Any, health: StoreHealth | None = None) -> None:
+    def __init__(self, url: StoreUrl, signal: ChangeSignal, log: Log, health: StoreHealth | None = None) -> None:
         self.url = url
         self.signal = signal
         self.log = log
@@ -137,9 +141,9 @@ class LogFollower:
     same batch, so a database outage pauses following and nothing is skipped.
     """
 
-    def __init__(self, name: str, ledger: Any, signal: ChangeSignal,
+    def __init__(self, name: str, ledger: Ledger, signal: ChangeSignal,
                  handle: Callable[[Batch], None], start_position: Callable[[], int],
-                 log: Any, topics: Sequence[str] = (), batch_size: int = 500,
+                 log: Log, topics: Sequence[str] = (), batch_size: int = 500,
                  poll_interval: float = 1.0) -> None:
         self.name = name
         self.ledger = ledger

@@ -28,27 +28,31 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any
 
-from eventsourcing.persistence import IntegrityError
+from uuid import UUID
+
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import IntegrityError, Recording
+
+from snapledger.domain.services.base import RecordEvents
+from snapledger.domain.log import Log
 
 
 class _Pending:
     __slots__ = ("done", "error", "events", "ids", "recordings")
 
-    def __init__(self, events: list[Any]) -> None:
+    def __init__(self, events: list[DomainEventProtocol[UUID]]) -> None:
         self.events = events
         self.ids = {(e.originator_id, e.originator_version) for e in events}
         self.done = threading.Event()
-        self.recordings: list[Any] = []
+        self.recordings: list[Recording[UUID]] = []
         self.error: BaseException | None = None
 
 
 class GroupCommitter:
     """Install with `ledger.record_events = committer.record` (adapters/bootstrap.py `build_ledger`)."""
 
-    def __init__(self, put: Callable[[list[Any]], list[Any]], log: Any = None, max_batch: int = 500,
+    def __init__(self, put: RecordEvents, log: Log | None = None, max_batch: int = 500,
                  max_wait_s: float = 0.002, start: bool = True) -> None:
         self.put = put  # EventStore.put: one transaction for the given events
         self.log = log
@@ -68,7 +72,7 @@ class GroupCommitter:
 
     # Caller side ------------------------------------------------------------
 
-    def record(self, events: list[Any]) -> list[Any]:
+    def record(self, events: list[DomainEventProtocol[UUID]]) -> list[Recording[UUID]]:
         """Durably record one caller's events (in one transaction); returns their recordings."""
         if not events:
             return []
@@ -131,8 +135,8 @@ class GroupCommitter:
         one in the batch writes (those stay queued, in order, for the next batch)."""
         batch: list[_Pending] = []
         deferred: list[_Pending] = []
-        written: set[Any] = set()
-        aggregates: set[Any] = set()
+        written: set[tuple[UUID, int]] = set()
+        aggregates: set[UUID] = set()
         while self._queue and len(batch) < self.max_batch:
             item = self._queue.popleft()
             ids = {originator for originator, _ in item.ids}

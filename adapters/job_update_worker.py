@@ -24,6 +24,7 @@ from eventsourcing.utils import get_topic
 from snapledger.domain.job_update import JobUpdate, job_update_id
 from snapledger.domain.job_update_runner import JobUpdateRunner
 from snapledger.domain.task import Task
+from snapledger.projections.database import Row
 from snapledger.projections.job_updates import claimed_instances
 
 from .log_worker import ClaimingLogWorker
@@ -49,13 +50,13 @@ class JobUpdateWorker(ClaimingLogWorker):
             self.run_claimed((subject, instance_id), partial(self.runner.execute, subject, instance_id),
                              job_update=str(subject), instance_id=instance_id)
 
-    def claims(self, stale: str) -> list[dict[str, Any]]:
+    def claims(self, stale: str) -> list[Row]:
         return list(claimed_instances(self.db, older_than=stale))
 
-    def is_running(self, claim: dict[str, Any]) -> bool:
+    def is_running(self, claim: Row) -> bool:
         return (UUID(claim["update_id"]), claim["instance_id"]) in self.running
 
-    def recover(self, claim: dict[str, Any]) -> tuple[str, str, str | None]:
+    def recover(self, claim: Row) -> tuple[str, str, str | None]:
         """(task id, instance id, what was done)."""
         update_id, instance_id, worker = UUID(claim["update_id"]), claim["instance_id"], claim["worker"]
         result = self.runner.recover(update_id, instance_id, dead_worker=worker)

@@ -25,13 +25,19 @@ import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
+from snapledger.domain.agent import Agent
+from snapledger.projections.database import Row
 from snapledger.projections.events import iso
 
 from .follower import Batch, ChangeSignal, LogFollower, TrackedPosition
 from .store import Database
+from snapledger.domain.log import Log
+
+if TYPE_CHECKING:
+    from snapledger.domain.application import Ledger
 
 HEARTBEAT_DDL = """CREATE TABLE IF NOT EXISTS worker_heartbeats (
     worker TEXT PRIMARY KEY,
@@ -57,7 +63,7 @@ class LogWorker:
     topics: Sequence[str]
     recover_at_start = False  # the first recovery pass at start, or a lease/3 later
 
-    def __init__(self, ledger: Any, db: Database, signal: ChangeSignal, log: Any, worker: str,
+    def __init__(self, ledger: Ledger, db: Database, signal: ChangeSignal, log: Log, worker: str,
                  lease_s: float = 30.0, poll_interval: float = 1.0, batch_size: int = 200) -> None:
         self.ledger = ledger
         self.db = db
@@ -130,7 +136,7 @@ class StepRunner(Protocol):
     that drains, and the set of what this process executes now."""
 
     worker: str
-    agent: Any
+    agent: Agent
     running: set[Any]
 
 
@@ -144,7 +150,7 @@ class ClaimingLogWorker(LogWorker):
     thread_prefix: str
     pool_size: int  # threads for claimed steps (each may be a drain of minutes)
 
-    def __init__(self, ledger: Any, runner: StepRunner, db: Database, signal: ChangeSignal, log: Any,
+    def __init__(self, ledger: Ledger, runner: StepRunner, db: Database, signal: ChangeSignal, log: Log,
                  lease_s: float = 30.0, poll_interval: float = 1.0) -> None:
         super().__init__(ledger, db, signal, log, runner.worker, lease_s=lease_s, poll_interval=poll_interval)
         self.runner = runner
@@ -158,13 +164,13 @@ class ClaimingLogWorker(LogWorker):
     def claim(self, subject: UUID) -> None:
         raise NotImplementedError
 
-    def claims(self, stale: str) -> list[dict[str, Any]]:
+    def claims(self, stale: str) -> list[Row]:
         raise NotImplementedError
 
-    def is_running(self, claim: dict[str, Any]) -> bool:
+    def is_running(self, claim: Row) -> bool:
         raise NotImplementedError
 
-    def recover(self, claim: dict[str, Any]) -> tuple[Any, ...]:
+    def recover(self, claim: Row) -> tuple[object, ...]:
         raise NotImplementedError
 
     def _subjects(self, batch: Batch) -> Iterator[UUID]:
@@ -181,7 +187,7 @@ class ClaimingLogWorker(LogWorker):
         # Claims are durable: a replay after a crash finds them taken, never runs them twice.
         self.tracked.save(batch[-1][0])
 
-    def run_claimed(self, key: Hashable, run: Callable[[], Any], **context: Any) -> None:
+    def run_claimed(self, key: Hashable, run: Callable[[], object], **context: object) -> None:
         """Run a claimed step on a pool thread; it counts as running from the claim
         on, so one queued behind busy threads is not taken for abandoned."""
         self.running.add(key)
@@ -191,13 +197,13 @@ class ClaimingLogWorker(LogWorker):
             self.running.discard(key)
             raise
 
-    def _run(self, run: Callable[[], Any], context: dict[str, Any]) -> None:
+    def _run(self, run: Callable[[], object], context: dict[str, object]) -> None:
         try:
             run()
         except Exception:  # logged; the sweep finds the claim abandoned (its thread is gone)
             self.log.exception("step failed", **context)
 
-    def sweep(self) -> list[tuple[Any, ...]]:
+    def sweep(self) -> list[tuple[object, ...]]:
         """One recovery pass; returns what `recover` did with each abandoned claim (for the log and tests)."""
         stale = stale_before(self.lease_s)
         alive = self.live_workers(stale)

@@ -20,7 +20,7 @@ import json
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from importlib.metadata import version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -29,6 +29,9 @@ from prometheus_client.registry import Collector
 
 from snapledger.domain.job_update import FAILED as JOB_UPDATE_FAILED
 from snapledger.projections.in_flight import AWAITING_OPERATOR
+
+if TYPE_CHECKING:
+    from snapledger.adapters.bootstrap import Runtime
 
 # (prometheus_client leaves this one function unannotated)
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -81,7 +84,7 @@ def schedule_interval_s(expression: str, now: datetime) -> float:
 class LedgerCollector(Collector):
     """Whole-ledger figures, queried at scrape time."""
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
     def collect(self) -> Iterator[Metric]:

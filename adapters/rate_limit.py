@@ -34,6 +34,7 @@ from snapledger.domain.cpi import Cpi, CpiError, capability_members
 from snapledger.domain.rate_limit import Rate, RateLimit
 
 from .store import Database
+from snapledger.domain.log import Log
 
 DDL = """CREATE TABLE IF NOT EXISTS cpi_rate_limits (
     bucket TEXT PRIMARY KEY,
@@ -126,7 +127,7 @@ class RateLimitedCpi:
     CPI's, so callers cannot tell the two apart."""
 
     def __init__(self, cpi: Cpi, limit: RateLimit, buckets: SharedBuckets,
-                 sleep: Callable[[float], None] = time.sleep, log: Any = None) -> None:
+                 sleep: Callable[[float], None] = time.sleep, log: Log | None = None) -> None:
         self._cpi = cpi
         self._limit = limit
         self._buckets = buckets
@@ -202,7 +203,7 @@ def _wrapper_class(cpi: Cpi) -> type[RateLimitedCpi]:
 
 
 def rate_limited(cpis: dict[str, Cpi], limits: dict[str, RateLimit | None], db: Database,
-                 log: Any = None) -> dict[str, Any]:
+                 log: Log | None = None) -> dict[str, Any]:
     """The CPIs with a configured limit wrapped (with the same capabilities); the others as they are."""
     if not any(limits.get(name) for name in cpis):
         return dict(cpis)

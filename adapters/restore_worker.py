@@ -22,6 +22,7 @@ from eventsourcing.utils import get_topic
 from snapledger.domain.restore import Restore, restore_id
 from snapledger.domain.restore_runner import RestoreRunner
 from snapledger.domain.task import Task
+from snapledger.projections.database import Row
 from snapledger.projections.restores import claimed_restores
 
 from .log_worker import ClaimingLogWorker
@@ -48,13 +49,13 @@ class RestoreWorker(ClaimingLogWorker):
             self.run_claimed(subject, partial(self.runner.execute, subject, step),
                              restore_id=str(subject), step=step)
 
-    def claims(self, stale: str) -> list[dict[str, Any]]:
+    def claims(self, stale: str) -> list[Row]:
         return list(claimed_restores(self.db, older_than=stale))
 
-    def is_running(self, claim: dict[str, Any]) -> bool:
+    def is_running(self, claim: Row) -> bool:
         return UUID(claim["restore_id"]) in self.running
 
-    def recover(self, claim: dict[str, Any]) -> tuple[str, str | None]:
+    def recover(self, claim: Row) -> tuple[str, str | None]:
         """(restore id, what was done)."""
         rid, worker = UUID(claim["restore_id"]), claim["worker"]
         result = self.runner.recover(rid, dead_worker=worker)

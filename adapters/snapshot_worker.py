@@ -13,7 +13,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import structlog
@@ -22,6 +22,7 @@ from eventsourcing.utils import get_topic
 from snapledger.domain.discovery import SelfDiscovery
 from snapledger.domain.operations import OperationRunner
 from snapledger.domain.snapshot import Snapshot
+from snapledger.projections.database import Row
 from snapledger.projections.events import iso
 from snapledger.projections.queries import Queries
 from snapledger.projections.in_flight import CALLING, RESOLVING
@@ -31,6 +32,10 @@ from .dispatch import Dispatcher, Work
 from .follower import Batch, ChangeSignal
 from .log_worker import LogWorker, stale_before
 from .store import Database
+from snapledger.domain.log import Log
+
+if TYPE_CHECKING:
+    from snapledger.domain.application import Ledger
 
 
 # How often the live set of the disks' owners is read (decision 41). At the
@@ -53,8 +58,8 @@ class SnapshotWorker(LogWorker):
               get_topic(SelfDiscovery.Requested))  # type: ignore[attr-defined]
     recover_at_start = True  # a restarted worker resumes what it left at once (its heartbeat has a thread of its own)
 
-    def __init__(self, ledger: Any, runner: OperationRunner, db: Database, queries: Queries, signal: ChangeSignal,
-                 log: Any, max_in_flight: int = 4, poll_interval: float = 1.0, lease_s: float = 30.0,
+    def __init__(self, ledger: Ledger, runner: OperationRunner, db: Database, queries: Queries, signal: ChangeSignal,
+                 log: Log, max_in_flight: int = 4, poll_interval: float = 1.0, lease_s: float = 30.0,
                  beat_db: Database | None = None) -> None:
         super().__init__(ledger, db, signal, log, runner.worker, lease_s=lease_s, poll_interval=poll_interval)
         self.runner = runner
@@ -184,7 +189,7 @@ class SnapshotWorker(LogWorker):
             done.append((str(op), self._recover(op, row)))
         return done
 
-    def _unclaimed_is_ours(self, op: UUID, row: dict[str, Any], alive: frozenset[str], now: datetime) -> bool:
+    def _unclaimed_is_ours(self, op: UUID, row: Row, alive: frozenset[str], now: datetime) -> bool:
         """Whether this worker runs an operation nobody claimed: its disk is ours
         by the live set now, and either we passed it over (to an owner since
         dead: only its disks moved, some to us) or it is older than 5 leases (a
@@ -193,11 +198,11 @@ class SnapshotWorker(LogWorker):
             return False  # a live worker's: it takes it from the log, or its own sweep does
         return self._passed_over(op) or row["updated_at"] < stale_before(5 * self.lease_s, now)
 
-    def _recover(self, op: UUID, row: dict[str, Any]) -> str | None:
+    def _recover(self, op: UUID, row: Row) -> str | None:
         with structlog.contextvars.bound_contextvars(task_id=row["task_id"]):  # its CPI calls' lines too
             return self._recover_bound(op, row)
 
-    def _recover_bound(self, op: UUID, row: dict[str, Any]) -> str | None:
+    def _recover_bound(self, op: UUID, row: Row) -> str | None:
         worker = row["worker"]
         if row["state"] == CALLING:
             result = self.runner.recover(op, dead_worker=worker)

@@ -26,6 +26,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from snapledger.projections.database import Row
+
 EVENTS_CHANNEL = "ledger_events"  # the library NOTIFYs on its events table name
 
 
@@ -208,7 +210,7 @@ class Database:
         raise NotImplementedError
         yield
 
-    def query(self, statement: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    def query(self, statement: str, params: Sequence[object] = ()) -> list[Row]:
         raise NotImplementedError
 
     @contextmanager
@@ -248,9 +250,9 @@ class PostgresDatabase(Database):
             with conn.cursor() as cur:
                 yield cur
 
-    def query(self, statement: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    def query(self, statement: str, params: Sequence[object] = ()) -> list[Row]:
         with self.pool.connection() as conn:
-            rows: list[dict[str, Any]] = conn.execute(statement, params).fetchall()
+            rows: list[Row] = conn.execute(statement, params).fetchall()
             return rows
 
     def close(self) -> None:
@@ -263,18 +265,18 @@ class SqliteCursor:
     def __init__(self, cursor: sqlite3.Cursor) -> None:
         self._cursor = cursor
 
-    def execute(self, statement: str, params: Sequence[Any] = ()) -> SqliteCursor:
+    def execute(self, statement: str, params: Sequence[object] = ()) -> SqliteCursor:
         self._cursor.execute(statement.replace("%s", "?"), tuple(params))
         return self
 
     def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
         self._cursor.executemany(statement.replace("%s", "?"), rows)
 
-    def fetchall(self) -> list[dict[str, Any]]:
+    def fetchall(self) -> list[Row]:
         names = [d[0] for d in self._cursor.description or ()]
         return [dict(zip(names, row, strict=True)) for row in self._cursor.fetchall()]
 
-    def fetchone(self) -> dict[str, Any] | None:
+    def fetchone(self) -> Row | None:
         rows = self.fetchall()
         return rows[0] if rows else None
 
@@ -323,7 +325,7 @@ class SqliteDatabase(Database):
         finally:
             conn.execute("ROLLBACK")
 
-    def query(self, statement: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    def query(self, statement: str, params: Sequence[object] = ()) -> list[Row]:
         return SqliteCursor(self._conn().cursor()).execute(statement, params).fetchall()
 
     def close(self) -> None:

@@ -8,7 +8,8 @@ the batch, and the service finds it recorded (domain/services/task_progress.py).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from eventsourcing.utils import get_topic
 from snapledger.domain.services.task_progress import FOLLOWED
@@ -16,12 +17,17 @@ from snapledger.domain.task import TERMINAL_STATES
 
 from .follower import Batch, ChangeSignal, LogFollower, TrackedPosition
 from .store import Database
+from snapledger.domain.log import Log
+
+if TYPE_CHECKING:
+    from snapledger.domain.application import Ledger
 
 POSITION_NAME = "task_progress"  # its row in projection_tracking: never renamed (it is data)
 
 
 class TaskProgressFollower:
-    def __init__(self, ledger: Any, db: Database, signal: ChangeSignal, log: Any, views_position: Any,
+    def __init__(self, ledger: Ledger, db: Database, signal: ChangeSignal, log: Log,
+                 views_position: Callable[[], int],
                  poll_interval: float = 1.0, batch_size: int = 1000) -> None:
         self.ledger = ledger
         self.db = db

@@ -19,13 +19,17 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import TYPE_CHECKING, Any
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from .startup import CONFIG_REFUSED, StartupError, bind_listener, build_or_refuse, check_data_dir, tls_context
+from snapledger.domain.log import Log
 
 if TYPE_CHECKING:
+    from snapledger.adapters.bootstrap import Runtime
     from multiprocessing.process import BaseProcess
 
     from snapledger.adapters.config import Config
@@ -87,14 +91,14 @@ def run_api_processes(config: Config, roles: frozenset[str]) -> int:
 class Supervisor:
     """Starts the children, watches them and the stop signals, stops them."""
 
-    def __init__(self, config: Config, log: Any) -> None:
+    def __init__(self, config: Config, log: Log) -> None:
         self.config, self.log = config, log
         self.children: list[Child] = []
         self.stop_requested = False
         self.wake_r, self.wake_w = os.pipe()  # a signal wakes the wait (signal.set_wakeup_fd)
         os.set_blocking(self.wake_w, False)
 
-    def run(self, runtime: Any) -> int:
+    def run(self, runtime: Runtime | None) -> int:
         self._handle_signals()
         try:
             if runtime is not None:
@@ -112,7 +116,7 @@ class Supervisor:
         return code
 
     def _handle_signals(self) -> None:
-        def stop(signum: int, _frame: Any) -> None:
+        def stop(signum: int, _frame: FrameType | None) -> None:
             self.stop_requested = True
 
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -175,7 +179,7 @@ class Supervisor:
                                exit=describe_exit(dead.process.exitcode))
                 return 1
 
-    def _dead(self, woken: list[Any]) -> Child | None:
+    def _dead(self, woken: Sequence[object]) -> Child | None:
         dead = next((child for child in self.children if child.process.sentinel in woken), None)
         if dead is not None:
             dead.process.join()  # its pipe closes as it exits, a moment before it can be reaped

@@ -361,7 +361,7 @@ async def verify_in_pool(request: web.Request, store: CredentialStore, name: str
         store.pending -= 1
 
 
-def _error(status: int, message: str, code: str, **extra: Any) -> web.Response:
+def _error(status: int, message: str, code: str, **extra: object) -> web.Response:
     return web.json_response({"error": message, "code": code, **extra}, status=status)
 
 

@@ -14,7 +14,7 @@ from .cli_output import fail
 from .cli_server import load_server_config, server_options
 
 if TYPE_CHECKING:
-    pass
+    from snapledger.adapters.bootstrap import Runtime
 
 
 @click.command()
@@ -85,7 +85,7 @@ def _existing_store(database_url: str) -> str:
     return label
 
 
-def _positions_at(runtime: Any, target: int, before: dict[str, int]) -> dict[str, int]:
+def _positions_at(runtime: Runtime, target: int, before: dict[str, int]) -> dict[str, int]:
     """The live positions once the projector reached the rebuild's position (a few seconds at most)."""
     import time
 

@@ -13,6 +13,9 @@ import click
 
 from .cli_output import fail
 
+if TYPE_CHECKING:
+    from snapledger.adapters.bootstrap import Runtime
+
 if TYPE_CHECKING:  # imported when a server starts, not for every client command
     from snapledger.adapters.config import Config
 
@@ -115,7 +118,7 @@ def _start_server(roles: set[str], **options: Any) -> None:
 
 
 
-def run_until_signalled(runtime: Any) -> None:
+def run_until_signalled(runtime: Runtime) -> None:
     """A process without the API: start its background roles, run them until
     SIGINT or SIGTERM, then close (the roles stop in reverse order)."""
     stop = threading.Event()

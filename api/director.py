@@ -29,6 +29,8 @@ from .access_log import access_log_middleware
 from .director_output import task_output
 from .director_events import events_page
 from .task_numbers import resolve
+from snapledger.projections.database import Row
+from snapledger.domain.task import Task
 
 # The Director's error codes (bosh-director errors.rb) and HTTP statuses.
 DIRECTOR_CODES: dict[type[LedgerError], tuple[int, int]] = {
@@ -77,7 +79,7 @@ class Need:
     PUBLIC, READ, DEPLOYMENT_READ, DEPLOYMENT_ADMIN, TASK = range(5)
 
 
-def _team_admin(scopes: frozenset[str], tags: dict[str, Any]) -> bool:
+def _team_admin(scopes: frozenset[str], tags: Row) -> bool:
     """`bosh.teams.T.admin` is admin of the deployments tagged `team: T` (or listing T in `teams`)."""
     teams = {str(tags.get("team", ""))} | {str(t) for t in tags.get("teams", []) or []}
     return any(s.startswith(TEAMS_PREFIX) and s.endswith(TEAMS_SUFFIX)
@@ -147,7 +149,7 @@ def _epoch(iso_time: str | None) -> int | None:
     return int(datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()) if iso_time else None
 
 
-def task_json(row: dict[str, Any]) -> dict[str, Any]:
+def task_json(row: Row) -> Row:
     """A task as the Director shows it: integer id and epoch-second times."""
     result = row.get("result")
     if result is not None and len(result) > 128:
@@ -159,7 +161,7 @@ def task_json(row: dict[str, Any]) -> dict[str, Any]:
             "deployment": row.get("deployment"), "context_id": ""}
 
 
-def snapshot_json(row: dict[str, Any]) -> dict[str, Any]:
+def snapshot_json(row: Row) -> Row:
     return {"job": row["job"], "index": row["index"], "uuid": row["instance_id"], "snapshot_cid": row["snapshot_cid"],
             "created_at": row["created_at"] or "", "clean": bool(row["clean"])}
 
@@ -168,7 +170,7 @@ def actor(request: web.Request) -> str:
     return str(request.get(auth.USER, "admin"))
 
 
-async def _redirect_to_task(request: web.Request, task: Any) -> web.Response:
+async def _redirect_to_task(request: web.Request, task: Task) -> web.Response:
     """302 to the task's number (the CLI follows it with a GET and polls that number)."""
     from .task_numbers import log_accepted
 
@@ -297,8 +299,8 @@ async def list_tasks(request: web.Request) -> web.Response:
     return web.json_response([task_json(r) for r in rows[:limit]])
 
 
-async def _task_row(request: web.Request) -> dict[str, Any]:
-    row: dict[str, Any] | None = request.get(TASK_ROW)
+async def _task_row(request: web.Request) -> Row:
+    row: Row | None = request.get(TASK_ROW)
     if row is None:
         task_id = await resolve(request, request.match_info["task_id"])
         row = await run(request, request.app[RUNTIME].queries.task, task_id)

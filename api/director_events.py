@@ -11,10 +11,14 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime, UTC
-from typing import Any
+from typing import TYPE_CHECKING
 
 from snapledger.domain.errors import LedgerError
 from snapledger.projections.audit import event_types
+from snapledger.projections.database import Row
+
+if TYPE_CHECKING:
+    from snapledger.adapters.bootstrap import Runtime
 
 PAGE = 200
 NO_USER = "snapledger"  # the user shown for an event recorded without an actor
@@ -50,8 +54,8 @@ def _bound(raw: str | None) -> str | None:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def events_page(runtime: Any, filters: dict[str, str], before_id: int | None, before_time: str | None,
-                after_time: str | None) -> list[dict[str, Any]]:
+def events_page(runtime: Runtime, filters: dict[str, str], before_id: int | None, before_time: str | None,
+                after_time: str | None) -> list[Row]:
     """A page of events, newest first. Every filter is part of the query, before
     its LIMIT: a filtered page is full when that many events match, and paging
     by `before_id` walks each match once (filtering the page afterwards left
@@ -112,7 +116,7 @@ def _types_named(snake: str, half: int) -> list[str]:
     return sorted(t for t in event_types() if _snake(t.split(".")[half]) == snake)
 
 
-def _parents(runtime: Any, rows: list[dict[str, Any]]) -> dict[str, int]:
+def _parents(runtime: Runtime, rows: list[Row]) -> dict[str, int]:
     """Positions of the causing events (`caused_by` is `aggregate/version`)."""
     wanted = {json.loads(r["data"]).get("caused_by") for r in rows} - {None, ""}
     if not wanted:
@@ -124,7 +128,7 @@ def _parents(runtime: Any, rows: list[dict[str, Any]]) -> dict[str, int]:
     return {f"{f['aggregate_id']}/{f['version']}": f["position"] for f in found}
 
 
-def _event(row: dict[str, Any], parents: dict[str, int]) -> dict[str, Any]:
+def _event(row: Row, parents: dict[str, int]) -> Row:
     data = json.loads(row["data"])
     aggregate, _, verb = row["type"].partition(".")
     object_type = _snake(aggregate)

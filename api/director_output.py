@@ -22,7 +22,11 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING
+from snapledger.projections.database import Row
+
+if TYPE_CHECKING:
+    from snapledger.adapters.bootstrap import Runtime
 
 CACHE_BYTES = 64 * 1024 * 1024
 
@@ -48,7 +52,7 @@ class Output:
     def __post_init__(self) -> None:
         self.lines = EventLines(self.operations)
 
-    def feed(self, rows: list[dict[str, Any]]) -> None:
+    def feed(self, rows: list[Row]) -> None:
         if not rows:
             return
         if self.kind == "debug":
@@ -65,7 +69,7 @@ _cache: OrderedDict[tuple[int, str, str], Output] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def task_output(runtime: Any, task: dict[str, Any], kind: str) -> bytes:
+def task_output(runtime: Runtime, task: Row, kind: str) -> bytes:
     if kind == "result":
         return (task.get("result") or "").encode() + (b"\n" if task.get("result") else b"")
     key = (id(runtime), task["id"], kind)
@@ -90,12 +94,12 @@ def _evict() -> None:
             total -= len(dropped.body)
 
 
-def _debug_line(row: dict[str, Any]) -> str:
+def _debug_line(row: Row) -> str:
     return json.dumps({"position": row["position"], "time": row["time"], "type": row["type"],
                        "actor": row["actor"], "data": json.loads(row["data"])}) + "\n"
 
 
-def _label(row: dict[str, Any], method: str) -> str:
+def _label(row: Row, method: str) -> str:
     instance = f"{row['job']}/{row['idx'] if row['idx'] is not None else row['instance_id']}"
     if method == "delete_snapshot":
         return f"{instance} {row['snapshot_cid']}"
@@ -112,11 +116,11 @@ class EventLines:
         self.index: dict[str, int] = {}
         self.method_of: dict[str, str] = {}
 
-    def feed(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def feed(self, rows: list[Row]) -> list[Row]:
         lines = [self._line(row) for row in rows]
         return [line for line in lines if line is not None]
 
-    def _line(self, row: dict[str, Any]) -> dict[str, Any] | None:
+    def _line(self, row: Row) -> Row | None:
         kind, aggregate = row["type"], row["aggregate_id"]
         data = json.loads(row["data"])
         if kind in STARTS and aggregate not in self.index:
@@ -134,14 +138,14 @@ class EventLines:
             return {"time": _epoch(row["time"]), "error": {"code": 100, "message": data.get("result") or ""}}
         return None
 
-    def _stage(self, row: dict[str, Any], aggregate: str, state: str, progress: int) -> dict[str, Any]:
+    def _stage(self, row: Row, aggregate: str, state: str, progress: int) -> Row:
         method = self.method_of[aggregate]
         return {"time": _epoch(row["time"]), "stage": "Snapshot" if method == "snapshot_disk" else "Delete snapshot",
                 "tags": [], "total": max(self.operations, len(self.index)), "task": _label(row, method),
                 "index": self.index[aggregate], "state": state, "progress": progress}
 
 
-def _cpi_line(row: dict[str, Any]) -> str:
+def _cpi_line(row: Row) -> str:
     if row["type"] not in FINISHES + FAILURES + ("Snapshot.AttemptFailed", "Snapshot.CpiCallInDoubt"):
         return ""
     data = json.loads(row["data"])

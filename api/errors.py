@@ -32,7 +32,7 @@ STORE_UNAVAILABLE: tuple[type[BaseException], ...] = (
 
 
 def error_response(status: int, message: str, code: str, headers: dict[str, str] | None = None,
-                   **extra: Any) -> web.Response:
+                   **extra: object) -> web.Response:
     return web.json_response({"error": message, "code": code, **extra}, status=status, headers=headers)
 
 

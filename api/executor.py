@@ -13,11 +13,14 @@ import asyncio
 import contextvars
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import ParamSpec, TypeVar
 
 from aiohttp import web
 
 from snapledger.adapters.bootstrap import Runtime
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 RUNTIME = web.AppKey("runtime", Runtime)
 
@@ -26,7 +29,7 @@ class StoreDown(Exception):
     """The database is known to be unreachable: answer 503 at once."""
 
 
-async def run(request: web.Request, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+async def run(request: web.Request, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     runtime = request.app[RUNTIME]
     if not runtime.health.healthy:
         raise StoreDown(runtime.health.reason)

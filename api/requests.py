@@ -23,6 +23,7 @@ from snapledger.domain.names import CID_PATTERN, NAME_PATTERN, SELF_DEPLOYMENT, 
 
 from . import auth, schemas
 from .task_numbers import log_accepted, number_of
+from snapledger.domain.task import Task
 
 MAX_BODY = 1024 * 1024
 MAX_JSON_DEPTH = 32  # our deepest body is 4 levels; deeper is an attack on the parser, not a request
@@ -118,7 +119,7 @@ def idempotency_of(request: web.Request) -> Idempotency | None:
     return request.get(IDEMPOTENCY)
 
 
-def accepted(task: Any) -> web.Response:
+def accepted(task: Task) -> web.Response:
     log_accepted(task)
     return web.json_response({"task_id": str(task.id), "number": number_of(task), "state": task.state}, status=202,
                              headers={"Location": f"/tasks/{task.id}"})

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from snapledger.domain.errors import SnapshotNotFound
 from snapledger.projections.audit import snapshot_history
+from snapledger.projections.database import Row
 from snapledger.projections.events import iso
 
 from . import schemas
@@ -45,8 +46,8 @@ async def history(request: web.Request) -> web.Response:
     cid = path(request, "cid")
     queries = request.app[RUNTIME].queries
 
-    def load() -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
+    def load() -> list[Row]:
+        rows: list[Row] = []
         while True:  # every event, however many retries it took
             page = queries.events({"snapshot_cid": cid}, rows[-1]["position"] if rows else 0, PAGE)
             rows.extend(page)
@@ -64,7 +65,7 @@ async def history(request: web.Request) -> web.Response:
 CLEANING_EVENTS = {"job_update": ("update_job", "JobUpdate"), "restore_safety": ("restore", "Restore")}
 
 
-def _made_clean_by(queries: Any, life: dict[str, Any]) -> dict[str, Any] | None:
+def _made_clean_by(queries: Any, life: Row) -> Row | None:
     """The job update (or restore) whose drain and stop made the snapshot clean:
     its task and that instance's events of it (drain calls with argv and env)."""
     kind = CLEANING_EVENTS.get(life.get("trigger") or "")

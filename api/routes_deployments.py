@@ -13,6 +13,7 @@ from .executor import RUNTIME, run
 from .openapi import ARRAY, OBJECT
 from .requests import actor, body, path
 from .routing import Doc, RouteTable
+from snapledger.domain.deployment import Deployment
 
 routes = RouteTable()
 
@@ -24,7 +25,7 @@ async def list_deployments(request: web.Request) -> web.Response:
     return web.json_response([{**d, "snapshots": counts.get(d["name"], 0)} for d in deployments])
 
 
-def _deployment_json(dep: Any) -> dict[str, Any]:
+def _deployment_json(dep: Deployment) -> dict[str, Any]:
     attached = set(dep.disk_cids())
     # Disks restores created: not part of any instance until the inventory lists them.
     restored = [{**d, "attached": d["disk_cid"] in attached} for d in dep.restored_disks]

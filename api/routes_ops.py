@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -32,7 +31,7 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     """Ready for traffic: the event store answers and the views are not too far behind."""
     runtime = request.app[RUNTIME]
-    checks: dict[str, Any] = {}
+    checks: dict[str, object] = {}
     try:
         head = await run(request, runtime.ledger.store.recorder.max_notification_id) or 0
         positions = await run(request, runtime.projector.positions)

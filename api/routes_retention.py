@@ -15,13 +15,14 @@ from .executor import RUNTIME, run
 from .openapi import ACCEPTED, ARRAY, OBJECT
 from .requests import accepted, actor, body, idempotency_of, path, query
 from .routing import Doc, RouteTable
+from snapledger.domain.json_types import JsonObject
 
 routes = RouteTable()
 DEPLOYMENT_RETENTION = "/deployments/{deployment}/retention"
 PIN = "/deployments/{deployment}/snapshots/{cid}/pin"
 
 
-def _policy_json(policy: RetentionPolicy, source: str, managed_by: str | None) -> dict[str, Any]:
+def _policy_json(policy: RetentionPolicy, source: str, managed_by: str | None) -> JsonObject:
     """`source`: whose policy is in force (the deployment's or the default);
     `managed_by`: the configuration file that declares it (a PUT is refused), if any."""
     return {**policy.as_dict(), "source": source, "description": policy.describe(), "managed_by": managed_by}
@@ -70,8 +71,8 @@ async def put_retention(request: web.Request) -> web.Response:
     ledger = request.app[RUNTIME].ledger
     policy = None if data.get("inherit") else _policy(data)
     await run(request, ledger.retention.set_policy, deployment, policy, actor=actor(request))
-    policy, source = await run(request, ledger.retention.policy, deployment)
-    return web.json_response(_policy_json(policy, source, _managed_by(request, deployment, source)))
+    current, source = await run(request, ledger.retention.policy, deployment)
+    return web.json_response(_policy_json(current, source, _managed_by(request, deployment, source)))
 
 
 @routes.post(DEPLOYMENT_RETENTION + "/runs", Access.DEPLOYMENT,

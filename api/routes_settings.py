@@ -18,11 +18,12 @@ from .executor import RUNTIME, run
 from .openapi import ARRAY, OBJECT
 from .requests import actor, body
 from .routing import Doc, RouteTable
+from snapledger.domain.json_types import JsonObject
 
 routes = RouteTable()
 
 
-def _snapshot_config(settings: Any, managed: Mapping[str, str]) -> dict[str, Any]:
+def _snapshot_config(settings: Any, managed: Mapping[str, str]) -> JsonObject:
     values = {"enable_snapshots": settings.enable_snapshots, **settings.schedules}
     # Which values the configuration sets (the file or variable): changing them here is refused.
     return {**values, "managed_by": {key: managed[key] for key in values if key in managed}}

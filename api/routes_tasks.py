@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from aiohttp import web
 
+from snapledger.projections.database import Row
 from snapledger.projections.events import iso
 from snapledger.projections.job_updates import instance_updates, last_event_position
 from snapledger.projections.restores import restore_of_task
@@ -18,6 +18,7 @@ from .openapi import ARRAY, TASK
 from .requests import actor, idempotency_of, query, task_id_of
 from .routing import Doc, RouteTable
 from .task_numbers import resolve
+from snapledger.domain.task import Task
 
 routes = RouteTable()
 
@@ -36,7 +37,7 @@ async def list_tasks(request: web.Request) -> web.Response:
     return web.json_response(rows)
 
 
-def task_from_aggregate(task: Any) -> dict[str, Any]:
+def task_from_aggregate(task: Task) -> Row:
     """Read-your-writes for a task the views have not caught up with yet.
 
     A task is reported finished only once the views show it: the projector
@@ -53,12 +54,12 @@ def task_from_aggregate(task: Any) -> dict[str, Any]:
     }
 
 
-async def _read_task(request: web.Request, task_id: str) -> dict[str, Any]:
+async def _read_task(request: web.Request, task_id: str) -> Row:
     runtime = request.app[RUNTIME]
     # A change counter for long polls: pass it back as `after` to wait for the next change.
     # Read first: the views read after it are at least as new, so a client never skips a change.
     last_event = await run(request, last_event_position, runtime.db, task_id)
-    row: dict[str, Any] | None = await run(request, runtime.queries.task, task_id)
+    row: Row | None = await run(request, runtime.queries.task, task_id)
     if row is None:
         row = task_from_aggregate(await run(request, runtime.ledger.tasks.get, task_id))
     row["last_event"] = last_event
@@ -85,7 +86,7 @@ async def get_task(request: web.Request) -> web.Response:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
 
-        def settled(r: dict[str, Any]) -> bool:
+        def settled(r: Row) -> bool:
             return r["state"] in FINISHED or (after is not None and r["last_event"] > after)
 
         while not settled(row) and loop.time() < deadline:

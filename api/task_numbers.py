@@ -9,13 +9,17 @@ so a client that just got the number never sees a 404.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
 
 from snapledger.domain.errors import TaskNotFound
 from snapledger.domain.task_numbers import TASK_NUMBERS
+from snapledger.domain.task import Task
+
+if TYPE_CHECKING:
+    from snapledger.adapters.bootstrap import Runtime
 
 VIEW_CATCH_UP_S = 5.0
 TASK_ID = web.RequestKey("task_id", str)  # the task a request names: its access line names it too
@@ -43,7 +47,7 @@ async def resolve(request: web.Request, ref: str) -> str:
     return str(row["id"])
 
 
-def _is_task_start(runtime: Any, number: int) -> bool:
+def _is_task_start(runtime: Runtime, number: int) -> bool:
     """Whether the store's event at `number` starts a task (only then is the view waited for;
     any other number is a 404 at once)."""
     if number <= 0:
@@ -52,12 +56,12 @@ def _is_task_start(runtime: Any, number: int) -> bool:
     return bool(found) and found[0].id == number and found[0].topic.endswith(TASK_QUEUED)
 
 
-def log_accepted(task: Any) -> None:
+def log_accepted(task: Task) -> None:
     """One log line ties the task's id to its number (the worker's lines carry the id)."""
     structlog.get_logger("snapledger.api").info("task accepted", task_id=str(task.id), task=number_of(task),
                                                 kind=task.kind, deployment=task.deployment)
 
 
-def number_of(task: Any) -> int | None:
+def number_of(task: Task) -> int | None:
     """The number a task was given when saved in this process (None if read back from the store)."""
     return getattr(task, "number", None)

@@ -7,8 +7,10 @@ and run (locally, over NATS, ...) is an adapter's business.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
-from collections.abc import Callable
+from typing import Protocol
+from collections.abc import Callable, Mapping
+
+from .json_types import JsonMapping, JsonObject
 
 UPDATE, SHUTDOWN = "update", "shutdown"
 DRAIN_TYPES = (UPDATE, SHUTDOWN)
@@ -85,7 +87,7 @@ class AgentResult:
                 return {"type": error["type"], "message": f"job {job.job}: {error['message']}"}
         return None
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         return {"ok": self.ok, "duration_s": round(self.duration_s, 6), "jobs": [asdict(j) for j in self.jobs]}
 
     @classmethod
@@ -99,8 +101,8 @@ StopResult = AgentResult
 
 
 class Agent(Protocol):
-    def drain(self, instance: AgentInstance, drain_type: str, current_state: dict[str, Any] | None,
-              next_state: dict[str, Any] | None) -> DrainResult:
+    def drain(self, instance: AgentInstance, drain_type: str, current_state: JsonMapping | None,
+              next_state: JsonMapping | None) -> DrainResult:
         """Run every job's drain script (in parallel) to completion, waits included.
         A state of None is not given to the scripts."""
 
@@ -110,26 +112,26 @@ class Agent(Protocol):
 
 # The drain scripts' BOSH_JOB_STATE / BOSH_JOB_NEXT_STATE -------------------------------
 
-def recorded_state(inst: dict[str, Any]) -> dict[str, Any]:
+def recorded_state(inst: Mapping[str, object]) -> JsonObject:
     """An instance's BOSH_JOB_STATE from its inventory: `{"persistent_disk": MB}`,
     or `{}` when the inventory does not record the size (never a made-up 0,
     which a drain script reads as "no disk")."""
     size = inst.get("persistent_disk")
-    return {"persistent_disk": size} if size is not None else {}
+    return {"persistent_disk": size} if isinstance(size, int) else {}
 
 
-def drain_states(inst: dict[str, Any], current: dict[str, Any] | None,
-                 announced_next: dict[str, Any] | None) -> dict[str, Any]:
+def drain_states(inst: Mapping[str, object], current: JsonMapping | None,
+                 announced_next: JsonMapping | None) -> tuple[JsonObject, JsonObject]:
     """What one instance's drain scripts get, as the BOSH agent gives it:
     BOSH_JOB_STATE the recorded size (or what the announcement says it is);
     BOSH_JOB_NEXT_STATE the announced next size, else the current one
     (unchanged). 0 only when the announcement says the disk goes away."""
     cur = dict(current) if current is not None else recorded_state(inst)
     nxt = dict(announced_next) if announced_next is not None else dict(cur)
-    return {"current_state": cur, "next_state": nxt}
+    return cur, nxt
 
 
-def restore_states(inst: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def restore_states(inst: Mapping[str, object]) -> tuple[JsonObject, JsonObject]:
     """An in-place restore's drain (job_shutdown): the disk stays as it is, so
     the next state is the recorded one, never 0 (a script that moves data off
     a disk whose next size is 0 must not here)."""
@@ -147,8 +149,8 @@ def agent_call(step: Callable[[], AgentResult], target: AgentInstance) -> AgentR
         return AgentResult.failure(target.jobs, AGENT_ERROR, f"{type(error).__name__}: {error}")
 
 
-def drain_then_stop(agent: Agent, target: AgentInstance, drain_type: str, current_state: dict[str, Any] | None,
-                    next_state: dict[str, Any] | None, record: Callable[[str, AgentResult], bool],
+def drain_then_stop(agent: Agent, target: AgentInstance, drain_type: str, current_state: JsonMapping | None,
+                    next_state: JsonMapping | None, record: Callable[[str, AgentResult], bool],
                     log_step: Callable[[str, AgentResult], None]) -> bool:
     """Drain the instance's jobs, record the outcome; only when it succeeded and was
     recorded, stop them and record that. `record(step, result)` ("drain", "stop")

@@ -11,10 +11,10 @@ constructor (docs/decisions.md #29).
 
 from __future__ import annotations
 
-from typing import Any
 from collections.abc import Callable, Iterable, Mapping
 
 from .director import Director
+from .json_types import JsonObject
 from .services.base import AGGREGATE_CACHE_SIZE, LedgerStore, RecordEvents
 from .services.deployments import DeploymentService
 from .services.job_updates import JobUpdateService
@@ -48,7 +48,7 @@ class Ledger:
                  restoring_cpis: Iterable[str] = (), disk_exists: DiskExistsCheck | None = None,
                  retention_candidates: Candidates | None = None, record_events: RecordEvents | None = None,
                  on_saved: Iterable[Callable[[], None]] = (), managed: Mapping[str, str] | None = None,
-                 declared_retention: Mapping[str, dict[str, Any] | None] | None = None) -> None:
+                 declared_retention: Mapping[str, JsonObject | None] | None = None) -> None:
         self.director = director or Director()
         self.default_cpi = default_cpi
         names = cpi_names if cpi_names is not None else {default_cpi}

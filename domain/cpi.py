@@ -14,7 +14,9 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
+
+from .json_types import JsonObject, JsonValue
 
 # BOSH error type names (src/bosh-director/lib/clouds/errors.rb).
 CPI_ERROR = "Bosh::Clouds::CpiError"
@@ -78,7 +80,7 @@ class CpiError(Exception):
             return True
         return self.type == CLOUD_ERROR and self.message.startswith("Invalid Method:")
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         """As recorded on events: bounded, whatever the CPI answered."""
         message = self.message if len(self.message) <= MAX_MESSAGE_CHARS else (
             f"{self.message[:MAX_MESSAGE_CHARS]}... [{len(self.message) - MAX_MESSAGE_CHARS} chars clipped]")
@@ -94,8 +96,8 @@ class CallRecord:
     log: str = ""
     stderr: str = ""
     duration_s: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-    answer: Any = None  # the result of a call that succeeded
+    extra: JsonObject = field(default_factory=dict)
+    answer: JsonValue = None  # the result of a call that succeeded
 
 
 class CallLog:
@@ -136,7 +138,7 @@ def calls_made(cpi: object) -> list[CallRecord]:
 MAX_ANSWER_CHARS = 1024  # an answer is copied onto events: a CID, a disk list, not megabytes
 
 
-def bounded_answer(answer: Any) -> Any:
+def bounded_answer(answer: JsonValue) -> JsonValue:
     """The answer as recorded: as it is when small, else a clipped JSON text
     (a CPI that answered 100 kB is refused, and its answer must not be kept whole)."""
     text = json.dumps(answer, default=str)
@@ -145,9 +147,9 @@ def bounded_answer(answer: Any) -> Any:
     return text[:MAX_ANSWER_CHARS] + f"... [{len(text) - MAX_ANSWER_CHARS} chars clipped]"
 
 
-def call_entry(record: CallRecord, clip: Callable[[str], str] = lambda text: text) -> dict[str, Any]:
+def call_entry(record: CallRecord, clip: Callable[[str], str] = lambda text: text) -> JsonObject:
     """A call as the task's CPI log stores it (`clip` bounds the CPI's texts)."""
-    entry: dict[str, Any] = {"method": record.method, "request_id": record.request_id,
+    entry: JsonObject = {"method": record.method, "request_id": record.request_id,
                              "duration_s": round(record.duration_s, 6), "log": clip(record.log),
                              "stderr": clip(record.stderr)}
     if record.answer is not None:
@@ -170,9 +172,9 @@ class Cpi(Protocol):
 
     name: str
 
-    def info(self) -> dict[str, Any]: ...
+    def info(self) -> JsonObject: ...
 
-    def snapshot_disk(self, disk_cid: str, metadata: dict[str, Any]) -> str: ...
+    def snapshot_disk(self, disk_cid: str, metadata: JsonObject) -> str: ...
 
     def delete_snapshot(self, snapshot_cid: str) -> None: ...
 
@@ -203,7 +205,7 @@ class FindsSnapshots(Protocol):
     exists (by the metadata it was asked with): the call is then resolved
     instead of left to the operator."""
 
-    def find_snapshot(self, disk_cid: str, metadata: dict[str, Any]) -> str | None: ...
+    def find_snapshot(self, disk_cid: str, metadata: JsonObject) -> str | None: ...
 
 
 @runtime_checkable

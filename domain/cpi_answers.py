@@ -18,7 +18,6 @@ wrong), never a stored value:
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from .cpi import INVALID_RESPONSE, CpiError
 from .names import CID_PATTERN, is_valid_cid
@@ -27,12 +26,12 @@ MAX_DISKS = 1024  # disks of one VM: far above any IaaS's attachment limit
 _SHOWN_CHARS = 80  # how much of a bad answer the error quotes
 
 
-def _shown(value: Any) -> str:
+def _shown(value: object) -> str:
     text = json.dumps(value, default=str)
     return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}... ({len(text)} characters)"
 
 
-def cid_problem(value: Any) -> str | None:
+def cid_problem(value: object) -> str | None:
     """What is wrong with `value` as a CID, or None."""
     if not isinstance(value, str):
         return f"must be a string, got {_shown(value)}"
@@ -45,7 +44,7 @@ def cid_problem(value: Any) -> str | None:
     return None
 
 
-def disks_problem(value: Any) -> str | None:
+def disks_problem(value: object) -> str | None:
     if not isinstance(value, list):
         return f"must be a list of disk CIDs, got {_shown(value)}"
     if len(value) > MAX_DISKS:
@@ -58,25 +57,25 @@ def disks_problem(value: Any) -> str | None:
     return None
 
 
-def checked(method: str, what: str, value: Any, problem: str | None) -> Any:
-    """`value` if `problem` is None, else the call's InvalidResponse failure."""
+def checked(method: str, what: str, problem: str | None) -> None:
+    """The call's InvalidResponse failure when its answer has a `problem`."""
     if problem is not None:
         raise CpiError(INVALID_RESPONSE, f"Invalid CPI response - '{method}' answered a {what} that {problem}")
-    return value
 
 
-# A CPI's answer is JSON (Any); each of these returns it typed once checked.
+# A CPI's answer is JSON, any shape; each of these returns it typed once checked
+# (the `str(...)`s convert nothing: the check accepted only strings).
 
-def snapshot_cid(value: Any) -> str:
-    cid: str = checked("snapshot_disk", "snapshot CID", value, cid_problem(value))
-    return cid
-
-
-def vm_cid(value: Any) -> str:
-    cid: str = checked("current_vm_id", "VM CID", value, cid_problem(value))
-    return cid
+def snapshot_cid(value: object) -> str:
+    checked("snapshot_disk", "snapshot CID", cid_problem(value))
+    return str(value)
 
 
-def disk_cids(value: Any) -> list[str]:
-    cids: list[str] = checked("get_disks", "disk list", value, disks_problem(value))
-    return cids
+def vm_cid(value: object) -> str:
+    checked("current_vm_id", "VM CID", cid_problem(value))
+    return str(value)
+
+
+def disk_cids(value: object) -> list[str]:
+    checked("get_disks", "disk list", disks_problem(value))
+    return [str(cid) for cid in value] if isinstance(value, list) else []

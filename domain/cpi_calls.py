@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
 from collections.abc import Iterable
 
 from .cpi import CallRecord, call_entry
+from .json_types import JsonObject
 
 # Keep events small: a CPI's log can be megabytes.
 MAX_LOG_CHARS = 16_384
@@ -17,7 +17,7 @@ def clip(text: str) -> str:
     return text[:MAX_LOG_CHARS] + f"... [{len(text) - MAX_LOG_CHARS} chars clipped]"
 
 
-def record_calls(record: dict[str, Any], calls: Iterable[CallRecord]) -> None:
+def record_calls(record: JsonObject, calls: Iterable[CallRecord]) -> None:
     """Put the CPI calls an operation made into its record: the last one is
     the record's own (its method, request id, log: when `info` failed before
     the operation's method ran, that is `info`); earlier ones (`info`,

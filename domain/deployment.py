@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import NotRequired, TypedDict
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
 from .errors import InstanceNotFound, InventoryConflict
+from .json_types import JsonObject
 
 
 # Optional instance fields: the VM's BOSH agent id (snapshot metadata) and the
@@ -15,24 +16,51 @@ from .errors import InstanceNotFound, InventoryConflict
 INSTANCE_FACTS = ("agent_id", "persistent_disk")
 
 
+class InstanceInput(TypedDict):
+    """An instance as an inventory gives it (the API's InstanceSchema): the id may be new."""
+
+    id: NotRequired[str | None]
+    job: str
+    index: int
+    disks: list[str]
+    jobs: NotRequired[list[str] | None]
+    agent_id: NotRequired[str | None]
+    persistent_disk: NotRequired[int | None]
+
+
+class InventoryInstance(TypedDict):
+    """An instance as the recorded inventory holds it; optional facts only when known."""
+
+    id: str
+    job: str
+    index: int
+    disks: list[str]
+    jobs: NotRequired[list[str]]  # absent: the instance group's name
+    agent_id: NotRequired[str]
+    persistent_disk: NotRequired[int]
+
+
 def deployment_id(name: str) -> UUID:
     return uuid5(NAMESPACE_URL, f"snapledger:/deployments/{name}")
 
 
-def check_unique(instances: list[dict[str, Any]]) -> None:
+def check_unique(instances: list[InstanceInput]) -> None:
     """An instance (job/index or id) and a disk appear once in an inventory.
     A 409, not a 400: each item is well formed, the list contradicts itself
     (and no JSON Schema can say "unique across items" for the API document)."""
-    slugs, ids, disks = set(), set(), set()
+    slugs: set[tuple[str, int]] = set()
+    ids: set[str] = set()
+    disks: set[str] = set()
     for inst in instances:
         slug = (inst["job"], inst["index"])
         if slug in slugs:
             raise InventoryConflict(f"duplicate instance {inst['job']}/{inst['index']}", field="instances")
         slugs.add(slug)
-        if inst.get("id"):
-            if inst["id"] in ids:
-                raise InventoryConflict(f"duplicate instance id {inst['id']}", field="instances")
-            ids.add(inst["id"])
+        inst_id = inst.get("id")
+        if inst_id:
+            if inst_id in ids:
+                raise InventoryConflict(f"duplicate instance id {inst_id}", field="instances")
+            ids.add(inst_id)
         for disk in inst.get("disks", []):
             if disk in disks:
                 raise InventoryConflict(f"disk {disk} is listed twice", field="instances")
@@ -50,13 +78,13 @@ class Deployment(Aggregate):
     def __init__(self, name: str, actor: str) -> None:
         self.name = name
         self.tags: dict[str, str] = {}
-        self.instances: list[dict[str, Any]] = []
+        self.instances: list[InventoryInstance] = []
         self.deleted = False
         self.cpi: str | None = None
-        self.retention: dict[str, Any] | None = None  # None: the service-wide default
+        self.retention: JsonObject | None = None  # None: the service-wide default
         # Disks a restore created from a snapshot (not attached to any instance
         # until the deploy tool attaches them and records the inventory).
-        self.restored_disks: list[dict[str, Any]] = []
+        self.restored_disks: list[dict[str, str]] = []
 
     class InventoryRecorded(Aggregate.Event):
         """Version 2 added `cpi` (the deployment's named CPI); a version-1 event
@@ -64,21 +92,21 @@ class Deployment(Aggregate):
 
         class_version = 2
         tags: dict[str, str]
-        instances: list[dict[str, Any]]
+        instances: list[InventoryInstance]
         attached: list[str]
         detached: list[str]
         actor: str
         cpi: str | None
 
         @staticmethod
-        def upcast_v1_v2(state: dict[str, Any]) -> None:
+        def upcast_v1_v2(state: JsonObject) -> None:
             state.setdefault("cpi", None)
 
     @event(InventoryRecorded)
     def _record(
         self,
         tags: dict[str, str],
-        instances: list[dict[str, Any]],
+        instances: list[InventoryInstance],
         attached: list[str],
         detached: list[str],
         actor: str,
@@ -86,11 +114,11 @@ class Deployment(Aggregate):
     ) -> None:
         self.cpi = cpi
         self.tags = dict(tags)
-        self.instances = [dict(i) for i in instances]
+        self.instances = [InventoryInstance(**i) for i in instances]
         self.deleted = False
 
     @event("RetentionSet")
-    def set_retention(self, policy: dict[str, Any] | None, actor: str) -> None:
+    def set_retention(self, policy: JsonObject | None, actor: str) -> None:
         self.retention = dict(policy) if policy is not None else None
 
     @event("DiskRestored")
@@ -105,21 +133,26 @@ class Deployment(Aggregate):
     # Commands -------------------------------------------------------------
 
     def record_inventory(
-        self, tags: dict[str, str], instances: list[dict[str, Any]], actor: str, cpi: str | None = None
+        self, tags: dict[str, str], instances: list[InstanceInput], actor: str, cpi: str | None = None
     ) -> None:
         """Replace the inventory. Instances keep their id across records of the same job/index."""
         check_unique(instances)
         known = {(i["job"], i["index"]): i["id"] for i in self.instances}
-        normalised = []
+        normalised: list[InventoryInstance] = []
         for inst in instances:
             inst_id = inst.get("id") or known.get((inst["job"], inst["index"])) or str(uuid4())
-            normalised.append(
-                {"id": inst_id, "job": inst["job"], "index": inst["index"], "disks": list(inst["disks"]),
-                 # The release jobs on the instance (drain/stop in job updates); absent: the instance group's name.
-                 **({"jobs": list(inst["jobs"])} if inst.get("jobs") else {}),
-                 # Optional facts of the instance: kept only when given, so older records read the same.
-                 **{key: inst[key] for key in INSTANCE_FACTS if inst.get(key) is not None}}
-            )
+            recorded = InventoryInstance(id=inst_id, job=inst["job"], index=inst["index"], disks=list(inst["disks"]))
+            # The release jobs on the instance (drain/stop in job updates); absent: the instance group's name.
+            jobs = inst.get("jobs")
+            if jobs:
+                recorded["jobs"] = list(jobs)
+            # Optional facts of the instance (INSTANCE_FACTS): kept only when given, so older records read the same.
+            agent_id, size = inst.get("agent_id"), inst.get("persistent_disk")
+            if agent_id is not None:
+                recorded["agent_id"] = agent_id
+            if size is not None:
+                recorded["persistent_disk"] = size
+            normalised.append(recorded)
         before = set(self.disk_cids()) if not self.deleted else set()
         after = {d for i in normalised for d in i["disks"]}
         self._record(
@@ -131,9 +164,9 @@ class Deployment(Aggregate):
             cpi=cpi,
         )
 
-    def without_disks(self, disks: set[str]) -> list[dict[str, Any]]:
+    def without_disks(self, disks: set[str]) -> list[InstanceInput]:
         """The instances as they are, minus `disks` (moved to another deployment)."""
-        return [{**i, "disks": [d for d in i["disks"] if d not in disks]} for i in self.instances]
+        return [InstanceInput(**{**i, "disks": [d for d in i["disks"] if d not in disks]}) for i in self.instances]
 
     def delete(self, actor: str) -> None:
         if not self.deleted:
@@ -148,7 +181,7 @@ class Deployment(Aggregate):
     def disk_cids(self) -> list[str]:
         return [d for i in self.instances for d in i["disks"]]
 
-    def find_instances(self, job: str | None = None, index_or_id: str | None = None) -> list[dict[str, Any]]:
+    def find_instances(self, job: str | None = None, index_or_id: str | None = None) -> list[InventoryInstance]:
         """BOSH's lookup: digits select by index within the job, anything else by instance id."""
         if job is None:
             return list(self.instances)

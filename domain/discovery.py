@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from eventsourcing.domain import Aggregate, event
+
+from .json_types import JsonObject
+from .snapshot import Snapshot
 
 REQUESTED, DISCOVERING, DISCOVERED, SKIPPED, FAILED = "requested", "discovering", "discovered", "skipped", "failed"
 
@@ -31,16 +32,16 @@ class SelfDiscovery(Aggregate):
         self.state = REQUESTED
 
     @event("Discovered")
-    def _discovered(self, vm_cid: str, disks: list[str], snapshots: list[str], call: dict[str, Any],
+    def _discovered(self, vm_cid: str, disks: list[str], snapshots: list[str], call: JsonObject,
                     task_id: str, actor: str) -> None:
         self.state = DISCOVERED
 
     @event("Skipped")
-    def _skipped(self, reason: str, call: dict[str, Any], task_id: str, actor: str) -> None:
+    def _skipped(self, reason: str, call: JsonObject, task_id: str, actor: str) -> None:
         self.state = SKIPPED
 
     @event("Failed")
-    def _failed(self, error: dict[str, Any], call: dict[str, Any], task_id: str, actor: str) -> None:
+    def _failed(self, error: JsonObject, call: JsonObject, task_id: str, actor: str) -> None:
         self.state = FAILED
 
     @property
@@ -56,13 +57,17 @@ class SelfDiscovery(Aggregate):
         if self.state == DISCOVERING:
             self._in_doubt_retried(worker=self.worker or "?", reason=reason, task_id=self.task_id, actor=actor)
 
-    def record_discovered(self, vm_cid: str, disks: list[str], snapshots: list[str], call: dict[str, Any],
+    def record_discovered(self, vm_cid: str, disks: list[str], snapshots: list[str], call: JsonObject,
                           actor: str) -> None:
         self._discovered(vm_cid=vm_cid, disks=disks, snapshots=snapshots, call=call, task_id=self.task_id,
                          actor=actor)
 
-    def record_skipped(self, reason: str, call: dict[str, Any], actor: str) -> None:
+    def record_skipped(self, reason: str, call: JsonObject, actor: str) -> None:
         self._skipped(reason=reason, call=call, task_id=self.task_id, actor=actor)
 
-    def record_failed(self, error: dict[str, Any], call: dict[str, Any], actor: str) -> None:
+    def record_failed(self, error: JsonObject, call: JsonObject, actor: str) -> None:
         self._failed(error=error, call=call, task_id=self.task_id, actor=actor)
+
+
+# What an operation id names: a snapshot's CPI call, or a self-snapshot's discovery.
+Operation = Snapshot | SelfDiscovery

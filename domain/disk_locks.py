@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 from contextlib import AbstractContextManager
-from typing import Any
 
 
 class DiskLocks:
@@ -18,6 +17,6 @@ class DiskLocks:
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
 
-    def for_disk(self, disk_cid: str) -> AbstractContextManager[Any]:
+    def for_disk(self, disk_cid: str) -> AbstractContextManager[object]:
         with self._guard:
             return self._locks.setdefault(disk_cid, threading.Lock())

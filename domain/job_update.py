@@ -31,13 +31,15 @@ leave jobs half stopped, and running it twice is not obviously safe.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NotRequired, TypedDict
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from eventsourcing.domain import Aggregate, event
+from eventsourcing.domain import Aggregate, CanMutateAggregate, event
 
 from .agent import AGENT_ERROR, WORKER_LOST, AgentResult
 from .errors import InvalidState
+from .json_types import JsonObject
 
 KIND = "update_job"
 TRIGGER = "job_update"
@@ -59,7 +61,34 @@ def instance_operation_id(task_id: str | UUID, instance_id: str) -> str:
     return str(uuid5(NAMESPACE_URL, f"snapledger:/job-updates/{task_id}/{instance_id}"))
 
 
-def label_of(inst: dict[str, Any]) -> str:
+class PlannedInstance(TypedDict):
+    """One instance of a job update as the service plans it (the announcement's)."""
+
+    id: str
+    job: str
+    index: int
+    disks: list[str]
+    jobs: list[str]
+    operation_id: str
+    current_state: JsonObject
+    next_state: JsonObject
+    agent_id: NotRequired[str]
+    persistent_disk: NotRequired[int]
+    # {type, message}: set by the event that failed the instance. Declared here, not on
+    # UpdateInstance, so an UpdateInstance may be built from a PlannedInstance by `**`.
+    error: NotRequired[dict[str, str]]
+
+
+class UpdateInstance(PlannedInstance):
+    """An instance as the update's events leave it."""
+
+    state: str
+    worker: str | None
+    snapshots: list[str]
+    cause: str
+
+
+def label_of(inst: Mapping[str, object]) -> str:
     return f"{inst['job']}/{inst['index'] if inst.get('index') is not None else inst['id']}"
 
 
@@ -70,8 +99,8 @@ class JobUpdate(Aggregate):
 
     @event("Announced")
     def __init__(self, task_id: str, deployment: str, job: str, index_or_id: str | None,
-                 instances: list[dict[str, Any]], drain_type: str, current_state: dict[str, Any],
-                 next_state: dict[str, Any], max_in_flight: int, actor: str) -> None:
+                 instances: list[PlannedInstance], drain_type: str, current_state: JsonObject,
+                 next_state: JsonObject, max_in_flight: int, actor: str) -> None:
         self.task_id = task_id
         self.deployment = deployment
         self.job = job
@@ -80,8 +109,9 @@ class JobUpdate(Aggregate):
         self.next_state = dict(next_state)
         self.max_in_flight = max_in_flight
         # `cause`: the instance's latest event, what its next one follows from (the announcement first).
-        self.instances = [{**dict(i), "state": WAITING, "worker": None, "snapshots": [],
-                           "cause": f"{self.id}/{self.version}"} for i in instances]
+        self.instances: list[UpdateInstance] = [
+            {**i, "state": WAITING, "worker": None, "snapshots": [], "cause": f"{self.id}/{self.version}"}
+            for i in instances]
 
     # Events: each names the instance, so the task log reads on its own. `caused_by`
     # defaults to None: events recorded before causation existed have none.
@@ -94,29 +124,29 @@ class JobUpdate(Aggregate):
         self._set(instance_id, state=DRAINING, worker=worker)
 
     @event("DrainCompleted")
-    def _drain_completed(self, task_id: str, instance_id: str, instance: str, result: dict[str, Any],
+    def _drain_completed(self, task_id: str, instance_id: str, instance: str, result: JsonObject,
                          actor: str, caused_by: str | None = None,
                          deployment: str | None = None, job: str | None = None,
                          index: int | None = None, disks: list[str] | None = None) -> None:
         self._set(instance_id, state=STOPPING)
 
     @event("DrainFailed")
-    def _drain_failed(self, task_id: str, instance_id: str, instance: str, error: dict[str, Any],
-                      result: dict[str, Any], actor: str, caused_by: str | None = None,
+    def _drain_failed(self, task_id: str, instance_id: str, instance: str, error: dict[str, str],
+                      result: JsonObject, actor: str, caused_by: str | None = None,
                       deployment: str | None = None, job: str | None = None,
                       index: int | None = None, disks: list[str] | None = None) -> None:
         self._set(instance_id, state=FAILED, error=error)
 
     @event("JobStopped")
-    def _job_stopped(self, task_id: str, instance_id: str, instance: str, result: dict[str, Any],
+    def _job_stopped(self, task_id: str, instance_id: str, instance: str, result: JsonObject,
                      actor: str, caused_by: str | None = None,
                      deployment: str | None = None, job: str | None = None,
                      index: int | None = None, disks: list[str] | None = None) -> None:
         self._set(instance_id, state=SNAPSHOTTING)
 
     @event("StopFailed")
-    def _stop_failed(self, task_id: str, instance_id: str, instance: str, error: dict[str, Any],
-                     result: dict[str, Any], actor: str, caused_by: str | None = None,
+    def _stop_failed(self, task_id: str, instance_id: str, instance: str, error: dict[str, str],
+                     result: JsonObject, actor: str, caused_by: str | None = None,
                      deployment: str | None = None, job: str | None = None,
                      index: int | None = None, disks: list[str] | None = None) -> None:
         self._set(instance_id, state=FAILED, error=error)
@@ -136,7 +166,7 @@ class JobUpdate(Aggregate):
         self._set(instance_id)
 
     @event("SnapshotFailed")
-    def _snapshot_failed(self, task_id: str, instance_id: str, instance: str, failures: list[dict[str, Any]],
+    def _snapshot_failed(self, task_id: str, instance_id: str, instance: str, failures: list[JsonObject],
                          actor: str, caused_by: str | None = None,
                          deployment: str | None = None, job: str | None = None,
                          index: int | None = None, disks: list[str] | None = None) -> None:
@@ -145,7 +175,7 @@ class JobUpdate(Aggregate):
             for f in failures)})
 
     @event("ReadyForUpdate")
-    def _ready(self, task_id: str, instance_id: str, instance: str, snapshots: list[dict[str, Any]],
+    def _ready(self, task_id: str, instance_id: str, instance: str, snapshots: list[JsonObject],
                actor: str, caused_by: str | None = None,
                deployment: str | None = None, job: str | None = None,
                index: int | None = None, disks: list[str] | None = None) -> None:
@@ -161,13 +191,14 @@ class JobUpdate(Aggregate):
 
     @event("WorkerLost")
     def _worker_lost(self, task_id: str, instance_id: str, instance: str, step: str, worker: str,
-                     error: dict[str, Any], actor: str, caused_by: str | None = None,
+                     error: dict[str, str], actor: str, caused_by: str | None = None,
                      deployment: str | None = None, job: str | None = None,
                      index: int | None = None, disks: list[str] | None = None) -> None:
         # The worker holding the drain or stop died (found by the recovery sweep).
         self._set(instance_id, state=FAILED, error=error)
 
-    def trigger_event(self, event_class: type[Any], **kwargs: Any) -> None:
+    # eventsourcing's Aggregate.trigger_event takes the event's attributes as `**kwargs: Any`.
+    def trigger_event(self, event_class: type[CanMutateAggregate[UUID]], **kwargs: Any) -> None:
         # Every instance event carries the references the audit filters by
         # (deployment, job, index, instance id, disks), so `audit -d/--job/
         # --index/--disk` finds the whole update, not only its announcement.
@@ -177,21 +208,31 @@ class JobUpdate(Aggregate):
             kwargs.update({k: v for k, v in refs.items() if k in kwargs and kwargs[k] is None})
         super().trigger_event(event_class, **kwargs)
 
-    def _references(self, instance_id: str | None) -> dict[str, Any]:
-        refs: dict[str, Any] = {"deployment": self.deployment, "job": self.job}
+    def _references(self, instance_id: str | None) -> dict[str, object]:
+        refs: dict[str, object] = {"deployment": self.deployment, "job": self.job}
         if instance_id is not None:
             inst = self.instance(instance_id)
             refs.update(job=inst["job"], index=inst["index"], disks=list(inst["disks"]))
         return refs
 
-    def _set(self, instance_id: str, **changes: Any) -> None:
+    def _set(self, instance_id: str, state: str | None = None, worker: str | None = None,
+             snapshots: list[str] | None = None, error: dict[str, str] | None = None) -> None:
         # Called from event bodies, before the aggregate's version moves on to
         # the event's own: the event being applied is version + 1.
-        self.instance(instance_id).update(changes, cause=f"{self.id}/{self.version + 1}")
+        inst = self.instance(instance_id)
+        if state is not None:
+            inst["state"] = state
+        if worker is not None:
+            inst["worker"] = worker
+        if snapshots is not None:
+            inst["snapshots"] = snapshots
+        if error is not None:
+            inst["error"] = error
+        inst["cause"] = f"{self.id}/{self.version + 1}"
 
     # Queries -------------------------------------------------------------------
 
-    def instance(self, instance_id: str) -> dict[str, Any]:
+    def instance(self, instance_id: str) -> UpdateInstance:
         for inst in self.instances:
             if inst["id"] == instance_id:
                 return inst
@@ -199,9 +240,9 @@ class JobUpdate(Aggregate):
 
     def cause_of(self, instance_id: str) -> str | None:
         """The id of the instance's latest event: what its next event follows from."""
-        return self.instance(instance_id).get("cause")
+        return self.instance(instance_id)["cause"]
 
-    def next_startable(self) -> dict[str, Any] | None:
+    def next_startable(self) -> UpdateInstance | None:
         """The next instance in order, if the update may start one more now."""
         if any(i["state"] in (FAILED, CANCELLED) for i in self.instances):
             return None  # like a deploy: stop at the first failure
@@ -211,7 +252,7 @@ class JobUpdate(Aggregate):
 
     # Commands ------------------------------------------------------------------
 
-    def _expect(self, instance_id: str, *states: str) -> dict[str, Any]:
+    def _expect(self, instance_id: str, *states: str) -> UpdateInstance:
         inst = self.instance(instance_id)
         if inst["state"] not in states:
             raise InvalidState(f"instance {label_of(inst)} of job update {self.task_id} is {inst['state']}, "
@@ -224,17 +265,20 @@ class JobUpdate(Aggregate):
                             drain_type=self.drain_type, jobs=list(inst["jobs"]), actor=actor,
                             caused_by=self.cause_of(instance_id))
 
-    def record_step(self, instance_id: str, step: str, result: AgentResult, actor: str) -> dict[str, Any] | None:
+    def record_step(self, instance_id: str, step: str, result: AgentResult, actor: str) -> dict[str, str] | None:
         """A drain's or stop's outcome (`step`: "drain" or "stop"); returns the
         error that failed the instance, or None when the step succeeded."""
         inst = self._expect(instance_id, DRAINING if step == "drain" else STOPPING)
-        refs: dict[str, Any] = {"task_id": self.task_id, "instance_id": instance_id, "instance": label_of(inst),
-                "result": result.as_dict(), "actor": actor, "caused_by": self.cause_of(instance_id)}
+        label, cause = label_of(inst), self.cause_of(instance_id)
         if not result.ok:
             error = result.error or {"type": AGENT_ERROR, "message": "failed"}
-            (self._drain_failed if step == "drain" else self._stop_failed)(error=error, **refs)
+            (self._drain_failed if step == "drain" else self._stop_failed)(
+                task_id=self.task_id, instance_id=instance_id, instance=label, error=error,
+                result=result.as_dict(), actor=actor, caused_by=cause)
             return error
-        (self._drain_completed if step == "drain" else self._job_stopped)(**refs)
+        (self._drain_completed if step == "drain" else self._job_stopped)(
+            task_id=self.task_id, instance_id=instance_id, instance=label, result=result.as_dict(),
+            actor=actor, caused_by=cause)
         return None
 
     def request_clean_snapshots(self, instance_id: str, snapshot_ids: list[str], actor: str) -> None:
@@ -248,20 +292,19 @@ class JobUpdate(Aggregate):
         self._snapshot_skipped(task_id=self.task_id, instance_id=instance_id, instance=label_of(inst),
                                reason=reason, actor=actor, caused_by=self.cause_of(instance_id))
 
-    def fail_snapshots(self, instance_id: str, failures: list[dict[str, Any]], actor: str) -> dict[str, Any]:
+    def fail_snapshots(self, instance_id: str, failures: list[JsonObject], actor: str) -> dict[str, str]:
         """Its clean snapshots failed (follows from the first failure); returns the instance's error."""
         inst = self._expect(instance_id, SNAPSHOTTING)
         self._snapshot_failed(task_id=self.task_id, instance_id=instance_id, instance=label_of(inst),
-                              failures=failures, actor=actor, caused_by=failures[0].get("caused_by"))
-        error: dict[str, Any] = inst["error"]
-        return error
+                              failures=failures, actor=actor, caused_by=_str_or_none(failures[0].get("caused_by")))
+        return inst["error"]
 
-    def ready(self, instance_id: str, snapshots: list[dict[str, Any]], actor: str, caused_by: str | None) -> None:
+    def ready(self, instance_id: str, snapshots: list[JsonObject], actor: str, caused_by: str | None) -> None:
         inst = self._expect(instance_id, SNAPSHOTTING)
         self._ready(task_id=self.task_id, instance_id=instance_id, instance=label_of(inst), snapshots=snapshots,
                     actor=actor, caused_by=caused_by)
 
-    def cancel_waiting(self, reason: str, actor: str, caused_by: str | None) -> list[dict[str, Any]]:
+    def cancel_waiting(self, reason: str, actor: str, caused_by: str | None) -> list[UpdateInstance]:
         waiting = [i for i in self.instances if i["state"] == WAITING]
         if waiting:
             self._cancelled(task_id=self.task_id, instance_ids=[i["id"] for i in waiting],
@@ -269,7 +312,7 @@ class JobUpdate(Aggregate):
                             caused_by=caused_by)
         return waiting
 
-    def worker_lost(self, instance_id: str, dead_worker: str, actor: str) -> dict[str, Any] | None:
+    def worker_lost(self, instance_id: str, dead_worker: str, actor: str) -> dict[str, str] | None:
         """Fail an instance whose drain or stop is held by a worker that died; returns
         the error, or None when the instance is not (or no longer) that worker's."""
         inst = self.instance(instance_id)
@@ -294,7 +337,11 @@ REFERENCED_EVENTS = ("DrainStarted", "DrainCompleted", "DrainFailed", "JobStoppe
                      "InstancesCancelled", "WorkerLost")
 
 
-def _upcast_references_v1_v2(state: dict[str, Any]) -> None:
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _upcast_references_v1_v2(state: JsonObject) -> None:
     job, _, index = str(state.get("instance") or "").partition("/")
     state.setdefault("deployment", None)
     state.setdefault("job", job or None)

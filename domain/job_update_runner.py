@@ -6,7 +6,7 @@ See domain/job_update.py for what a job update is and the order of its steps.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from collections.abc import Callable
 from uuid import UUID
 
@@ -14,9 +14,11 @@ from eventsourcing.domain import Aggregate
 
 from .agent import Agent, AgentInstance, AgentResult, drain_then_stop
 from .job_update import (CANCELLED, DRAINING, FAILED, READY, SNAPSHOT_OK, SNAPSHOTTING, STOPPING, TRIGGER, JobUpdate,
-                         job_update_id, label_of)
+                         UpdateInstance, job_update_id, label_of)
+from .json_types import JsonObject, text
 from .snapshot import Snapshot
 from .task import Task
+from .log import Log
 
 if TYPE_CHECKING:
     from .application import Ledger
@@ -34,7 +36,7 @@ class JobUpdateRunner:
     instance whose worker died during its drain or stop.
     """
 
-    def __init__(self, ledger: Ledger, agent: Agent, worker: str, log: Any = None,
+    def __init__(self, ledger: Ledger, agent: Agent, worker: str, log: Log | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.ledger = ledger
         self.agent = agent
@@ -85,7 +87,7 @@ class JobUpdateRunner:
         for inst in update.instances:
             if inst["state"] != SNAPSHOTTING or not inst["snapshots"]:
                 continue
-            outcomes: list[dict[str, Any]] = [task.outcomes[s] for s in inst["snapshots"] if task.outcomes.get(s)]
+            outcomes: list[JsonObject] = [task.outcomes[s] for s in inst["snapshots"] if task.outcomes.get(s)]
             if len(outcomes) < len(inst["snapshots"]):
                 continue
             changed = True
@@ -99,11 +101,11 @@ class JobUpdateRunner:
                              for o in outcomes]
                 # Ready follows from the last of its snapshots to finish.
                 last = [o for op, o in task.outcomes.items() if op in inst["snapshots"]][-1]
-                self._ready(update, task, inst, snapshots, caused_by=last.get("caused_by"))
+                self._ready(update, task, inst, snapshots, caused_by=text(last.get("caused_by")))
         return [update, task] if changed else []
 
     @staticmethod
-    def _ready(update: JobUpdate, task: Task, inst: dict[str, Any], snapshots: list[dict[str, Any]],
+    def _ready(update: JobUpdate, task: Task, inst: UpdateInstance, snapshots: list[JsonObject],
                caused_by: str | None) -> None:
         update.ready(inst["id"], snapshots, actor=task.actor, caused_by=caused_by)
         task.operation_finished(inst["operation_id"], READY, {
@@ -111,7 +113,7 @@ class JobUpdateRunner:
             "reason": "ready for update", "caused_by": update.cause_of(inst["id"])}, actor=task.actor)
 
     @staticmethod
-    def _fail_rest(update: JobUpdate, task: Task, inst: dict[str, Any], error: dict[str, Any]) -> None:
+    def _fail_rest(update: JobUpdate, task: Task, inst: UpdateInstance, error: dict[str, str]) -> None:
         """The failed instance's outcome, and every instance not started yet is cancelled
         (both follow from the failure, the instance's latest event)."""
         failure = update.cause_of(inst["id"])
@@ -177,7 +179,7 @@ class JobUpdateRunner:
         saved = self.ledger.store.save_through_outage(decide, "a job update step", self.log, self.sleep)
         return bool(saved) and result.ok
 
-    def _clean_snapshots(self, update: JobUpdate, task: Task, inst: dict[str, Any]) -> list[Snapshot]:
+    def _clean_snapshots(self, update: JobUpdate, task: Task, inst: UpdateInstance) -> list[Snapshot]:
         if not self.ledger.settings.snapshots_enabled():
             reason = "snapshots are disabled"
         elif not inst["disks"]:
@@ -205,7 +207,7 @@ class JobUpdateRunner:
         the task, the instances not started yet cancelled. The drain is not run
         again (not obviously safe). Returns `failed`, or None when the instance
         was no longer that worker's (it finished, or another recovery won)."""
-        lost: list[dict[str, Any]] = []
+        lost: list[dict[str, str]] = []
 
         def decide() -> list[Aggregate]:
             lost.clear()

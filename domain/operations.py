@@ -14,31 +14,35 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 from uuid import UUID
 
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError, Recording
 
 from . import cpi_answers as answers
 from .cpi import DISK_NOT_FOUND, Cpi, CpiError, FindsSnapshots, calls_made
 from .cpi_calls import record_calls
-from .discovery import SelfDiscovery
+from .discovery import Operation, SelfDiscovery
 from .disk_locks import DiskLocks
 from .operation_outcomes import OutcomeRecorder
 from .retry import NO_RETRY, RetryPolicy
 from .snapshot import DELETING, IN_DOUBT, TAKING, Snapshot
 from .task import Task
+from .log import Log
+from .json_types import JsonObject, json_object
 
 if TYPE_CHECKING:
     from .application import Ledger
+    from .services.base import Decide
 
 
 class OperationRunner:
     def __init__(self, ledger: Ledger, cpis: Mapping[str, Cpi], worker: str,
-                 log: Any = None, clock: Callable[[], float] = time.monotonic,
+                 log: Log | None = None, clock: Callable[[], float] = time.monotonic,
                  retry: Mapping[str, RetryPolicy] | None = None,
                  max_in_flight: Mapping[str, int] | None = None,
-                 disk_locks: Any = None, sleep: Callable[[float], None] = time.sleep,
+                 disk_locks: DiskLocks | None = None, sleep: Callable[[float], None] = time.sleep,
                  retry_in_doubt: Mapping[str, bool] | None = None,
                  on_step: Callable[[str], None] | None = None,
                  on_call: Callable[[str, str, str, float], None] | None = None) -> None:
@@ -86,7 +90,7 @@ class OperationRunner:
             return operation_id in self.running
 
     def _execute(self, operation_id: UUID) -> str | None:
-        operation = self.ledger.store.get_aggregate(operation_id)
+        operation: Operation = self.ledger.store.get_aggregate(operation_id)
         if operation.pending_method is None:
             return None
         if isinstance(operation, SelfDiscovery):
@@ -94,17 +98,17 @@ class OperationRunner:
         snapshot_id, snapshot = operation_id, operation
         policy = self.retry.get(snapshot.cpi, NO_RETRY)
         with self.disk_locks.for_disk(snapshot.disk_cid):
-            loaded: Any = snapshot  # the first claim starts from what was just read
+            loaded: Snapshot | None = snapshot  # the first claim starts from what was just read
             while True:
                 claimed = self._claim(snapshot_id, loaded)
                 loaded = None
                 if claimed is None:
                     return None
-                snapshot, method = claimed
+                snapshot, method = cast("tuple[Snapshot, str]", claimed)  # claimed by its id: the same kind
                 self.on_step("call_started")
                 outcome, record = self._call(snapshot, method)
                 self.on_step("cpi_returned")
-                error = record.get("error") or {}
+                error = json_object(record.get("error")) or {}
                 if outcome == "failed" and error.get("ok_to_retry") and policy.should_retry(snapshot.attempts):
                     delay = policy.delay(snapshot.attempts)
                     if not self._record_attempt_failed(snapshot_id, record, delay):
@@ -132,7 +136,7 @@ class OperationRunner:
             return None
         reason = f"worker {dead_worker} stopped before recording the outcome of attempt {operation.attempts}"
 
-        def mark() -> list[Any]:
+        def mark() -> list[Aggregate]:
             snapshot = self.ledger.snapshots.get(operation_id)
             if snapshot.state not in (TAKING, DELETING) or snapshot.worker != dead_worker:
                 return []
@@ -186,7 +190,7 @@ class OperationRunner:
         return "in_doubt"
 
     def _retry_in_doubt(self, snapshot_id: UUID, reason: str) -> str:
-        def decide() -> list[Any]:
+        def decide() -> list[Aggregate]:
             snapshot = self.ledger.snapshots.get(snapshot_id)
             if snapshot.state != IN_DOUBT:
                 return []
@@ -200,7 +204,7 @@ class OperationRunner:
     def _finish_in_doubt(self, snapshot_id: UUID) -> None:
         """Left for the operator: the snapshot says so (the call leaves the
         sweep's unresolved set) and the task ends, naming the in-doubt call."""
-        def decide() -> list[Any]:
+        def decide() -> list[Aggregate]:
             snapshot = self.ledger.snapshots.get(snapshot_id)
             if not snapshot.needs_resolving:
                 return []
@@ -212,8 +216,8 @@ class OperationRunner:
         self.ledger.store.save_with_retry(decide)
 
     def _recover_discovery(self, discovery_id: UUID, dead_worker: str) -> str | None:
-        def decide() -> list[Any]:
-            found = self.ledger.store.get_aggregate(discovery_id)
+        def decide() -> list[Aggregate]:
+            found: SelfDiscovery = self.ledger.store.get_aggregate(discovery_id)
             if found.state != "discovering" or found.worker != dead_worker:
                 return []
             found.retry_abandoned(f"worker {dead_worker} stopped; discovery only reads, so it is repeated",
@@ -226,7 +230,7 @@ class OperationRunner:
 
     # Steps -------------------------------------------------------------------
 
-    def _claim(self, operation_id: UUID, loaded: Any = None) -> tuple[Any, str] | None:
+    def _claim(self, operation_id: UUID, loaded: Operation | None = None) -> tuple[Operation, str] | None:
         """Claim the pending call; `loaded`: the operation as just read (saves a
         read; if it is stale, the save conflicts and the next round reads again)."""
         for _ in range(25):
@@ -235,7 +239,7 @@ class OperationRunner:
                 return None
             # A snapshot's claim writes the snapshot only: its task hears of the
             # call from the log (task_progress.py); a discovery starts its task.
-            changed = [operation]
+            changed: list[Aggregate] = [operation]
             if isinstance(operation, Snapshot):
                 method = operation.start_cpi_call(worker=self.worker, actor=operation.current_actor)
             else:
@@ -252,15 +256,15 @@ class OperationRunner:
 
     # Self snapshots: discover the VM and its disks, then request their snapshots.
 
-    def _discover(self, discovery_id: UUID, loaded: Any = None) -> str | None:
+    def _discover(self, discovery_id: UUID, loaded: SelfDiscovery | None = None) -> str | None:
         claimed = self._claim(discovery_id, loaded)
         if claimed is None:
             return None
-        discovery, _ = claimed
+        discovery, _ = cast("tuple[SelfDiscovery, str]", claimed)  # claimed by its id: the same kind
         cpi = self.cpis[discovery.cpi]
         calls_made(cpi)  # forget calls this thread made for anything else
         started = self.clock()
-        record: dict[str, Any] = {"method": "current_vm_id", "cpi": discovery.cpi}
+        record: JsonObject = {"method": "current_vm_id", "cpi": discovery.cpi}
         try:
             vm_cid = answers.vm_cid(cpi.current_vm_id())
             record["method"] = "get_disks"
@@ -278,13 +282,13 @@ class OperationRunner:
         record["duration_s"] = round(self.clock() - started, 6)
         record_calls(record, calls_made(cpi))
 
-        def decide() -> list[Any]:
-            found = self.ledger.store.get_aggregate(discovery_id)
+        def decide() -> list[Aggregate]:
+            found: SelfDiscovery = self.ledger.store.get_aggregate(discovery_id)
             if found.state != "discovering":
                 return []
             task = self.ledger.tasks.get(found.task_id)
             call = {k: v for k, v in record.items() if k != "reason"}
-            detail: dict[str, Any] = {"instance": "self", "disk_cid": None, "snapshot_cid": None}
+            detail: JsonObject = {"instance": "self", "disk_cid": None, "snapshot_cid": None}
             snapshots: list[Snapshot] = []
             if outcome == "discovered":
                 snapshots = self.ledger.self_snapshots.plan_disk_snapshots(task, found, vm_cid, disks)
@@ -293,38 +297,40 @@ class OperationRunner:
                 task.add_operations([str(s.id) for s in snapshots], actor=task.actor)
                 detail["reason"] = f"VM {vm_cid}: {len(disks)} disk(s)"
             elif outcome == "skipped":
-                found.record_skipped(reason=record["reason"], call=call, actor=task.actor)
+                found.record_skipped(reason=str(record["reason"]), call=call, actor=task.actor)
                 detail["reason"] = record["reason"]
             else:
-                found.record_failed(error=record["error"], call=call, actor=task.actor)
-                detail.update(error_type=record["error"]["type"], message=record["error"]["message"])
+                failure = json_object(record["error"]) or {}
+                found.record_failed(error=failure, call=call, actor=task.actor)
+                detail.update(error_type=failure["type"], message=failure["message"])
             task.operation_finished(found.id, outcome, detail, actor=task.actor)
             return [found, task, *snapshots]
 
         self._persist(decide)
         return outcome
 
-    def _record_attempt_failed(self, snapshot_id: UUID, record: dict[str, Any], delay: float) -> bool:
+    def _record_attempt_failed(self, snapshot_id: UUID, record: JsonObject, delay: float) -> bool:
         recorded: list[str] = []  # the task the failed attempt was for, once recorded
 
-        def decide() -> list[Any]:
+        def decide() -> list[Aggregate]:
             snapshot = self.ledger.snapshots.get(snapshot_id)
             if snapshot.state not in (TAKING, DELETING):
                 return []
             call = {k: v for k, v in record.items() if k not in ("snapshot_cid", "reason", "error")}
-            snapshot.record_attempt_failed(error=record["error"], call=call, retry_in_s=delay,
+            snapshot.record_attempt_failed(error=json_object(record["error"]) or {}, call=call, retry_in_s=delay,
                                            actor=snapshot.current_actor)
             recorded[:] = [str(snapshot.current_task_id)]
             return [snapshot]
 
         self._persist(decide)
         if self.log is not None:
+            failure = json_object(record["error"]) or {}
             self.log.warning("cpi call failed, will retry", snapshot_id=str(snapshot_id),
-                             retry_in_s=round(delay, 3), error_type=record["error"]["type"],
-                             message=record["error"]["message"], **({"task_id": recorded[0]} if recorded else {}))
+                             retry_in_s=round(delay, 3), error_type=failure["type"],
+                             message=failure["message"], **({"task_id": recorded[0]} if recorded else {}))
         return bool(recorded)
 
-    def _call(self, snapshot: Snapshot, method: str) -> tuple[str, dict[str, Any]]:
+    def _call(self, snapshot: Snapshot, method: str) -> tuple[str, JsonObject]:
         cpi = self.cpis[snapshot.cpi]
         slot = self.in_flight[snapshot.cpi]
         waited = not slot.acquire(blocking=False)
@@ -340,10 +346,10 @@ class OperationRunner:
         finally:
             slot.release()
 
-    def _call_cpi(self, cpi: Cpi, snapshot: Snapshot, method: str) -> tuple[str, dict[str, Any]]:
+    def _call_cpi(self, cpi: Cpi, snapshot: Snapshot, method: str) -> tuple[str, JsonObject]:
         calls_made(cpi)  # forget calls this thread made for anything else
         started = self.clock()
-        record: dict[str, Any] = {"method": method, "cpi": snapshot.cpi}
+        record: JsonObject = {"method": method, "cpi": snapshot.cpi}
         try:
             if method == "snapshot_disk":
                 record["snapshot_cid"] = answers.snapshot_cid(cpi.snapshot_disk(snapshot.disk_cid, snapshot.metadata))
@@ -364,14 +370,15 @@ class OperationRunner:
         except Exception as error:  # a bug or an unexpected adapter failure: record it, never lose it
             record["error"] = {"type": type(error).__name__, "message": str(error), "ok_to_retry": False}
             outcome = "failed"
-        record["duration_s"] = round(self.clock() - started, 6)
+        duration_s = round(self.clock() - started, 6)
+        record["duration_s"] = duration_s
         record_calls(record, calls_made(cpi))
-        self.on_call(snapshot.cpi, method, outcome, record["duration_s"])
+        self.on_call(snapshot.cpi, method, outcome, duration_s)
         if self.log is not None:
             # A failed call is an error line an operator can grep and alert on:
             # which deployment, instance, disk and snapshot, and what the CPI said.
             emit = self.log.error if outcome == "failed" else self.log.info
-            failure = record.get("error") or {}
+            failure = json_object(record.get("error")) or {}
             emit("cpi call", method=method, snapshot_id=str(snapshot.id), outcome=outcome,
                  duration_s=record["duration_s"], deployment=snapshot.deployment, instance=snapshot.instance_label,
                  disk_cid=snapshot.disk_cid, snapshot_cid=record.get("snapshot_cid") or snapshot.snapshot_cid,
@@ -380,13 +387,13 @@ class OperationRunner:
                     if outcome == "failed" else {}))
         return outcome, record
 
-    def _persist(self, decide: Callable[[], list[Any]]) -> Any:
+    def _persist(self, decide: Decide) -> list[Recording[UUID]]:
         """Save a CPI call's outcome whatever it takes: the call happened, and only this process knows its answer."""
         return self.ledger.store.save_through_outage(decide, "a CPI call's outcome", self.log, self.sleep)
 
-    def _record(self, snapshot: Snapshot, outcome: str, record: dict[str, Any]) -> None:
+    def _record(self, snapshot: Snapshot, outcome: str, record: JsonObject) -> None:
         self._outcome_recorder.record(snapshot, outcome, record)
 
 
-def _task_id(operation: Any) -> str:
+def _task_id(operation: Operation) -> str:
     return operation.current_task_id if isinstance(operation, Snapshot) else operation.task_id

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from collections.abc import Mapping
-from typing import Any
 
 from .errors import LedgerError
 
@@ -51,7 +50,7 @@ class Rate:
         return (self.burst - 1) * self.interval_s
 
     @classmethod
-    def parse(cls, spec: Any, prefix: str = "") -> Rate:
+    def parse(cls, spec: object, prefix: str = "") -> Rate:
         if not isinstance(spec, Mapping):
             raise InvalidRateLimit("must be a mapping {calls, per, burst}", field=prefix.rstrip(".") or None)
         unknown = sorted(set(spec) - {"calls", "per", "burst"})
@@ -65,13 +64,13 @@ class Rate:
             raise InvalidRateLimit(error.message, field=f"{prefix}{error.field}") from None
 
 
-def _whole(value: Any, field: str) -> int:
+def _whole(value: object, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidRateLimit(f"must be a whole number, got {value!r}", field=field)
     return value
 
 
-def parse_per(value: Any) -> float:
+def parse_per(value: object) -> float:
     """`1s`, `500ms`, `1m`, `1h`, or a number of seconds."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -98,7 +97,7 @@ class RateLimit:
         return rates
 
     @classmethod
-    def parse(cls, spec: Any) -> RateLimit:
+    def parse(cls, spec: object) -> RateLimit:
         if not isinstance(spec, Mapping):
             raise InvalidRateLimit("must be a mapping {calls, per, burst, methods, throttle_errors}")
         known = {"calls", "per", "burst", "methods", "throttle_errors", "recover_after"}

@@ -24,13 +24,15 @@ log) and `caused_by` (the event each follows from). The steps are run by
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import NotRequired, TypedDict
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
 from .agent import AGENT_ERROR, SHUTDOWN, WORKER_LOST, AgentResult
 from .errors import Conflict, InvalidState
+from .json_types import JsonObject
 
 KIND = "restore"
 SAFETY_TRIGGER = "restore_safety"
@@ -75,8 +77,25 @@ def new_disk_id(cpi: str, disk_cid: str) -> UUID:
     return uuid5(NAMESPACE_URL, f"snapledger:/restored-disks/{cpi}/{disk_cid}")
 
 
-def label_of(inst: dict[str, Any]) -> str:
+class RestoreInstance(TypedDict):
+    """The instance whose disk a restore writes (in place: from the inventory;
+    into a new disk: what the snapshot says, no jobs to drain)."""
+
+    id: str
+    job: str
+    index: int | None
+    jobs: list[str]
+    agent_id: NotRequired[str | None]
+    persistent_disk: NotRequired[int]
+
+
+def label_of(inst: Mapping[str, object]) -> str:
     return f"{inst['job']}/{inst['index'] if inst.get('index') is not None else inst['id']}"
+
+
+def _text(value: object) -> str | None:
+    """A text field of a JSON value (an outcome's `caused_by`), None when absent."""
+    return value if isinstance(value, str) else None
 
 
 class NewDisk(Aggregate):
@@ -102,7 +121,7 @@ class Restore(Aggregate):
 
     @event("Requested")
     def __init__(self, task_id: str, deployment: str, snapshot_cid: str, snapshot_id: str, source_disk: str,
-                 target_disk: str, new_disk: bool, instance: dict[str, Any], cpi: str, operation_id: str,
+                 target_disk: str, new_disk: bool, instance: RestoreInstance, cpi: str, operation_id: str,
                  actor: str) -> None:
         self.task_id = task_id
         self.deployment = deployment
@@ -111,7 +130,7 @@ class Restore(Aggregate):
         self.source_disk = source_disk
         self.target_disk = target_disk
         self.new_disk = new_disk
-        self.instance = dict(instance)
+        self.instance = RestoreInstance(**instance)
         self.cpi = cpi
         self.operation_id = operation_id
         self.state = REQUESTED
@@ -119,7 +138,7 @@ class Restore(Aggregate):
         self.attempts = 0
         self.safety_snapshot_id: str | None = None
         self.safety_snapshot_cid: str | None = None
-        self.error: dict[str, Any] | None = None
+        self.error: JsonObject | None = None
 
     @event("DrainStarted")
     def _drain_started(self, task_id: str, instance: str, worker: str, drain_type: str, jobs: list[str],
@@ -128,23 +147,23 @@ class Restore(Aggregate):
         self.worker = worker
 
     @event("DrainCompleted")
-    def _drain_completed(self, task_id: str, instance: str, result: dict[str, Any], actor: str,
+    def _drain_completed(self, task_id: str, instance: str, result: JsonObject, actor: str,
                          caused_by: str) -> None:
         self.state = STOPPING
 
     @event("DrainFailed")
-    def _drain_failed(self, task_id: str, instance: str, error: dict[str, Any], result: dict[str, Any],
+    def _drain_failed(self, task_id: str, instance: str, error: JsonObject, result: JsonObject,
                       actor: str, caused_by: str) -> None:
         self.state = FAILED
         self.error = dict(error)
 
     @event("JobStopped")
-    def _job_stopped(self, task_id: str, instance: str, result: dict[str, Any], actor: str,
+    def _job_stopped(self, task_id: str, instance: str, result: JsonObject, actor: str,
                      caused_by: str) -> None:
         self.state = SNAPSHOTTING
 
     @event("StopFailed")
-    def _stop_failed(self, task_id: str, instance: str, error: dict[str, Any], result: dict[str, Any],
+    def _stop_failed(self, task_id: str, instance: str, error: JsonObject, result: JsonObject,
                      actor: str, caused_by: str) -> None:
         self.state = FAILED
         self.error = dict(error)
@@ -161,7 +180,7 @@ class Restore(Aggregate):
         self.safety_snapshot_cid = snapshot_cid
 
     @event("SafetySnapshotFailed")
-    def _safety_failed(self, task_id: str, snapshot_id: str, outcome: str, error: dict[str, Any], actor: str,
+    def _safety_failed(self, task_id: str, snapshot_id: str, outcome: str, error: JsonObject, actor: str,
                        caused_by: str | None) -> None:
         self.state = FAILED
         self.error = dict(error)
@@ -182,12 +201,12 @@ class Restore(Aggregate):
 
     @event("Restored")
     def _restored(self, task_id: str, snapshot_cid: str, disk_cid: str, new_disk: bool,
-                  safety_snapshot_cid: str | None, jobs_left_stopped: list[str], call: dict[str, Any], actor: str,
+                  safety_snapshot_cid: str | None, jobs_left_stopped: list[str], call: JsonObject, actor: str,
                   caused_by: str) -> None:
         self.state = RESTORED
 
     @event("Failed")
-    def _failed(self, task_id: str, step: str, error: dict[str, Any], call: dict[str, Any] | None, actor: str,
+    def _failed(self, task_id: str, step: str, error: JsonObject, call: JsonObject | None, actor: str,
                 caused_by: str) -> None:
         self.state = FAILED
         self.error = dict(error)
@@ -223,18 +242,19 @@ class Restore(Aggregate):
         self._drain_started(task_id=self.task_id, instance=self.label, worker=worker, drain_type=SHUTDOWN,
                             jobs=list(self.instance.get("jobs") or []), actor=actor, caused_by=self.cause)
 
-    def record_step(self, step: str, result: AgentResult, actor: str) -> dict[str, Any] | None:
+    def record_step(self, step: str, result: AgentResult, actor: str) -> JsonObject | None:
         """A drain's or stop's outcome (`step`: "drain" or "stop"); returns the
         error that failed the restore, or None when the step succeeded."""
         self._expect(DRAINING if step == "drain" else STOPPING)
-        refs: dict[str, Any] = {"task_id": self.task_id, "instance": self.label, "result": result.as_dict(),
-                                "actor": actor, "caused_by": self.cause}
         if not result.ok:
-            error = result.error or {"type": AGENT_ERROR, "message": "failed"}
-            error = {**error, "message": f"{error['message']}; the disk was not touched"}
-            (self._drain_failed if step == "drain" else self._stop_failed)(error=error, **refs)
+            failed = result.error or {"type": AGENT_ERROR, "message": "failed"}
+            error: JsonObject = {**failed, "message": f"{failed['message']}; the disk was not touched"}
+            (self._drain_failed if step == "drain" else self._stop_failed)(
+                task_id=self.task_id, instance=self.label, error=error, result=result.as_dict(), actor=actor,
+                caused_by=self.cause)
             return error
-        (self._drain_completed if step == "drain" else self._job_stopped)(**refs)
+        (self._drain_completed if step == "drain" else self._job_stopped)(
+            task_id=self.task_id, instance=self.label, result=result.as_dict(), actor=actor, caused_by=self.cause)
         return None
 
     def request_safety_snapshot(self, snapshot_id: str, actor: str) -> None:
@@ -242,22 +262,22 @@ class Restore(Aggregate):
         self._safety_requested(task_id=self.task_id, snapshot_id=snapshot_id, disk_cid=self.target_disk,
                                actor=actor, caused_by=self.cause)
 
-    def settle_safety_snapshot(self, outcome: dict[str, Any], actor: str) -> dict[str, Any] | None:
+    def settle_safety_snapshot(self, outcome: JsonObject, actor: str) -> JsonObject | None:
         """The safety snapshot's outcome on the task; returns the error that
         failed the restore, or None when it was taken (the CPI call may start)."""
         self._expect(SNAPSHOTTING)
         assert self.safety_snapshot_id is not None
         if outcome["outcome"] == "taken":
             self._safety_taken(task_id=self.task_id, snapshot_id=self.safety_snapshot_id,
-                               snapshot_cid=outcome["snapshot_cid"], disk_cid=self.target_disk, actor=actor,
-                               caused_by=outcome.get("caused_by"))
+                               snapshot_cid=str(outcome["snapshot_cid"]), disk_cid=self.target_disk, actor=actor,
+                               caused_by=_text(outcome.get("caused_by")))
             return None
-        error = {"type": outcome.get("error_type") or outcome["outcome"],
+        error: JsonObject = {"type": outcome.get("error_type") or outcome["outcome"],
                  "message": f"the safety snapshot of disk {self.target_disk} was not taken "
                             f"({outcome['outcome']}: {outcome.get('message') or outcome.get('reason', '')}); "
                             "the disk was not touched"}
-        self._safety_failed(task_id=self.task_id, snapshot_id=self.safety_snapshot_id, outcome=outcome["outcome"],
-                            error=error, actor=actor, caused_by=outcome.get("caused_by"))
+        self._safety_failed(task_id=self.task_id, snapshot_id=self.safety_snapshot_id, outcome=str(outcome["outcome"]),
+                            error=error, actor=actor, caused_by=_text(outcome.get("caused_by")))
         return error
 
     def start_cpi_call(self, worker: str, actor: str) -> None:
@@ -266,14 +286,14 @@ class Restore(Aggregate):
                                snapshot_cid=self.snapshot_cid, disk_cid=self.target_disk, worker=worker,
                                attempt=self.attempts + 1, actor=actor, caused_by=self.cause)
 
-    def record_restored(self, call: dict[str, Any], actor: str) -> None:
+    def record_restored(self, call: JsonObject, actor: str) -> None:
         self._expect(RESTORING)
         jobs = [] if self.new_disk else list(self.instance.get("jobs") or [])
         self._restored(task_id=self.task_id, snapshot_cid=self.snapshot_cid, disk_cid=self.target_disk,
                        new_disk=self.new_disk, safety_snapshot_cid=self.safety_snapshot_cid, jobs_left_stopped=jobs,
                        call=call, actor=actor, caused_by=self.cause)
 
-    def fail(self, step: str, error: dict[str, Any], call: dict[str, Any] | None, actor: str) -> None:
+    def fail(self, step: str, error: JsonObject, call: JsonObject | None, actor: str) -> None:
         """A step failed for good (the CPI call, or a worker lost in a drain or stop)."""
         self._expect(RESTORING, DRAINING, STOPPING)
         self._failed(task_id=self.task_id, step=step, error=error, call=call, actor=actor, caused_by=self.cause)
@@ -294,7 +314,7 @@ class Restore(Aggregate):
             self.start_cpi_call(worker=actor, actor=actor)
             return "restore"
         step = "drain" if self.state == DRAINING else "stop"
-        error = {"type": WORKER_LOST, "message": f"worker {dead_worker} stopped during the {step} of "
+        error: JsonObject = {"type": WORKER_LOST, "message": f"worker {dead_worker} stopped during the {step} of "
                  f"{self.label}; the disk was not touched; its jobs may be drained or stopped"}
         self.fail(step, error, call=None, actor=actor)
         return FAILED

@@ -6,23 +6,27 @@ See domain/restore.py for what a restore is and the order of its steps.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from collections.abc import Callable, Mapping
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import Recording
 
 from .agent import SHUTDOWN, Agent, AgentInstance, AgentResult, drain_then_stop, restore_states
-from .cpi import CLOUD_ERROR, NOT_IMPLEMENTED, CpiError, RestoresSnapshots, calls_made
+from .cpi import CLOUD_ERROR, NOT_IMPLEMENTED, Cpi, CpiError, RestoresSnapshots, calls_made
 from .cpi_calls import record_calls
 from .deployment import Deployment, deployment_id
 from .disk_locks import DiskLocks
+from .json_types import JsonObject, json_object
 from .restore import (DRAINING, FAILED, RESTORE_METHOD, RESTORED, RESTORING, SAFETY_TRIGGER, SNAPSHOTTING, STOPPING,
                       Restore, restore_id)
 from .task import Task
+from .log import Log
 
 if TYPE_CHECKING:
     from .application import Ledger
+    from .services.base import Decide
 
 
 class RestoreRunner:
@@ -36,8 +40,9 @@ class RestoreRunner:
     task brings the restore back here.
     """
 
-    def __init__(self, ledger: Ledger, agent: Agent, cpis: Mapping[str, Any], worker: str,
-                 disk_locks: Any = None, log: Any = None, sleep: Callable[[float], None] = time.sleep,
+    def __init__(self, ledger: Ledger, agent: Agent, cpis: Mapping[str, Cpi], worker: str,
+                 disk_locks: DiskLocks | None = None, log: Log | None = None,
+                 sleep: Callable[[float], None] = time.sleep,
                  on_call: Callable[[str, str, str, float], None] | None = None) -> None:
         self.ledger = ledger
         self.agent = agent
@@ -52,7 +57,7 @@ class RestoreRunner:
     def is_restore_task(self, task_id: str) -> bool:
         return self.ledger.store.created_with_seen(restore_id(task_id))
 
-    def _save_outcome(self, decide: Callable[[], list[Aggregate]]) -> Any:
+    def _save_outcome(self, decide: Decide) -> list[Recording[UUID]]:
         return self.ledger.store.save_through_outage(decide, "a restore step", self.log, self.sleep)
 
     # Advance ---------------------------------------------------------------------------------
@@ -153,7 +158,9 @@ class RestoreRunner:
         if restore is None or restore.state != RESTORING or restore.worker != self.worker:
             return None
         outcome, record = self._call_cpi(restore)
-        self.on_call(restore.cpi, RESTORE_METHOD, outcome, record["duration_s"])
+        duration_s = record["duration_s"]
+        assert isinstance(duration_s, float)  # _call_cpi's round(seconds, 6)
+        self.on_call(restore.cpi, RESTORE_METHOD, outcome, duration_s)
         self._log("restore cpi call", restore, outcome=outcome, duration_s=record["duration_s"],
                   error=record.get("error"))
 
@@ -164,10 +171,10 @@ class RestoreRunner:
                 return []
             task = self.ledger.tasks.get(current.task_id)
             if outcome == FAILED:
-                error = dict(record["error"])
+                error = dict(json_object(record["error"]) or {})
                 if not current.new_disk:
-                    error["message"] += (f" (the disk's content before the restore is in safety snapshot "
-                                         f"{current.safety_snapshot_cid})")
+                    error["message"] = (f"{error['message']} (the disk's content before the restore is in "
+                                        f"safety snapshot {current.safety_snapshot_cid})")
                 current.fail("restore", error, call=record, actor=task.actor)
                 _finish_failed(current, task, error)
                 return [current, task]
@@ -189,10 +196,10 @@ class RestoreRunner:
         self._save_outcome(decide)
         return outcome
 
-    def _call_cpi(self, restore: Restore) -> tuple[str, dict[str, Any]]:
+    def _call_cpi(self, restore: Restore) -> tuple[str, JsonObject]:
         """Make the restore's CPI call (under the disk's lock); its outcome and record."""
         cpi = self.cpis.get(restore.cpi)
-        record: dict[str, Any] = {"method": RESTORE_METHOD, "cpi": restore.cpi, "snapshot_cid": restore.snapshot_cid,
+        record: JsonObject = {"method": RESTORE_METHOD, "cpi": restore.cpi, "snapshot_cid": restore.snapshot_cid,
                                   "disk_cid": restore.target_disk, "attempts": restore.attempts}
         calls_made(cpi)  # forget calls this thread made for anything else
         started = time.monotonic()
@@ -247,7 +254,7 @@ class RestoreRunner:
             return f"retried:{self.execute(rid, 'restore')}"
         return result[0] if result else None
 
-    def _log(self, what: str, restore: Restore, **fields: Any) -> None:
+    def _log(self, what: str, restore: Restore, **fields: object) -> None:
         if self.log is not None:
             failed = fields.get("ok") is False or fields.get("outcome") == "failed"
             (self.log.warning if failed else self.log.info)(
@@ -255,7 +262,7 @@ class RestoreRunner:
                 snapshot_cid=restore.snapshot_cid, **fields)
 
 
-def _finish_failed(restore: Restore, task: Task, error: dict[str, Any]) -> None:
+def _finish_failed(restore: Restore, task: Task, error: JsonObject) -> None:
     task.operation_finished(restore.operation_id, FAILED, {
         "instance": restore.label, "disk_cid": restore.target_disk, "snapshot_cid": restore.snapshot_cid,
         "error_type": error["type"], "message": error["message"], "caused_by": restore.cause,

@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 from collections.abc import Iterable
 
 from .errors import LedgerError
+from .json_types import JsonObject
 
 _DURATION = re.compile(r"(\d{1,6})([hdw])")
 _UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
@@ -52,13 +52,16 @@ class RetentionPolicy:
         """No rule: nothing ever expires (BOSH's behaviour)."""
         return self.keep_last is None and self.keep_for is None
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         return {"keep_last": self.keep_last, "keep_for": self.keep_for, "keep_clean": self.keep_clean}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> RetentionPolicy:
+    def from_dict(cls, data: JsonObject | None) -> RetentionPolicy:
         data = data or {}
-        return cls(keep_last=data.get("keep_last"), keep_for=data.get("keep_for"),
+        keep_last, keep_for = data.get("keep_last"), data.get("keep_for")
+        # As stored: keep_last a whole number, keep_for a duration text (None: no such rule).
+        return cls(keep_last=keep_last if isinstance(keep_last, int) else None,
+                   keep_for=keep_for if isinstance(keep_for, str) else None,
                    keep_clean=bool(data.get("keep_clean", False)))
 
     def describe(self) -> str:

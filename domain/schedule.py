@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
+
+from .json_types import JsonObject
 
 REGISTRY_ID = uuid5(NAMESPACE_URL, "snapledger:/deployment-registry")
 
@@ -26,7 +27,7 @@ class ScheduleFire(Aggregate):
 
     @event("Recorded")
     def __init__(self, schedule: str, fire_time: datetime, expression: str, outcome: str,
-                 tasks: list[str], detail: dict[str, Any], actor: str) -> None:
+                 tasks: list[str], detail: JsonObject, actor: str) -> None:
         self.schedule = schedule
         self.fire_time = fire_time
         self.outcome = outcome  # "fired" | "missed"

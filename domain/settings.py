@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
 from .cron import CronSchedule
+from .json_types import JsonObject
 
 SETTINGS_ID = uuid5(NAMESPACE_URL, "snapledger:/settings")
 
@@ -39,7 +39,7 @@ class Settings(Aggregate):
         self.enabled_at: datetime | None = None
         self.schedules: dict[str, str | None] = dict(DEFAULT_SCHEDULES)
         self.schedule_set_at: dict[str, datetime] = {}
-        self.retention: dict[str, Any] | None = None  # the default policy; None: keep everything
+        self.retention: JsonObject | None = None  # the default policy; None: keep everything
 
     # The two events that start a schedule's "since" are explicit classes: their
     # `apply` reads the event's own timestamp. A decorated method's body runs
@@ -72,7 +72,7 @@ class Settings(Aggregate):
         self.trigger_event(self.ScheduleSet, name=name, expression=expression, actor=actor)
 
     @event("RetentionDefaultSet")
-    def set_default_retention(self, policy: dict[str, Any] | None, actor: str) -> None:
+    def set_default_retention(self, policy: JsonObject | None, actor: str) -> None:
         self.retention = dict(policy) if policy is not None else None
 
     def set_enabled(self, enabled: bool, actor: str) -> bool:

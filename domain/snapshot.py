@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from collections.abc import Mapping
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
 from .errors import InvalidState
+from .json_types import JsonObject
 
 # States
 REQUESTED = "requested"  # accepted, no CPI call yet
@@ -43,7 +44,7 @@ class Snapshot(Aggregate):
         disk_cid: str,
         trigger: str,
         clean: bool,
-        metadata: dict[str, Any],
+        metadata: JsonObject,
         cpi: str,
         actor: str,
     ) -> None:
@@ -63,7 +64,7 @@ class Snapshot(Aggregate):
         self.snapshot_cid: str | None = None
         self.created_at: datetime | None = None
         self.deletion_task_id: str | None = None
-        self.last_error: dict[str, Any] | None = None
+        self.last_error: JsonObject | None = None
         self.attempts = 0
         self.worker: str | None = None
         self.in_doubt_method: str | None = None
@@ -103,25 +104,25 @@ class Snapshot(Aggregate):
         self.in_doubt_resolver = None
 
     @event("Taken")
-    def _taken(self, snapshot_cid: str, call: dict[str, Any], task_id: str, actor: str,
+    def _taken(self, snapshot_cid: str, call: JsonObject, task_id: str, actor: str,
                caused_by: str | None = None) -> None:
         self.state = TAKEN
         self.snapshot_cid = snapshot_cid
         self.created_at = self.modified_on
 
     @event("Failed")
-    def _failed(self, error: dict[str, Any], call: dict[str, Any], task_id: str, actor: str,
+    def _failed(self, error: JsonObject, call: JsonObject, task_id: str, actor: str,
                 caused_by: str | None = None) -> None:
         self.state = FAILED
         self.last_error = dict(error)
 
     @event("Skipped")
-    def _skipped(self, reason: str, call: dict[str, Any], task_id: str, actor: str,
+    def _skipped(self, reason: str, call: JsonObject, task_id: str, actor: str,
                  caused_by: str | None = None) -> None:
         self.state = SKIPPED
 
     @event("AttemptFailed")
-    def _attempt_failed(self, method: str, attempt: int, error: dict[str, Any], call: dict[str, Any],
+    def _attempt_failed(self, method: str, attempt: int, error: JsonObject, call: JsonObject,
                         retry_in_s: float, task_id: str, actor: str, caused_by: str | None = None) -> None:
         # Pending again: the next attempt is claimed with a new CpiCallStarted,
         # so a worker that dies while waiting leaves a plain pending request.
@@ -137,7 +138,7 @@ class Snapshot(Aggregate):
         self.pinned = None
 
     @event("Expired")
-    def _expired(self, policy: dict[str, Any], reason: str, task_id: str, actor: str) -> None:
+    def _expired(self, policy: JsonObject, reason: str, task_id: str, actor: str) -> None:
         pass  # the retention decision; the deletion follows in the same transaction
 
     @event("Cancelled")
@@ -153,12 +154,12 @@ class Snapshot(Aggregate):
         self.attempts = 0  # attempts count per CPI method
 
     @event("Deleted")
-    def _deleted(self, reason: str, call: dict[str, Any], task_id: str, actor: str,
+    def _deleted(self, reason: str, call: JsonObject, task_id: str, actor: str,
                  caused_by: str | None = None) -> None:
         self.state = DELETED
 
     @event("DeletionFailed")
-    def _deletion_failed(self, error: dict[str, Any], call: dict[str, Any], task_id: str, actor: str,
+    def _deletion_failed(self, error: JsonObject, call: JsonObject, task_id: str, actor: str,
                          caused_by: str | None = None) -> None:
         # Still in the cloud, still listed: the operator can retry the deletion.
         self.state = TAKEN
@@ -233,11 +234,11 @@ class Snapshot(Aggregate):
         )
         return method
 
-    def record_taken(self, snapshot_cid: str, call: dict[str, Any], actor: str) -> None:
+    def record_taken(self, snapshot_cid: str, call: JsonObject, actor: str) -> None:
         self._require(TAKING, IN_DOUBT)
         self._taken(snapshot_cid=snapshot_cid, call=call, task_id=self.task_id, actor=actor, caused_by=self.cause)
 
-    def record_failed(self, error: dict[str, Any], call: dict[str, Any], actor: str) -> None:
+    def record_failed(self, error: JsonObject, call: JsonObject, actor: str) -> None:
         if self.state == DELETING:
             self._deletion_failed(error=error, call=call, task_id=self.current_task_id,
                                   actor=actor, caused_by=self.cause)
@@ -245,7 +246,7 @@ class Snapshot(Aggregate):
             self._require(TAKING)
             self._failed(error=error, call=call, task_id=self.task_id, actor=actor, caused_by=self.cause)
 
-    def record_attempt_failed(self, error: dict[str, Any], call: dict[str, Any], retry_in_s: float,
+    def record_attempt_failed(self, error: JsonObject, call: JsonObject, retry_in_s: float,
                               actor: str) -> None:
         """A retryable failure (`ok_to_retry`) that will be tried again."""
         if self.state not in (TAKING, DELETING):
@@ -267,7 +268,7 @@ class Snapshot(Aggregate):
         self._cancelled(method="snapshot_disk" if self.state == TAKING else "delete_snapshot", reason=reason,
                         task_id=self.current_task_id, actor=actor, caused_by=self.cause)
 
-    def record_skipped(self, reason: str, call: dict[str, Any], actor: str) -> None:
+    def record_skipped(self, reason: str, call: JsonObject, actor: str) -> None:
         self._require(TAKING)
         self._skipped(reason=reason, call=call, task_id=self.task_id, actor=actor, caused_by=self.cause)
 
@@ -281,7 +282,7 @@ class Snapshot(Aggregate):
         if self.pinned is not None:
             self._unpinned(reason=reason, actor=actor)
 
-    def expire(self, policy: dict[str, Any], reason: str, task_id: str, actor: str) -> None:
+    def expire(self, policy: JsonObject, reason: str, task_id: str, actor: str) -> None:
         """A retention policy lets this snapshot go; its deletion is requested with it."""
         if self.pinned is not None:
             raise InvalidState(f"snapshot {self.snapshot_cid} is pinned ({self.pinned})")
@@ -298,7 +299,7 @@ class Snapshot(Aggregate):
             raise InvalidState(f"snapshot {self.snapshot_cid or self.id} is {self.state} and cannot be deleted")
         self._deletion_requested(task_id=task_id, actor=actor)
 
-    def record_deleted(self, reason: str, call: dict[str, Any], actor: str) -> None:
+    def record_deleted(self, reason: str, call: JsonObject, actor: str) -> None:
         self._require(DELETING)
         self._deleted(reason=reason, call=call, task_id=self.current_task_id, actor=actor, caused_by=self.cause)
 
@@ -336,6 +337,7 @@ class Refusal(Aggregate):
     """A command refused for a reason worth auditing (e.g. snapshots disabled)."""
 
     @event("Recorded")
-    def __init__(self, command: str, reason: str, deployment: str | None, details: dict[str, Any], actor: str) -> None:
+    def __init__(self, command: str, reason: str, deployment: str | None, details: Mapping[str, object],
+                 actor: str) -> None:
         self.command = command
         self.reason = reason

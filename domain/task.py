@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
+
+from .json_types import JsonObject
 
 QUEUED, PROCESSING, DONE, ERROR = "queued", "processing", "done", "error"
 CANCELLING, CANCELLED = "cancelling", "cancelled"  # as the Director's task states
@@ -16,7 +17,7 @@ TERMINAL_STATES = frozenset({DONE, ERROR, CANCELLED})
 GOOD_OUTCOMES = frozenset({"taken", "skipped", "deleted", "discovered", "ready", "restored"})
 
 
-def _disk(outcome: dict[str, Any]) -> str:
+def _disk(outcome: JsonObject) -> str:
     # Job-update instance outcomes concern no single disk.
     return "" if outcome.get("disk_cid", "?") is None else f" disk {outcome.get('disk_cid', '?')}"
 
@@ -34,7 +35,7 @@ class Task(Aggregate):
         operations: list[str],
         actor: str,
         trigger: str = "manual",
-        context: dict[str, Any] | None = None,
+        context: JsonObject | None = None,
     ) -> None:
         self.kind = kind
         self.description = description
@@ -44,7 +45,7 @@ class Task(Aggregate):
         self.trigger = trigger
         self.context = dict(context or {})
         self.state = QUEUED
-        self.outcomes: dict[str, dict[str, Any]] = {}
+        self.outcomes: dict[str, JsonObject] = {}
         self.result: str | None = None
         self.started_at: datetime | None = None
         self.finished_at: datetime | None = None
@@ -59,7 +60,7 @@ class Task(Aggregate):
         self.operations.extend(operations)
 
     @event("OperationFinished")
-    def _operation_finished(self, operation_id: str, outcome: str, detail: dict[str, Any], actor: str) -> None:
+    def _operation_finished(self, operation_id: str, outcome: str, detail: JsonObject, actor: str) -> None:
         self.outcomes[operation_id] = {"outcome": outcome, **detail}
 
     @event("CancelRequested")
@@ -84,7 +85,7 @@ class Task(Aggregate):
         if operations:
             self._operations_added(operations=[str(o) for o in operations], actor=actor)
 
-    def operation_finished(self, operation_id: UUID | str, outcome: str, detail: dict[str, Any], actor: str) -> None:
+    def operation_finished(self, operation_id: UUID | str, outcome: str, detail: JsonObject, actor: str) -> None:
         """Record one operation's outcome; finish the task when it was the last one."""
         op = str(operation_id)
         if op in self.outcomes or op not in self.operations:
@@ -110,8 +111,8 @@ class Task(Aggregate):
         cancelled_by_request = getattr(self, "cancel_requested", False)
         failures = [o for o in self.outcomes.values() if o["outcome"] not in GOOD_OUTCOMES
                     and not (cancelled_by_request and o["outcome"] == "cancelled")]
-        taken = [o["snapshot_cid"] for o in self.outcomes.values() if o["outcome"] == "taken"]
-        deleted = [o["snapshot_cid"] for o in self.outcomes.values() if o["outcome"] == "deleted"]
+        taken = [str(o["snapshot_cid"]) for o in self.outcomes.values() if o["outcome"] == "taken"]
+        deleted = [str(o["snapshot_cid"]) for o in self.outcomes.values() if o["outcome"] == "deleted"]
         skipped = [o for o in self.outcomes.values() if o["outcome"] == "skipped"]
         ready = [o for o in self.outcomes.values() if o["outcome"] == "ready"]  # job updates
         parts = []
@@ -120,12 +121,12 @@ class Task(Aggregate):
         if deleted:
             parts.append(f"snapshot(s) {', '.join(deleted)} deleted")
         if skipped:
-            reasons = sorted({o.get("reason", "") for o in skipped})
+            reasons = sorted({str(o.get("reason", "")) for o in skipped})
             parts.append(f"{len(skipped)} skipped ({'; '.join(reasons)})")
         if ready:
             parts.append(f"{len(ready)} instance(s) ready for update")
         # Restores: what was restored where, and what the operator does next.
-        parts.extend(o.get("reason", "restored") for o in self.outcomes.values() if o["outcome"] == "restored")
+        parts.extend(str(o.get("reason", "restored")) for o in self.outcomes.values() if o["outcome"] == "restored")
         if getattr(self, "cancel_requested", False):
             cancelled = sum(1 for o in self.outcomes.values() if o["outcome"] == "cancelled")
             return CANCELLED, ". ".join(["task cancelled", *parts, f"{cancelled} not started"] +

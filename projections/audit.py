@@ -25,6 +25,7 @@ from snapledger.domain.task import Task
 from .events import dumps, event_record, event_type
 from .in_flight import CALLING
 from .view import Cursor, View, event_class, event_name
+from .database import Row
 
 # The first event of an aggregate whose references its later events are stamped with.
 _FIRST_EVENTS = frozenset({event_class(Snapshot, "Requested"), event_class(Task, "Queued"),
@@ -137,7 +138,7 @@ class AuditView(View):
              data.get("deployment"), *own, dumps(data), refs))
 
 
-def _own_references(cls: type, aggregate: str, data: dict[str, Any]) -> tuple[tuple[Any, ...], str]:
+def _own_references(cls: type, aggregate: str, data: Row) -> tuple[tuple[Any, ...], str]:
     """The (job, index, instance id, disk) a job-update event carries itself, and
     the audit_refs row that fills what it does not: its instance's, recorded
     from the announcement. Other events take theirs from their aggregate's row."""
@@ -149,10 +150,10 @@ def _own_references(cls: type, aggregate: str, data: dict[str, Any]) -> tuple[tu
     return (data.get("job"), data.get("index"), instance_id, disks[0]), refs
 
 
-def audit_query(filters: dict[str, Any], after: int, limit: int) -> tuple[str, list[Any]]:
+def audit_query(filters: Row, after: int, limit: int) -> tuple[str, list[Any]]:
     """SQL for GET /events: every given filter must hold; ordered by position."""
     clauses = ["position > %s"]
-    params: list[Any] = [after]
+    params: list[object] = [after]
     for name, column in FILTER_COLUMNS.items():
         if filters.get(name) is not None:
             clauses.append(f"{column} = %s")
@@ -204,7 +205,7 @@ OUTCOMES = frozenset(_snapshot_event(name) for name in ("Taken", "Failed", "Skip
                                                          "DeletionFailed", "CpiCallInDoubt"))
 
 
-def snapshot_history(cid: str, events: list[dict[str, Any]]) -> dict[str, Any] | None:
+def snapshot_history(cid: str, events: list[Row]) -> Row | None:
     """The life of the snapshot with CID `cid` from its audit events (in log
     order): who asked, when and why, each CPI call paired with its answer
     through causation (an outcome's `caused_by` is its `CpiCallStarted`), and
@@ -213,8 +214,8 @@ def snapshot_history(cid: str, events: list[dict[str, Any]]) -> dict[str, Any] |
         return None
     requested = next((e for e in events if e["type"] == _REQUESTED), events[0])
     request = requested["data"]
-    calls: list[dict[str, Any]] = []
-    by_start: dict[str, dict[str, Any]] = {}
+    calls: list[Row] = []
+    by_start: dict[str, Row] = {}
     state = REQUESTED
     for e in events:
         if e["type"] == _CALL_STARTED:
@@ -231,7 +232,7 @@ def snapshot_history(cid: str, events: list[dict[str, Any]]) -> dict[str, Any] |
     }
 
 
-def _started_call(e: dict[str, Any]) -> dict[str, Any]:
+def _started_call(e: Row) -> Row:
     data = e["data"]
     return {"method": data.get("method"), "attempt": data.get("attempt"), "worker": data.get("worker"),
             "task_id": data.get("task_id"), "actor": e["actor"], "started_at": e["time"],
@@ -239,14 +240,14 @@ def _started_call(e: dict[str, Any]) -> dict[str, Any]:
             "duration_s": None, "request_id": None, "answer": None, "log": "", "stderr": ""}
 
 
-def _record_outcome(e: dict[str, Any], started: dict[str, Any] | None, calls: list[dict[str, Any]]) -> None:
+def _record_outcome(e: Row, started: Row | None, calls: list[Row]) -> None:
     """Fill the call an outcome answers: the one it names as its cause, else (an
     outcome recorded before causation existed) the latest open call."""
     entry = started or next((c for c in reversed(calls) if c["outcome"] is None), None)
     if entry is None:
         return
     data = e["data"]
-    call: dict[str, Any] = data["call"] if isinstance(data.get("call"), dict) else {}
+    call: Row = data["call"] if isinstance(data.get("call"), dict) else {}
     entry.update(outcome=e["type"].split(".", 1)[1], finished_at=e["time"],
                  duration_s=call.get("duration_s"), request_id=call.get("request_id"),
                  answer=data.get("snapshot_cid") or data.get("error") or data.get("reason"),

@@ -6,7 +6,10 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-Row = dict[str, Any]  # a row by column name, as the query returns it
+# A row by column name, as the query returns it: psycopg's `dict_row` factory
+# (and our sqlite3 equivalent) gives `dict[str, Any]`; the column types are the
+# query's, which no type here can follow. Every read model's row is this alias.
+Row = dict[str, Any]
 
 
 class Database(Protocol):
@@ -17,4 +20,4 @@ class Database(Protocol):
 
     def snapshot(self) -> AbstractContextManager[Any]: ...
 
-    def query(self, statement: str, params: Sequence[Any] = ...) -> list[Row]: ...
+    def query(self, statement: str, params: Sequence[object] = ...) -> list[Row]: ...

@@ -49,7 +49,7 @@ class JobUpdatesView(View):
                  iso(e.timestamp)))
 
     @staticmethod
-    def _set(cur: Cursor, e: Any, instance_id: str, assignments: str, *params: Any) -> None:
+    def _set(cur: Cursor, e: Any, instance_id: str, assignments: str, *params: object) -> None:
         cur.execute(f"UPDATE job_update_instances_view SET {assignments}, updated_at = %s "
                     "WHERE task_id = %s AND instance_id = %s", (*params, iso(e.timestamp), e.task_id, instance_id))
 
@@ -123,7 +123,7 @@ def claimed_instances(db: Database, older_than: str) -> list[Row]:
                     "FROM job_update_claims WHERE updated_at < %s ORDER BY updated_at", (older_than,))
 
 
-def instance_updates(db: Database, task_id: str) -> list[dict[str, Any]]:
+def instance_updates(db: Database, task_id: str) -> list[Row]:
     """Each instance of a job-update task, in update order, with its state (`ready` = go ahead)."""
     rows = db.query("SELECT * FROM job_update_instances_view WHERE task_id = %s ORDER BY ord", (task_id,))
     return [{"instance": f"{r['job']}/{r['idx'] if r['idx'] is not None else r['instance_id']}",

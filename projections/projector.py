@@ -16,6 +16,7 @@ from .database import Database
 from .view import View
 from .views import all_views
 from .tracking import TRACKING_DDL, save_position, tracked_positions
+from .view import Cursor
 
 PROJECTOR_LOCK = 0x736E61706C6570  # shared with projections.replay
 
@@ -32,7 +33,7 @@ class Projector:
                 for statement in view.ddl:
                     cur.execute(statement)
 
-    def positions(self, cur: Any = None) -> dict[str, int]:
+    def positions(self, cur: Cursor | None = None) -> dict[str, int]:
         query = "SELECT name, position FROM projection_tracking"
         rows = cur.execute(query).fetchall() if cur is not None else self.db.query(query)
         known = tracked_positions(rows)
@@ -63,7 +64,7 @@ class Projector:
                     pipeline.enter_context(cur.connection.pipeline())
                 self._apply_views(cur, batch, positions, last)
 
-    def _apply_views(self, cur: Any, batch: list[tuple[int, Any]], positions: dict[str, int], last: int) -> None:
+    def _apply_views(self, cur: Cursor, batch: list[tuple[int, Any]], positions: dict[str, int], last: int) -> None:
         # Views apply in order, tasks last: a reader that sees a task `done`
         # also sees the snapshots it produced.
         for view in self.views:

@@ -34,7 +34,7 @@ class Queries:
 
     def snapshots(self, deployment: str, job: str | None = None, index_or_id: str | None = None,
                   limit: int | None = None, after: int | None = None, at: str | None = None
-                  ) -> list[dict[str, Any]]:
+                  ) -> list[Row]:
         """The listing, newest last, paged by the `cursor` of the last row seen.
 
         With `at` (ISO time): the snapshots that existed then, from the event
@@ -44,7 +44,7 @@ class Queries:
         if at is not None:
             clauses = ["deployment = %s", "created_at IS NOT NULL", "created_at <= %s",
                        "(deleted_at IS NULL OR deleted_at > %s)"]
-            params: list[Any] = [deployment, at, at]
+            params: list[object] = [deployment, at, at]
         else:
             clauses = ["deployment = %s", LISTED_CLAUSE]
             params = [deployment]
@@ -82,7 +82,7 @@ class Queries:
     # Tasks -----------------------------------------------------------------------
 
     @staticmethod
-    def _task_row(row: dict[str, Any]) -> dict[str, Any]:
+    def _task_row(row: Row) -> Row:
         return {
             "id": row["task_id"], "number": row["seq"], "state": row["state"], "kind": row["kind"],
             "description": row["description"], "deployment": row["deployment"], "user": row["actor"],
@@ -91,7 +91,7 @@ class Queries:
             "started_at": row["started_at"], "finished_at": row["finished_at"],
         }
 
-    def task(self, task_id: str) -> dict[str, Any] | None:
+    def task(self, task_id: str) -> Row | None:
         """A task by its id or by its number (all digits: the position of its first event)."""
         if task_id.isdigit():
             rows = self.db.query("SELECT * FROM tasks_view WHERE seq = %s", (int(task_id),))
@@ -100,7 +100,7 @@ class Queries:
         return self._task_row(rows[0]) if rows else None
 
     def tasks(self, deployment: str | None = None, state: str | None = None,
-              limit: int = 100) -> list[dict[str, Any]]:
+              limit: int = 100) -> list[Row]:
         clauses, params = ["1 = 1"], []
         if deployment is not None:
             clauses.append("deployment = %s")
@@ -113,14 +113,14 @@ class Queries:
             [*params, limit])
         return [self._task_row(r) for r in rows]
 
-    def task_events(self, task_id: str, after: int = 0) -> list[dict[str, Any]]:
+    def task_events(self, task_id: str, after: int = 0) -> list[Row]:
         rows = self.db.query(
             "SELECT * FROM task_events_view WHERE task_id = %s AND position > %s ORDER BY position",
             (task_id, after))
         return [{"position": r["position"], "type": r["type"], "time": r["time"], "actor": r["actor"],
                  "data": json.loads(r["data"])} for r in rows]
 
-    def cpi_log(self, task_id: str) -> list[dict[str, Any]]:
+    def cpi_log(self, task_id: str) -> list[Row]:
         """Every CPI call of a task with what it left behind (BOSH's `task --cpi`):
         the answer, the CPI's `log`, its stderr, the request id and duration."""
         entries = []
@@ -146,7 +146,7 @@ class Queries:
 
     # Audit ---------------------------------------------------------------------------
 
-    def events(self, filters: dict[str, Any], after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+    def events(self, filters: Row, after: int = 0, limit: int = 500) -> list[Row]:
         statement, params = audit_query(filters, after, limit)
         # Each event with its task's number (issue 17): the number the CLIs and logs show.
         statement = (f"SELECT e.*, t.seq AS task_number FROM ({statement}) AS e "
@@ -155,21 +155,21 @@ class Queries:
 
     # Recovery ------------------------------------------------------------------------
 
-    def in_flight(self, older_than: str) -> list[dict[str, Any]]:
+    def in_flight(self, older_than: str) -> list[Row]:
         """Unresolved operations (some worker must still act) not touched since
         `older_than` (ISO time): what the recovery sweep looks at."""
         return self.db.query(f"SELECT * FROM in_flight_ops WHERE updated_at < %s AND {UNRESOLVED_CLAUSE} "
                              "ORDER BY updated_at LIMIT 1000", (older_than,))
 
-    def in_doubt(self) -> list[dict[str, Any]]:
+    def in_doubt(self) -> list[Row]:
         rows = self.db.query("SELECT * FROM in_flight_ops WHERE state = %s ORDER BY updated_at", (AWAITING_OPERATOR,))
         return [{"operation_id": r["operation_id"], "task_id": r["task_id"], "deployment": r["deployment"],
                  "disk_cid": r["disk_cid"], "method": r["method"], "worker": r["worker"],
                  "attempt": r["attempt"], "since": r["updated_at"]} for r in rows]
 
-    def in_doubt_tasks(self) -> list[dict[str, Any]]:
+    def in_doubt_tasks(self) -> list[Row]:
         """Tasks with in-doubt CPI calls, each with the calls (for `tasks --in-doubt`)."""
-        by_task: dict[str, list[dict[str, Any]]] = {}
+        by_task: dict[str, list[Row]] = {}
         for op in self.in_doubt():
             by_task.setdefault(op["task_id"], []).append(op)
         result = []
@@ -181,15 +181,15 @@ class Queries:
     # Deployments -------------------------------------------------------------------
 
     @staticmethod
-    def _deployment_row(row: dict[str, Any]) -> dict[str, Any]:
+    def _deployment_row(row: Row) -> Row:
         return {"name": row["name"], "tags": json.loads(row["tags"]), "instances": json.loads(row["instances"]),
                 "deleted": bool(row["deleted"]), "updated_at": row["updated_at"]}
 
-    def deployments(self, include_deleted: bool = False) -> list[dict[str, Any]]:
+    def deployments(self, include_deleted: bool = False) -> list[Row]:
         rows = self.db.query("SELECT * FROM deployments_view ORDER BY name")
         return [self._deployment_row(r) for r in rows if include_deleted or not r["deleted"]]
 
-    def deployment(self, name: str) -> dict[str, Any] | None:
+    def deployment(self, name: str) -> Row | None:
         rows = self.db.query("SELECT * FROM deployments_view WHERE name = %s", (name,))
         return self._deployment_row(rows[0]) if rows else None
 
@@ -200,7 +200,7 @@ class Queries:
 
     # Schedules -----------------------------------------------------------------------
 
-    def last_fire(self, schedule: str, outcome: str | None = "fired") -> dict[str, Any] | None:
+    def last_fire(self, schedule: str, outcome: str | None = "fired") -> Row | None:
         clause, params = ("AND outcome = %s", [schedule, outcome]) if outcome else ("", [schedule])
         rows = self.db.query(
             f"SELECT * FROM schedule_fires_view WHERE schedule = %s {clause} ORDER BY fire_time DESC LIMIT 1",
@@ -211,22 +211,22 @@ class Queries:
         return {"fire_time": row["fire_time"], "outcome": row["outcome"], "expression": row["expression"],
                 "tasks": json.loads(row["tasks"]), "recorded_at": row["recorded_at"]}
 
-    def fires(self, schedule: str, limit: int = 20) -> list[dict[str, Any]]:
+    def fires(self, schedule: str, limit: int = 20) -> list[Row]:
         rows = self.db.query("SELECT * FROM schedule_fires_view WHERE schedule = %s ORDER BY fire_time DESC LIMIT %s",
                              (schedule, limit))
         return [{"fire_time": r["fire_time"], "outcome": r["outcome"], "tasks": json.loads(r["tasks"])}
                 for r in rows]
 
 
-def _cpi_log_entry(where: dict[str, Any], call: dict[str, Any], attempt: int | None, snapshot_cid: str | None,
-                   error: Any) -> dict[str, Any]:
+def _cpi_log_entry(where: Row, call: Row, attempt: int | None, snapshot_cid: str | None,
+                   error: Any) -> Row:
     return {**where, "method": call.get("method"), "request_id": call.get("request_id"),
             "duration_s": call.get("duration_s"), "attempt": attempt, "snapshot_cid": snapshot_cid,
             "error": error, "answer": call.get("answer"), "log": call.get("log", ""), "stderr": call.get("stderr", ""),
             **({"stdout": call["stdout"]} if call.get("stdout") else {})}
 
 
-def _audit_row(r: Row) -> dict[str, Any]:
+def _audit_row(r: Row) -> Row:
     data = json.loads(r["data"])
     instance = f"{r['job']}/{r['idx'] if r['idx'] is not None else r['instance_id']}" if r["job"] else None
     return {"position": r["position"], "type": r["type"], "time": r["time"], "actor": r["actor"],

@@ -60,7 +60,7 @@ class RestoresView(View):
              bool(e.new_disk), label, e.cpi, REQUESTED, iso(e.timestamp), iso(e.timestamp)))
 
     @staticmethod
-    def _set(cur: Cursor, e: Any, assignments: str, *params: Any) -> None:
+    def _set(cur: Cursor, e: Any, assignments: str, *params: object) -> None:
         cur.execute(f"UPDATE restores_view SET {assignments}, updated_at = %s WHERE task_id = %s",
                     (*params, iso(e.timestamp), e.task_id))
 
@@ -84,7 +84,7 @@ class RestoresView(View):
         self._set(cur, e, "state = %s, error = %s", FAILED, error_text(e.error))
 
 
-def _row(r: Row) -> dict[str, Any]:
+def _row(r: Row) -> Row:
     return {"restore_id": r["restore_id"], "task_id": r["task_id"], "deployment": r["deployment"],
             "snapshot_cid": r["snapshot_cid"], "source_disk": r["source_disk"], "disk_cid": r["target_disk"],
             "new_disk": bool(r["new_disk"]), "instance": r["instance"], "cpi": r["cpi"], "state": r["state"],
@@ -92,13 +92,13 @@ def _row(r: Row) -> dict[str, Any]:
             "error": r["error"], "requested_at": r["requested_at"], "updated_at": r["updated_at"]}
 
 
-def restore_of_task(db: Database, task_id: str) -> dict[str, Any] | None:
+def restore_of_task(db: Database, task_id: str) -> Row | None:
     """A restore task's progress: state, target disk (new or not), safety snapshot, error."""
     rows = db.query("SELECT * FROM restores_view WHERE task_id = %s", (task_id,))
     return _row(rows[0]) if rows else None
 
 
-def claimed_restores(db: Database, older_than: str) -> list[dict[str, Any]]:
+def claimed_restores(db: Database, older_than: str) -> list[Row]:
     """Restores a worker holds (draining, stopping, restoring), unchanged since `older_than`."""
     claimed = sorted(CLAIMED_STATES)
     rows = db.query(f"SELECT * FROM restores_view WHERE state IN ({', '.join(['%s'] * len(claimed))}) "

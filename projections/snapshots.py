@@ -54,7 +54,7 @@ class SnapshotsView(View):
                   DeletionFailed=self._deletion_failed, Cancelled=self._cancelled)
 
     @staticmethod
-    def _set(cur: Cursor, event: Any, assignments: str, *params: Any) -> None:
+    def _set(cur: Cursor, event: Any, assignments: str, *params: object) -> None:
         cur.execute(f"UPDATE snapshots_view SET {assignments} WHERE snapshot_id = %s",
                     (*params, str(event.originator_id)))
 

@@ -8,7 +8,8 @@ whatever transaction the caller holds.
 
 from __future__ import annotations
 
-from typing import Any
+from .database import Row
+from .view import Cursor
 
 TRACKING_DDL = """CREATE TABLE IF NOT EXISTS projection_tracking (
     name TEXT PRIMARY KEY,
@@ -19,11 +20,11 @@ _UPSERT = ("INSERT INTO projection_tracking (name, position) VALUES (%s, %s) "
            "ON CONFLICT (name) DO UPDATE SET position = excluded.position")
 
 
-def save_position(cur: Any, name: str, position: int) -> None:
+def save_position(cur: Cursor, name: str, position: int) -> None:
     """Record `name`'s position in the caller's transaction (cursor `cur`)."""
     cur.execute(_UPSERT, (name, position))
 
 
-def tracked_positions(rows: list[dict[str, Any]]) -> dict[str, int]:
+def tracked_positions(rows: list[Row]) -> dict[str, int]:
     """Name -> position from the rows of `SELECT name, position FROM projection_tracking`."""
     return {row["name"]: int(row["position"]) for row in rows}

@@ -13,12 +13,13 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
 from eventsourcing.domain import Aggregate, DomainEvent
+from ..domain.json_types import JsonObject
 
 
 class Cursor(Protocol):
     """The part of a DB-API cursor (psycopg or sqlite3) a view writes through."""
 
-    def execute(self, statement: str, params: Sequence[Any] = ..., /) -> Any: ...
+    def execute(self, statement: str, params: Sequence[object] = ..., /) -> Any: ...
 
 
 # The event is `Any`: eventsourcing builds each aggregate's event classes from
@@ -71,6 +72,6 @@ class View:
             handler(cur, position, event)
 
 
-def error_text(error: dict[str, Any]) -> str:
+def error_text(error: JsonObject) -> str:
     """An error recorded on an event, as the views show it: `type: message`."""
     return f"{error['type']}: {error['message']}"

@@ -12,18 +12,19 @@ import threading
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from snapledger.domain.application import Ledger
 from snapledger.domain.cron import CronError, CronSchedule
+from snapledger.domain.schedule import ScheduleFire
 from snapledger.domain.settings import SCHEDULE_NAMES, SNAPSHOT_SCHEDULE
+from snapledger.domain.log import Log
 
 UTC = UTC
 TICK_S = 1.0  # runtime schedule changes take effect within a tick
 
 
 class Scheduler:
-    def __init__(self, ledger: Ledger, log: Any, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    def __init__(self, ledger: Ledger, log: Log, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  missed_window: timedelta = timedelta(hours=1), max_missed: int = 1000) -> None:
         self.ledger = ledger
         self.log = log.bind(component="scheduler")
@@ -34,7 +35,7 @@ class Scheduler:
         self.cursors: dict[str, tuple[str, datetime]] = {}
         self.fired = 0  # fires this replica recorded (others' conflicts not counted)
         # Scheduled snapshot fires whose retention follow-up is due once their tasks finish.
-        self.follow_ups: list[Any] = []
+        self.follow_ups: list[ScheduleFire] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

@@ -21,7 +21,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -38,6 +37,7 @@ from .external_protocol import (MIN_API_VERSION, Call, ResultCheck, error_from_r
                                 json_object, list_of_strings, non_empty_string, parse_response, require_supported)
 from .call_processes import CallProcesses, shared_call_processes
 from .reaper import EXEC_FAILED, EXEC_FAILED_MARKER
+from snapledger.domain.json_types import JsonList, JsonObject, JsonValue
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +59,7 @@ class ExternalCpi:
         name: str,
         executable: str | Path,
         *,
-        properties: dict[str, Any] | None = None,
+        properties: JsonObject | None = None,
         director_uuid: str,
         timeout_s: float = 300.0,
         preferred_api_version: int = 2,
@@ -82,7 +82,7 @@ class ExternalCpi:
         # Error types this CPI is known to answer besides BOSH's own (its
         # throttling answer): kept as answered, not turned into UnknownError.
         self._error_types = KNOWN_ERROR_TYPES | error_types
-        self._info: dict[str, Any] | None = None
+        self._info: JsonObject | None = None
         self._info_lock = threading.Lock()
         self._calls = CallLog()
         self._processes = processes or shared_call_processes()
@@ -98,34 +98,32 @@ class ExternalCpi:
         """Every call the current thread made since it last asked (`info` included)."""
         return self._calls.take()
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> JsonObject:
         """The CPI's ``info`` answer, fetched once per instance."""
         info = self._cached_info()
         require_supported(info)
         return copy.deepcopy(info)
 
-    # Each result is JSON (Any) checked by its ResultCheck: typed once checked.
+    # Each result is JSON checked by its ResultCheck, then read as the type the check accepted
+    # (the str()s convert nothing: the check let only strings through).
 
-    def snapshot_disk(self, disk_cid: str, metadata: dict[str, Any]) -> str:
-        cid: str = self._call("snapshot_disk", [disk_cid, metadata], non_empty_string)
-        return cid
+    def snapshot_disk(self, disk_cid: str, metadata: JsonObject) -> str:
+        return str(self._call("snapshot_disk", [disk_cid, metadata], non_empty_string))
 
     def delete_snapshot(self, snapshot_cid: str) -> None:
         self._call("delete_snapshot", [snapshot_cid])
 
     def current_vm_id(self) -> str:
-        cid: str = self._call("current_vm_id", [], non_empty_string)
-        return cid
+        return str(self._call("current_vm_id", [], non_empty_string))
 
     def get_disks(self, vm_cid: str) -> list[str]:
-        cids: list[str] = self._call("get_disks", [vm_cid], list_of_strings)
-        return cids
+        cids = self._call("get_disks", [vm_cid], list_of_strings)
+        return [str(cid) for cid in cids] if isinstance(cids, list) else []
 
-    def create_disk(self, size_mb: int, cloud_properties: dict[str, Any], vm_cid: str | None) -> str:
-        cid: str = self._call("create_disk", [size_mb, cloud_properties, vm_cid], non_empty_string)
-        return cid
+    def create_disk(self, size_mb: int, cloud_properties: JsonObject, vm_cid: str | None) -> str:
+        return str(self._call("create_disk", [size_mb, cloud_properties, vm_cid], non_empty_string))
 
-    def call(self, method: str, arguments: list[Any]) -> Any:
+    def call(self, method: str, arguments: JsonList) -> JsonValue:
         """Call any CPI method; the result is returned unvalidated."""
         if method == "info":
             return self.info()
@@ -133,14 +131,14 @@ class ExternalCpi:
 
     # --- api version negotiation -------------------------------------------------
 
-    def _call(self, method: str, arguments: list[Any], check: ResultCheck | None = None) -> Any:
+    def _call(self, method: str, arguments: JsonList, check: ResultCheck | None = None) -> JsonValue:
         return self._invoke(method, arguments, self._api_version(), check)
 
     def _api_version(self) -> int:
         info = self._cached_info()
         return min(require_supported(info), self.preferred_api_version)
 
-    def _cached_info(self) -> dict[str, Any]:
+    def _cached_info(self) -> JsonObject:
         # Double-checked so concurrent first calls spawn a single `info` process.
         if self._info is None:
             with self._info_lock:
@@ -148,11 +146,11 @@ class ExternalCpi:
                     self._info = self._fetch_info()
         return self._info
 
-    def _fetch_info(self) -> dict[str, Any]:
+    def _fetch_info(self) -> JsonObject:
         try:
             # `info` is the one call made without api_version: it is how we learn it.
-            info: dict[str, Any] = self._invoke("info", [], None, json_object)
-            return info
+            info = self._invoke("info", [], None, json_object)
+            return info if isinstance(info, dict) else {}
         except CpiError as e:
             if e.is_not_implemented:
                 # The Director treats a CPI without `info` as API version 1.
@@ -162,8 +160,8 @@ class ExternalCpi:
     # --- one process per call ------------------------------------------------------
 
     def _invoke(
-        self, method: str, arguments: list[Any], api_version: int | None, check: ResultCheck | None
-    ) -> Any:
+        self, method: str, arguments: JsonList, api_version: int | None, check: ResultCheck | None
+    ) -> JsonValue:
         request_id = f"cpi-{_rng.randint(100000, 999999)}"
         started = time.monotonic()
         call = Call(method, request_id)
@@ -177,8 +175,8 @@ class ExternalCpi:
         return result
 
     def _run(
-        self, call: Call, arguments: list[Any], api_version: int | None, check: ResultCheck | None
-    ) -> Any:
+        self, call: Call, arguments: JsonList, api_version: int | None, check: ResultCheck | None
+    ) -> JsonValue:
         self._check_executable()
         request = self._request_json(call, arguments, api_version)
         stdout, call.stderr, call.exit_code = self._execute(call, request)
@@ -198,9 +196,9 @@ class ExternalCpi:
         if not (os.path.isfile(path) and os.access(path, os.X_OK)):
             raise CpiError(NOT_EXECUTABLE, f"Failed to run cpi: '{path}' is not executable")
 
-    def _request_json(self, call: Call, arguments: list[Any], api_version: int | None) -> bytes:
+    def _request_json(self, call: Call, arguments: JsonList, api_version: int | None) -> bytes:
         context = {"director_uuid": self._director_uuid, "request_id": call.request_id, **self._properties}
-        request: dict[str, Any] = {"method": call.method, "arguments": arguments, "context": context}
+        request: JsonObject = {"method": call.method, "arguments": arguments, "context": context}
         if api_version is not None:
             request["api_version"] = api_version
         # No trailing newline: byte-for-byte what the Director writes.
@@ -237,7 +235,7 @@ class ExternalCpi:
 
     def _finish(self, call: Call, started: float, error: CpiError | None) -> None:
         duration = time.monotonic() - started
-        extra: dict[str, Any] = {"exit_code": call.exit_code}
+        extra: JsonObject = {"exit_code": call.exit_code}
         if call.invalid_stdout is not None:
             extra["stdout"] = call.invalid_stdout[:STDOUT_KEEP_CHARS]
         if error is not None:

@@ -6,15 +6,32 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TypedDict
 
 from snapledger.domain.cpi import INVALID_RESPONSE, NOT_SUPPORTED, UNKNOWN_ERROR, CpiError
+from snapledger.domain.json_types import JsonObject, JsonValue
 
 MIN_API_VERSION = 2
 STDOUT_EXCERPT_CHARS = 500
 
 # A result validator returns a description of what is wrong, or None.
-ResultCheck = Callable[[Any], str | None]
+ResultCheck = Callable[[object], str | None]
+
+
+class ErrorAnswer(TypedDict):
+    """A response's `error` (the Director's RESPONSE_SCHEMA: these three, typed)."""
+
+    type: str
+    message: str
+    ok_to_retry: bool
+
+
+class Response(TypedDict):
+    """A response as schema_problem accepts it (extra keys allowed, not read)."""
+
+    result: JsonValue
+    error: ErrorAnswer | None
+    log: str
 
 
 class Call:
@@ -27,7 +44,7 @@ class Call:
         self.stderr = ""
         self.exit_code: int | None = None
         self.invalid_stdout: str | None = None
-        self.answer: Any = None
+        self.answer: JsonValue = None
 
 
 # --- response parsing ----------------------------------------------------------------
@@ -40,9 +57,9 @@ def invalid_response(call: Call, stdout: str, problem: str) -> CpiError:
     )
 
 
-def parse_response(call: Call, stdout: str) -> dict[str, Any]:
+def parse_response(call: Call, stdout: str) -> Response:
     try:
-        response: dict[str, Any] = json.loads(stdout)  # an object once schema_problem says so
+        response: Response = json.loads(stdout)  # a Response once schema_problem says so
     except ValueError as e:
         raise invalid_response(call, stdout, f"ParserError - {e}") from None
     problem = schema_problem(response)
@@ -51,7 +68,7 @@ def parse_response(call: Call, stdout: str) -> dict[str, Any]:
     return response
 
 
-def schema_problem(response: Any) -> str | None:
+def schema_problem(response: object) -> str | None:
     # The Director's RESPONSE_SCHEMA: all three keys required, extra keys allowed.
     if not isinstance(response, dict):
         return f"expected an object, got {type(response).__name__}"
@@ -73,7 +90,7 @@ def schema_problem(response: Any) -> str | None:
     return None
 
 
-def error_from_response(call: Call, error: dict[str, Any], known: frozenset[str]) -> CpiError:
+def error_from_response(call: Call, error: ErrorAnswer, known: frozenset[str]) -> CpiError:
     cpi_error = CpiError(error["type"], error["message"], error["ok_to_retry"])
     # Legacy "method not implemented" spellings keep their type: CpiError recognises them.
     if cpi_error.type in known or cpi_error.is_not_implemented:
@@ -88,7 +105,7 @@ def error_from_response(call: Call, error: dict[str, Any], known: frozenset[str]
 # --- result checks -----------------------------------------------------------------
 
 
-def require_supported(info: dict[str, Any]) -> int:
+def require_supported(info: JsonObject) -> int:
     """The CPI's API version, if snapledger can speak it."""
     version = info.get("api_version", 1)  # no api_version means the original protocol, v1
     if not isinstance(version, int) or isinstance(version, bool):
@@ -103,17 +120,17 @@ def require_supported(info: dict[str, Any]) -> int:
     return version
 
 
-def json_object(result: Any) -> str | None:
+def json_object(result: object) -> str | None:
     return None if isinstance(result, dict) else f"must be an object, got {json.dumps(result)[:100]}"
 
 
-def non_empty_string(result: Any) -> str | None:
+def non_empty_string(result: object) -> str | None:
     if isinstance(result, str) and result:
         return None
     return f"must be a non-empty string, got {json.dumps(result)[:100]}"
 
 
-def list_of_strings(result: Any) -> str | None:
+def list_of_strings(result: object) -> str | None:
     if isinstance(result, list) and all(isinstance(item, str) for item in result):
         return None
     return f"must be a list of strings, got {json.dumps(result)[:100]}"

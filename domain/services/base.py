@@ -16,18 +16,19 @@ import threading
 import time
 from collections import OrderedDict
 from typing import Any, ClassVar
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.domain import BaseAggregate
-from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
+from eventsourcing.domain import BaseAggregate, DomainEventProtocol, MutableOrImmutableAggregate
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError, Recording
 
 from ..shared_reads import SharedReads
 from ..idempotency import Idempotency, IdempotencyKey, KeyAlreadyUsed
 from ..snapshot import Refusal
 from ..task import Task
 from ..task_numbers import TASK_NUMBERS
+from ..log import Log
 
 AGGREGATE_CACHE_SIZE = 500
 COPY_ATTEMPTS = 20  # see get_aggregate
@@ -36,8 +37,13 @@ EXISTENCE_MEMO_SIZE = 10_000
 # How one save's events become durable, given them: the event store's own `put`
 # by default; adapters/group_commit.py shares one transaction among concurrent
 # saves (each save still returns only after its events committed: decision 16).
-RecordEvents = Callable[[list[Any]], list[Any]]
-Decide = Callable[[], Sequence[Any]]
+RecordEvents = Callable[[list[DomainEventProtocol[UUID]]], list[Recording[UUID]]]
+# What a command decided: the aggregates it changed (empty: nothing to save).
+Decide = Callable[[], Sequence[BaseAggregate[UUID]]]
+# What a save takes: the library's own parameter type (an override may not narrow it).
+Saveable = MutableOrImmutableAggregate[UUID] | DomainEventProtocol[UUID] | None
+# A save that survives a database outage, given what to decide (LedgerStore.save_through_outage).
+Persist = Callable[[Decide], list[Recording[UUID]]]
 
 
 class _Collected(ProcessingEvent):  # type: ignore[type-arg]  # the library's generic, used as it uses it
@@ -48,7 +54,8 @@ class _Collected(ProcessingEvent):  # type: ignore[type-arg]  # the library's ge
     (profiled, docs/performance.md). Our aggregates are `BaseAggregate`s, so a
     plain class check says the same; anything else takes the library's path."""
 
-    def collect_events(self, *objs: Any, **kwargs: Any) -> None:
+    # `**kwargs: Any`: the library's signature (saved with the events, read by its own recorders).
+    def collect_events(self, *objs: Saveable, **kwargs: Any) -> None:
         for obj in objs:
             if isinstance(obj, BaseAggregate):
                 self.events.extend(obj.collect_events())
@@ -81,7 +88,7 @@ class LedgerStore(Application):  # type: ignore[type-arg]  # aggregate ids are U
 
     # Saving ------------------------------------------------------------------
 
-    def save(self, *objs: Any, idempotency: Idempotency | None = None, **kwargs: Any) -> Any:
+    def save(self, *objs: Saveable, idempotency: Idempotency | None = None, **kwargs: Any) -> list[Recording[UUID]]:
         """`idempotency`: the key the command runs under, saved with its task in
         the same transaction (KeyAlreadyUsed: another request recorded it first)."""
         task = next((o for o in objs if isinstance(o, Task)), None) if idempotency is not None else None
@@ -96,7 +103,7 @@ class LedgerStore(Application):  # type: ignore[type-arg]  # aggregate ids are U
                 raise KeyAlreadyUsed(idempotency.key) from None
             raise
 
-    def _save(self, *objs: Any, **kwargs: Any) -> Any:
+    def _save(self, *objs: Saveable, **kwargs: Any) -> list[Recording[UUID]]:
         # `Application.save` (eventsourcing 9.5.6) step for step, collecting with _Collected.
         processing_event = _Collected()
         processing_event.collect_events(*objs, **kwargs)
@@ -107,18 +114,19 @@ class LedgerStore(Application):  # type: ignore[type-arg]  # aggregate ids are U
         self.notify(processing_event.events)  # the library's deprecated hook, kept for fidelity
         return recordings
 
-    def _record(self, processing_event: Any) -> Any:
+    def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
         if self._record_events is None or processing_event.tracking is not None or processing_event.saved_kwargs:
             return super()._record(processing_event)
         return self._record_events(processing_event.events)
 
-    def _notify(self, recordings: Any) -> None:
+    def _notify(self, recordings: list[Recording[UUID]]) -> None:
         # Wake in-process followers at once instead of waiting for their poll.
         super()._notify(recordings)
         for callback in self._on_saved:
             callback()
 
-    def save_with_retry(self, decide: Decide, attempts: int = 25, idempotency: Idempotency | None = None) -> Any:
+    def save_with_retry(self, decide: Decide, attempts: int = 25,
+                        idempotency: Idempotency | None = None) -> list[Recording[UUID]]:
         """Run `decide` (which reloads and mutates aggregates) and save, retrying
         on optimistic-concurrency conflicts. `decide` must be re-runnable."""
         for attempt in range(1, attempts + 1):
@@ -135,8 +143,8 @@ class LedgerStore(Application):  # type: ignore[type-arg]  # aggregate ids are U
                 time.sleep(random.uniform(0, 0.002 * attempt))
         raise AssertionError("unreachable")
 
-    def save_through_outage(self, decide: Decide, what: str, log: Any = None,
-                            sleep: Callable[[float], None] = time.sleep) -> Any:
+    def save_through_outage(self, decide: Decide, what: str, log: Log | None = None,
+                            sleep: Callable[[float], None] = time.sleep) -> list[Recording[UUID]]:
         """Save an outcome whatever it takes: only this process knows it (a CPI
         call or an agent step happened). While the database is away keep trying
         (if the process dies meanwhile, its recovery sweep finds the step)."""
@@ -150,7 +158,7 @@ class LedgerStore(Application):  # type: ignore[type-arg]  # aggregate ids are U
                 sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def record_refusal(self, command: str, reason: str, deployment: str | None, details: dict[str, Any],
+    def record_refusal(self, command: str, reason: str, deployment: str | None, details: Mapping[str, object],
                        actor: str) -> None:
         self.save(Refusal(command=command, reason=reason, deployment=deployment, details=details, actor=actor))
 
@@ -215,7 +223,7 @@ class LedgerStore(Application):  # type: ignore[type-arg]  # aggregate ids are U
         return known
 
 
-def _number_new_tasks(objs: Sequence[Any], recordings: Any) -> None:
+def _number_new_tasks(objs: Sequence[Saveable], recordings: list[Recording[UUID]]) -> None:
     """A new task's number is the position of its first event in the store:
     unique across API replicas without a coordinator, and an integer as the
     bosh CLI wants (issue 17). The tasks view keeps it (`seq`) for later reads."""

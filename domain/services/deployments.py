@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
 from collections.abc import Callable, Iterable, Mapping
 
 from eventsourcing.domain import Aggregate
 
-from ..deployment import Deployment, check_unique, deployment_id
+from ..deployment import Deployment, InstanceInput, check_unique, deployment_id
 from ..errors import DeploymentNotFound, UnknownCpi
 from ..ownership import OWNERSHIP_ID, DiskOwnedElsewhere, JobOwnedElsewhere, Ownership
 from ..schedule import REGISTRY_ID, DeploymentRegistry
+from ..json_types import JsonObject
 from .base import LedgerStore
 
 
 class DeploymentService:
     def __init__(self, store: LedgerStore, default_cpi: str, cpi_names: Iterable[str],
-                 declared_retention: Mapping[str, dict[str, Any] | None] | None = None) -> None:
+                 declared_retention: Mapping[str, JsonObject | None] | None = None) -> None:
         self.store = store
         self.default_cpi = default_cpi
         self.cpi_names = frozenset(cpi_names)
@@ -24,7 +24,7 @@ class DeploymentService:
         # inherit), applied when such a deployment is first recorded (decision 24).
         self.declared_retention = dict(declared_retention or {})
 
-    def record(self, name: str, tags: dict[str, str], instances: list[dict[str, Any]],
+    def record(self, name: str, tags: dict[str, str], instances: list[InstanceInput],
                actor: str, cpi: str | None = None, move_disks: Iterable[str] = (),
                move_jobs: Iterable[str] = (),
                may_move_from: Callable[[str], bool] = lambda owner: False) -> Deployment:

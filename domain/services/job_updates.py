@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID, uuid4
 
 from ..agent import DRAIN_TYPES, drain_states
+from ..deployment import InventoryInstance
 from ..errors import LedgerError
 from ..idempotency import Idempotency
-from ..job_update import KIND, TRIGGER, JobUpdate, instance_operation_id, label_of
+from ..job_update import KIND, TRIGGER, JobUpdate, PlannedInstance, instance_operation_id, label_of
+from ..json_types import JsonMapping, JsonObject
 from ..ownership import JobOwnedElsewhere
 from ..task import Task
 from .base import LedgerStore
 from .deployments import DeploymentService
 
 
-def _state(value: dict[str, Any] | None) -> dict[str, Any] | None:
+def _state(value: JsonMapping | None) -> JsonObject | None:
     return dict(value) if value is not None else None
+
+
+def _planned(task_id: UUID, inst: InventoryInstance, cur: JsonObject | None, nxt: JsonObject | None
+             ) -> PlannedInstance:
+    current_state, next_state = drain_states(inst, cur, nxt)
+    planned = PlannedInstance(id=inst["id"], job=inst["job"], index=inst["index"], disks=list(inst["disks"]),
+                              jobs=list(inst.get("jobs") or [inst["job"]]), current_state=current_state,
+                              next_state=next_state, operation_id=instance_operation_id(task_id, inst["id"]))
+    # The optional facts only when known, as the inventory holds them.
+    if "agent_id" in inst:
+        planned["agent_id"] = inst["agent_id"]
+    if "persistent_disk" in inst:
+        planned["persistent_disk"] = inst["persistent_disk"]
+    return planned
 
 
 class JobUpdateService:
@@ -25,7 +40,7 @@ class JobUpdateService:
         self.deployments = deployments
 
     def announce(self, deployment: str, job: str, index_or_id: str | None, drain_type: str, actor: str,
-                 next_state: dict[str, Any] | None = None, current_state: dict[str, Any] | None = None,
+                 next_state: JsonMapping | None = None, current_state: JsonMapping | None = None,
                  max_in_flight: int = 1, idempotency: Idempotency | None = None) -> Task:
         """Accept a job update: one task, one JobUpdate, durable together before the answer."""
         if drain_type not in DRAIN_TYPES:
@@ -36,11 +51,7 @@ class JobUpdateService:
         instances = dep.find_instances(job, index_or_id)
         nxt, cur = _state(next_state), _state(current_state)
         task_id = uuid4()
-        planned = [{"id": i["id"], "job": i["job"], "index": i["index"], "disks": list(i["disks"]),
-                    "jobs": list(i.get("jobs") or [i["job"]]),
-                    **{k: i[k] for k in ("agent_id", "persistent_disk") if i.get(k) is not None},
-                    **drain_states(i, cur, nxt),
-                    "operation_id": instance_operation_id(task_id, i["id"])} for i in instances]
+        planned = [_planned(task_id, i, cur, nxt) for i in instances]
         # A release job another deployment owns: its scripts are not this deployment's to run (issue 16, item 4).
         foreign = self.deployments.foreign_jobs(deployment, {j for p in planned for j in p["jobs"]})
         if foreign:

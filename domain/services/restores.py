@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 from collections.abc import Callable, Iterable
 from uuid import UUID, uuid4
 
@@ -11,10 +10,11 @@ from eventsourcing.persistence import IntegrityError
 from ..deployment import Deployment
 from ..errors import Conflict, LedgerError, SnapshotNotFound, SnapshotsDisabled
 from ..idempotency import Idempotency
+from ..json_types import JsonObject
 from ..names import SELF_DEPLOYMENT, is_valid_name
 from ..ownership import JobOwnedElsewhere
 from ..restore import (KIND, CpiCannotRestore, DiskExists, DiskNotInInventory, NewDisk, NotRestorable, Restore,
-                       new_disk_id, restore_operation_id)
+                       RestoreInstance, new_disk_id, restore_operation_id)
 from ..snapshot import DELETE_REQUESTED, DELETED, DELETING, IN_DOUBT, TAKEN, Refusal, Snapshot
 from ..task import Task
 from .base import LedgerStore
@@ -90,7 +90,7 @@ class RestoreService:
                 field="cpi"), cpi=snapshot.cpi)
         return snapshot
 
-    def _in_place(self, dep: Deployment, snapshot: Snapshot, refuse: _Refuser) -> tuple[str, dict[str, Any]]:
+    def _in_place(self, dep: Deployment, snapshot: Snapshot, refuse: _Refuser) -> tuple[str, RestoreInstance]:
         """The disk to overwrite (the snapshot's own) and the instance whose jobs are drained and stopped."""
         cid, name = snapshot.snapshot_cid or "", dep.name
         if not self.settings.snapshots_enabled():
@@ -111,16 +111,16 @@ class RestoreService:
             raise refuse(Conflict(f"disk '{snapshot.disk_cid}' is also listed by another deployment; "
                                   "refusing to restore onto it", field="cid"), listed_by=other)
         inst = owners[0]
-        instance = {"id": inst["id"], "job": inst["job"], "index": inst["index"],
-                    "jobs": list(inst.get("jobs") or [inst["job"]]), "agent_id": inst.get("agent_id"),
-                    **({"persistent_disk": inst["persistent_disk"]} if inst.get("persistent_disk") is not None
-                       else {})}
+        instance = RestoreInstance(id=inst["id"], job=inst["job"], index=inst["index"],
+                                   jobs=list(inst.get("jobs") or [inst["job"]]), agent_id=inst.get("agent_id"))
+        if "persistent_disk" in inst:
+            instance["persistent_disk"] = inst["persistent_disk"]
         foreign = self.deployments.foreign_jobs(name, instance["jobs"])  # their drain/stop are not ours to run
         if foreign:
             raise refuse(JobOwnedElsewhere(foreign, field="jobs"), owners=foreign)
         return snapshot.disk_cid, instance
 
-    def _into_new_disk(self, target: str, snapshot: Snapshot, refuse: _Refuser) -> tuple[str, dict[str, Any]]:
+    def _into_new_disk(self, target: str, snapshot: Snapshot, refuse: _Refuser) -> tuple[str, RestoreInstance]:
         cpi = snapshot.cpi
         exists = (self.store.contains(new_disk_id(cpi, target))
                   or self.deployments.listing(target, None)
@@ -128,9 +128,9 @@ class RestoreService:
         if exists:
             raise refuse(DiskExists(f"disk '{target}' already exists; a restore into a new disk never "
                                     "overwrites one", field="to_new_disk"))
-        return target, {"id": snapshot.instance_id, "job": snapshot.job, "index": snapshot.index, "jobs": []}
+        return target, RestoreInstance(id=snapshot.instance_id, job=snapshot.job, index=snapshot.index, jobs=[])
 
-    def _accept(self, deployment: str, snapshot: Snapshot, target: str, instance: dict[str, Any], new_disk: bool,
+    def _accept(self, deployment: str, snapshot: Snapshot, target: str, instance: RestoreInstance, new_disk: bool,
                 actor: str, refuse: _Refuser, idempotency: Idempotency | None) -> Task:
         snapshot_cid, cpi = snapshot.snapshot_cid or "", snapshot.cpi
         task_id = uuid4()
@@ -159,10 +159,10 @@ class RestoreService:
 class _Refuser:
     """Records a refusal of one restore request (`Refusal.Recorded`) and hands back its error to raise."""
 
-    def __init__(self, store: LedgerStore, deployment: str, actor: str, details: dict[str, Any]) -> None:
+    def __init__(self, store: LedgerStore, deployment: str, actor: str, details: JsonObject) -> None:
         self.store, self.deployment, self.actor, self.details = store, deployment, actor, details
 
-    def __call__(self, error: LedgerError, **more: Any) -> LedgerError:
+    def __call__(self, error: LedgerError, **more: object) -> LedgerError:
         self.store.save(Refusal(command=KIND, reason=error.message, deployment=self.deployment,
                                 details={**self.details, **more}, actor=self.actor))
         return error

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from uuid import uuid4
 
+from ..json_types import JsonObject
 from ..director import Director
 from ..discovery import SelfDiscovery
 from ..errors import SnapshotsDisabled
@@ -47,7 +48,7 @@ class SelfSnapshotService:
         snapshots = []
         for disk in disks:
             snapshot_id = uuid4()
-            metadata = {
+            metadata: JsonObject = {
                 "deployment": "self", "job": "director", "index": 0, "director_name": self.director.name,
                 "director_uuid": self.director.uuid, "agent_id": "self", "instance_id": vm_cid,
                 "snapledger_operation_id": str(snapshot_id),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 from collections.abc import Mapping
 
 from eventsourcing.domain import Aggregate
@@ -37,7 +36,7 @@ class SettingsService:
     def snapshots_enabled(self) -> bool:
         return bool(self.current().enable_snapshots)
 
-    def refuse_managed_changes(self, changes: dict[str, Any], actor: str) -> None:
+    def refuse_managed_changes(self, changes: Mapping[str, object], actor: str) -> None:
         """Refuse (409, naming the file and key) a runtime change of a managed
         setting, before anything is saved; setting the managed value again is no change."""
         if not self.managed:
@@ -46,7 +45,7 @@ class SettingsService:
         current = {"enable_snapshots": settings.enable_snapshots, **settings.schedules}
         for key, value in changes.items():
             if key in SCHEDULE_NAMES:
-                value = (value or "").strip() or None
+                value = (str(value or "")).strip() or None
             if key in self.managed and current.get(key) != value:
                 self.refuse_managed(key, actor)
 

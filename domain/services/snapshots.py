@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
 from collections.abc import Iterable
 from uuid import UUID, uuid4
 
 from eventsourcing.domain import Aggregate
 
-from ..deployment import Deployment
+from ..deployment import Deployment, InventoryInstance
 from ..director import Director
 from ..errors import SnapshotNotFound, SnapshotsDisabled
 from ..idempotency import Idempotency
+from ..job_update import UpdateInstance
+from ..json_types import JsonObject
 from ..names import SELF_DEPLOYMENT
+from ..restore import RestoreInstance
 from ..snapshot import LISTED_STATES, TAKEN, Snapshot, SnapshotCid, snapshot_cid_id
 from ..task import Task
 from .base import LedgerStore
@@ -45,9 +47,9 @@ class SnapshotService:
         self.store.save(task, *snapshots, idempotency=idempotency)
         return task
 
-    def plan(self, dep: Deployment, instances: list[dict[str, Any]], kind: str, description: str,
+    def plan(self, dep: Deployment, instances: list[InventoryInstance], kind: str, description: str,
              trigger: str, clean: bool, actor: str,
-             context: dict[str, Any] | None = None) -> tuple[Task, list[Snapshot]]:
+             context: JsonObject | None = None) -> tuple[Task, list[Snapshot]]:
         """A task and one snapshot request per disk of the instances (unsaved)."""
         task_id = uuid4()
         snapshots = [
@@ -63,13 +65,13 @@ class SnapshotService:
             task.finish_empty("no persistent disks to snapshot", actor=actor)
         return task, snapshots
 
-    def new_snapshot(self, task_id: UUID, dep: Deployment, inst: dict[str, Any], disk_cid: str,
-                     trigger: str, clean: bool, actor: str) -> Snapshot:
+    def new_snapshot(self, task_id: UUID, dep: Deployment, inst: InventoryInstance | UpdateInstance | RestoreInstance,
+                     disk_cid: str, trigger: str, clean: bool, actor: str) -> Snapshot:
         """One snapshot request (unsaved) of an instance's disk, for the task `task_id`."""
         snapshot_id = uuid4()
         # The metadata BOSH sends (snapshot_manager.rb), then the deployment's
         # tags, then our operation id so a leaked IaaS snapshot can be traced.
-        metadata: dict[str, Any] = {
+        metadata: JsonObject = {
             "deployment": dep.name,
             "job": inst["job"],
             "index": inst["index"],
@@ -152,7 +154,7 @@ class SnapshotService:
                 snapshots.append(snapshot)
             task = Task(  # type: ignore[call-arg]
                 id=task_id, kind=kind, description=description, deployment=deployment,
-                operations=[str(s.id) for s in snapshots], actor=actor, context={"cids": cids},
+                operations=[str(s.id) for s in snapshots], actor=actor, context={"cids": [cid for cid in cids]},
             )
             if not snapshots:
                 task.finish_empty("no snapshots to delete", actor=actor)

@@ -22,6 +22,9 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
+from eventsourcing.domain import Aggregate
+
+from ..json_types import JsonObject
 from ..snapshot import Snapshot
 from ..task import GOOD_OUTCOMES, Task
 from .base import LedgerStore
@@ -53,7 +56,7 @@ class TaskProgressService:
         self.store = store
         # operation id -> what its outcome line names; filled from the requests
         # followed, else read from the snapshot (a deletion, or after a restart).
-        self._facts: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._facts: OrderedDict[str, dict[str, str | None]] = OrderedDict()
 
     def follow(self, events: Sequence[Any]) -> int:
         """Apply a batch of snapshot events (log order) to their tasks, in one
@@ -73,7 +76,7 @@ class TaskProgressService:
             return 0
         ended = 0
 
-        def decide() -> list[Any]:
+        def decide() -> list[Aggregate]:
             nonlocal ended
             tasks: dict[str, Task | None] = {}
             ended = 0  # a retried round counts again
@@ -106,7 +109,7 @@ class TaskProgressService:
         if len(self._facts) > FACTS_SIZE:
             self._facts.popitem(last=False)
 
-    def _facts_of(self, op: str) -> dict[str, Any]:
+    def _facts_of(self, op: str) -> dict[str, str | None]:
         facts = self._facts.get(op)
         if facts is not None:
             return facts
@@ -116,12 +119,12 @@ class TaskProgressService:
         return {"instance": snapshot.instance_label, "disk_cid": snapshot.disk_cid,
                 "snapshot_cid": snapshot.snapshot_cid}
 
-    def _detail(self, event: Any) -> dict[str, Any]:
+    def _detail(self, event: Any) -> JsonObject:
         """The outcome as the task records it (the task's result and output lines read it)."""
         op = str(event.originator_id)
         outcome = OUTCOME_OF[type(event)]
         facts = self._facts_of(op)
-        detail: dict[str, Any] = {"instance": facts["instance"], "disk_cid": facts["disk_cid"],
+        detail: JsonObject = {"instance": facts["instance"], "disk_cid": facts["disk_cid"],
                                   "snapshot_cid": getattr(event, "snapshot_cid", None) or facts["snapshot_cid"]}
         if outcome == "in_doubt":
             detail.update(snapshot_cid=None, error_type="Snapledger::InDoubt",

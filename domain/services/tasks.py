@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 from uuid import UUID
+
+from eventsourcing.domain import Aggregate
 
 from ..errors import InvalidState, TaskNotFound
 from ..idempotency import Idempotency
@@ -67,7 +68,7 @@ class TaskService:
         outcome, and the last one ends the task `cancelled`."""
         result: list[Task] = []
 
-        def decide() -> list[Any]:
+        def decide() -> list[Aggregate]:
             task = self.get(task_id)
             if task.is_finished:
                 raise InvalidState(f"task {getattr(task, 'number', None) or task_id} is already {task.state}",
@@ -75,7 +76,7 @@ class TaskService:
             if task.kind not in CANCELLABLE_KINDS:
                 raise InvalidState(f"a {task.kind} task cannot be cancelled", field="task_id")
             task.request_cancel(actor=actor)
-            changed: list[Any] = []
+            changed: list[Aggregate] = []
             for op in task.operations:
                 if op in task.outcomes:
                     continue

@@ -1,0 +1,19 @@
+"""The logger the domain and the processes are given: structlog's bound logger, as used.
+
+structlog's `get_logger()` is typed `Any`; this Protocol says what our code
+calls on it (one event name, fields as keywords), so a caller that passes
+something else, or a call with a positional field, is a type error.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Log(Protocol):
+    def bind(self, **fields: object) -> Log: ...
+    def debug(self, event: str, **fields: object) -> object: ...
+    def info(self, event: str, **fields: object) -> object: ...
+    def warning(self, event: str, **fields: object) -> object: ...
+    def error(self, event: str, **fields: object) -> object: ...
+    def exception(self, event: str, **fields: object) -> object: ...
