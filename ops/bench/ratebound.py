@@ -15,6 +15,7 @@ covers every disk. Measured, for each W:
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import urllib.request
@@ -117,6 +118,13 @@ def manual_snapshot_seconds(port: int) -> float | None:
         with urllib.request.urlopen(urllib.request.Request(f"{base}/tasks/{task_id}", headers=headers),
                                     timeout=30) as resp:
             if json.loads(resp.read())["state"] in ("done", "error"):
-                return time.monotonic() - started
+                took = time.monotonic() - started
+                if os.environ.get("RATEBOUND_TRACE"):
+                    with urllib.request.urlopen(urllib.request.Request(f"{base}/tasks/{task_id}/events",
+                                                                       headers=headers), timeout=30) as r:
+                        for e in json.loads(r.read()):
+                            print("TRACE", e.get("position"), e.get("type"), e.get("time"), flush=True)
+                    print("TRACE requested at", time.time() - took, flush=True)
+                return took
         time.sleep(0.01)
     return None
