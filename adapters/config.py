@@ -23,11 +23,11 @@ import yaml
 
 from .config_cpis import CpiSpec
 from .config_refusals import BadConfigFile, ConfigError, UnknownKey, nearest
-from .config_schema import ENV_PREFIX, KEYS, MANAGEABLE, STRUCTURED, Config, env_name
+from .config_schema import ENV_PREFIX, KEYS, MANAGEABLE, STRUCTURED, Config, UserEntry, env_name
 from .config_values import load_retention, lookup, parse_users, parse_value, validate
 
 # What callers import from here: the loader and the types it returns and raises.
-__all__ = ["BadConfigFile", "Config", "ConfigError", "CpiSpec", "UnknownKey", "load_config"]
+__all__ = ["BadConfigFile", "Config", "ConfigError", "CpiSpec", "UnknownKey", "UserEntry", "load_config"]
 
 # SNAPLEDGER_* variables that are not configuration keys: the CLI client's, what
 # the agent sets for drain and stop scripts, and the tests' and benchmarks' own.
