@@ -70,7 +70,7 @@ ALLOWANCE: dict[str, tuple[int, str]] = {
     "api/director.py": (3, BACKLOG),
     "api/director_serving.py": (3, BACKLOG),
     "api/errors.py": (2, BACKLOG),
-    "api/openapi.py": (11, BACKLOG),
+    "api/openapi.py": (1, "apispec: APISpec.to_dict() returns dict[str, Any], which _refine walks as it is"),
     "api/requests.py": (7, "marshmallow's Schema.load result and stdlib json.loads (the body before its schema checks it)"),
     "api/routes_audit.py": (1, BACKLOG),
     "api/routes_deployments.py": (1, BACKLOG),
@@ -78,7 +78,6 @@ ALLOWANCE: dict[str, tuple[int, str]] = {
     "api/routes_restores.py": (1, "marshmallow: Schema.load's result (api/requests.py body)"),
     "api/routes_retention.py": (1, "marshmallow: Schema.load's result (api/requests.py body)"),
     "api/routes_settings.py": (2, BACKLOG),
-    "api/routing.py": (1, BACKLOG),
     "api/schemas.py": (20, "marshmallow: Field._deserialize(value, attr, data, **kwargs: Any), validators' and @validates_schema "
         "hooks' signatures"),
     "api/startup.py": (3, BACKLOG),
