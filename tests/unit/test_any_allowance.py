@@ -32,7 +32,6 @@ ALLOWANCE: dict[str, tuple[int, str]] = {
     "adapters/config.py": (4, BACKLOG),
     "adapters/config_cpis.py": (2, BACKLOG),
     "adapters/config_schema.py": (2, BACKLOG),
-    "adapters/cpi/local.py": (8, BACKLOG),
     "adapters/cpi/local_copy.py": (3, BACKLOG),
     "adapters/cpi/local_files.py": (4, BACKLOG),
     "adapters/cpi/local_index.py": (3, BACKLOG),
