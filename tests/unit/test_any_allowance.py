@@ -87,11 +87,9 @@ ALLOWANCE: dict[str, tuple[int, str]] = {
     "domain/services/task_progress.py": (2, ES_EVENTS),
     "domain/shared_reads.py": (1, "eventsourcing: one shared slot for what Repository.get returned, whatever aggregate type its callers "
         "name"),
-    "projections/audit.py": (3, BACKLOG),
     "projections/database.py": (3, "psycopg's dict_row rows (dict[str, Any], the Row alias) and the driver's cursor (psycopg or sqlite3: "
         "no common type)"),
     "projections/deployments.py": (3, ES_EVENTS),
-    "projections/events.py": (8, BACKLOG),
     "projections/in_flight.py": (9, ES_EVENTS),
     "projections/job_updates.py": (10, ES_EVENTS),
     "projections/projector.py": (2, ES_EVENTS),
