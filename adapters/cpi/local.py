@@ -37,7 +37,7 @@ from snapledger.domain.json_types import JsonObject
 
 from .local_copy import RESTORE_STAGE, DiskCopier
 from .local_files import TMP_PREFIX, check_cid, hold, replace_content, rmtree, write_atomic
-from .local_index import DATA, LATEST, MANIFEST, SnapshotIndex
+from .local_index import DATA, LATEST, MANIFEST, Manifest, SnapshotIndex
 
 OPERATION_ID_KEY = "snapledger_operation_id"
 _TMP = TMP_PREFIX
@@ -140,7 +140,7 @@ class LocalCpi:
         held = hold(tmp)  # in use: _remove_leftovers leaves it alone until this process is gone
         try:
             files = self.copier.copy(disk, tmp / DATA, self.index.previous(disk_cid))
-            manifest = {
+            manifest: Manifest = {
                 "snapshot_cid": cid,
                 "disk_cid": disk_cid,
                 "metadata": metadata,
