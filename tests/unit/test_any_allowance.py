@@ -61,20 +61,13 @@ ALLOWANCE: dict[str, tuple[int, str]] = {
     "api/cli_snapshots.py": (2, CLIENT_JSON),
     "api/cli_tasks.py": (4, CLIENT_JSON),
     "api/client.py": (12, CLIENT_JSON),
-    "api/director.py": (3, BACKLOG),
-    "api/director_serving.py": (3, BACKLOG),
-    "api/errors.py": (2, BACKLOG),
     "api/openapi.py": (1, "apispec: APISpec.to_dict() returns dict[str, Any], which _refine walks as it is"),
     "api/requests.py": (7, "marshmallow's Schema.load result and stdlib json.loads (the body before its schema checks it)"),
-    "api/routes_audit.py": (1, BACKLOG),
-    "api/routes_deployments.py": (1, BACKLOG),
     "api/routes_job_updates.py": (1, "marshmallow: Schema.load's result (api/requests.py body)"),
     "api/routes_restores.py": (1, "marshmallow: Schema.load's result (api/requests.py body)"),
     "api/routes_retention.py": (1, "marshmallow: Schema.load's result (api/requests.py body)"),
-    "api/routes_settings.py": (2, BACKLOG),
     "api/schemas.py": (20, "marshmallow: Field._deserialize(value, attr, data, **kwargs: Any), validators' and @validates_schema "
         "hooks' signatures"),
-    "api/startup.py": (3, BACKLOG),
     "domain/job_update.py": (1, "eventsourcing: Aggregate.trigger_event(event_class, **kwargs: Any), overridden with its signature"),
     "domain/services/base.py": (6, "eventsourcing: Application.save/collect_events take **kwargs: Any; Repository.get returns the "
         "aggregate type its caller names (a TypeVar solved by the assignment), which load/read/get_aggregate "
@@ -88,7 +81,6 @@ ALLOWANCE: dict[str, tuple[int, str]] = {
     "projections/in_flight.py": (9, ES_EVENTS),
     "projections/job_updates.py": (10, ES_EVENTS),
     "projections/projector.py": (2, ES_EVENTS),
-    "projections/queries.py": (2, BACKLOG),
     "projections/replay.py": (3, "eventsourcing's Mapper generic; the driver cursor and its row tuples (psycopg or sqlite3)"),
     "projections/restores.py": (7, ES_EVENTS),
     "projections/schedule_fires.py": (1, ES_EVENTS),
