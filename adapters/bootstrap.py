@@ -21,12 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import psycopg
 import structlog
 from psycopg import sql
+from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool
+from snapledger.domain.agent import Agent
 from snapledger.domain.application import Director, Ledger
 from snapledger.domain.cpi import Cpi
 from snapledger.domain.job_update_runner import JobUpdateRunner
@@ -93,7 +95,7 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def crash_point_hook() -> Any:
+def crash_point_hook() -> Callable[[str], None] | None:
     """Test-only: SNAPLEDGER_CRASH_AT=call_started|cpi_returned|outcome_saved|in_doubt_marked makes
     the worker process die (no clean-up, like SIGKILL) the first time it gets there."""
     point = os.environ.get("SNAPLEDGER_CRASH_AT")
@@ -144,7 +146,7 @@ class Runtime:
     # In start order; stopped in reverse (the scheduler first, the projector last).
     background: list[Stoppable] = field(default_factory=list)
     locks: DiskLocks | None = None
-    agent: Any = None
+    agent: Agent | None = None
     beat_db: Database | None = None  # the worker role's heartbeat connection
     started: bool = False
     forget_task_numbers: Callable[[], None] = lambda: None  # unregisters the store's task-number lookup
@@ -178,7 +180,7 @@ class Runtime:
 
 
 def bootstrap(config: Config, roles: frozenset[str] | set[str] = ROLES, *,
-              cpis: Mapping[str, Cpi] | None = None, agent: Any = None) -> Runtime:
+              cpis: Mapping[str, Cpi] | None = None, agent: Agent | None = None) -> Runtime:
     """Build the process that runs `roles`. `cpis` and `agent` replace the
     configured CPIs and the local agent (benchmarks' instant CPI, tests' fakes
     at the IaaS boundary); rate limits still wrap the CPIs given."""
@@ -294,13 +296,13 @@ def build_disk_locks(url: StoreUrl, config: Config) -> PostgresDiskLocks | FileD
     own (one connection per call in flight, plus one), or file locks on SQLite."""
     if url.kind != "postgres":
         return FileDiskLocks(config.data_dir / "locks")
-    pool: ConnectionPool[Any] = ConnectionPool(
+    pool: ConnectionPool[psycopg.Connection[TupleRow]] = ConnectionPool(
         url.conninfo(), min_size=0, max_size=config.worker_max_in_flight + 1, timeout=30,
         kwargs={"autocommit": True}, open=True, name="disk-locks", reconnect_timeout=RECONNECT_TIMEOUT_S)
     return PostgresDiskLocks(pool)
 
 
-def build_agent(config: Config, log: Log | None = None) -> Any:
+def build_agent(config: Config, log: Log | None = None) -> Agent:
     """The local agent from configuration (`jobs_dir`, `drain_timeout`, `stop_command`, ...)."""
     from .agent_local import LocalAgent
 
@@ -309,7 +311,7 @@ def build_agent(config: Config, log: Log | None = None) -> Any:
                       stop_timeout_s=config.stop_timeout_s, wait_scale=config.drain_wait_scale, log=log)
 
 
-def build_workers(runtime: Runtime, locks: DiskLocks, agent: Any) -> list[Stoppable]:
+def build_workers(runtime: Runtime, locks: DiskLocks, agent: Agent) -> list[Stoppable]:
     """The worker role: the snapshot worker (it beats for the process), then the
     job-update and restore workers, one worker id for the three."""
     config, ledger, log = runtime.config, runtime.ledger, runtime.log
@@ -354,7 +356,7 @@ def private_data_dir(path: Path) -> None:
     os.chmod(path, 0o700)
 
 
-def local_disk_exists(config: Config) -> Any:
+def local_disk_exists(config: Config) -> Callable[[str, str], bool]:
     """Whether a disk exists in a local CPI, answered by any process of this host
     (the API refuses a restore into an existing disk before accepting it; the
     worker checks again before it writes)."""

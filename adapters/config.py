@@ -17,17 +17,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from .config_cpis import CpiSpec
 from .config_refusals import BadConfigFile, ConfigError, UnknownKey, nearest
-from .config_schema import ENV_PREFIX, KEYS, MANAGEABLE, STRUCTURED, Config, env_name
+from .config_schema import ENV_PREFIX, KEYS, MANAGEABLE, STRUCTURED, Config, UserEntry, env_name
 from .config_values import load_retention, lookup, parse_users, parse_value, validate
 
 # What callers import from here: the loader and the types it returns and raises.
-__all__ = ["BadConfigFile", "Config", "ConfigError", "CpiSpec", "UnknownKey", "load_config"]
+__all__ = ["BadConfigFile", "Config", "ConfigError", "CpiSpec", "UnknownKey", "UserEntry", "load_config"]
 
 # SNAPLEDGER_* variables that are not configuration keys: the CLI client's, what
 # the agent sets for drain and stop scripts, and the tests' and benchmarks' own.
@@ -46,11 +45,11 @@ def _sections() -> set[str]:
     return {".".join(key.split(".")[:i]) for key in (*KEYS, *STRUCTURED) for i in range(1, key.count(".") + 1)}
 
 
-def _check_file_keys(data: Mapping[str, Any], source: str) -> None:
+def _check_file_keys(data: Mapping[str, object], source: str) -> None:
     sections = _sections()
     known = sorted({*KEYS, *STRUCTURED, *sections})
 
-    def walk(node: Mapping[str, Any], prefix: str) -> None:
+    def walk(node: Mapping[str, object], prefix: str) -> None:
         for name, value in node.items():
             key = f"{prefix}{name}"
             if key in KEYS or key in STRUCTURED:
@@ -78,7 +77,7 @@ def _check_env_names(environ: Mapping[str, str]) -> None:
         raise UnknownKey(variable, nearest(variable, sorted(names)), "environment", what="variable")
 
 
-def _read_file(path: str | Path) -> dict[str, Any]:
+def _read_file(path: str | Path) -> dict[str, object]:
     try:
         data = yaml.safe_load(Path(path).read_text())
     except OSError as error:
@@ -96,7 +95,7 @@ def _read_file(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None,
-                **overrides: Any) -> Config:
+                **overrides: object) -> Config:
     """File, then environment, then explicit overrides (command-line flags)."""
     environ = os.environ if environ is None else environ
     source = str(path) if path else ""

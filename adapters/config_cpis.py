@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from snapledger.domain.errors import LedgerError
+from snapledger.domain.json_types import JsonObject
 from snapledger.domain.rate_limit import RateLimit
 from snapledger.domain.retry import RetryPolicy
 
@@ -19,7 +20,7 @@ class CpiSpec:
     name: str
     type: str  # local | external
     executable: str = ""
-    properties: dict[str, Any] = field(default_factory=dict)
+    properties: JsonObject = field(default_factory=dict)
     timeout_s: float = 300.0
     max_in_flight: int = 4
     retry: RetryPolicy = field(default_factory=RetryPolicy)

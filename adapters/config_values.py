@@ -4,35 +4,33 @@ users), and the ranges and references checked once everything is read."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from snapledger.domain.cron import CronError, CronSchedule
+from snapledger.domain.json_types import JsonObject
 from snapledger.domain.names import NAME_PATTERN
 from snapledger.domain.retention import InvalidPolicy, RetentionPolicy
 from snapledger.domain.settings import SCHEDULE_NAMES
 
 from .config_refusals import ConfigError, UnknownKey, nearest
-from .config_schema import ENV_PREFIX, Config
+from .config_schema import ENV_PREFIX, Config, Converter, Parser, UserEntry
 
 
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", Path: "a path"}
+_TYPE_NAMES: dict[Converter, str] = {int: "an integer", float: "a number", str: "a string", Path: "a path"}
 
 
-def parse_value(key: str, parser: Any, raw: Any, source: str | None = None) -> Any:
+def parse_value(key: str, parser: Parser, raw: object, source: str | None = None) -> object:
     """A file's value must already have the key's type (YAML typed it); an
     environment variable's text is converted."""
     text = isinstance(raw, str) and source is not None and source.startswith(ENV_PREFIX)
-    if parser == "schedule":
-        if raw is False:  # YAML 1.1 reads a bare `off` as false
-            return "off"
-        parser = str
-    if parser == "optional_seconds":
-        if raw is None or raw is False or str(raw).strip().lower() in ("", "none", "off"):
-            return None
-        parser = float
+    if parser == "schedule" and raw is False:  # YAML 1.1 reads a bare `off` as false
+        return "off"
+    if parser == "optional_seconds" and (raw is None or raw is False or
+                                         str(raw).strip().lower() in ("", "none", "off")):
+        return None
     if parser == "bool":
         if isinstance(raw, bool):
             return raw
@@ -42,21 +40,36 @@ def parse_value(key: str, parser: Any, raw: Any, source: str | None = None) -> A
         if text and value in ("0", "false", "no", "off"):
             return False
         raise ConfigError(key, f"expected true or false, got {raw!r}", source)
+    convert: Converter = str if parser == "schedule" else float if parser == "optional_seconds" else parser
     if not text and source is not None:
-        allowed: tuple[type, ...] = {int: (int,), float: (int, float)}.get(parser, (str,))
+        allowed: tuple[type, ...] = {int: (int,), float: (int, float)}.get(convert, (str,))
         if isinstance(raw, bool) or not isinstance(raw, allowed):
-            raise ConfigError(key, f"expected {_TYPE_NAMES[parser]}, got {raw!r}", source)
+            raise ConfigError(key, f"expected {_TYPE_NAMES[convert]}, got {raw!r}", source)
     try:
-        return parser(raw)
+        return _convert(convert, raw)
     except (TypeError, ValueError):
-        raise ConfigError(key, f"expected {_TYPE_NAMES.get(parser, parser.__name__)}, got {raw!r}",
+        raise ConfigError(key, f"expected {_TYPE_NAMES.get(convert, convert.__name__)}, got {raw!r}",
                           source) from None
+
+
+def _convert(convert: Converter, raw: object) -> object:
+    """`convert(raw)`; the TypeError those constructors raise for a value they do not take is
+    raised here before the call, for the values mypy does not see they take."""
+    if convert is str:
+        return str(raw)
+    if convert is Path:
+        if not isinstance(raw, (str, os.PathLike)):
+            raise TypeError(raw)
+        return Path(raw)
+    if not isinstance(raw, (str, bytes, int, float)):
+        raise TypeError(raw)
+    return int(raw) if convert is int else float(raw)
 
 
 _POLICY_KEYS = ("keep_last", "keep_for", "keep_clean")
 
 
-def load_retention(config: Config, data: Mapping[str, Any], source: str) -> None:
+def load_retention(config: Config, data: Mapping[str, object], source: str) -> None:
     """`retention: {default: POLICY, deployments: {NAME: POLICY or inherit}}`; each one
     declared is managed by the file."""
     default = lookup(data, "retention.default")
@@ -76,8 +89,8 @@ def load_retention(config: Config, data: Mapping[str, Any], source: str) -> None
         config.managed[key] = source
 
 
-def lookup(data: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = data
+def lookup(data: Mapping[str, object], dotted: str) -> object:
+    node: object = data
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node:
             return None
@@ -85,7 +98,7 @@ def lookup(data: Mapping[str, Any], dotted: str) -> Any:
     return node
 
 
-def _parse_policy(key: str, raw: Any, source: str) -> dict[str, Any]:
+def _parse_policy(key: str, raw: object, source: str) -> JsonObject:
     if not isinstance(raw, dict):
         inherit = " or inherit" if key.startswith("retention.deployments.") else ""
         raise ConfigError(key, f"must be a mapping of {', '.join(_POLICY_KEYS)}{inherit}", source)
@@ -106,10 +119,10 @@ def _parse_policy(key: str, raw: Any, source: str) -> dict[str, Any]:
         raise ConfigError(f"{key}.{error.field}", error.message, source) from None
 
 
-def parse_users(raw: Any) -> list[dict[str, Any]]:
+def parse_users(raw: object) -> list[UserEntry]:
     if not isinstance(raw, list):
         raise ConfigError("auth.users", "must be a list of {name, secret_hash, scopes}")
-    users = []
+    users: list[UserEntry] = []
     for i, entry in enumerate(raw):
         key = f"auth.users[{i}]"
         if not isinstance(entry, dict) or set(entry) - {"name", "secret_hash", "scopes"}:

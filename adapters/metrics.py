@@ -17,10 +17,10 @@ series count and nothing here alerts on them.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -28,10 +28,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from snapledger.domain.job_update import FAILED as JOB_UPDATE_FAILED
+from snapledger.projections.database import Row
 from snapledger.projections.in_flight import AWAITING_OPERATOR
 
 if TYPE_CHECKING:
     from snapledger.adapters.bootstrap import Runtime
+
+
+class Query(Protocol):
+    """The event store's query (Database.query), which the families read their views with."""
+
+    def __call__(self, statement: str, params: Sequence[object] = ..., /) -> list[Row]: ...
 
 # (prometheus_client leaves this one function unannotated)
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -112,7 +119,7 @@ class LedgerCollector(Collector):
         yield GaugeMetricFamily("snapledger_cpi_calls_in_doubt", "CPI calls in doubt, awaiting the operator",
                                 value=in_doubt[0]["n"] if in_doubt else 0)
 
-    def _backups(self, query: Any) -> Iterable[Metric]:
+    def _backups(self, query: Query) -> Iterable[Metric]:
         """Did the backups happen: the newest snapshot taken per live deployment,
         and every deployment's snapshots by state."""
         last = GaugeMetricFamily(
@@ -131,7 +138,7 @@ class LedgerCollector(Collector):
             by_state.add_metric([row["deployment"], row["state"]], row["n"])
         yield by_state
 
-    def _failures(self, query: Any) -> Iterable[Metric]:
+    def _failures(self, query: Query) -> Iterable[Metric]:
         failed = CounterMetricFamily(
             "snapledger_operation_failures",
             "Failed snapshot and deletion CPI operations, by deployment and error type",
@@ -164,7 +171,7 @@ class LedgerCollector(Collector):
             expired.add_metric([row["deployment"] or ""], row["n"])
         yield expired
 
-    def _tasks(self, query: Any) -> Iterable[Metric]:
+    def _tasks(self, query: Query) -> Iterable[Metric]:
         rows = query("SELECT state, COUNT(*) AS n FROM tasks_view GROUP BY state")
         finished = CounterMetricFamily("snapledger_tasks_finished", "Tasks that ended, by final state",
                                        labels=["state"])
@@ -177,7 +184,7 @@ class LedgerCollector(Collector):
         yield finished
         yield active
 
-    def _schedules(self, query: Any) -> Iterable[Metric]:
+    def _schedules(self, query: Query) -> Iterable[Metric]:
         fired = CounterMetricFamily("snapledger_schedule_fires", "Schedule fires recorded, by schedule and outcome",
                                     labels=["schedule", "outcome"])
         for row in query("SELECT schedule, outcome, COUNT(*) AS n FROM schedule_fires_view "

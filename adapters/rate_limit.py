@@ -65,7 +65,7 @@ class SharedBuckets:
             return float(row["now"])
         return self.clock()
 
-    def _locked_row(self, cur: Any, bucket: str) -> dict[str, Any]:
+    def _locked_row(self, cur: Any, bucket: str) -> dict[str, float]:
         """The bucket's row, held until the transaction ends. Read the clock
         only after this: a clock read while queueing for the lock is stale,
         and a stale `now` would hand out slots in the past."""
@@ -134,6 +134,8 @@ class RateLimitedCpi:
         self._sleep = sleep
         self._log = log
 
+    # Any: this stands for every member of the wrapped Cpi protocol, each with its
+    # own signature; mypy then takes the wrapper for a Cpi (rate_limited's result).
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._cpi, name)
         if name not in LIMITED_METHODS or not callable(attribute):
@@ -143,8 +145,8 @@ class RateLimitedCpi:
     def _bucket(self, method: str) -> str:
         return f"{self._cpi.name}:{method}"
 
-    def _limited(self, method: str, call: Callable[..., Any]) -> Callable[..., Any]:
-        def limited(*args: Any, **kwargs: Any) -> Any:
+    def _limited(self, method: str, call: Callable[..., object]) -> Callable[..., object]:
+        def limited(*args: object, **kwargs: object) -> object:
             rates = self._limit.rates_for(str(args[0]) if method == "call" and args else method)
             wait = self._reserve(method, rates)
             if wait > 0:
@@ -188,6 +190,7 @@ class _Forwarded:
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
+    # Any: whichever capability member it forwards (see RateLimitedCpi.__getattr__).
     def __get__(self, wrapper: RateLimitedCpi | None, owner: type | None = None) -> Any:
         return self if wrapper is None else wrapper.__getattr__(self.name)
 
@@ -203,7 +206,7 @@ def _wrapper_class(cpi: Cpi) -> type[RateLimitedCpi]:
 
 
 def rate_limited(cpis: dict[str, Cpi], limits: dict[str, RateLimit | None], db: Database,
-                 log: Log | None = None) -> dict[str, Any]:
+                 log: Log | None = None) -> dict[str, Cpi]:
     """The CPIs with a configured limit wrapped (with the same capabilities); the others as they are."""
     if not any(limits.get(name) for name in cpis):
         return dict(cpis)

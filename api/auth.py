@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -47,7 +46,8 @@ from aiohttp.typedefs import Middleware
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from snapledger.adapters.config import Config
+from snapledger.adapters.config import Config, UserEntry
+from snapledger.domain.json_types import JsonValue
 
 ADMIN = "snapledger.admin"
 READ = "snapledger.read"
@@ -210,7 +210,7 @@ def ensure_admin(data_dir: Path) -> tuple[Path, bool]:
     return client, True
 
 
-def _write_private(path: Path, data: Any) -> None:
+def _write_private(path: Path, data: JsonValue) -> None:
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -218,7 +218,7 @@ def _write_private(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def load_credentials(configured: list[dict[str, Any]], data_dir: Path) -> list[Credential]:
+def load_credentials(configured: list[UserEntry], data_dir: Path) -> list[Credential]:
     entries = list(configured)
     users = data_dir / USERS_FILE
     if users.exists():

@@ -11,10 +11,11 @@ ranges). Commands go through the same ledger calls as the native routes.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.abc import AbstractView
+from aiohttp.typedefs import Handler, Middleware
 
 from snapledger.adapters.bootstrap import Runtime
 from snapledger.domain.errors import (DeploymentNotFound, InstanceNotFound, InvalidState, LedgerError,
@@ -97,7 +98,7 @@ async def _allowed(request: web.Request, credential: auth.Credential, need: int,
     return row is not None and _team_admin(credential.scopes, row["tags"])
 
 
-def auth_middleware(needs: dict[tuple[str, str], int]) -> Any:
+def auth_middleware(needs: dict[tuple[str, str], int]) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                          ) -> web.StreamResponse:
@@ -193,7 +194,11 @@ routes = web.RouteTableDef()
 NEEDS: dict[tuple[str, str], int] = {}
 
 
-def route(method: str, path: str, need: int) -> Callable[[Any], Any]:
+# What aiohttp's RouteTableDef decorates: a handler or a class-based view.
+RouteHandler = Handler | type[AbstractView]
+
+
+def route(method: str, path: str, need: int) -> Callable[[RouteHandler], RouteHandler]:
     NEEDS[(method, path)] = need
     return routes.route(method, path)
 

@@ -6,7 +6,7 @@ is `api/director.py`."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+import ssl
 
 from aiohttp import web
 
@@ -16,7 +16,7 @@ from . import auth
 from .director import create_director_app
 
 
-def serve_director_dialect(app: web.Application, runtime: Runtime, ssl_context: Any) -> None:
+def serve_director_dialect(app: web.Application, runtime: Runtime, ssl_context: ssl.SSLContext | None) -> None:
     """Where the bosh CLI is answered (decision 34): on the API's own port by
     default, on `director.port` alone when that is set, nowhere when
     `director.enabled` is false."""
@@ -29,14 +29,15 @@ def serve_director_dialect(app: web.Application, runtime: Runtime, ssl_context: 
         attach_on_api_port(app, runtime)
 
 
-def attach_director(app: web.Application, runtime: Runtime, host: str, port: int, ssl_context: Any) -> None:
+def attach_director(app: web.Application, runtime: Runtime, host: str, port: int,
+                    ssl_context: ssl.SSLContext | None) -> None:
     """Serve the Director dialect on `port` for the lifetime of the native `app`."""
     from .startup import bind_listener
 
     # A taken port: one line, before starting. Several API processes share it as they share the API's.
     sock = bind_listener(host, port, "the bosh Director dialect", reuse_port=runtime.config.api_processes > 1)
 
-    async def listener(native: web.Application) -> Any:
+    async def listener(native: web.Application) -> AsyncIterator[None]:
         director = create_director_app(runtime, native.get(auth.AUTH))
         runner = web.AppRunner(director, access_log=None)
         await runner.setup()

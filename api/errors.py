@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import psycopg
 import psycopg_pool
@@ -44,8 +43,9 @@ async def errors_middleware(request: web.Request, handler: Callable[[web.Request
     except OwnedElsewhere as error:
         return owned_elsewhere(request, error)
     except LedgerError as error:
-        extra: dict[str, Any] = {"field": error.field} if error.field else {}
-        return error_response(error.status, error.message, error.code, **extra)
+        if error.field:
+            return error_response(error.status, error.message, error.code, field=error.field)
+        return error_response(error.status, error.message, error.code)
     except ValidationError as error:
         fields = error.normalized_messages()  # type: ignore[no-untyped-call]  # marshmallow has no annotation
         first = next(iter(fields)) if isinstance(fields, dict) and fields else None
@@ -79,7 +79,7 @@ def _unexpected(request: web.Request, error: Exception) -> web.Response:
     return error_response(500, "internal error", "internal")
 
 
-def _describe(fields: Any) -> str:
+def _describe(fields: object) -> str:
     if isinstance(fields, dict):
         return "; ".join(f"{k}: {_describe(v)}" for k, v in fields.items())
     if isinstance(fields, list):

@@ -17,18 +17,20 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from snapledger.domain.names import CID_PATTERN, NAME_PATTERN, RESERVED_DEPLOYMENT_NAMES, TASK_ID_PATTERN
 
 from .auth import Access
-from .routing import Route, Routes
+from snapledger.domain.json_types import JsonObject
 
-OBJECT: dict[str, Any] = {"type": "object"}
-ARRAY: dict[str, Any] = {"type": "array", "items": {"type": "object"}}
-ACCEPTED = {"type": "object", "required": ["task_id", "state"],
+from .routing import JsonSchema, Route, Routes
+
+OBJECT: JsonSchema = {"type": "object"}
+ARRAY: JsonSchema = {"type": "array", "items": {"type": "object"}}
+ACCEPTED: JsonSchema = {"type": "object", "required": ["task_id", "state"],
             "properties": {"task_id": {"type": "string", "format": "uuid"}, "state": {"type": "string"}}}
-TASK = {"type": "object", "required": ["id", "state"],
+TASK: JsonSchema = {"type": "object", "required": ["id", "state"],
         "properties": {"id": {"type": "string"}, "number": {"type": ["integer", "null"]},
                        "state": {"type": "string", "enum": ["queued", "processing", "cancelling", "done", "error",
                                                             "cancelled"]},
                        "kind": {"type": "string"}, "deployment": {"type": ["string", "null"]}}}
-ERROR = {"type": "object", "required": ["error", "code"],
+ERROR: JsonSchema = {"type": "object", "required": ["error", "code"],
          "properties": {"error": {"type": "string"}, "code": {"type": "string"},
                         "field": {"type": ["string", "null"]}}}
 SELF_OR_NAME = rf"^(_self|{NAME_PATTERN[1:-1]})$"
@@ -39,7 +41,7 @@ PATH_PARAMETERS = {
     "cid": CID_PATTERN, "task_id": TASK_ID_PATTERN,
 }
 
-def _errors(method: str, access: Access, has_path_params: bool, has_input: bool) -> dict[str, Any]:
+def _errors(method: str, access: Access, has_path_params: bool, has_input: bool) -> JsonObject:
     codes = {503: "The event store is unavailable; retry later"}
     if access is not Access.PUBLIC:
         codes.update({401: "Credentials missing or invalid", 403: "Authenticated, but lacking the scope",
@@ -53,6 +55,7 @@ def _errors(method: str, access: Access, has_path_params: bool, has_input: bool)
             for code, text in codes.items()}
 
 
+# Any: apispec's APISpec.to_dict() result, walked as it is.
 def _refine(document: dict[str, Any]) -> None:
     """What a field's metadata says that apispec cannot: `x-merge` (keywords
     added to the property) and `x-replace` (the property's whole schema)."""
@@ -65,11 +68,11 @@ def _refine(document: dict[str, Any]) -> None:
                 properties[name] = {**{k: v for k, v in prop.items() if k != "x-merge"}, **prop["x-merge"]}
 
 
-def _content(body: Any) -> dict[str, Any]:
+def _content(body: JsonSchema | None) -> JsonObject:
     return {"text/plain": {"schema": {"type": "string"}}} if body is None else {"application/json": {"schema": body}}
 
 
-def build_spec(version: str, routes: Routes, cpis: list[str] | None = None) -> dict[str, Any]:
+def build_spec(version: str, routes: Routes, cpis: list[str] | None = None) -> JsonObject:
     """The document of `routes` (an app's, as its factory collected them).
     `cpis`: the configured CPI names, the only values a deployment's `cpi` may take."""
     spec = APISpec(title="snapledger", version=version, openapi_version="3.1.0",
@@ -77,7 +80,7 @@ def build_spec(version: str, routes: Routes, cpis: list[str] | None = None) -> d
                    info={"description": "An event-sourced ledger for persistent-disk snapshots."})
     spec.components.security_scheme("basic", {"type": "http", "scheme": "basic"})
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
-    paths: dict[str, dict[str, Any]] = {}
+    paths: dict[str, dict[str, object]] = {}
     for route in sorted(routes.all, key=lambda r: r.path):
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
     for path, operations in paths.items():
@@ -91,9 +94,11 @@ def build_spec(version: str, routes: Routes, cpis: list[str] | None = None) -> d
     return document
 
 
-def _operation(route: Route) -> dict[str, Any]:
+def _operation(route: Route) -> dict[str, object]:
+    """The path item's operation as apispec takes it: JSON, but for the marshmallow schema
+    classes (query, body) it resolves."""
     method, path, doc = route.method, route.path, route.doc
-    params: list[dict[str, Any]] = [{"in": "path", "name": name, "required": True,
+    params: list[dict[str, object]] = [{"in": "path", "name": name, "required": True,
                                      "schema": {"type": "string", "pattern": pattern}}
                                     for name, pattern in PATH_PARAMETERS.items() if "{" + name + "}" in path]
     if doc.query:
@@ -102,11 +107,11 @@ def _operation(route: Route) -> dict[str, Any]:
         params.append({"in": "header", "name": "Idempotency-Key", "required": False,
                        "schema": {"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,255}$"}})
     successes = {doc.ok[0]: doc.ok[1], **doc.also}
-    operation: dict[str, Any] = {
+    responses: JsonObject = {str(status): {"description": "OK", "content": _content(body)}
+                             for status, body in successes.items()}
+    operation: dict[str, object] = {
         "summary": doc.summary, "parameters": params,
-        "responses": {**{str(status): {"description": "OK", "content": _content(body)}
-                         for status, body in successes.items()},
-                      **_errors(method, route.access, "{" in path, bool(doc.query or doc.body))},
+        "responses": {**responses, **_errors(method, route.access, "{" in path, bool(doc.query or doc.body))},
     }
     if route.access is not Access.PUBLIC:
         operation["security"] = [{"basic": []}, {"bearer": []}]

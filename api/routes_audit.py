@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from snapledger.domain.errors import SnapshotNotFound
 from snapledger.projections.audit import snapshot_history
 from snapledger.projections.database import Row
 from snapledger.projections.events import iso
+from snapledger.projections.queries import Queries
 
 from . import schemas
 from .auth import Access
@@ -65,7 +64,7 @@ async def history(request: web.Request) -> web.Response:
 CLEANING_EVENTS = {"job_update": ("update_job", "JobUpdate"), "restore_safety": ("restore", "Restore")}
 
 
-def _made_clean_by(queries: Any, life: Row) -> Row | None:
+def _made_clean_by(queries: Queries, life: Row) -> Row | None:
     """The job update (or restore) whose drain and stop made the snapshot clean:
     its task and that instance's events of it (drain calls with argv and env)."""
     kind = CLEANING_EVENTS.get(life.get("trigger") or "")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
-
 from aiohttp import web
 
 from . import auth, schemas
@@ -25,7 +23,7 @@ async def list_deployments(request: web.Request) -> web.Response:
     return web.json_response([{**d, "snapshots": counts.get(d["name"], 0)} for d in deployments])
 
 
-def _deployment_json(dep: Deployment) -> dict[str, Any]:
+def _deployment_json(dep: Deployment) -> dict[str, object]:
     attached = set(dep.disk_cids())
     # Disks restores created: not part of any instance until the inventory lists them.
     restored = [{**d, "attached": d["disk_cid"] in attached} for d in dep.restored_disks]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from collections.abc import Mapping
-from typing import Any
 
 from aiohttp import web
 
 from snapledger.domain.cron import CronSchedule
-from snapledger.domain.settings import SCHEDULE_NAMES
+from snapledger.domain.settings import SCHEDULE_NAMES, Settings
 from snapledger.projections.events import iso
 
 from . import schemas
@@ -23,7 +22,7 @@ from snapledger.domain.json_types import JsonObject
 routes = RouteTable()
 
 
-def _snapshot_config(settings: Any, managed: Mapping[str, str]) -> JsonObject:
+def _snapshot_config(settings: Settings, managed: Mapping[str, str]) -> JsonObject:
     values = {"enable_snapshots": settings.enable_snapshots, **settings.schedules}
     # Which values the configuration sets (the file or variable): changing them here is refused.
     return {**values, "managed_by": {key: managed[key] for key in values if key in managed}}
@@ -43,7 +42,7 @@ async def put_snapshot_config(request: web.Request) -> web.Response:
     ledger = request.app[RUNTIME].ledger
     who = actor(request)
 
-    def apply() -> Any:
+    def apply() -> Settings:
         # All or nothing: a managed key anywhere in the request refuses it before any change.
         ledger.settings.refuse_managed_changes({k: _schedule_value(v) if k in SCHEDULE_NAMES else v
                                        for k, v in data.items()}, actor=who)

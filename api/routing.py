@@ -12,15 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
 from marshmallow import Schema
 
+from snapledger.domain.json_types import JsonObject
+
 from .auth import Access, Handler
 
 RouteKey = tuple[str, str]  # (method, the route's canonical path)
-JsonSchema = dict[str, Any]
+JsonSchema = JsonObject
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,12 @@ import socket
 import sqlite3
 import ssl
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:  # the type only: start-up stays light until a check needs more
+    from snapledger.adapters.config import Config
 
 CONFIG_REFUSED = 2
 START_REFUSED = 1
@@ -65,7 +69,7 @@ def bind_listener(host: str, port: int, what: str = "the API", reuse_port: bool 
     return sock
 
 
-def tls_context(config: Any) -> ssl.SSLContext | None:
+def tls_context(config: Config) -> ssl.SSLContext | None:
     """HTTPS unless plain HTTP was asked for: the given certificate, else our
     own CA's (adapters/tls.py, issue 17). Bad files refuse the start in one line."""
     cert, key = config.tls_cert, config.tls_key
@@ -105,7 +109,10 @@ def store_unreachable(error: BaseException, label: str) -> StartupError | None:
     return StartupError(f"the database is unreachable at start ({label}): {_reason(error)}")
 
 
-def build_or_refuse(build: Any, label: str) -> Any:
+Built = TypeVar("Built")
+
+
+def build_or_refuse(build: Callable[[], Built], label: str) -> Built:
     """Run `build` (the runtime's construction); a database that cannot be reached
     or a file that cannot be created becomes a StartupError."""
     try:

@@ -9,13 +9,13 @@ included, so "the life of snap-123" starts at its request.
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
 
 from eventsourcing.domain import DomainEvent
 
 from snapledger.domain.deployment import Deployment
 from snapledger.domain.discovery import SelfDiscovery
 from snapledger.domain.job_update import JobUpdate
+from snapledger.domain.json_types import json_object
 from snapledger.domain.names import SELF_DEPLOYMENT
 from snapledger.domain.restore import Restore
 from snapledger.domain.snapshot import (DELETE_REQUESTED, DELETED, FAILED, IN_DOUBT, REQUESTED, SKIPPED, TAKEN,
@@ -88,7 +88,7 @@ class AuditView(View):
         )""",
     )
 
-    def apply(self, cur: Cursor, position: int, event: Any) -> None:
+    def apply(self, cur: Cursor, position: int, event: DomainEvent) -> None:
         # Write-only SQL (no SELECT read back into Python): the projector sends
         # a batch's statements in one PostgreSQL pipeline, and a read here
         # would cost a round trip per event. The references come from
@@ -107,7 +107,7 @@ class AuditView(View):
         elif cls is _RESTORE_REQUESTED:
             # A restore's events carry the disk it writes and the CID it restores:
             # `audit --snapshot CID` and `--disk` show restores too.
-            inst = data.get("instance") or {}
+            inst = json_object(data.get("instance")) or {}
             cur.execute("INSERT INTO audit_refs (aggregate_id, deployment, job, idx, instance_id, disk_cid, "
                         "snapshot_cid) VALUES (%s, %s, %s, %s, %s, %s, %s)",
                         (aggregate, data.get("deployment"), inst.get("job"), inst.get("index"), inst.get("id"),
@@ -115,9 +115,11 @@ class AuditView(View):
         elif cls is _JOB_UPDATE_ANNOUNCED:
             # The update's references, and each instance's: what its events are
             # stamped with when they do not carry them (version-1 events).
-            rows = [(aggregate, data.get("deployment"), data.get("job"), None, None, None)]
+            rows: list[tuple[object, ...]] = [(aggregate, data.get("deployment"), data.get("job"), None, None, None)]
+            instances = data.get("instances") or []
+            instances = instances if isinstance(instances, list) else []
             rows += [(f"{aggregate}/{inst.get('id')}", data.get("deployment"), inst.get("job"), inst.get("index"),
-                      inst.get("id"), (inst.get("disks") or [None])[0]) for inst in data.get("instances") or []]
+                      inst.get("id"), (inst.get("disks") or [None])[0]) for inst in instances]
             for row in rows:
                 cur.execute("INSERT INTO audit_refs (aggregate_id, deployment, job, idx, instance_id, disk_cid, "
                             "snapshot_cid) VALUES (%s, %s, %s, %s, %s, %s, NULL)", row)
@@ -138,7 +140,7 @@ class AuditView(View):
              data.get("deployment"), *own, dumps(data), refs))
 
 
-def _own_references(cls: type, aggregate: str, data: Row) -> tuple[tuple[Any, ...], str]:
+def _own_references(cls: type, aggregate: str, data: Row) -> tuple[tuple[object, ...], str]:
     """The (job, index, instance id, disk) a job-update event carries itself, and
     the audit_refs row that fills what it does not: its instance's, recorded
     from the announcement. Other events take theirs from their aggregate's row."""
@@ -150,7 +152,7 @@ def _own_references(cls: type, aggregate: str, data: Row) -> tuple[tuple[Any, ..
     return (data.get("job"), data.get("index"), instance_id, disks[0]), refs
 
 
-def audit_query(filters: Row, after: int, limit: int) -> tuple[str, list[Any]]:
+def audit_query(filters: Row, after: int, limit: int) -> tuple[str, list[object]]:
     """SQL for GET /events: every given filter must hold; ordered by position."""
     clauses = ["position > %s"]
     params: list[object] = [after]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, UTC
-from typing import Any
+from typing import TypedDict
 from uuid import UUID
+
+from eventsourcing.domain import DomainEvent
 
 _ENVELOPE = ("originator_id", "originator_version", "timestamp", "originator_topic")
 
@@ -17,11 +19,12 @@ def iso(ts: datetime | None) -> str | None:
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def event_type(event: Any) -> str:
+def event_type(event: object) -> str:
     return type(event).__qualname__  # e.g. "Snapshot.Taken"
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: object) -> object:
+    # object: what the JSON transcoder decoded (JSON, UUIDs, datetimes), passed on as it is.
     if isinstance(value, UUID):
         return str(value)
     if isinstance(value, datetime):
@@ -33,11 +36,24 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def event_data(event: Any) -> dict[str, Any]:
+def event_data(event: object) -> dict[str, object]:
     return {k: _plain(v) for k, v in vars(event).items() if k not in _ENVELOPE}
 
 
-def event_record(position: int, event: Any) -> dict[str, Any]:
+class EventRecord(TypedDict):
+    """One event as the views and task logs record it."""
+
+    position: int
+    type: str
+    time: str | None
+    aggregate_id: str
+    version: int
+    actor: object
+    task_id: object
+    data: dict[str, object]
+
+
+def event_record(position: int, event: DomainEvent) -> EventRecord:
     data = event_data(event)
     return {
         "position": position,
@@ -51,5 +67,5 @@ def event_record(position: int, event: Any) -> dict[str, Any]:
     }
 
 
-def dumps(value: Any) -> str:
+def dumps(value: object) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
 
 from snapledger.domain.retention import Candidate
 from snapledger.domain.snapshot import EXISTING_STATES, LISTED_STATES, TAKEN
@@ -137,7 +136,7 @@ class Queries:
                                           data.get("snapshot_cid"), data.get("error") or call.get("error")))
         return entries
 
-    def retention_candidates(self, deployment: str) -> list[Any]:
+    def retention_candidates(self, deployment: str) -> list[Candidate]:
         rows = self.db.query("SELECT snapshot_id, snapshot_cid, disk_cid, created_at, clean, state "
                              "FROM snapshots_view WHERE deployment = %s AND state = %s", (deployment, TAKEN))
         return [Candidate(r["snapshot_id"], r["snapshot_cid"], r["disk_cid"],
@@ -219,7 +218,7 @@ class Queries:
 
 
 def _cpi_log_entry(where: Row, call: Row, attempt: int | None, snapshot_cid: str | None,
-                   error: Any) -> Row:
+                   error: object) -> Row:
     return {**where, "method": call.get("method"), "request_id": call.get("request_id"),
             "duration_s": call.get("duration_s"), "attempt": attempt, "snapshot_cid": snapshot_cid,
             "error": error, "answer": call.get("answer"), "log": call.get("log", ""), "stderr": call.get("stderr", ""),

@@ -29,34 +29,39 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Concatenate, ParamSpec, TypeVar
 
 from snapledger.domain.cpi import (CLOUD_ERROR, DISK_NOT_FOUND, NO_DISK_SPACE, VM_NOT_FOUND, CallLog, CallRecord,
                                    CpiError)
+from snapledger.domain.json_types import JsonObject
 
 from .local_copy import RESTORE_STAGE, DiskCopier
 from .local_files import TMP_PREFIX, check_cid, hold, replace_content, rmtree, write_atomic
-from .local_index import DATA, LATEST, MANIFEST, SnapshotIndex
+from .local_index import DATA, LATEST, MANIFEST, Manifest, SnapshotIndex
 
 OPERATION_ID_KEY = "snapledger_operation_id"
 _TMP = TMP_PREFIX
 _STALE_TMP_S = 3600
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+# What the recorded calls answer (current_vm_id, get_disks, snapshot_disk, ...).
+Answer = TypeVar("Answer", bound="str | list[str] | None")
 
 
-def _recorded(method: F) -> F:
+def _recorded(method: Callable[Concatenate[LocalCpi, P], Answer]) -> Callable[Concatenate[LocalCpi, P], Answer]:
     """Leave a CallRecord in ``last_call``; turn OS errors into BOSH cloud errors."""
 
     @functools.wraps(method)
-    def wrapper(self: LocalCpi, *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: LocalCpi, /, *args: P.args, **kwargs: P.kwargs) -> Answer:
         record = CallRecord(method=method.__name__, request_id=uuid.uuid4().hex)
         self._tls.record = record
         self._calls.add(record)
         start = time.monotonic()
         try:
-            record.answer = method(self, *args, **kwargs)
-            return record.answer
+            answer = method(self, *args, **kwargs)
+            # A list[str] is not a JSON list to mypy (list is invariant): the record keeps a copy.
+            record.answer = [*answer] if isinstance(answer, list) else answer
+            return answer
         except OSError as e:
             kind = NO_DISK_SPACE if e.errno in (errno.ENOSPC, errno.EDQUOT) else CLOUD_ERROR
             err = CpiError(kind, f"{method.__name__} failed: {e}")
@@ -68,7 +73,7 @@ def _recorded(method: F) -> F:
         finally:
             record.duration_s = time.monotonic() - start
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 class LocalCpi:
@@ -106,7 +111,7 @@ class LocalCpi:
 
     # -- CPI API --------------------------------------------------------------
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> JsonObject:
         return {"api_version": 2, "stemcell_formats": []}
 
     @_recorded
@@ -123,7 +128,7 @@ class LocalCpi:
         return list(self._self_disks)
 
     @_recorded
-    def snapshot_disk(self, disk_cid: str, metadata: dict[str, Any]) -> str:
+    def snapshot_disk(self, disk_cid: str, metadata: JsonObject) -> str:
         disk = self._disk_path(disk_cid)
         cid = self._snapshot_cid(metadata)
         if self.index.snap_dir(cid).is_dir():  # a retried call: the work is done
@@ -135,7 +140,7 @@ class LocalCpi:
         held = hold(tmp)  # in use: _remove_leftovers leaves it alone until this process is gone
         try:
             files = self.copier.copy(disk, tmp / DATA, self.index.previous(disk_cid))
-            manifest = {
+            manifest: Manifest = {
                 "snapshot_cid": cid,
                 "disk_cid": disk_cid,
                 "metadata": metadata,
@@ -189,7 +194,7 @@ class LocalCpi:
         a restore into a new disk must never write into something that is there)."""
         return disk_cid in self._host_disks or os.path.lexists(self.disk_root / check_cid(disk_cid, "disk"))
 
-    def find_snapshot(self, disk_cid: str, metadata: dict[str, Any]) -> str | None:
+    def find_snapshot(self, disk_cid: str, metadata: JsonObject) -> str | None:
         """The snapshot an earlier `snapshot_disk` call with this metadata made,
         if it completed: how an in-doubt call is resolved without repeating it
         blindly (the CID is derived from the operation id in the metadata)."""
@@ -235,7 +240,7 @@ class LocalCpi:
         return resolved
 
 
-    def _snapshot_cid(self, metadata: dict[str, Any]) -> str:
+    def _snapshot_cid(self, metadata: JsonObject) -> str:
         op = metadata.get(OPERATION_ID_KEY)
         # The operation id makes the CID deterministic, so a retry finds its snapshot.
         cid = f"snap-{op}" if op is not None else f"snap-{uuid.uuid4().hex}"

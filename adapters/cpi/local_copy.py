@@ -8,9 +8,8 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import Any
 
-from .local_files import SQLITE_SIDE_FILES, backup_sqlite, copy_file, is_sqlite, scan
+from .local_files import SQLITE_SIDE_FILES, FileEntry, backup_sqlite, copy_file, is_sqlite, scan
 from .local_index import Previous
 
 # A file whose mtime is this close to its copy may be rewritten within the same
@@ -26,9 +25,9 @@ class DiskCopier:
         # Never copy our own disks and snapshots into a snapshot of a directory holding them.
         self.excluded = excluded
 
-    def copy(self, src_root: Path, dst_root: Path, prev: Previous) -> list[dict[str, Any]]:
+    def copy(self, src_root: Path, dst_root: Path, prev: Previous) -> list[FileEntry]:
         os.mkdir(dst_root, 0o700)
-        entries: list[dict[str, Any]] = []
+        entries: list[FileEntry] = []
         for rel, entry in scan(src_root, exclude=self.excluded):
             if rel.startswith(RESTORE_STAGE):
                 continue  # the leftover of a crashed restore is not disk content
@@ -48,8 +47,8 @@ class DiskCopier:
             # FIFOs, sockets and devices are not content: skipped.
         return entries
 
-    def _store_file(self, src: Path, dst: Path, rel: str, st: os.stat_result, prev: Previous) -> dict[str, Any]:
-        entry = {"path": rel, "type": "file", "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+    def _store_file(self, src: Path, dst: Path, rel: str, st: os.stat_result, prev: Previous) -> FileEntry:
+        entry: FileEntry = {"path": rel, "type": "file", "size": st.st_size, "mtime_ns": st.st_mtime_ns,
                  "mode": stat.S_IMODE(st.st_mode), "linkable": True}
         base = self._link_base(rel, st, prev)
         if base is not None:

@@ -14,13 +14,35 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Required, TypedDict
 
 from snapledger.domain.cpi import CLOUD_ERROR, CpiError
 
 FICLONE = 0x40049409  # ioctl: share the source's extents (copy-on-write)
 CID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 TMP_PREFIX = ".tmp-"  # what is being built or deleted (a valid CID never starts with '.')
+
+
+class StoredCopy(TypedDict):
+    """How a file's copy was stored, as its manifest entry records it."""
+
+    size: int
+    mtime_ns: int
+    stored: str  # hardlink | reflink | copy | sqlite-backup
+
+
+class FileEntry(TypedDict, total=False):
+    """One entry of a snapshot's manifest (local_copy.DiskCopier.copy): a file,
+    a directory (path, type, mode) or a symlink (path, type, target)."""
+
+    path: Required[str]
+    type: Required[str]  # file | dir | symlink
+    target: str
+    mode: int
+    size: int
+    mtime_ns: int
+    stored: str
+    linkable: bool
 
 
 def check_cid(cid: object, kind: str) -> str:
@@ -94,7 +116,8 @@ def hold(directory: Path, wait: bool = True) -> int:
 
 
 def rmtree(path: Path) -> None:
-    def retry(func: Callable[[str], Any], p: str, _exc: Any) -> None:
+    # _exc: onexc's exception or onerror's exc_info (the Python version decides which is called).
+    def retry(func: Callable[[str], object], p: str, _exc: object) -> None:
         # Unlinking needs write permission on the parent directory only. Files
         # are never chmod-ed: they may share an inode with another snapshot.
         for target in (os.path.dirname(p), p):
@@ -132,7 +155,7 @@ def is_sqlite(path: Path) -> bool:
         return False
 
 
-def backup_sqlite(src: Path, dst: Path) -> dict[str, Any]:
+def backup_sqlite(src: Path, dst: Path) -> StoredCopy:
     """A live SQLite database copied file by file can be torn (pages and WAL
     copied at different moments); the online backup API gives a consistent
     copy, as of one transaction. The snapledger ledger itself is one of these."""
@@ -157,7 +180,7 @@ def safe_rel(rel: str) -> str:
     return rel
 
 
-def replace_content(disk: Path, entries: list[dict[str, Any]], data: Path, stage_prefix: str) -> None:
+def replace_content(disk: Path, entries: list[FileEntry], data: Path, stage_prefix: str) -> None:
     """Replace the disk's content with a snapshot's (its manifest `entries`, files
     under `data`), as new writable files.
 

@@ -8,13 +8,26 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
-from .local_files import CID_RE, check_cid, write_atomic
+from snapledger.domain.json_types import JsonObject
+
+from .local_files import CID_RE, FileEntry, check_cid, write_atomic
 
 DATA, MANIFEST, LATEST = "data", "manifest.json", ".latest"
 # The previous snapshot of a disk: (its data dir, its manifest entries by path).
-Previous = tuple[Path, dict[str, dict[str, Any]]] | None
+Previous = tuple[Path, dict[str, FileEntry]] | None
+
+
+class Manifest(TypedDict, total=False):
+    """A snapshot's manifest.json, as LocalCpi.snapshot_disk writes it."""
+
+    snapshot_cid: str
+    disk_cid: str
+    metadata: JsonObject
+    created_at: str
+    created_at_ns: int
+    files: list[FileEntry]
 
 
 class SnapshotIndex:
@@ -31,10 +44,10 @@ class SnapshotIndex:
         """A snapshot's content (a copy of the disk directory)."""
         return self.snap_dir(check_cid(cid, "snapshot")) / DATA
 
-    def manifest(self, cid: str) -> dict[str, Any] | None:
+    def manifest(self, cid: str) -> Manifest | None:
         try:
             with open(self.snap_dir(check_cid(cid, "snapshot")) / MANIFEST) as f:
-                manifest: dict[str, Any] = json.load(f)  # ours, written by snapshot_disk
+                manifest: Manifest = json.load(f)  # ours, written by snapshot_disk
                 return manifest
         except (OSError, ValueError):
             return None
