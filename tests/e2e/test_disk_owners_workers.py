@@ -18,7 +18,7 @@ from snapledger.adapters.disk_owners import owner
 from snapledger.adapters.store import ledger_env, open_database, parse_store_url
 from snapledger.domain.application import Ledger
 from snapledger.projections.events import iso
-from support.process import Server
+from support.process import Server, wait_for
 
 DISKS = 40
 LEASE_S = "1"  # seconds of silence before a worker is dead; views refresh every lease/3
@@ -40,16 +40,6 @@ def start_all(data_dir: Path, pg_url: str) -> tuple[Server, list[Server], Server
     workers = [Server(data_dir, pg_url, command="worker", env=ENV).start() for _ in range(2)]
     projector = Server(data_dir, pg_url, command="projector", env=ENV).start()
     return api, workers, projector
-
-
-def wait_for(what: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = what()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def worker_ids(pg_url: str, workers: list[Server]) -> list[str]:

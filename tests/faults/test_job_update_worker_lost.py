@@ -12,11 +12,10 @@ import signal
 import stat
 import time
 from pathlib import Path
-from typing import Any
 
 import psycopg
 
-from support.process import Server
+from support.process import Server, wait_for
 
 LEASE = "1"  # seconds of worker silence before its drains are abandoned
 ENV = {"SNAPLEDGER_WORKER_LEASE": LEASE}
@@ -46,16 +45,6 @@ def prepare(api: Server) -> None:
     api.api("PUT", "/deployments/prod", {"instances": [
         {"job": "db", "index": 0, "disks": ["disk-0"]}, {"job": "db", "index": 1, "disks": ["disk-1"]}]})
     api.api("PUT", "/config/snapshots", {"enable_snapshots": True})
-
-
-def wait_for(what: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = what()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def workers_beating(pg_url: str) -> int:
