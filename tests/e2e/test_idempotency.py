@@ -84,7 +84,9 @@ def test_keys_hold_across_restarts(tmp_path: Path, pg_url: str) -> None:
         server.kill()
         server = Server(data_dir, pg_url, port=server.port).start()
         assert post() == (task_id, "true")
-        server.wait_task(task_id)
+        # The kill may land after the old process claimed the call: the new one recovers it once
+        # the old claim's lease (30 s by default) has passed, so wait longer than that.
+        server.wait_task(task_id, timeout=60)
         assert len(server.api("GET", "/deployments/prod/snapshots")) == 1
     finally:
         server.kill()
