@@ -25,14 +25,17 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, runtime_checkable
 
 import psycopg
 
-from snapledger.domain.cpi import Cpi, CpiError, capability_members
+from snapledger.domain.cpi import CallRecord, Cpi, CpiError, capability_members
 from snapledger.domain.rate_limit import Rate, RateLimit
 
+from .cpi.call_processes import MissedStart, StartWindow
 from .store import Database
 from snapledger.domain.log import Log
 
@@ -50,6 +53,47 @@ MAX_SLOWDOWN = 32.0
 # is the external CPI's generic entry.
 LIMITED_METHODS = frozenset({"snapshot_disk", "delete_snapshot", "current_vm_id", "get_disks",
                              "create_disk", "find_snapshot", "restore_snapshot", "call"})
+
+
+@runtime_checkable
+class StartsOnTime(Protocol):
+    """A CPI that starts a call's process within a given window itself (the external
+    CPI): the slot is then kept where the call leaves this process, not by a thread's
+    sleep, which wakes late when the process is busy (adapters/cpi/reaper.py)."""
+
+    def starting_within(self, window: StartWindow) -> AbstractContextManager[None]: ...
+
+
+# A call handed to its spawner may start this much after its slot, at most
+# half an interval of its tightest rate: never a whole extra call in a window.
+START_GRACE_S = 0.005
+
+
+class StartLead:
+    """How far ahead of now a slot is reserved for a call that its spawner starts
+    (StartsOnTime), so that the call reaches the spawner before its slot: the
+    recent 99th percentile of that hand-over, times 1.5. It adapts to the host:
+    milliseconds when quiet, up to MAX_S when the worker's threads wait for the
+    GIL; the cost is that much latency per call and that many more calls in flight."""
+
+    MIN_S, MAX_S, START_S = 0.005, 0.25, 0.02
+    SAMPLES, EVERY = 200, 20
+
+    def __init__(self) -> None:
+        self._samples: deque[float] = deque(maxlen=self.SAMPLES)
+        self._seen = 0
+        self.seconds = self.START_S
+
+    def observe(self, handover_s: float, missed: bool = False) -> None:
+        """A call took `handover_s` from its reservation to its spawner (missed: too late)."""
+        self._samples.append(handover_s)
+        self._seen += 1
+        if missed:  # at once: every call of a slow spell would miss its slot too
+            self.seconds = min(max(self.seconds, handover_s * 1.5), self.MAX_S)
+        elif self._seen % self.EVERY == 0:
+            ordered = sorted(self._samples)
+            p99 = ordered[min(int(len(ordered) * 0.99), len(ordered) - 1)]
+            self.seconds = min(max(p99 * 1.5, self.MIN_S), self.MAX_S)
 
 
 class SharedBuckets:
@@ -79,16 +123,19 @@ class SharedBuckets:
                               (bucket,)).fetchone()
         return dict(row)
 
-    def reserve(self, bucket: str, rate: Rate, recover_after_s: float) -> float:
-        """Reserve the next slot of `bucket`; returns the seconds to wait for it."""
-        return self.reserve_slot(bucket, rate, recover_after_s)[1]
+    def reserve(self, bucket: str, rate: Rate, recover_after_s: float, lead_s: float = 0.0) -> float:
+        """Reserve the next slot of `bucket`, at least `lead_s` from now; returns the seconds to wait for it."""
+        return self.reserve_slot(bucket, rate, recover_after_s, lead_s)[1]
 
-    def reserve_slot(self, bucket: str, rate: Rate, recover_after_s: float) -> tuple[float, float]:
+    def reserve_slot(self, bucket: str, rate: Rate, recover_after_s: float,
+                     lead_s: float = 0.0) -> tuple[float, float]:
         """The reserved slot: when it is (the bucket's clock), and how long until then.
 
         The wait counts from when the bucket's clock was read, less the time
         since (the commit, measured here): a slow commit must not push the
-        call late and bunch it with the next ones."""
+        call late and bunch it with the next ones. `lead_s` reserves a slot
+        no sooner than that from now (StartLead); the bound holds whatever
+        lead each caller asks: a slot is never before `tat - tolerance`."""
         with self.db.transaction() as cur:
             row = self._locked_row(cur, bucket)
             now = self._now(cur)
@@ -97,9 +144,10 @@ class SharedBuckets:
             while slowdown > 1.0 and now - slowed_at >= recover_after_s:
                 slowdown, slowed_at = max(slowdown / 2, 1.0), slowed_at + recover_after_s
             interval = rate.interval_s * slowdown
-            tat = max(float(row["tat"]), now)
+            earliest = now + lead_s
+            tat = max(float(row["tat"]), earliest)
             # No burst while slowed down: the IaaS has just said it is too much.
-            emit_at = max(now, tat - (rate.tolerance_s if slowdown == 1.0 else 0.0))
+            emit_at = max(earliest, tat - (rate.tolerance_s if slowdown == 1.0 else 0.0))
             cur.execute("UPDATE cpi_rate_limits SET tat = %s, slowdown = %s, slowed_at = %s WHERE bucket = %s",
                         (tat + interval, slowdown, slowed_at, bucket))
         return emit_at, max(emit_at - now - (time.monotonic() - read_at), 0.0)
@@ -133,6 +181,7 @@ class RateLimitedCpi:
         self._buckets = buckets
         self._sleep = sleep
         self._log = log
+        self._lead = StartLead()
 
     # Any: this stands for every member of the wrapped Cpi protocol, each with its
     # own signature; mypy then takes the wrapper for a Cpi (rate_limited's result).
@@ -148,10 +197,12 @@ class RateLimitedCpi:
     def _limited(self, method: str, call: Callable[..., object]) -> Callable[..., object]:
         def limited(*args: object, **kwargs: object) -> object:
             rates = self._limit.rates_for(str(args[0]) if method == "call" and args else method)
-            wait = self._reserve(method, rates)
-            if wait > 0:
-                self._sleep(wait)
             try:
+                if isinstance(self._cpi, StartsOnTime):
+                    return self._started_on_time(self._cpi, method, rates, call, args, kwargs)
+                wait = self._reserve(method, rates)
+                if wait > 0:
+                    self._sleep(wait)
                 return call(*args, **kwargs)
             except CpiError as error:
                 if error.ok_to_retry and error.type in self._limit.throttle_errors:
@@ -165,14 +216,48 @@ class RateLimitedCpi:
 
         return limited
 
-    def _reserve(self, method: str, rates: list[tuple[str, Rate]]) -> float:
+    def _started_on_time(self, cpi: StartsOnTime, method: str, rates: list[tuple[str, Rate]],
+                         call: Callable[..., object], args: tuple[object, ...], kwargs: dict[str, object]) -> object:
+        """The call, started by its spawner within its slot's grace; a slot missed
+        (the call never started) is given up and a new one taken."""
+        grace = min([START_GRACE_S, *(rate.interval_s / 2 for _, rate in rates)])
+        while True:
+            lead = self._lead.seconds
+            reserved_at = time.monotonic()
+            wait = self._reserve(method, rates, lead)
+            at = time.monotonic() + wait
+            try:
+                with cpi.starting_within(StartWindow(at=at, by=at + grace)):
+                    result = call(*args, **kwargs)
+            except MissedStart as missed:
+                self._observe_handover(at, missed.ahead_s, reserved_at, missed=True)
+                if self._log is not None:
+                    self._log.info("cpi call missed its rate-limit slot; taking another", cpi=self._cpi.name,
+                                   method=method, late_s=-(missed.ahead_s or 0.0), lead_s=self._lead.seconds)
+                continue
+            except CpiError:
+                self._observe_handover(at, self._ahead_s(), reserved_at)
+                raise
+            self._observe_handover(at, self._ahead_s(), reserved_at)
+            return result
+
+    def _ahead_s(self) -> float | None:
+        record = getattr(self._cpi, "last_call", None)  # the call just made (a thread's own)
+        ahead = record.extra.get("start_ahead_s") if isinstance(record, CallRecord) else None
+        return float(ahead) if isinstance(ahead, (int, float)) else None
+
+    def _observe_handover(self, at: float, ahead_s: float | None, reserved_at: float, missed: bool = False) -> None:
+        if ahead_s is not None:  # reached the spawner at `at - ahead_s`
+            self._lead.observe(at - ahead_s - reserved_at, missed)
+
+    def _reserve(self, method: str, rates: list[tuple[str, Rate]], lead_s: float = 0.0) -> float:
         """The wait for a slot in each of the call's buckets. While the
         database is away, keep trying: the call has not been made, so waiting
         is safe, and raising would record the CPI call failed (it was not)."""
         delay = 0.1
         while True:
             try:
-                return max((self._buckets.reserve(self._bucket(scope), rate, self._limit.recover_after_s)
+                return max((self._buckets.reserve(self._bucket(scope), rate, self._limit.recover_after_s, lead_s)
                             for scope, rate in rates), default=0.0)
             except (psycopg.OperationalError, sqlite3.OperationalError) as error:
                 if self._log is not None:

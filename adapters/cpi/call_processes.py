@@ -34,10 +34,30 @@ from pathlib import Path
 
 import structlog
 
+from .reaper import MISSED_START, MISSED_START_MARKER
+
 log = structlog.get_logger(__name__)
 
 REAPER = Path(__file__).with_name("reaper.py")
 READ_CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class StartWindow:
+    """When a call's process may start (time.monotonic()): at `at`, not before, and
+    not after `by` (a rate-limit slot and its grace: adapters/rate_limit.py)."""
+
+    at: float
+    by: float
+
+
+class MissedStart(Exception):
+    """The call's process was not started: its window had passed when the reaper
+    could start it. Nothing ran, so the caller may take a new slot and call again."""
+
+    def __init__(self, ahead_s: float | None) -> None:
+        super().__init__("the CPI call missed its start window (never started)")
+        self.ahead_s = ahead_s  # how early the request reached the reaper server (negative: late)
 
 
 @dataclass(frozen=True)
@@ -46,11 +66,14 @@ class Finished:
     stderr: bytes
     returncode: int | None  # as Popen's: negative for a signal; None when the server could not tell
     timed_out: bool
+    # How long before its window opened the request reached the server (negative: late; None: no window).
+    ahead_s: float | None = None
 
 
 @dataclass
 class _Call:
     pid: int | None = None
+    ahead_s: float | None = None
     status: int | None = None
     error: str | None = None
     ended: threading.Event = field(default_factory=threading.Event)
@@ -91,7 +114,7 @@ class _Server:
             if call is None:
                 continue
             if "pid" in reply:
-                call.pid = reply["pid"]
+                call.pid, call.ahead_s = reply["pid"], reply.get("ahead_s")
             elif "status" in reply or "error" in reply:
                 call.status, call.error = reply.get("status"), reply.get("error")
                 call.ended.set()
@@ -119,23 +142,36 @@ class CallProcesses:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
 
-    def run(self, executable: str, env: dict[str, str], request: bytes, timeout_s: float) -> Finished:
+    def run(self, executable: str, env: dict[str, str], request: bytes, timeout_s: float,
+            window: StartWindow | None = None) -> Finished:
         """Start `executable` with `env`, write `request` to its stdin and close it, read
-        stdout and stderr to their end; past `timeout_s`, stop it and everything it started."""
+        stdout and stderr to their end; past `timeout_s`, stop it and everything it started.
+
+        With a `window`, the process starts at `window.at`, not before (the time-out
+        counts from then), and raises MissedStart, never having started it, when it
+        could not be started by `window.by`."""
         pipes = [os.pipe() for _ in range(3)]  # stdin, stdout, stderr
         ours = [pipes[0][1], pipes[1][0], pipes[2][0]]
         theirs = [pipes[0][0], pipes[1][1], pipes[2][1]]
+        for fd in ours:
+            os.set_blocking(fd, False)
+        # The request goes into the pipe before the process exists (all of it, as a
+        # rule: a pipe holds 64 KiB), so the CPI reads it the moment it starts, not
+        # when this thread next gets the GIL.
+        remaining: memoryview | None = self._write_ahead(ours[0], memoryview(request))
         try:
-            server, call_id, call = self._start(executable, env, theirs)
+            server, call_id, call = self._start(executable, env, theirs, window)
         except BaseException:
             for fd in ours:
-                os.close(fd)
+                if fd != ours[0] or remaining is not None:
+                    os.close(fd)
             raise
         finally:
             for fd in theirs:
                 os.close(fd)  # the child has them now (or there is no child)
+        deadline = max(time.monotonic(), window.at if window else 0.0) + timeout_s
         try:
-            stdout, stderr, timed_out = self._exchange(server, call_id, call, ours, request, timeout_s)
+            stdout, stderr, timed_out = self._exchange(server, call_id, call, ours, remaining, deadline)
             call.ended.wait(self.drain_s)  # its status follows the pipes' end at once, but for a stuck reaper
         except BaseException:  # interrupted: never leave a CPI running behind us
             self._signal(server, call_id, call, "kill")
@@ -146,7 +182,9 @@ class CallProcesses:
         if call.error is not None:
             raise OSError(errno.EAGAIN, f"cannot start the CPI process: {call.error}")
         returncode = os.waitstatus_to_exitcode(call.status) if call.status is not None else None
-        return Finished(stdout, stderr, returncode, timed_out)
+        if window is not None and returncode == MISSED_START and stderr.startswith(MISSED_START_MARKER.encode()):
+            raise MissedStart(call.ahead_s)
+        return Finished(stdout, stderr, returncode, timed_out, call.ahead_s)
 
     def server_pid(self) -> int | None:
         """The running server's process id (for a benchmark's CPU figures)."""
@@ -161,8 +199,11 @@ class CallProcesses:
 
     # --- one call ------------------------------------------------------------------------------
 
-    def _start(self, executable: str, env: dict[str, str], fds: list[int]) -> tuple[_Server, int, _Call]:
+    def _start(self, executable: str, env: dict[str, str], fds: list[int],
+               window: StartWindow | None) -> tuple[_Server, int, _Call]:
         message: dict[str, object] = {"executable": executable, "env": env}
+        if window is not None:
+            message.update(start_at=window.at, start_by=window.by)
         for attempt in (1, 2):  # a server that ended meanwhile is started again, once
             server = self._running_server()
             call_id, call = next(self._ids), _Call()
@@ -188,19 +229,19 @@ class CallProcesses:
                 server = self._server = _Server()
             return server
 
-    def _exchange(self, server: _Server, call_id: int, call: _Call, fds: list[int], request: bytes,
-                  timeout_s: float) -> tuple[bytes, bytes, bool]:
+    def _exchange(self, server: _Server, call_id: int, call: _Call, fds: list[int],
+                  remaining_input: memoryview | None, deadline: float) -> tuple[bytes, bytes, bool]:
+        """Write what is left of the request, read stdout and stderr to their end;
+        past `deadline`, stop the call, and kill it if its pipes outlive `drain_s` more."""
         stdin, stdout, stderr = fds
         output: dict[int, list[bytes]] = {stdout: [], stderr: []}
-        remaining_input: memoryview | None = memoryview(request)
         poller = select.poll()
-        for fd in fds:
-            os.set_blocking(fd, False)
-        poller.register(stdin, select.POLLOUT)
+        open_fds = {stdout, stderr}
+        if remaining_input is not None:
+            poller.register(stdin, select.POLLOUT)
+            open_fds.add(stdin)
         poller.register(stdout, select.POLLIN)
         poller.register(stderr, select.POLLIN)
-        open_fds = set(fds)
-        deadline = time.monotonic() + timeout_s
         stage = "running"
         try:
             while output.keys() & open_fds:
@@ -231,6 +272,18 @@ class CallProcesses:
             for fd in open_fds:
                 os.close(fd)
         return b"".join(output[stdout]), b"".join(output[stderr]), stage != "running"
+
+    @classmethod
+    def _write_ahead(cls, fd: int, data: memoryview) -> memoryview | None:
+        """Writes what the pipe takes now; closes it when all is written (None), else the rest."""
+        remaining: memoryview | None = data
+        while remaining is not None:
+            before = len(remaining)
+            remaining = cls._write_some(fd, remaining)
+            if remaining is not None and len(remaining) == before:
+                return remaining  # the pipe is full: the rest once the CPI reads
+        os.close(fd)
+        return None
 
     @staticmethod
     def _write_some(fd: int, data: memoryview) -> memoryview | None:

@@ -13,6 +13,7 @@ can store it next to the snapshot it was working on.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -20,6 +21,7 @@ import random
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import structlog
@@ -35,7 +37,7 @@ from snapledger.domain.cpi import (
 
 from .external_protocol import (MIN_API_VERSION, Call, ResultCheck, error_from_response, invalid_response,
                                 json_object, list_of_strings, non_empty_string, parse_response, require_supported)
-from .call_processes import CallProcesses, shared_call_processes
+from .call_processes import CallProcesses, StartWindow, shared_call_processes
 from .reaper import EXEC_FAILED, EXEC_FAILED_MARKER
 from snapledger.domain.json_types import JsonList, JsonObject, JsonValue
 
@@ -86,6 +88,7 @@ class ExternalCpi:
         self._info_lock = threading.Lock()
         self._calls = CallLog()
         self._processes = processes or shared_call_processes()
+        self._window = threading.local()  # the current thread's next start window (starting_within)
 
     # --- the Cpi port ---------------------------------------------------------
 
@@ -97,6 +100,18 @@ class ExternalCpi:
     def take_calls(self) -> list[CallRecord]:
         """Every call the current thread made since it last asked (`info` included)."""
         return self._calls.take()
+
+    @contextlib.contextmanager
+    def starting_within(self, window: StartWindow) -> Iterator[None]:
+        """The call the current thread makes meanwhile starts its process within `window`:
+        its rate-limit slot, kept by the call's reaper (adapters/cpi/reaper.py says why
+        not by this thread); it raises MissedStart, never started, when that could not be.
+        Its time-out counts from the start."""
+        self._window.current = window
+        try:
+            yield
+        finally:
+            self._window.current = None
 
     def info(self) -> JsonObject:
         """The CPI's ``info`` answer, fetched once per instance."""
@@ -132,7 +147,8 @@ class ExternalCpi:
     # --- api version negotiation -------------------------------------------------
 
     def _call(self, method: str, arguments: JsonList, check: ResultCheck | None = None) -> JsonValue:
-        return self._invoke(method, arguments, self._api_version(), check)
+        api_version = self._api_version()  # a first call's `info` first, at once: it is not the limited call
+        return self._invoke(method, arguments, api_version, check, getattr(self._window, "current", None))
 
     def _api_version(self) -> int:
         info = self._cached_info()
@@ -160,13 +176,14 @@ class ExternalCpi:
     # --- one process per call ------------------------------------------------------
 
     def _invoke(
-        self, method: str, arguments: JsonList, api_version: int | None, check: ResultCheck | None
+        self, method: str, arguments: JsonList, api_version: int | None, check: ResultCheck | None,
+        window: StartWindow | None = None,
     ) -> JsonValue:
         request_id = f"cpi-{_rng.randint(100000, 999999)}"
-        started = time.monotonic()
+        started = max(time.monotonic(), window.at if window else 0.0)  # the wait for a slot is not the call's
         call = Call(method, request_id)
         try:
-            result = self._run(call, arguments, api_version, check)
+            result = self._run(call, arguments, api_version, check, window)
         except CpiError as e:
             self._finish(call, started, e)
             raise
@@ -175,11 +192,12 @@ class ExternalCpi:
         return result
 
     def _run(
-        self, call: Call, arguments: JsonList, api_version: int | None, check: ResultCheck | None
+        self, call: Call, arguments: JsonList, api_version: int | None, check: ResultCheck | None,
+        window: StartWindow | None,
     ) -> JsonValue:
         self._check_executable()
         request = self._request_json(call, arguments, api_version)
-        stdout, call.stderr, call.exit_code = self._execute(call, request)
+        stdout, call.stderr, call.exit_code = self._execute(call, request, window)
         response = parse_response(call, stdout)
         call.log = response["log"]
         if response["error"] is not None:
@@ -215,14 +233,16 @@ class ExternalCpi:
         env.update(self._env_passthrough)
         return env
 
-    def _execute(self, call: Call, request: bytes) -> tuple[str, str, int | None]:
+    def _execute(self, call: Call, request: bytes, window: StartWindow | None) -> tuple[str, str, int | None]:
         try:
             # Through a per-call reaper: the answer is taken when the CPI exits, and
             # nothing the CPI started outlives the call (adapters/cpi/reaper.py).
-            finished = self._processes.run(self.executable, self._environment(), request, self.timeout_s)
+            finished = self._processes.run(self.executable, self._environment(), request, self.timeout_s,
+                                           window=window)
         except OSError as e:  # the reaper server could not start the call
             raise CpiError(NOT_EXECUTABLE, f"Failed to run cpi: '{self.executable}' ({e.strerror or e})") from e
         stdout, stderr = _text(finished.stdout), _text(finished.stderr)
+        call.start_ahead_s = finished.ahead_s
         if finished.timed_out:
             call.stderr, call.exit_code = stderr, finished.returncode
             raise CpiError(
@@ -236,6 +256,8 @@ class ExternalCpi:
     def _finish(self, call: Call, started: float, error: CpiError | None) -> None:
         duration = time.monotonic() - started
         extra: JsonObject = {"exit_code": call.exit_code}
+        if call.start_ahead_s is not None:
+            extra["start_ahead_s"] = call.start_ahead_s
         if call.invalid_stdout is not None:
             extra["stdout"] = call.invalid_stdout[:STDOUT_KEEP_CHARS]
         if error is not None:
@@ -259,6 +281,7 @@ class ExternalCpi:
             request_id=call.request_id,
             duration_s=round(duration, 3),
             exit_code=call.exit_code,
+            start_ahead_s=call.start_ahead_s,
             outcome="ok" if error is None else error.type,
         )
 

@@ -43,6 +43,7 @@ class Call:
         self.log = ""
         self.stderr = ""
         self.exit_code: int | None = None
+        self.start_ahead_s: float | None = None  # how early it reached its rate-limit slot (< 0: late)
         self.invalid_stdout: str | None = None
         self.answer: JsonValue = None
 

@@ -14,7 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from snapledger.adapters.cpi.call_processes import CallProcesses
+import contextlib
+import threading
+from collections.abc import Iterator
+
+from snapledger.adapters.cpi.call_processes import CallProcesses, MissedStart, StartWindow
 
 ECHO_CPI = """#!/bin/bash
 IFS= read -r -d '' request
@@ -94,3 +98,93 @@ def _running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"  # a zombie has ended (init reaps it)
+
+
+# --- a start window (a rate-limit slot, adapters/rate_limit.py) -------------------------------
+
+STAMP_CPI = """#!/bin/bash
+printf '%s' "$EPOCHREALTIME" > "$STAMP"
+IFS= read -r -d '' request
+printf '{"request": %s}' "$request"
+"""
+
+
+@pytest.fixture
+def stamp_cpi(tmp_path: Path) -> str:
+    executable = tmp_path / "stamp-cpi"
+    executable.write_text(STAMP_CPI)
+    executable.chmod(0o755)
+    return str(executable)
+
+
+def window_in(seconds: float, grace_s: float = 5.0) -> tuple[StartWindow, float]:
+    """A window opening `seconds` from now, and its opening on the wall clock (the CPI's)."""
+    at = time.monotonic() + seconds
+    return StartWindow(at=at, by=at + grace_s), time.time() + seconds
+
+
+def test_a_call_with_a_window_starts_its_process_at_the_window_not_before(
+        processes: CallProcesses, stamp_cpi: str, tmp_path: Path) -> None:
+    stamp = tmp_path / "started"
+    window, opens = window_in(0.5)
+    finished = processes.run(stamp_cpi, {"PATH": "/usr/bin:/bin", "STAMP": str(stamp)}, b'{"n": 1}', 30,
+                             window=window)
+    assert json.loads(finished.stdout) == {"request": {"n": 1}}  # written before it started, read whole
+    assert float(stamp.read_text()) >= opens - 0.002  # wall and monotonic clocks read apart by this much
+    assert finished.ahead_s is not None and finished.ahead_s > 0.3  # handed over well before it
+
+
+def test_the_time_out_counts_from_the_window(processes: CallProcesses, tmp_path: Path) -> None:
+    sleeper = tmp_path / "sleeper"
+    sleeper.write_text("#!/bin/bash\nsleep 0.5\nprintf '{\"result\": 1}'\n")
+    sleeper.chmod(0o755)
+    window, _ = window_in(1.0)
+    finished = processes.run(str(sleeper), {"PATH": "/usr/bin:/bin"}, b"{}", 0.9, window=window)
+    # 1.0 s waiting for the window, then 0.5 s of the CPI: inside a 0.9 s time-out from the start.
+    assert not finished.timed_out and finished.stdout == b'{"result": 1}'
+
+
+def test_a_window_that_has_passed_raises_missed_start_and_nothing_runs(
+        processes: CallProcesses, stamp_cpi: str, tmp_path: Path) -> None:
+    stamp = tmp_path / "started"
+    now = time.monotonic()
+    with pytest.raises(MissedStart) as missed:
+        processes.run(stamp_cpi, {"PATH": "/usr/bin:/bin", "STAMP": str(stamp)}, b"{}", 30,
+                      window=StartWindow(at=now - 1.0, by=now - 0.5))
+    assert not stamp.exists()
+    assert missed.value.ahead_s is not None and missed.value.ahead_s < -0.9
+
+
+def test_a_call_interrupted_while_it_waits_for_its_window_never_runs(
+        processes: CallProcesses, stamp_cpi: str, tmp_path: Path) -> None:
+    stamp = tmp_path / "started"
+    window, _ = window_in(60.0)
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        with _interrupt_after(0.3):
+            processes.run(stamp_cpi, {"PATH": "/usr/bin:/bin", "STAMP": str(stamp)}, b"{}", 30, window=window)
+    assert time.monotonic() - started < 30
+    time.sleep(0.2)
+    assert not stamp.exists()  # its reaper was killed in its wait, before starting the CPI
+
+
+def test_a_cpi_that_exits_as_a_missed_start_is_not_one(processes: CallProcesses, tmp_path: Path) -> None:
+    # Only the reaper's own marker means "never started": a CPI's exit code 125 is its own.
+    cpi = tmp_path / "exit125"
+    cpi.write_text("#!/bin/bash\nprintf 'oops' >&2\nexit 125\n")
+    cpi.chmod(0o755)
+    window, _ = window_in(0.0)
+    finished = processes.run(str(cpi), {"PATH": "/usr/bin:/bin"}, b"{}", 30, window=window)
+    assert finished.returncode == 125 and finished.stderr == b"oops"
+
+
+@contextlib.contextmanager
+def _interrupt_after(seconds: float) -> Iterator[None]:
+    """A ^C into the main thread after `seconds` (the caller interrupted mid-call)."""
+    main = threading.get_ident()
+    timer = threading.Timer(seconds, lambda: signal.pthread_kill(main, signal.SIGINT))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from snapledger.adapters.config import ConfigError, CpiSpec
-from snapledger.adapters.rate_limit import DDL, RateLimitedCpi, SharedBuckets
+from snapledger.adapters.cpi.call_processes import MissedStart, StartWindow
+from snapledger.adapters.rate_limit import DDL, START_GRACE_S, RateLimitedCpi, SharedBuckets, StartLead
 from snapledger.adapters.store import ensure_schema, open_database, parse_store_url
 from snapledger.domain.cpi import CLOUD_ERROR, CpiError
 from snapledger.domain.rate_limit import Rate, RateLimit
@@ -168,6 +171,83 @@ def test_a_method_limit_applies_besides_the_cpi_limit(buckets: SharedBuckets) ->
     cpi.snapshot_disk("a", {})
     cpi.snapshot_disk("b", {})
     assert slept and slept[-1] > 9.0
+
+
+def test_a_slot_is_reserved_at_least_the_lead_ahead(buckets: SharedBuckets) -> None:
+    rate = Rate(calls=1, per_s=10.0)
+    assert 1.9 < buckets.reserve("aws:*", rate, 10.0, lead_s=2.0) <= 2.0
+    assert 11.9 < buckets.reserve("aws:*", rate, 10.0) <= 12.0  # the next slot counts from the lead's
+
+
+def test_callers_asking_different_leads_still_keep_the_bound(buckets: SharedBuckets) -> None:
+    # Worker processes adapt their own lead (StartLead): the slots they get
+    # together must still never put more than window / interval + burst in a window.
+    rate = Rate(calls=2, per_s=1.0, burst=3)
+    leads = [0.0, 3.0, 0.0, 0.0, 1.5, 0.0, 2.5, 0.0, 0.0, 0.7] * 4
+    times = sorted(buckets.reserve_slot("aws:*", rate, 10.0, lead)[0] for lead in leads)
+    busiest = max(sum(1 for t in times[i:] if t < start + 1.0) for i, start in enumerate(times))
+    assert busiest <= 1.0 / rate.interval_s + rate.burst, times
+
+
+class OnTimeCloud(FlakyCloud):
+    """An IaaS boundary whose calls are started by their spawner within a window,
+    as the external CPI's are; the first `miss` calls miss theirs (never started)."""
+
+    def __init__(self, miss: int) -> None:
+        super().__init__(throttle=0)
+        self.miss, self.windows, self.current = miss, [], None
+
+    @contextlib.contextmanager
+    def starting_within(self, window: StartWindow) -> Iterator[None]:
+        self.windows.append(window)
+        self.current = window
+        try:
+            yield
+        finally:
+            self.current = None
+
+    def snapshot_disk(self, disk_cid: str, metadata: dict[str, Any]) -> str:
+        assert self.current is not None, "called outside its window"
+        if len(self.windows) <= self.miss:
+            raise MissedStart(ahead_s=-0.05)
+        return super().snapshot_disk(disk_cid, metadata)
+
+
+def test_a_call_its_spawner_starts_gets_a_window_not_a_sleep(buckets: SharedBuckets) -> None:
+    limit = RateLimit(rate=Rate(calls=1, per_s=10.0))
+    cloud, slept = OnTimeCloud(miss=0), []
+    cpi = RateLimitedCpi(cloud, limit, buckets, sleep=slept.append)
+    before = time.monotonic()
+    assert cpi.snapshot_disk("a", {}) == "snap-a" and cpi.snapshot_disk("b", {}) == "snap-b"
+    assert slept == []  # the thread did not wait: the window went with the call
+    first, second = cloud.windows
+    assert second.at - first.at == pytest.approx(10.0, abs=0.05)  # the limit's interval
+    assert first.at >= before and first.by - first.at == pytest.approx(START_GRACE_S)
+
+
+def test_a_missed_window_takes_a_new_slot_and_calls_once(buckets: SharedBuckets) -> None:
+    limit = RateLimit(rate=Rate(calls=1, per_s=10.0))
+    cloud = OnTimeCloud(miss=1)
+    cpi = RateLimitedCpi(cloud, limit, buckets)
+    assert cpi.snapshot_disk("a", {}) == "snap-a"
+    assert cloud.calls == 1  # the missed call never reached the IaaS
+    missed, taken = cloud.windows
+    assert taken.at - missed.at == pytest.approx(10.0, abs=0.05)  # a slot of its own, not the missed one again
+
+
+def test_the_lead_grows_at_once_on_a_miss_and_settles_on_what_hand_overs_take() -> None:
+    lead = StartLead()
+    assert lead.seconds == StartLead.START_S
+    lead.observe(0.1, missed=True)
+    assert lead.seconds == pytest.approx(0.15)
+    lead.observe(10.0, missed=True)
+    assert lead.seconds == StartLead.MAX_S  # bounded: more lead is more latency and calls in flight
+    for _ in range(StartLead.SAMPLES + StartLead.EVERY):  # a whole window of them, then its next estimate
+        lead.observe(0.002)
+    assert lead.seconds == StartLead.MIN_S  # a quiet host: 1.5 x 2 ms is below the floor
+    for n in range(StartLead.SAMPLES + StartLead.EVERY):
+        lead.observe(0.04 if n % 50 == 0 else 0.002)  # 2 % slow hand-overs: the 99th percentile
+    assert lead.seconds == pytest.approx(0.06)
 
 
 @pytest.mark.parametrize("spec,key", [
