@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,11 @@ class StartWindow:
     by: float
 
 
+# A window taken at the last moment, once the call is ready to go (a rate-limit
+# slot reserved then: what the process does after it is only the hand-over).
+TakeWindow = Callable[[], StartWindow]
+
+
 class MissedStart(Exception):
     """The call's process was not started: its window had passed when the reaper
     could start it. Nothing ran, so the caller may take a new slot and call again."""
@@ -58,6 +64,7 @@ class MissedStart(Exception):
     def __init__(self, ahead_s: float | None) -> None:
         super().__init__("the CPI call missed its start window (never started)")
         self.ahead_s = ahead_s  # how early the request reached the reaper server (negative: late)
+        self.handover_s = 0.0  # how long it took from its reservation to there (the rate limiter's)
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,7 @@ class Finished:
     stderr: bytes
     returncode: int | None  # as Popen's: negative for a signal; None when the server could not tell
     timed_out: bool
+    window: StartWindow | None = None  # the window it was started in, when it had one
     # How long before its window opened the request reached the server (negative: late; None: no window).
     ahead_s: float | None = None
 
@@ -143,13 +151,14 @@ class CallProcesses:
         self._ids = itertools.count(1)
 
     def run(self, executable: str, env: dict[str, str], request: bytes, timeout_s: float,
-            window: StartWindow | None = None) -> Finished:
+            window: StartWindow | TakeWindow | None = None) -> Finished:
         """Start `executable` with `env`, write `request` to its stdin and close it, read
         stdout and stderr to their end; past `timeout_s`, stop it and everything it started.
 
         With a `window`, the process starts at `window.at`, not before (the time-out
         counts from then), and raises MissedStart, never having started it, when it
-        could not be started by `window.by`."""
+        could not be started by `window.by`. A `window` that is a function is called
+        once everything else is ready, right before the hand-over to the server."""
         pipes = [os.pipe() for _ in range(3)]  # stdin, stdout, stderr
         ours = [pipes[0][1], pipes[1][0], pipes[2][0]]
         theirs = [pipes[0][0], pipes[1][1], pipes[2][1]]
@@ -160,6 +169,8 @@ class CallProcesses:
         # when this thread next gets the GIL.
         remaining: memoryview | None = self._write_ahead(ours[0], memoryview(request))
         try:
+            if callable(window):
+                window = window()
             server, call_id, call = self._start(executable, env, theirs, window)
         except BaseException:
             for fd in ours:
@@ -184,7 +195,7 @@ class CallProcesses:
         returncode = os.waitstatus_to_exitcode(call.status) if call.status is not None else None
         if window is not None and returncode == MISSED_START and stderr.startswith(MISSED_START_MARKER.encode()):
             raise MissedStart(call.ahead_s)
-        return Finished(stdout, stderr, returncode, timed_out, call.ahead_s)
+        return Finished(stdout, stderr, returncode, timed_out, window, call.ahead_s)
 
     def server_pid(self) -> int | None:
         """The running server's process id (for a benchmark's CPU figures)."""

@@ -37,7 +37,7 @@ from snapledger.domain.cpi import (
 
 from .external_protocol import (MIN_API_VERSION, Call, ResultCheck, error_from_response, invalid_response,
                                 json_object, list_of_strings, non_empty_string, parse_response, require_supported)
-from .call_processes import CallProcesses, StartWindow, shared_call_processes
+from .call_processes import CallProcesses, StartWindow, TakeWindow, shared_call_processes
 from .reaper import EXEC_FAILED, EXEC_FAILED_MARKER
 from snapledger.domain.json_types import JsonList, JsonObject, JsonValue
 
@@ -102,11 +102,12 @@ class ExternalCpi:
         return self._calls.take()
 
     @contextlib.contextmanager
-    def starting_within(self, window: StartWindow) -> Iterator[None]:
-        """The call the current thread makes meanwhile starts its process within `window`:
-        its rate-limit slot, kept by the call's reaper (adapters/cpi/reaper.py says why
-        not by this thread); it raises MissedStart, never started, when that could not be.
-        Its time-out counts from the start."""
+    def starting_within(self, window: StartWindow | TakeWindow) -> Iterator[None]:
+        """The call the current thread makes meanwhile starts its process within `window`
+        (or the window `window()` gives, asked once the call is ready to go): its
+        rate-limit slot, kept by the call's reaper (adapters/cpi/reaper.py says why not
+        by this thread); it raises MissedStart, never started, when that could not be.
+        Its time-out and its duration count from the start."""
         self._window.current = window
         try:
             yield
@@ -177,23 +178,22 @@ class ExternalCpi:
 
     def _invoke(
         self, method: str, arguments: JsonList, api_version: int | None, check: ResultCheck | None,
-        window: StartWindow | None = None,
+        window: StartWindow | TakeWindow | None = None,
     ) -> JsonValue:
         request_id = f"cpi-{_rng.randint(100000, 999999)}"
-        started = max(time.monotonic(), window.at if window else 0.0)  # the wait for a slot is not the call's
-        call = Call(method, request_id)
+        call = Call(method, request_id, time.monotonic())
         try:
             result = self._run(call, arguments, api_version, check, window)
         except CpiError as e:
-            self._finish(call, started, e)
+            self._finish(call, e)
             raise
         call.answer = result
-        self._finish(call, started, None)
+        self._finish(call, None)
         return result
 
     def _run(
         self, call: Call, arguments: JsonList, api_version: int | None, check: ResultCheck | None,
-        window: StartWindow | None,
+        window: StartWindow | TakeWindow | None,
     ) -> JsonValue:
         self._check_executable()
         request = self._request_json(call, arguments, api_version)
@@ -233,7 +233,8 @@ class ExternalCpi:
         env.update(self._env_passthrough)
         return env
 
-    def _execute(self, call: Call, request: bytes, window: StartWindow | None) -> tuple[str, str, int | None]:
+    def _execute(self, call: Call, request: bytes,
+                 window: StartWindow | TakeWindow | None) -> tuple[str, str, int | None]:
         try:
             # Through a per-call reaper: the answer is taken when the CPI exits, and
             # nothing the CPI started outlives the call (adapters/cpi/reaper.py).
@@ -243,6 +244,8 @@ class ExternalCpi:
             raise CpiError(NOT_EXECUTABLE, f"Failed to run cpi: '{self.executable}' ({e.strerror or e})") from e
         stdout, stderr = _text(finished.stdout), _text(finished.stderr)
         call.start_ahead_s = finished.ahead_s
+        if finished.window is not None:  # the wait for a slot is not the call's duration
+            call.started = max(call.started, finished.window.at)
         if finished.timed_out:
             call.stderr, call.exit_code = stderr, finished.returncode
             raise CpiError(
@@ -253,8 +256,8 @@ class ExternalCpi:
             raise CpiError(NOT_EXECUTABLE, f"Failed to run cpi: '{self.executable}' is not executable")
         return stdout, stderr, finished.returncode
 
-    def _finish(self, call: Call, started: float, error: CpiError | None) -> None:
-        duration = time.monotonic() - started
+    def _finish(self, call: Call, error: CpiError | None) -> None:
+        duration = time.monotonic() - call.started
         extra: JsonObject = {"exit_code": call.exit_code}
         if call.start_ahead_s is not None:
             extra["start_ahead_s"] = call.start_ahead_s

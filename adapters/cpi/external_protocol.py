@@ -37,9 +37,10 @@ class Response(TypedDict):
 class Call:
     """What is known about one call so far, filled in as it progresses."""
 
-    def __init__(self, method: str, request_id: str) -> None:
+    def __init__(self, method: str, request_id: str, started: float) -> None:
         self.method = method
         self.request_id = request_id
+        self.started = started  # time.monotonic(): when it was made, or its process started at a slot
         self.log = ""
         self.stderr = ""
         self.exit_code: int | None = None

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from snapledger.adapters.config import ConfigError, CpiSpec
-from snapledger.adapters.cpi.call_processes import MissedStart, StartWindow
-from snapledger.adapters.rate_limit import DDL, START_GRACE_S, RateLimitedCpi, SharedBuckets, StartLead
+from snapledger.adapters.cpi.call_processes import MissedStart
+from snapledger.adapters.rate_limit import (DDL, START_GRACE_S, ClockMapping, RateLimitedCpi, SharedBuckets,
+                                            StartLead)
 from snapledger.adapters.store import ensure_schema, open_database, parse_store_url
 from snapledger.domain.cpi import CLOUD_ERROR, CpiError
 from snapledger.domain.rate_limit import Rate, RateLimit
@@ -45,7 +46,7 @@ def emission(buckets: SharedBuckets, bucket: str, rate: Rate, recover_after_s: f
 def slots(buckets: SharedBuckets, rate: Rate, count: int, bucket: str = "aws:*",
           recover_after_s: float = 10.0) -> list[float]:
     """When each of `count` reserved calls may start, relative to the first (the bucket's clock)."""
-    times = [buckets.reserve_slot(bucket, rate, recover_after_s)[0] for _ in range(count)]
+    times = [buckets.reserve_slot(bucket, rate, recover_after_s) for _ in range(count)]
     return [round(t - times[0], 1) for t in times]
 
 
@@ -184,32 +185,74 @@ def test_callers_asking_different_leads_still_keep_the_bound(buckets: SharedBuck
     # together must still never put more than window / interval + burst in a window.
     rate = Rate(calls=2, per_s=1.0, burst=3)
     leads = [0.0, 3.0, 0.0, 0.0, 1.5, 0.0, 2.5, 0.0, 0.0, 0.7] * 4
-    times = sorted(buckets.reserve_slot("aws:*", rate, 10.0, lead)[0] for lead in leads)
+    times = sorted(buckets.reserve_slot("aws:*", rate, 10.0, lead) for lead in leads)
     busiest = max(sum(1 for t in times[i:] if t < start + 1.0) for i, start in enumerate(times))
     assert busiest <= 1.0 / rate.interval_s + rate.burst, times
 
 
+def test_a_slot_is_read_on_the_clock_after_the_rows_lock_not_while_queueing_for_it(pg_url: str) -> None:
+    # Another process holds the bucket's row for 0.5 s: a reservation queued
+    # behind it must not get a slot from before it had the row (a stale clock).
+    url = parse_store_url(pg_url)
+    ensure_schema(url)
+    db = open_database(url)
+    create_buckets_table(db)
+    buckets = SharedBuckets(db)
+    rate = Rate(calls=1, per_s=0.001)
+    buckets.reserve_slot("aws:*", rate, 10.0)  # the row exists
+    released: list[float] = []
+    holding = threading.Event()
+
+    def hold() -> None:
+        with db.transaction() as cur:
+            cur.execute("SELECT tat FROM cpi_rate_limits WHERE bucket = 'aws:*' FOR UPDATE")
+            holding.set()
+            time.sleep(0.5)
+            released.append(float(cur.execute("SELECT extract(epoch FROM clock_timestamp())::float8 AS t")
+                                  .fetchone()["t"]))
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(5)
+    slot = buckets.reserve_slot("aws:*", rate, 10.0)
+    holder.join()
+    db.close()
+    assert slot >= released[0], (slot, released)
+
+
+def test_the_clock_mapping_trusts_the_tightest_recent_round_trip() -> None:
+    mapping = ClockMapping()
+    mapping.observe(sent=10.0, received=10.2, clock_value=1000.1)  # offset 990.0, +-0.1
+    mapping.observe(sent=20.0, received=20.002, clock_value=1010.0)  # offset 989.999, +-0.001
+    mapping.observe(sent=21.0, received=21.5, clock_value=1011.3)  # a slow one: not trusted
+    assert mapping.to_monotonic(1100.0) == pytest.approx(110.001)
+    mapping.observe(sent=60.0, received=60.5, clock_value=1050.45)  # the tight one is 40 s old now
+    assert mapping.to_monotonic(1100.0) == pytest.approx(109.8)
+
+
 class OnTimeCloud(FlakyCloud):
-    """An IaaS boundary whose calls are started by their spawner within a window,
-    as the external CPI's are; the first `miss` calls miss theirs (never started)."""
+    """An IaaS boundary whose calls are started by their spawner within a window it
+    takes when the call is ready, as the external CPI's are; the first `miss` calls
+    miss theirs (never started)."""
 
     def __init__(self, miss: int) -> None:
         super().__init__(throttle=0)
-        self.miss, self.windows, self.current = miss, [], None
+        self.miss, self.windows, self.late_s = miss, [], 0.05
+        self.take: Any = None
 
     @contextlib.contextmanager
-    def starting_within(self, window: StartWindow) -> Iterator[None]:
-        self.windows.append(window)
-        self.current = window
+    def starting_within(self, window: Any) -> Iterator[None]:
+        self.take = window
         try:
             yield
         finally:
-            self.current = None
+            self.take = None
 
     def snapshot_disk(self, disk_cid: str, metadata: dict[str, Any]) -> str:
-        assert self.current is not None, "called outside its window"
+        assert callable(self.take), "called without a window to take"
+        self.windows.append(self.take())
         if len(self.windows) <= self.miss:
-            raise MissedStart(ahead_s=-0.05)
+            raise MissedStart(ahead_s=-self.late_s)
         return super().snapshot_disk(disk_cid, metadata)
 
 
@@ -233,6 +276,20 @@ def test_a_missed_window_takes_a_new_slot_and_calls_once(buckets: SharedBuckets)
     assert cloud.calls == 1  # the missed call never reached the IaaS
     missed, taken = cloud.windows
     assert taken.at - missed.at == pytest.approx(10.0, abs=0.05)  # a slot of its own, not the missed one again
+
+
+def test_a_call_that_keeps_missing_asks_for_more_lead_each_time_until_it_starts(buckets: SharedBuckets) -> None:
+    # On a host so slow that every hand-over outlasts the process's largest lead
+    # (StartLead.MAX_S), the call still starts: each retry asks twice its last hand-over.
+    limit = RateLimit(rate=Rate(calls=1000, per_s=1.0))
+    cloud = OnTimeCloud(miss=3)
+    cloud.late_s = 0.4  # each miss: it reached its spawner 0.4 s after its slot
+    cpi = RateLimitedCpi(cloud, limit, buckets)
+    before = time.monotonic()
+    assert cpi.snapshot_disk("a", {}) == "snap-a"
+    leads = [window.at - before for window in cloud.windows]
+    assert len(leads) == 4 and leads[-1] > 2 * StartLead.MAX_S, leads
+    assert leads == sorted(leads)
 
 
 def test_the_lead_grows_at_once_on_a_miss_and_settles_on_what_hand_overs_take() -> None:
