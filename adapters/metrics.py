@@ -61,6 +61,15 @@ HTTP_LATENCY = Histogram("snapledger_http_request_seconds", "HTTP request latenc
 CPI_CALLS = Histogram("snapledger_cpi_call_seconds", "CPI call latency by CPI, method and outcome",
                       ["cpi", "method", "outcome"], registry=REGISTRY,
                       buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600))
+# A rate-limited external CPI's calls (decision 43): slots given up because the call
+# could not start within 5 ms of them (each one a slot of the limit lost: a host too
+# busy to hand calls over in time), and the lead this process reserves slots with.
+CPI_SLOTS_MISSED = Counter("snapledger_cpi_rate_limit_slots_missed_total",
+                           "Rate-limit slots given up: the call could not start in time (then took another)",
+                           ["cpi"], registry=REGISTRY)
+CPI_START_LEAD = Gauge("snapledger_cpi_rate_limit_lead_seconds",
+                       "How far ahead this process reserves rate-limit slots for a CPI's calls",
+                       ["cpi"], registry=REGISTRY)
 PROJECTION_LAG_SECONDS = Gauge("snapledger_projection_lag_seconds",
                                "Age of the newest event the projector applied, when it applied it", registry=REGISTRY)
 

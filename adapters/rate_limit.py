@@ -36,6 +36,7 @@ from snapledger.domain.cpi import CallRecord, Cpi, CpiError, capability_members
 from snapledger.domain.rate_limit import Rate, RateLimit
 
 from .cpi.call_processes import MissedStart, StartWindow, TakeWindow
+from .metrics import CPI_SLOTS_MISSED, CPI_START_LEAD
 from .store import Database
 from snapledger.domain.log import Log
 
@@ -323,6 +324,7 @@ class RateLimitedCpi:
                 result = call()
         except MissedStart as missed:
             missed.handover_s = self._observe_handover(taken, missed.ahead_s, missed=True)
+            CPI_SLOTS_MISSED.labels(self._cpi.name).inc()
             if self._log is not None:
                 self._log.info("cpi call missed its rate-limit slot; taking another", cpi=self._cpi.name,
                                method=method, late_s=-(missed.ahead_s or 0.0), lead_s=self._lead.seconds)
@@ -347,6 +349,7 @@ class RateLimitedCpi:
         reserved_at, window = taken[-1]
         handover = window.at - ahead_s - reserved_at
         self._lead.observe(handover, missed)
+        CPI_START_LEAD.labels(self._cpi.name).set(self._lead.seconds)
         return handover
 
     def _reserve(self, method: str, rates: list[tuple[str, Rate]], lead_s: float = 0.0) -> float:

@@ -13,6 +13,7 @@ import pytest
 
 from snapledger.adapters.config import ConfigError, CpiSpec
 from snapledger.adapters.cpi.call_processes import MissedStart
+from snapledger.adapters.metrics import REGISTRY
 from snapledger.adapters.rate_limit import (DDL, START_GRACE_S, ClockMapping, RateLimitedCpi, SharedBuckets,
                                             StartLead)
 from snapledger.adapters.store import ensure_schema, open_database, parse_store_url
@@ -230,6 +231,10 @@ def test_the_clock_mapping_trusts_the_tightest_recent_round_trip() -> None:
     assert mapping.to_monotonic(1100.0) == pytest.approx(109.8)
 
 
+def missed_slots(cpi: str) -> float:
+    return REGISTRY.get_sample_value("snapledger_cpi_rate_limit_slots_missed_total", {"cpi": cpi}) or 0.0
+
+
 class OnTimeCloud(FlakyCloud):
     """An IaaS boundary whose calls are started by their spawner within a window it
     takes when the call is ready, as the external CPI's are; the first `miss` calls
@@ -272,8 +277,10 @@ def test_a_missed_window_takes_a_new_slot_and_calls_once(buckets: SharedBuckets)
     limit = RateLimit(rate=Rate(calls=1, per_s=10.0))
     cloud = OnTimeCloud(miss=1)
     cpi = RateLimitedCpi(cloud, limit, buckets)
+    missed_before = missed_slots("aws")
     assert cpi.snapshot_disk("a", {}) == "snap-a"
     assert cloud.calls == 1  # the missed call never reached the IaaS
+    assert missed_slots("aws") == missed_before + 1  # counted for the operator
     missed, taken = cloud.windows
     assert taken.at - missed.at == pytest.approx(10.0, abs=0.05)  # a slot of its own, not the missed one again
 
