@@ -48,7 +48,7 @@ from .job_update_worker import JobUpdateWorker
 from .locks import FileDiskLocks, PostgresDiskLocks
 from .log_worker import HEARTBEAT_DDL
 from .metrics import PROJECTION_LAG_SECONDS, observe_cpi_call
-from .rate_limit import DDL as RATE_LIMIT_DDL
+from .rate_buckets import DDL as RATE_LIMIT_DDL
 from .rate_limit import rate_limited
 from .restore_worker import RestoreWorker
 from .snapshot_worker import SnapshotWorker

@@ -14,8 +14,8 @@ import pytest
 from snapledger.adapters.config import ConfigError, CpiSpec
 from snapledger.adapters.cpi.call_processes import MissedStart
 from snapledger.adapters.metrics import REGISTRY
-from snapledger.adapters.rate_limit import (DDL, START_GRACE_S, ClockMapping, RateLimitedCpi, SharedBuckets,
-                                            StartLead)
+from snapledger.adapters.rate_buckets import DDL, ClockMapping, SharedBuckets
+from snapledger.adapters.rate_limit import START_GRACE_S, RateLimitedCpi, StartLead
 from snapledger.adapters.store import ensure_schema, open_database, parse_store_url
 from snapledger.domain.cpi import CLOUD_ERROR, CpiError
 from snapledger.domain.rate_limit import Rate, RateLimit

@@ -41,9 +41,9 @@ ALLOWANCE: dict[str, tuple[int, str]] = {
     "adapters/logging.py": (6, "structlog: the processor signature (logger: Any, event dict MutableMapping[str, Any])"),
     "adapters/pg_recorder.py": (5, "eventsourcing: PostgresApplicationRecorder's *args/**kwargs/env signatures, overridden as the library "
         "declares them"),
-    "adapters/rate_limit.py": (4, "adapters/store.py's cursor (psycopg or sqlite3: no common type); the CPI proxy's __getattr__ and "
-        "forwarding descriptor stand for every member of the Cpi protocol, each with its own signature (so mypy "
-        "takes the wrapper for a Cpi)"),
+    "adapters/rate_buckets.py": (2, "adapters/store.py's cursor (psycopg or sqlite3: no common type)"),
+    "adapters/rate_limit.py": (2, "the CPI proxy's __getattr__ and forwarding descriptor stand for every member of "
+        "the Cpi protocol, each with its own signature (so mypy takes the wrapper for a Cpi)"),
     "adapters/restore_worker.py": (1, ES_EVENTS),
     "adapters/snapshot_worker.py": (1, ES_EVENTS),
     "adapters/store.py": (9, "psycopg / sqlite3: connections, cursors and executemany rows of two drivers with no common type"),
