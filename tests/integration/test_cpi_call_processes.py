@@ -36,12 +36,16 @@ def processes() -> CallProcesses:
     p.close()
 
 
-@pytest.fixture
-def echo_cpi(tmp_path: Path) -> str:
-    executable = tmp_path / "cpi"
-    executable.write_text(ECHO_CPI)
+def write_cpi(directory: Path, name: str, script: str) -> str:
+    executable = directory / name
+    executable.write_text(script)
     executable.chmod(0o755)
     return str(executable)
+
+
+@pytest.fixture
+def echo_cpi(tmp_path: Path) -> str:
+    return write_cpi(tmp_path, "cpi", ECHO_CPI)
 
 
 def call(processes: CallProcesses, cpi: str, n: int) -> tuple[int, dict[str, object], bytes]:
@@ -111,10 +115,7 @@ printf '{"request": %s}' "$request"
 
 @pytest.fixture
 def stamp_cpi(tmp_path: Path) -> str:
-    executable = tmp_path / "stamp-cpi"
-    executable.write_text(STAMP_CPI)
-    executable.chmod(0o755)
-    return str(executable)
+    return write_cpi(tmp_path, "stamp-cpi", STAMP_CPI)
 
 
 def window_in(seconds: float, grace_s: float = 5.0) -> tuple[StartWindow, float]:
@@ -135,11 +136,9 @@ def test_a_call_with_a_window_starts_its_process_at_the_window_not_before(
 
 
 def test_the_time_out_counts_from_the_window(processes: CallProcesses, tmp_path: Path) -> None:
-    sleeper = tmp_path / "sleeper"
-    sleeper.write_text("#!/bin/bash\nsleep 0.5\nprintf '{\"result\": 1}'\n")
-    sleeper.chmod(0o755)
+    sleeper = write_cpi(tmp_path, "sleeper", "#!/bin/bash\nsleep 0.5\nprintf '{\"result\": 1}'\n")
     window, _ = window_in(1.0)
-    finished = processes.run(str(sleeper), {"PATH": "/usr/bin:/bin"}, b"{}", 0.9, window=window)
+    finished = processes.run(sleeper, {"PATH": "/usr/bin:/bin"}, b"{}", 0.9, window=window)
     # 1.0 s waiting for the window, then 0.5 s of the CPI: inside a 0.9 s time-out from the start.
     assert not finished.timed_out and finished.stdout == b'{"result": 1}'
 
@@ -170,11 +169,9 @@ def test_a_call_interrupted_while_it_waits_for_its_window_never_runs(
 
 def test_a_cpi_that_exits_as_a_missed_start_is_not_one(processes: CallProcesses, tmp_path: Path) -> None:
     # Only the reaper's own marker means "never started": a CPI's exit code 125 is its own.
-    cpi = tmp_path / "exit125"
-    cpi.write_text("#!/bin/bash\nprintf 'oops' >&2\nexit 125\n")
-    cpi.chmod(0o755)
+    cpi = write_cpi(tmp_path, "exit125", "#!/bin/bash\nprintf 'oops' >&2\nexit 125\n")
     window, _ = window_in(0.0)
-    finished = processes.run(str(cpi), {"PATH": "/usr/bin:/bin"}, b"{}", 30, window=window)
+    finished = processes.run(cpi, {"PATH": "/usr/bin:/bin"}, b"{}", 30, window=window)
     assert finished.returncode == 125 and finished.stderr == b"oops"
 
 
